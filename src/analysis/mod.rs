@@ -1,0 +1,293 @@
+//! Reports about containers and safetensors inputs: `info` and `stat` (from the index alone,
+//! no blob decoded) and `scan` (reads a safetensors file or directory before compression).
+
+pub mod entropy;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::codec::tag;
+use crate::error::Result;
+use crate::format::reader::Container;
+use crate::format::TensorEntry;
+use crate::model::dir::scan_dir;
+use crate::model::role::{layer_index, role};
+use crate::model::safetensors::{dtype_name, SafetensorsFile};
+
+/// One tensor's line in `stat`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorStat {
+    pub index: usize,
+    pub name: String,
+    pub shape: Vec<u64>,
+    pub dtype: String,
+    pub codec: String,
+    pub chunks: usize,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub ratio_pct: f64,
+}
+
+/// The codec that holds most of a tensor's raw bytes ("dup" for stored-once duplicates).
+fn main_codec(t: &TensorEntry) -> String {
+    if t.dup_of.is_some() {
+        return "dup_ref".into();
+    }
+    let mut by: BTreeMap<u8, u64> = BTreeMap::new();
+    for c in &t.chunks {
+        *by.entry(c.codec).or_default() += c.raw_len;
+    }
+    by.into_iter()
+        .max_by_key(|&(_, n)| n)
+        .map(|(c, _)| tag::name(c).to_string())
+        .unwrap_or_else(|| "empty".into())
+}
+
+pub fn tensor_stats(c: &Container) -> Vec<TensorStat> {
+    c.index
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let raw = t.raw_len();
+            let stored = t.stored_len();
+            TensorStat {
+                index: i,
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                dtype: t.dtype.clone(),
+                codec: main_codec(t),
+                chunks: t.chunks.len(),
+                raw_bytes: raw,
+                stored_bytes: stored,
+                ratio_pct: if raw == 0 {
+                    0.0
+                } else {
+                    stored as f64 * 100.0 / raw as f64
+                },
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Breakdown {
+    pub tensors: usize,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+}
+
+/// Everything `info` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct Info {
+    pub file: String,
+    pub container_version: String,
+    pub created_by: String,
+    pub mode: String,
+    pub source_file: String,
+    pub file_size: u64,
+    pub source_size: u64,
+    pub ratio_pct: f64,
+    pub tensor_count: usize,
+    pub chunk_count: usize,
+    pub duplicates: usize,
+    pub layer_count: usize,
+    pub non_layer_raw_bytes: u64,
+    pub largest_layer_raw_bytes: u64,
+    /// Resident bytes a layer-streaming reader needs: non-layer tensors, one decoded layer, and
+    /// one window of decode buffers.
+    pub streaming_peak_ram_est: u64,
+    pub dtypes: BTreeMap<String, Breakdown>,
+    pub codecs: BTreeMap<String, Breakdown>,
+    pub roles: BTreeMap<String, Breakdown>,
+    pub best: Vec<TensorStat>,
+    pub worst: Vec<TensorStat>,
+}
+
+pub fn info(c: &Container) -> Info {
+    let stats = tensor_stats(c);
+    let mut dtypes: BTreeMap<String, Breakdown> = BTreeMap::new();
+    let mut codecs: BTreeMap<String, Breakdown> = BTreeMap::new();
+    let mut roles: BTreeMap<String, Breakdown> = BTreeMap::new();
+    let mut layers: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut non_layer = 0u64;
+    for s in &stats {
+        for (map, key) in [
+            (&mut dtypes, s.dtype.clone()),
+            (&mut codecs, s.codec.clone()),
+            (&mut roles, role(&s.name).name().to_string()),
+        ] {
+            let b = map.entry(key).or_default();
+            b.tensors += 1;
+            b.raw_bytes += s.raw_bytes;
+            b.stored_bytes += s.stored_bytes;
+        }
+        match layer_index(&s.name) {
+            Some(l) => *layers.entry(l).or_default() += s.raw_bytes,
+            None => non_layer += s.raw_bytes,
+        }
+    }
+    let largest_layer = layers.values().copied().max().unwrap_or(0);
+    let window = crate::store::WINDOW_BYTES as u64;
+    let mut ranked: Vec<TensorStat> = stats
+        .iter()
+        .filter(|s| s.raw_bytes > 0 && s.codec != "dup_ref")
+        .cloned()
+        .collect();
+    ranked.sort_by(|a, b| a.ratio_pct.total_cmp(&b.ratio_pct));
+    let best: Vec<TensorStat> = ranked.iter().take(5).cloned().collect();
+    let worst: Vec<TensorStat> = ranked.iter().rev().take(5).cloned().collect();
+    let source_size = c.index.source.file_size;
+    Info {
+        file: c.path.display().to_string(),
+        container_version: format!("{}.{}", c.version.0, c.version.1),
+        created_by: c.index.created_by.clone(),
+        mode: c.index.mode.name().to_string(),
+        source_file: c.index.source.file_name.clone(),
+        file_size: c.file_size(),
+        source_size,
+        ratio_pct: c.file_size() as f64 * 100.0 / source_size.max(1) as f64,
+        tensor_count: stats.len(),
+        chunk_count: stats.iter().map(|s| s.chunks).sum(),
+        duplicates: c.index.tensors.iter().filter(|t| t.dup_of.is_some()).count(),
+        layer_count: layers.len(),
+        non_layer_raw_bytes: non_layer,
+        largest_layer_raw_bytes: largest_layer,
+        streaming_peak_ram_est: non_layer + largest_layer + window.min(c.raw_data_len()),
+        dtypes,
+        codecs,
+        roles,
+        best,
+        worst,
+    }
+}
+
+/// Per-file facts `scan` reports.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Scan {
+    pub path: String,
+    pub shards: usize,
+    pub tensors_total: usize,
+    pub total_bytes: u64,
+    pub dtypes: BTreeMap<String, Breakdown>,
+    pub tensors_f32: usize,
+    /// F32 tensors whose low 16 bits are zero in at least 99% of elements: upcast BF16.
+    pub tensors_bf16_native: usize,
+    pub bf16_native_bytes_frac: f64,
+    pub model_is_bf16_native: bool,
+    pub layer_count: usize,
+    /// The zeroth-order entropy bounds of the whole input, % of its size.
+    pub bound_conditional_pct: f64,
+    pub bound_exponent_raw_pct: f64,
+    pub recommendation: String,
+}
+
+/// Fraction of F32 elements whose low 16 bits are zero.
+fn low_zero_fraction(bytes: &[u8]) -> f64 {
+    let n = bytes.len() / 4;
+    if n == 0 {
+        return 0.0;
+    }
+    let zero = bytes
+        .chunks_exact(4)
+        .filter(|e| e[0] == 0 && e[1] == 0)
+        .count();
+    zero as f64 / n as f64
+}
+
+/// Scans a safetensors file or model directory.
+pub fn scan(path: &Path) -> Result<Scan> {
+    let files: Vec<std::path::PathBuf> = if path.is_dir() {
+        scan_dir(path)?
+            .weights
+            .into_iter()
+            .map(|p| path.join(p))
+            .collect()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut s = Scan {
+        path: path.display().to_string(),
+        shards: files.len(),
+        ..Default::default()
+    };
+    let mut bounds = entropy::Bounds::default();
+    let mut native_bytes = 0u64;
+    let mut f32_bytes = 0u64;
+    let mut layers = BTreeSet::new();
+    for f in &files {
+        let st = SafetensorsFile::open(f)?;
+        s.total_bytes += st.file_size;
+        let header_bits = st.data_offset() as f64 * 8.0;
+        bounds += entropy::Bounds {
+            conditional_bits: header_bits,
+            exponent_raw_bits: header_bits,
+        };
+        let per: Vec<(entropy::Bounds, Option<f64>)> = st
+            .tensors
+            .par_iter()
+            .map(|t| {
+                let bytes = st.tensor_bytes(t);
+                let native = (t.dtype == safetensors::Dtype::F32).then(|| low_zero_fraction(bytes));
+                (entropy::tensor_bounds(t.dtype, bytes), native)
+            })
+            .collect();
+        for (t, (b, native)) in st.tensors.iter().zip(per) {
+            s.tensors_total += 1;
+            bounds += b;
+            let d = s.dtypes.entry(dtype_name(t.dtype)).or_default();
+            d.tensors += 1;
+            d.raw_bytes += t.len() as u64;
+            if let Some(l) = layer_index(&t.name) {
+                layers.insert(l);
+            }
+            if let Some(frac) = native {
+                s.tensors_f32 += 1;
+                f32_bytes += t.len() as u64;
+                if frac >= 0.99 && t.numel() >= 16 {
+                    s.tensors_bf16_native += 1;
+                    native_bytes += t.len() as u64;
+                }
+            }
+        }
+        st.release(0, st.bytes().len());
+    }
+    s.layer_count = layers.len();
+    let total_bits = s.total_bytes.max(1) as f64 * 8.0;
+    s.bound_conditional_pct = bounds.conditional_bits * 100.0 / total_bits;
+    s.bound_exponent_raw_pct = bounds.exponent_raw_bits * 100.0 / total_bits;
+    s.bf16_native_bytes_frac = if f32_bytes > 0 {
+        native_bytes as f64 / f32_bytes as f64
+    } else {
+        0.0
+    };
+    s.model_is_bf16_native = f32_bytes > 0 && s.bf16_native_bytes_frac >= 0.9;
+    s.recommendation = recommend(&s);
+    Ok(s)
+}
+
+fn recommend(s: &Scan) -> String {
+    let bytes_of = |d: &str| s.dtypes.get(d).map(|b| b.raw_bytes).unwrap_or(0);
+    let total: u64 = s.dtypes.values().map(|b| b.raw_bytes).sum::<u64>().max(1);
+    let share = |d: &str| bytes_of(d) as f64 / total as f64;
+    if s.model_is_bf16_native {
+        "F32 holding BF16 values (upcast): the low halves cost almost nothing; compress as is, \
+         or cast to BF16 for half the size at no loss"
+            .into()
+    } else if share("BF16") > 0.5 {
+        "BF16: compress with the default (balanced) mode; --storage squeezes a little more".into()
+    } else if share("F32") > 0.5 {
+        "F32 (not BF16-native): compress with the default mode; --storage tries zstd on every \
+         low byte plane"
+            .into()
+    } else if share("F16") > 0.5 {
+        "F16: compress with the default mode".into()
+    } else if share("F8_E4M3") + share("F8_E5M2") > 0.5 {
+        "FP8: compress with the default mode (whole-byte rANS)".into()
+    } else {
+        "mixed or integer tensors: compress with the default mode".into()
+    }
+}

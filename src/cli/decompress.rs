@@ -1,0 +1,74 @@
+//! `bigsmall decompress`: `.bs` (or a compressed directory) -> the exact original safetensors.
+
+use std::path::PathBuf;
+
+use bigsmall::store::{decompress_file, DecompressOptions};
+use bigsmall::store_dir::decompress_dir;
+
+use super::{emit, emit_json, is_bs_dir, Bar};
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:\n  bigsmall decompress model.bs -o model.safetensors\n  bigsmall decompress llama.bs/ -o llama-dir   # directory in, directory out\n  bigsmall decompress model.bs --md5            # also check every md5 receipt")]
+pub struct Args {
+    /// The .bs file or compressed directory
+    src: PathBuf,
+    /// Output file or directory (default: SRC with .safetensors extension, or without .bs)
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Overwrite the output if it exists
+    #[arg(short, long)]
+    force: bool,
+    /// Also check each tensor's md5 receipt (chunk checksums are always checked)
+    #[arg(long)]
+    md5: bool,
+    /// Hide the progress bar
+    #[arg(long)]
+    no_progress: bool,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    let dir = is_bs_dir(&a.src);
+    let dst = a.output.clone().unwrap_or_else(|| {
+        if dir {
+            let s = a.src.to_string_lossy();
+            PathBuf::from(s.trim_end_matches('/').trim_end_matches(".bs").to_string() + if s.trim_end_matches('/').ends_with(".bs") { "" } else { ".out" })
+        } else {
+            a.src.with_extension("safetensors")
+        }
+    });
+    let opts = DecompressOptions {
+        overwrite: a.force,
+        check_md5: a.md5,
+    };
+    let bar = Bar::new(a.no_progress);
+    let r = if dir {
+        decompress_dir(&a.src, &dst, &opts, &bar)?
+    } else {
+        decompress_file(&a.src, &dst, &opts, &bar)?
+    };
+    if a.json {
+        emit_json(&serde_json::json!({
+            "source": a.src.display().to_string(),
+            "output": dst.display().to_string(),
+            "report": r,
+        }));
+    } else {
+        let checks = if r.md5_checked {
+            "chunk checksums and md5 receipts verified"
+        } else {
+            "chunk checksums verified"
+        };
+        emit(&format!(
+            "decompressed {} -> {} ({:.2}s, {:.0} MB/s; {} tensors, {checks})\n",
+            a.src.display(),
+            dst.display(),
+            r.seconds,
+            r.output_bytes as f64 / r.seconds.max(1e-9) / 1e6,
+            r.tensors
+        ));
+    }
+    Ok(0)
+}

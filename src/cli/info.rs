@@ -1,0 +1,118 @@
+//! `bigsmall info`: what is in a `.bs` file, from its index alone.
+
+use std::path::PathBuf;
+
+use bigsmall::analysis::{info, Breakdown, Info, TensorStat};
+use bigsmall::format::reader::Container;
+
+use super::{container_files, emit, emit_json, human, thousands};
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:\n  bigsmall info model.bs\n  bigsmall info llama.bs/ --json")]
+pub struct Args {
+    /// The .bs file or compressed directory
+    file: PathBuf,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+fn pct(stored: u64, raw: u64) -> String {
+    if raw == 0 {
+        "-".into()
+    } else {
+        format!("{:.2}%", stored as f64 * 100.0 / raw as f64)
+    }
+}
+
+fn table(title: &str, rows: &std::collections::BTreeMap<String, Breakdown>) -> String {
+    let mut s = format!("  {title}\n");
+    for (k, b) in rows {
+        s += &format!(
+            "    {:<16} {:>5} tensors {:>12} -> {:>12} {:>8}\n",
+            k,
+            b.tensors,
+            human(b.raw_bytes),
+            human(b.stored_bytes),
+            pct(b.stored_bytes, b.raw_bytes)
+        );
+    }
+    s
+}
+
+fn ranked(title: &str, rows: &[TensorStat]) -> String {
+    let mut s = format!("  {title}\n");
+    for t in rows {
+        s += &format!(
+            "    {:>7.2}%  {}  ({} -> {})\n",
+            t.ratio_pct,
+            t.name,
+            human(t.raw_bytes),
+            human(t.stored_bytes)
+        );
+    }
+    s
+}
+
+fn render(i: &Info) -> String {
+    let kv = |k: &str, v: String| format!("  {k:<26} {v}\n");
+    let mut s = format!("bigsmall container: {}\n", i.file);
+    s += &kv("container_version", i.container_version.clone());
+    s += &kv("created_by", i.created_by.clone());
+    s += &kv("mode", i.mode.clone());
+    s += &kv("source", i.source_file.clone());
+    s += &kv("tensor_count", thousands(i.tensor_count as u64));
+    s += &kv("chunk_count", thousands(i.chunk_count as u64));
+    s += &kv("file_size", format!("{} bytes ({})", thousands(i.file_size), human(i.file_size)));
+    s += &kv("source_size", format!("{} bytes ({})", thousands(i.source_size), human(i.source_size)));
+    s += &kv("ratio", format!("{:.2}% of source", i.ratio_pct));
+    if i.duplicates > 0 {
+        s += &kv("duplicates", format!("{} tensors stored once (tied/shared)", i.duplicates));
+    }
+    s += &kv("layer_count", i.layer_count.to_string());
+    s += &kv("non_layer_raw_bytes", human(i.non_layer_raw_bytes));
+    s += &kv("largest_layer_raw_bytes", human(i.largest_layer_raw_bytes));
+    s += &kv(
+        "streaming_peak_ram_est",
+        format!("{} (non-layer + largest layer + one decode window)", human(i.streaming_peak_ram_est)),
+    );
+    s += &table("dtype_breakdown", &i.dtypes);
+    s += &table("codec_breakdown (by main codec per tensor)", &i.codecs);
+    s += &table("role_breakdown", &i.roles);
+    s += &ranked("top 5 best-compressed tensors (lower = better)", &i.best);
+    s += &ranked("top 5 worst-compressed tensors", &i.worst);
+    s
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    let files = container_files(&a.file)?;
+    let mut infos = Vec::new();
+    for f in &files {
+        infos.push(info(&Container::open(f)?));
+    }
+    if a.json {
+        if infos.len() == 1 {
+            emit_json(&infos[0]);
+        } else {
+            emit_json(&infos);
+        }
+    } else {
+        let mut s = String::new();
+        for i in &infos {
+            s += &render(i);
+        }
+        if infos.len() > 1 {
+            let file: u64 = infos.iter().map(|i| i.file_size).sum();
+            let src: u64 = infos.iter().map(|i| i.source_size).sum();
+            s += &format!(
+                "total: {} shards, {} bytes of {} ({})\n",
+                infos.len(),
+                thousands(file),
+                thousands(src),
+                pct(file, src)
+            );
+        }
+        emit(&s);
+    }
+    Ok(0)
+}

@@ -1,0 +1,187 @@
+//! Command-line front end: one file per subcommand, each turning arguments into a library call
+//! and the result into text or `--json`. Flags are defined once, here and in those files.
+
+mod compress;
+mod decompress;
+mod info;
+mod scan;
+mod stat;
+mod verify;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use bigsmall::error::Error;
+use bigsmall::progress::Progress;
+
+/// Lossless compression of AI model weights: bit-identical, smaller than any peer.
+#[derive(Parser)]
+#[command(name = "bigsmall", version, about, long_about = None)]
+#[command(after_help = "Examples:\n  bigsmall compress model.safetensors -o model.bs\n  bigsmall decompress model.bs -o back.safetensors\n  bigsmall verify model.bs")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compress a .safetensors file (or a model directory) to .bs, bit-exact
+    Compress(compress::Args),
+    /// Decompress a .bs file (or directory) back to the exact original safetensors
+    Decompress(decompress::Args),
+    /// Everything about a .bs file: sizes, ratio, codecs, layers, best/worst tensors
+    Info(info::Args),
+    /// Per-tensor table of a .bs file, sortable and filterable
+    Stat(stat::Args),
+    /// Analyse a safetensors file or directory before compressing it
+    Scan(scan::Args),
+    /// Check a .bs file: structure (--fast), a random sample, everything, or against the source
+    Verify(verify::Args),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Compress(a) => compress::run(a),
+        Command::Decompress(a) => decompress::run(a),
+        Command::Info(a) => info::run(a),
+        Command::Stat(a) => stat::run(a),
+        Command::Scan(a) => scan::run(a),
+        Command::Verify(a) => verify::run(a),
+    }
+}
+
+/// The error and its causes on one line.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut s = err.to_string();
+    for cause in err.chain().skip(1) {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+    }
+    s.replace('\n', " ")
+}
+
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    match err.downcast_ref::<Error>() {
+        Some(e) if e.is_integrity() => 3,
+        _ => 1,
+    }
+}
+
+/// Writes to stdout; a closed pipe (`| head`) ends the program quietly.
+pub fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("bigsmall: cannot write output: {e}");
+        std::process::exit(1);
+    }
+}
+
+pub fn emit_json<T: serde::Serialize>(value: &T) {
+    let mut s = serde_json::to_string_pretty(value).expect("reports serialise");
+    s.push('\n');
+    emit(&s);
+}
+
+/// `1234567` -> `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// Binary-prefixed size: `28.92 MiB`.
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+/// An indicatif bar on stderr, or nothing when hidden or stderr is not a terminal.
+pub struct Bar {
+    bar: Option<ProgressBar>,
+}
+
+impl Bar {
+    pub fn new(no_progress: bool) -> Bar {
+        let show = !no_progress && std::io::stderr().is_terminal();
+        Bar {
+            bar: show.then(|| {
+                let b = ProgressBar::hidden();
+                b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{msg:>10} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                b
+            }),
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, total: u64, what: &str) {
+        if let Some(b) = &self.bar {
+            b.reset();
+            b.set_length(total);
+            b.set_position(0);
+            b.set_message(what.to_string());
+        }
+    }
+
+    fn advance(&self, bytes: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(bytes);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// True when `p` is a directory made by `compress` on a model directory.
+pub fn is_bs_dir(p: &Path) -> bool {
+    p.is_dir() && p.join(bigsmall::store_dir::DIR_INDEX).is_file()
+}
+
+/// The `.bs` files a report command should look at: the file itself, or every shard of a
+/// compressed directory.
+pub fn container_files(p: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if is_bs_dir(p) {
+        let idx = bigsmall::store_dir::read_dir_index(p)?;
+        Ok(idx.shards.iter().map(|s| p.join(&s.file)).collect())
+    } else if p.is_dir() {
+        Err(Error::invalid(p, "is a directory without bigsmall.index.json (not made by bigsmall compress)").into())
+    } else {
+        Ok(vec![p.to_path_buf()])
+    }
+}

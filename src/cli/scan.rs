@@ -1,0 +1,47 @@
+//! `bigsmall scan`: facts about a safetensors input before compressing it.
+
+use std::path::PathBuf;
+
+use bigsmall::analysis::scan;
+
+use super::{emit, emit_json, human};
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:\n  bigsmall scan model.safetensors\n  bigsmall scan ./model-dir --json")]
+pub struct Args {
+    /// A .safetensors file or a model directory
+    path: PathBuf,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    let s = scan(&a.path)?;
+    if a.json {
+        emit_json(&s);
+        return Ok(0);
+    }
+    let kv = |k: &str, v: String| format!("  {k:<24} {v}\n");
+    let mut out = format!("scan: {}\n", s.path);
+    out += &kv("shards:", s.shards.to_string());
+    out += &kv("size:", format!("{} ({} bytes)", human(s.total_bytes), s.total_bytes));
+    out += &kv("tensors total:", s.tensors_total.to_string());
+    for (d, b) in &s.dtypes {
+        out += &kv(&format!("  {d}:"), format!("{} tensors, {}", b.tensors, human(b.raw_bytes)));
+    }
+    out += &kv("layers:", s.layer_count.to_string());
+    out += &kv("F32 tensors:", s.tensors_f32.to_string());
+    out += &kv("BF16-native F32:", s.tensors_bf16_native.to_string());
+    out += &kv("BF16-native by bytes:", format!("{:.1}%", s.bf16_native_bytes_frac * 100.0));
+    out += &kv(
+        "entropy bound:",
+        format!(
+            "{:.2}% H(s,e)+H(m|e); {:.2}% H(e)+raw (zeroth order, per tensor)",
+            s.bound_conditional_pct, s.bound_exponent_raw_pct
+        ),
+    );
+    out += &kv("recommendation:", s.recommendation.clone());
+    emit(&out);
+    Ok(0)
+}

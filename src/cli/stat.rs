@@ -1,0 +1,86 @@
+//! `bigsmall stat`: one line per tensor, sortable.
+
+use std::path::PathBuf;
+
+use bigsmall::analysis::tensor_stats;
+use bigsmall::format::reader::Container;
+
+use super::{container_files, emit, emit_json, human};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SortKey {
+    /// Stored size as % of raw
+    Ratio,
+    /// Raw size
+    Size,
+    /// Tensor name
+    Name,
+    /// File order
+    Index,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:\n  bigsmall stat model.bs --sort ratio --reverse\n  bigsmall stat model.bs --tensor q_proj --json")]
+pub struct Args {
+    /// The .bs file or compressed directory
+    file: PathBuf,
+    /// Sort by this column (default: file order)
+    #[arg(long, value_enum, default_value = "index")]
+    sort: SortKey,
+    /// Reverse the order
+    #[arg(long)]
+    reverse: bool,
+    /// Only tensors whose name contains this text
+    #[arg(long)]
+    tensor: Option<String>,
+    /// Print the rows as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    let mut rows = Vec::new();
+    for f in container_files(&a.file)? {
+        rows.extend(tensor_stats(&Container::open(&f)?));
+    }
+    if let Some(t) = &a.tensor {
+        rows.retain(|r| r.name.contains(t.as_str()));
+    }
+    match a.sort {
+        SortKey::Ratio => rows.sort_by(|x, y| x.ratio_pct.total_cmp(&y.ratio_pct)),
+        SortKey::Size => rows.sort_by_key(|r| r.raw_bytes),
+        SortKey::Name => rows.sort_by(|x, y| x.name.cmp(&y.name)),
+        SortKey::Index => {}
+    }
+    if a.reverse {
+        rows.reverse();
+    }
+    if a.json {
+        emit_json(&rows);
+        return Ok(0);
+    }
+    let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    let mut s = format!(
+        "{:>5}  {:<w$}  {:<18} {:<8} {:<14} {:>11} {:>11} {:>8}\n",
+        "#", "name", "shape", "dtype", "codec", "raw", "stored", "ratio"
+    );
+    for r in &rows {
+        let shape = format!(
+            "({})",
+            r.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
+        );
+        s += &format!(
+            "{:>5}  {:<w$}  {:<18} {:<8} {:<14} {:>11} {:>11} {:>7.2}%\n",
+            r.index,
+            r.name,
+            shape,
+            r.dtype,
+            r.codec,
+            human(r.raw_bytes),
+            human(r.stored_bytes),
+            r.ratio_pct
+        );
+    }
+    emit(&s);
+    Ok(0)
+}

@@ -1,0 +1,320 @@
+//! Tensor codecs: how one chunk of a tensor's raw bytes becomes a coded blob and back.
+//!
+//! Every blob starts with a one-byte codec tag, so a chunk is self-describing given its element
+//! type and length (both recorded in the container index). The encoder measures its candidates
+//! and keeps the smallest; raw storage is always a candidate, so no chunk grows by more than its
+//! one-byte tag.
+//!
+//! This module does not know about files, tensors names or hashes: see `format` for that.
+
+pub mod bits;
+pub mod rans;
+pub mod split;
+pub mod stream;
+
+use bits::Reader;
+
+/// What went wrong inside a coded blob; the container adds the tensor and chunk.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("coded data is truncated")]
+    Truncated,
+    #[error("coded data is corrupt: {0}")]
+    Corrupt(&'static str),
+    #[error(transparent)]
+    Rans(#[from] rans::RansError),
+    #[error("unknown codec tag {0} (written by a newer bigsmall?)")]
+    UnknownCodec(u8),
+}
+
+/// The trade-off a user picked: smallest file, the default, or fastest decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effort {
+    /// Smallest file: every candidate is tried, zstd at a high level, finer symbol splits.
+    Storage,
+    /// The default: near-storage size at full decode speed.
+    Balanced,
+    /// Fastest decode: byte-aligned fields only, no zstd.
+    Inference,
+}
+
+impl Effort {
+    pub fn zstd_level(self) -> Option<i32> {
+        match self {
+            Effort::Storage => Some(15),
+            Effort::Balanced => Some(3),
+            Effort::Inference => None,
+        }
+    }
+
+    pub fn zstd_always(self) -> bool {
+        self == Effort::Storage
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Effort::Storage => "storage",
+            Effort::Balanced => "balanced",
+            Effort::Inference => "inference",
+        }
+    }
+}
+
+/// How a tensor's elements are laid out, as far as the codecs care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElemKind {
+    Bf16,
+    F16,
+    F32,
+    /// One-byte floats (e4m3, e5m2) and one-byte integers: the whole byte is the symbol.
+    Byte,
+    /// Anything else, by element width in bytes.
+    Other(usize),
+}
+
+impl ElemKind {
+    pub fn width(self) -> usize {
+        match self {
+            ElemKind::Bf16 | ElemKind::F16 => 2,
+            ElemKind::F32 => 4,
+            ElemKind::Byte => 1,
+            ElemKind::Other(w) => w,
+        }
+    }
+}
+
+/// Codec tags: the first byte of every coded chunk.
+pub mod tag {
+    pub const RAW: u8 = 0;
+    pub const ZSTD: u8 = 1;
+    pub const SPLIT16: u8 = 2;
+    pub const SPLIT32: u8 = 3;
+    pub const BYTES: u8 = 4;
+    pub const FILL: u8 = 5;
+    pub const PLANES: u8 = 6;
+
+    pub fn name(t: u8) -> &'static str {
+        match t {
+            RAW => "raw",
+            ZSTD => "zstd",
+            SPLIT16 => "split16_rans",
+            SPLIT32 => "split32_rans",
+            BYTES => "byte_rans",
+            FILL => "fill",
+            PLANES => "byte_planes",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Codes one chunk (`data.len()` a multiple of the element width), choosing the smallest
+/// candidate. Deterministic: the same input and effort always give the same blob.
+pub fn encode_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u8> {
+    let w = kind.width();
+    debug_assert_eq!(data.len() % w, 0);
+    if data.len() >= 2 * w && data.chunks_exact(w).all(|e| e == &data[..w]) {
+        let mut out = vec![tag::FILL];
+        out.extend_from_slice(&data[..w]);
+        return out;
+    }
+    let mut best = match kind {
+        ElemKind::Bf16 => split::encode16(data, split::Float16::Bf16, effort),
+        ElemKind::F16 => split::encode16(data, split::Float16::F16, effort),
+        ElemKind::F32 => split::encode32(data, effort),
+        ElemKind::Byte => {
+            let mut out = vec![tag::BYTES];
+            stream::write_bytes(data, effort, &mut out);
+            out
+        }
+        ElemKind::Other(w) => encode_planes(data, w, effort),
+    };
+    // Whole-chunk zstd catches structure beyond the fields (repeated values, few distinct
+    // values per block) that no order-0 coder sees.
+    if let Some(level) = effort.zstd_level() {
+        if effort.zstd_always() || stream::worth_trying_zstd(data, best.len()) {
+            if let Ok(z) = zstd::bulk::compress(data, level) {
+                if z.len() + 1 < best.len() {
+                    best = Vec::with_capacity(z.len() + 1);
+                    best.push(tag::ZSTD);
+                    best.extend_from_slice(&z);
+                }
+            }
+        }
+    }
+    if best.len() > data.len() + 1 {
+        best.clear();
+        best.push(tag::RAW);
+        best.extend_from_slice(data);
+    }
+    best
+}
+
+fn encode_planes(data: &[u8], w: usize, effort: Effort) -> Vec<u8> {
+    let mut out = vec![tag::PLANES];
+    if w == 1 {
+        stream::write_bytes(data, effort, &mut out);
+        return out;
+    }
+    let mut plane = vec![0u8; data.len() / w];
+    for p in 0..w {
+        for (dst, e) in plane.iter_mut().zip(data.chunks_exact(w)) {
+            *dst = e[p];
+        }
+        stream::write_bytes(&plane, effort, &mut out);
+    }
+    out
+}
+
+/// Decodes a blob into `out`, whose length (from the index) fixes the element count.
+pub fn decode_chunk(kind: ElemKind, blob: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    let w = kind.width();
+    if out.len() % w != 0 {
+        return Err(CodecError::Corrupt("chunk length is not a whole number of elements"));
+    }
+    let mut r = Reader::new(blob);
+    let t = r.u8()?;
+    match t {
+        tag::RAW => {
+            let rest = r.rest();
+            if rest.len() != out.len() {
+                return Err(CodecError::Corrupt("raw chunk has the wrong length"));
+            }
+            out.copy_from_slice(rest);
+        }
+        tag::ZSTD => stream::zstd_exact(r.rest(), out)?,
+        tag::FILL => {
+            let pattern = r.bytes(w)?;
+            for e in out.chunks_exact_mut(w) {
+                e.copy_from_slice(pattern);
+            }
+        }
+        tag::SPLIT16 => {
+            let flavour = match kind {
+                ElemKind::Bf16 | ElemKind::F16 => split::Float16::Bf16,
+                _ => return Err(CodecError::Corrupt("split16 codec on a non-16-bit tensor")),
+            };
+            let _ = flavour; // field layout is the same for both: sign | 15-bit magnitude
+            split::decode16(&mut r, out)?;
+        }
+        tag::SPLIT32 => {
+            if kind != ElemKind::F32 {
+                return Err(CodecError::Corrupt("split32 codec on a non-F32 tensor"));
+            }
+            split::decode32(&mut r, out)?;
+        }
+        tag::BYTES => {
+            if w != 1 {
+                return Err(CodecError::Corrupt("byte codec on a multi-byte tensor"));
+            }
+            stream::read_bytes(&mut r, out)?;
+        }
+        tag::PLANES => {
+            if w == 1 {
+                stream::read_bytes(&mut r, out)?;
+            } else {
+                let mut plane = vec![0u8; out.len() / w];
+                for p in 0..w {
+                    stream::read_bytes(&mut r, &mut plane)?;
+                    for (e, &b) in out.chunks_exact_mut(w).zip(&plane) {
+                        e[p] = b;
+                    }
+                }
+            }
+        }
+        other => return Err(CodecError::UnknownCodec(other)),
+    }
+    if !r.is_empty() {
+        return Err(CodecError::Corrupt("trailing bytes after coded data"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn kinds() -> [ElemKind; 6] {
+        [
+            ElemKind::Bf16,
+            ElemKind::F16,
+            ElemKind::F32,
+            ElemKind::Byte,
+            ElemKind::Other(8),
+            ElemKind::Other(2),
+        ]
+    }
+
+    fn roundtrip(kind: ElemKind, data: &[u8]) {
+        for effort in [Effort::Storage, Effort::Balanced, Effort::Inference] {
+            let blob = encode_chunk(kind, data, effort);
+            assert!(blob.len() <= data.len() + 1, "{kind:?} grew");
+            let mut back = vec![0u8; data.len()];
+            decode_chunk(kind, &blob, &mut back).unwrap();
+            assert_eq!(back, data, "{kind:?} {effort:?}");
+        }
+    }
+
+    #[test]
+    fn edge_values_roundtrip() {
+        let bf16_edges: Vec<u16> = vec![
+            0x0000, 0x8000, 0x7f80, 0xff80, 0x7fc0, 0x7fc1, 0xffff, 0x0001, 0x807f, 0x3f80,
+        ];
+        let data: Vec<u8> = bf16_edges.iter().flat_map(|v| v.to_le_bytes()).collect();
+        roundtrip(ElemKind::Bf16, &data);
+        roundtrip(ElemKind::F16, &data);
+        let f32_edges: Vec<u32> = vec![
+            0, 0x8000_0000, 0x7f80_0000, 0xff80_0000, 0x7fc0_0001, 0x0000_0001, 0xffff_ffff,
+        ];
+        let data: Vec<u8> = f32_edges.iter().flat_map(|v| v.to_le_bytes()).collect();
+        roundtrip(ElemKind::F32, &data);
+        for k in kinds() {
+            roundtrip(k, &[]);
+            roundtrip(k, &vec![0u8; k.width() * 100]);
+        }
+    }
+
+    #[test]
+    fn gaussian_bf16_compresses() {
+        let mut x = 12345u64;
+        let data: Vec<u8> = (0..200_000)
+            .flat_map(|_| {
+                // Sum of uniforms: a cheap bell curve.
+                let mut s = 0.0f32;
+                for _ in 0..4 {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    s += (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                }
+                half::bf16::from_f32(s * 0.05).to_bits().to_le_bytes()
+            })
+            .collect();
+        let blob = encode_chunk(ElemKind::Bf16, &data, Effort::Balanced);
+        let ratio = blob.len() as f64 / data.len() as f64;
+        assert!(ratio < 0.72, "ratio {ratio}");
+        roundtrip(ElemKind::Bf16, &data);
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_roundtrip(kind_i in 0usize..6, bytes in proptest::collection::vec(any::<u8>(), 0..4000)) {
+            let kind = kinds()[kind_i];
+            let n = bytes.len() / kind.width() * kind.width();
+            roundtrip(kind, &bytes[..n]);
+        }
+
+        #[test]
+        fn narrow_values_roundtrip(kind_i in 0usize..6, vals in proptest::collection::vec(0u8..4, 0..4000)) {
+            let kind = kinds()[kind_i];
+            let n = vals.len() / kind.width() * kind.width();
+            roundtrip(kind, &vals[..n]);
+        }
+
+        #[test]
+        fn garbage_blobs_never_panic(kind_i in 0usize..6, blob in proptest::collection::vec(any::<u8>(), 0..700), n in 0usize..300) {
+            let kind = kinds()[kind_i];
+            let mut out = vec![0u8; n * kind.width()];
+            let _ = decode_chunk(kind, &blob, &mut out);
+        }
+    }
+}

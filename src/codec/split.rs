@@ -1,0 +1,202 @@
+//! Float codecs by fields. A 16-bit float word (BF16, F16, or the top half of an F32) is split
+//! into a *symbol* — the magnitude's top bits: exponent plus the top few mantissa bits — coded
+//! with rANS, and the *rest* — sign and low mantissa bits, close to random — stored as packed
+//! raw bits. How many mantissa bits join the symbol (`keep_low = r` raw bits remain) is measured
+//! per chunk: more bits capture more of H(mantissa | exponent) but grow the alphabet (at most 256
+//! symbols per stream).
+//!
+//! F32 adds the two low bytes: coded as byte planes (constant, rANS or zstd each; a BF16-native
+//! F32 has constant-zero planes and so costs what BF16 does) or as zstd over the 16-bit pairs.
+//!
+//! Chunk layouts (after the codec tag):
+//! ```text
+//! SPLIT16: u8 r | symbol stream (values < 2^(15-r)) | packed raw, (r+1) bits per element
+//! SPLIT32: the SPLIT16 body for the high halves | u8 lo_mode | lo data
+//!          lo_mode 0: byte stream of bits 8..16, byte stream of bits 0..8
+//!          lo_mode 1: varint length + zstd frame of the low 16-bit halves (little-endian)
+//! ```
+
+use super::bits::{pack, packed_len, put_varint, unpack_at, Reader};
+use super::stream::{self, Histogram};
+use super::{tag, CodecError, Effort};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Float16 {
+    Bf16,
+    F16,
+}
+
+/// Raw-bit counts worth considering, finest first. `r = 7` is byte-aligned (sign + 7 bits), the
+/// inference mode's choice because its rest unpacks as plain bytes.
+fn candidates(flavour: Float16, effort: Effort) -> &'static [u32] {
+    match (flavour, effort) {
+        (_, Effort::Inference) => &[7],
+        (Float16::Bf16, Effort::Balanced) => &[4, 5, 6, 7],
+        (Float16::Bf16, Effort::Storage) => &[2, 3, 4, 5, 6, 7],
+        (Float16::F16, Effort::Balanced) => &[4, 5, 6, 7, 8],
+        (Float16::F16, Effort::Storage) => &[3, 4, 5, 6, 7, 8, 9],
+    }
+}
+
+/// Chooses `r` and writes the split body (without codec tag) for the 16-bit words.
+fn write_split(words: &[u16], rs: &[u32], out: &mut Vec<u8>) {
+    let n = words.len();
+    let r_min = rs[0];
+    let bits = 15 - r_min;
+    let mut fine = vec![0u64; 1 << bits];
+    for &w in words {
+        fine[((w & 0x7fff) >> r_min) as usize] += 1;
+    }
+    let mut best: Option<(usize, u32, stream::SymPlan)> = None;
+    for &r in rs {
+        let shift = r - r_min;
+        let mut dense = vec![0u64; 1 << (15 - r)];
+        for (v, &c) in fine.iter().enumerate() {
+            dense[v >> shift] += c;
+        }
+        let h = Histogram::from_dense(&dense);
+        if let Some(plan) = stream::plan_symbols(&h) {
+            let total = plan.bytes + packed_len(n, r + 1);
+            if best.as_ref().is_none_or(|b| total < b.0) {
+                best = Some((total, r, plan));
+            }
+        }
+    }
+    // Fall back to the coarsest split that fits 256 symbols: r = 7 leaves 8 symbol bits.
+    let (r, plan) = match best {
+        Some((_, r, plan)) => (r, plan),
+        None => {
+            let r = 7;
+            let h = Histogram::of(words.iter().map(|&w| (w & 0x7fff) >> r), 8);
+            (r, stream::plan_symbols(&h).expect("8-bit symbols"))
+        }
+    };
+    out.push(r as u8);
+    let syms: Vec<u16> = words.iter().map(|&w| (w & 0x7fff) >> r).collect();
+    stream::write_symbols(&plan, &syms, out);
+    let low = (1u32 << r) - 1;
+    pack(
+        words
+            .iter()
+            .map(|&w| ((u32::from(w) >> 15) << r) | (u32::from(w) & low)),
+        n,
+        r + 1,
+        out,
+    );
+}
+
+/// Decodes a split body into 16-bit words handed to `put(i, word)`.
+#[inline(always)]
+fn read_split<F: FnMut(usize, u16)>(
+    r: &mut Reader<'_>,
+    n: usize,
+    mut put: F,
+) -> Result<(), CodecError> {
+    let keep = u32::from(r.u8()?);
+    if keep > 15 {
+        return Err(CodecError::Corrupt("split field width out of range"));
+    }
+    let syms = stream::read_symbols(r, 15 - keep)?;
+    let width = keep + 1;
+    let raw = r.bytes(packed_len(n, width))?;
+    let low = (1u32 << keep) - 1;
+    if width == 8 {
+        return stream::decode_symbols(&syms, n, |i, v| {
+            let rb = u32::from(raw[i]);
+            put(i, (((rb >> 7) << 15) | (u32::from(v) << 7) | (rb & 0x7f)) as u16)
+        });
+    }
+    stream::decode_symbols(&syms, n, |i, v| {
+        let rb = unpack_at(raw, i, width);
+        put(i, (((rb >> keep) << 15) | (u32::from(v) << keep) | (rb & low)) as u16)
+    })
+}
+
+pub fn encode16(data: &[u8], flavour: Float16, effort: Effort) -> Vec<u8> {
+    let words: Vec<u16> = data
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let mut out = Vec::with_capacity(data.len() * 3 / 4);
+    out.push(tag::SPLIT16);
+    write_split(&words, candidates(flavour, effort), &mut out);
+    out
+}
+
+/// Decodes a SPLIT16 body (tag already read).
+pub fn decode16(r: &mut Reader<'_>, out: &mut [u8]) -> Result<(), CodecError> {
+    let n = out.len() / 2;
+    read_split(r, n, |i, w| {
+        out[2 * i..2 * i + 2].copy_from_slice(&w.to_le_bytes());
+    })
+}
+
+pub fn encode32(data: &[u8], effort: Effort) -> Vec<u8> {
+    let n = data.len() / 4;
+    let hi: Vec<u16> = data
+        .chunks_exact(4)
+        .map(|b| u16::from_le_bytes([b[2], b[3]]))
+        .collect();
+    let mut out = Vec::with_capacity(data.len() * 7 / 8);
+    out.push(tag::SPLIT32);
+    write_split(&hi, candidates(Float16::Bf16, effort), &mut out);
+    let mut planes = Vec::new();
+    let mut plane = vec![0u8; n];
+    for p in [1usize, 0] {
+        for (dst, e) in plane.iter_mut().zip(data.chunks_exact(4)) {
+            *dst = e[p];
+        }
+        stream::write_bytes(&plane, effort, &mut planes);
+    }
+    let pairs = || -> Vec<u8> { data.chunks_exact(4).flat_map(|e| [e[0], e[1]]).collect() };
+    let zstd_pairs = effort.zstd_level().and_then(|level| {
+        let lo = pairs();
+        if effort.zstd_always() || stream::worth_trying_zstd(&lo, planes.len()) {
+            zstd::bulk::compress(&lo, level).ok()
+        } else {
+            None
+        }
+    });
+    match zstd_pairs {
+        Some(z) if z.len() + 5 < planes.len() => {
+            out.push(1);
+            put_varint(&mut out, z.len() as u64);
+            out.extend_from_slice(&z);
+        }
+        _ => {
+            out.push(0);
+            out.extend_from_slice(&planes);
+        }
+    }
+    out
+}
+
+/// Decodes a SPLIT32 body (tag already read).
+pub fn decode32(r: &mut Reader<'_>, out: &mut [u8]) -> Result<(), CodecError> {
+    let n = out.len() / 4;
+    read_split(r, n, |i, w| {
+        out[4 * i + 2..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+    })?;
+    match r.u8()? {
+        0 => {
+            let mut plane = vec![0u8; n];
+            for p in [1usize, 0] {
+                stream::read_bytes(r, &mut plane)?;
+                for (e, &b) in out.chunks_exact_mut(4).zip(&plane) {
+                    e[p] = b;
+                }
+            }
+        }
+        1 => {
+            let len = usize::try_from(r.varint()?).map_err(|_| CodecError::Truncated)?;
+            let z = r.bytes(len)?;
+            let mut lo = vec![0u8; n * 2];
+            stream::zstd_exact(z, &mut lo)?;
+            for (e, pair) in out.chunks_exact_mut(4).zip(lo.chunks_exact(2)) {
+                e[..2].copy_from_slice(pair);
+            }
+        }
+        _ => return Err(CodecError::Corrupt("unknown F32 low-half mode")),
+    }
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! Self-describing sub-streams inside a chunk: a field of the weights (exponent symbols, a byte
+//! plane) stored as a constant, raw bytes, rANS or zstd — whichever measures smallest.
+//!
+//! Symbol streams carry values of up to 16 bits with at most 256 distinct values per stream;
+//! the header lists the distinct values and their normalised frequencies.
+
+use super::bits::{put_varint, Reader};
+use super::rans::{self, FreqTable, LANES, PROB_SCALE};
+use super::{CodecError, Effort};
+
+const KIND_CONST: u8 = 0;
+const KIND_RANS: u8 = 1;
+const KIND_RAW: u8 = 2;
+const KIND_ZSTD: u8 = 3;
+
+/// The distinct values of a stream with their counts, ascending by value.
+pub struct Histogram {
+    pub values: Vec<u16>,
+    pub counts: Vec<u64>,
+}
+
+impl Histogram {
+    /// Counts values below `1 << bits` (bits <= 16).
+    pub fn of(values: impl Iterator<Item = u16>, bits: u32) -> Histogram {
+        let mut dense = vec![0u64; 1 << bits];
+        for v in values {
+            dense[v as usize] += 1;
+        }
+        Histogram::from_dense(&dense)
+    }
+
+    pub fn from_dense(dense: &[u64]) -> Histogram {
+        let mut values = Vec::new();
+        let mut counts = Vec::new();
+        for (v, &c) in dense.iter().enumerate() {
+            if c > 0 {
+                values.push(v as u16);
+                counts.push(c);
+            }
+        }
+        Histogram { values, counts }
+    }
+
+    /// Zeroth-order entropy in bits of the counted data.
+    pub fn entropy_bits(&self) -> f64 {
+        let n: u64 = self.counts.iter().sum();
+        if n == 0 {
+            return 0.0;
+        }
+        let n = n as f64;
+        self.counts
+            .iter()
+            .map(|&c| {
+                let c = c as f64;
+                -c * (c / n).log2()
+            })
+            .sum()
+    }
+}
+
+/// What a symbol stream will cost, measured before committing to it.
+pub struct SymPlan {
+    kind: SymKind,
+    pub bytes: usize,
+}
+
+enum SymKind {
+    Const(u16),
+    Rans(FreqTable, Vec<u16>),
+}
+
+fn table_header_len(values: &[u16], table: &FreqTable) -> usize {
+    let mut tmp = Vec::new();
+    write_table(&mut tmp, values, table);
+    tmp.len()
+}
+
+fn write_table(out: &mut Vec<u8>, values: &[u16], table: &FreqTable) {
+    put_varint(out, values.len() as u64 - 1);
+    let mut prev = 0u32;
+    for (i, &v) in values.iter().enumerate() {
+        let gap = if i == 0 { u32::from(v) } else { u32::from(v) - prev - 1 };
+        put_varint(out, u64::from(gap));
+        prev = u32::from(v);
+    }
+    for &f in &table.freqs {
+        put_varint(out, u64::from(f));
+    }
+}
+
+/// Plans a symbol stream; `None` when it has more than 256 distinct values.
+pub fn plan_symbols(h: &Histogram) -> Option<SymPlan> {
+    match h.values.len() {
+        0 => Some(SymPlan {
+            kind: SymKind::Const(0),
+            bytes: 3,
+        }),
+        1 => Some(SymPlan {
+            kind: SymKind::Const(h.values[0]),
+            bytes: 3,
+        }),
+        2..=256 => {
+            let table = rans::normalize(&h.counts);
+            let payload = (table.cost_bits(&h.counts) / 8.0).ceil() as usize + LANES * 4 + 2;
+            let bytes = 1 + table_header_len(&h.values, &table) + 5 + payload;
+            Some(SymPlan {
+                kind: SymKind::Rans(table, h.values.clone()),
+                bytes,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Writes a planned symbol stream. `values` yields the stream in order.
+pub fn write_symbols(plan: &SymPlan, values: &[u16], out: &mut Vec<u8>) {
+    match &plan.kind {
+        SymKind::Const(v) => {
+            out.push(KIND_CONST);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        SymKind::Rans(table, alphabet) => {
+            out.push(KIND_RANS);
+            write_table(out, alphabet, table);
+            let mut index = vec![0u8; 1 << 16];
+            for (i, &v) in alphabet.iter().enumerate() {
+                index[v as usize] = i as u8;
+            }
+            let syms: Vec<u8> = values.iter().map(|&v| index[v as usize]).collect();
+            let mut coded = Vec::new();
+            rans::encode(&syms, table, &mut coded);
+            put_varint(out, coded.len() as u64);
+            out.extend_from_slice(&coded);
+        }
+    }
+}
+
+/// A symbol stream read back: either a constant or an rANS stream with its decode tables.
+pub enum SymStream<'a> {
+    Const(u16),
+    Rans {
+        table: Box<[u32; PROB_SCALE as usize]>,
+        /// Value of each symbol index (256 entries, unused ones zero).
+        values: [u16; 256],
+        coded: &'a [u8],
+    },
+}
+
+/// Reads a symbol stream header; values must be below `1 << value_bits`.
+pub fn read_symbols<'a>(r: &mut Reader<'a>, value_bits: u32) -> Result<SymStream<'a>, CodecError> {
+    match r.u8()? {
+        KIND_CONST => {
+            let v = r.u16()?;
+            if u32::from(v) >> value_bits != 0 {
+                return Err(CodecError::Corrupt("constant symbol out of range"));
+            }
+            Ok(SymStream::Const(v))
+        }
+        KIND_RANS => {
+            let n = r.varint()? as usize + 1;
+            if !(2..=256).contains(&n) {
+                return Err(CodecError::Corrupt("symbol alphabet size out of range"));
+            }
+            let mut values = [0u16; 256];
+            let mut next = 0u64;
+            for slot in values.iter_mut().take(n) {
+                let v = next + r.varint()?;
+                if v >> value_bits != 0 {
+                    return Err(CodecError::Corrupt("symbol value out of range"));
+                }
+                *slot = v as u16;
+                next = v + 1;
+            }
+            let mut freqs = Vec::with_capacity(n);
+            for _ in 0..n {
+                let f = r.varint()?;
+                freqs.push(u16::try_from(f).map_err(|_| CodecError::Corrupt("frequency"))?);
+            }
+            let table = FreqTable::new(freqs).ok_or(CodecError::Corrupt("frequency table"))?;
+            let len = usize::try_from(r.varint()?).map_err(|_| CodecError::Truncated)?;
+            let coded = r.bytes(len)?;
+            Ok(SymStream::Rans {
+                table: table.decode_table(),
+                values,
+                coded,
+            })
+        }
+        _ => Err(CodecError::Corrupt("unknown symbol stream kind")),
+    }
+}
+
+/// Decodes a symbol stream of `n` values, handing each `(index, value)` to `emit`.
+#[inline(always)]
+pub fn decode_symbols<F: FnMut(usize, u16)>(
+    s: &SymStream<'_>,
+    n: usize,
+    mut emit: F,
+) -> Result<(), CodecError> {
+    match s {
+        SymStream::Const(v) => {
+            for i in 0..n {
+                emit(i, *v);
+            }
+            Ok(())
+        }
+        SymStream::Rans {
+            table,
+            values,
+            coded,
+        } => rans::decode_with(coded, table, n, |i, sym| emit(i, values[sym as usize]))
+            .map_err(CodecError::Rans),
+    }
+}
+
+/// Writes a byte stream (a byte plane, FP8 codes) as whichever of const / raw / rANS / zstd is
+/// smallest. rANS is measured exactly from the histogram; zstd is tried when `effort` says so.
+pub fn write_bytes(data: &[u8], effort: Effort, out: &mut Vec<u8>) {
+    let h = Histogram::of(data.iter().map(|&b| u16::from(b)), 8);
+    if h.values.len() <= 1 {
+        out.push(KIND_CONST);
+        out.push(h.values.first().copied().unwrap_or(0) as u8);
+        return;
+    }
+    let plan = plan_symbols(&h).expect("a byte stream has at most 256 values");
+    let mut best_len = data.len() + 6;
+    let mut best = KIND_RAW;
+    if plan.bytes < best_len {
+        best_len = plan.bytes;
+        best = KIND_RANS;
+    }
+    let zstd = effort.zstd_level().and_then(|level| {
+        // Only worth a try where zero-order coding leaves something: structure beyond order 0.
+        if effort.zstd_always() || worth_trying_zstd(data, plan.bytes) {
+            zstd::bulk::compress(data, level).ok()
+        } else {
+            None
+        }
+    });
+    if let Some(z) = &zstd {
+        if z.len() + 6 < best_len {
+            best = KIND_ZSTD;
+        }
+    }
+    match best {
+        KIND_RAW => {
+            out.push(KIND_RAW);
+            out.extend_from_slice(data);
+        }
+        KIND_RANS => {
+            let values: Vec<u16> = data.iter().map(|&b| u16::from(b)).collect();
+            write_symbols(&plan, &values, out);
+        }
+        _ => {
+            let z = zstd.expect("zstd chosen only when present");
+            out.push(KIND_ZSTD);
+            put_varint(out, z.len() as u64);
+            out.extend_from_slice(&z);
+        }
+    }
+}
+
+/// A cheap probe: compress a slice with a fast zstd level and compare with the order-0 estimate.
+pub fn worth_trying_zstd(data: &[u8], order0_bytes: usize) -> bool {
+    const PROBE: usize = 64 * 1024;
+    if data.len() <= PROBE {
+        return true;
+    }
+    let probe = &data[..PROBE];
+    match zstd::bulk::compress(probe, 1) {
+        Ok(z) => (z.len() as f64) < 1.02 * order0_bytes as f64 * PROBE as f64 / data.len() as f64,
+        Err(_) => false,
+    }
+}
+
+/// Reads a byte stream written by `write_bytes` into `out` (whose length is the stream's).
+pub fn read_bytes(r: &mut Reader<'_>, out: &mut [u8]) -> Result<(), CodecError> {
+    match r.peek_u8()? {
+        KIND_CONST => {
+            r.u8()?;
+            let v = r.u8()?;
+            out.fill(v);
+            Ok(())
+        }
+        KIND_RAW => {
+            r.u8()?;
+            out.copy_from_slice(r.bytes(out.len())?);
+            Ok(())
+        }
+        KIND_RANS => {
+            let s = read_symbols(r, 8)?;
+            decode_symbols(&s, out.len(), |i, v| out[i] = v as u8)
+        }
+        KIND_ZSTD => {
+            r.u8()?;
+            let len = usize::try_from(r.varint()?).map_err(|_| CodecError::Truncated)?;
+            let z = r.bytes(len)?;
+            zstd_exact(z, out)
+        }
+        _ => Err(CodecError::Corrupt("unknown byte stream kind")),
+    }
+}
+
+/// Decompresses a zstd frame that must produce exactly `out.len()` bytes.
+pub fn zstd_exact(z: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    let n = zstd::bulk::decompress_to_buffer(z, out).map_err(|_| CodecError::Corrupt("zstd"))?;
+    if n != out.len() {
+        return Err(CodecError::Corrupt("zstd frame has the wrong length"));
+    }
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! The library's one error type. Every variant a user can cause names the file and says what
+//! is wrong with it, in one line.
+
+use std::path::PathBuf;
+
+use crate::codec::CodecError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O error while touching a file.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The input is not a usable safetensors file.
+    #[error("{path}: not a valid safetensors file: {why}")]
+    BadSafetensors { path: PathBuf, why: String },
+    /// The file is not a bigsmall container, or its structure is damaged.
+    #[error("{path}: {why}")]
+    BadContainer { path: PathBuf, why: String },
+    /// The container was written by a newer, incompatible format version.
+    #[error("{path}: written by a newer bigsmall (format {major}.{minor}); this build reads format {supported}.x — upgrade bigsmall")]
+    NewerFormat {
+        path: PathBuf,
+        major: u16,
+        minor: u16,
+        supported: u16,
+    },
+    /// A chunk failed to decode.
+    #[error("{path}: tensor '{tensor}' chunk {chunk}: {source}")]
+    Decode {
+        path: PathBuf,
+        tensor: String,
+        chunk: usize,
+        source: CodecError,
+    },
+    /// Decoded bytes do not match what was recorded at compress time.
+    #[error("{path}: tensor '{tensor}' {what} mismatch — the file is corrupt")]
+    Integrity {
+        path: PathBuf,
+        tensor: String,
+        what: String,
+    },
+    /// The output already exists and overwriting was not asked for.
+    #[error("{path}: already exists (use -f to overwrite)")]
+    OutputExists { path: PathBuf },
+    /// Anything else a user can cause (wrong kind of input, bad arguments).
+    #[error("{path}: {why}")]
+    Invalid { path: PathBuf, why: String },
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn container(path: impl Into<PathBuf>, why: impl Into<String>) -> Error {
+        Error::BadContainer {
+            path: path.into(),
+            why: why.into(),
+        }
+    }
+
+    pub fn invalid(path: impl Into<PathBuf>, why: impl Into<String>) -> Error {
+        Error::Invalid {
+            path: path.into(),
+            why: why.into(),
+        }
+    }
+
+    /// True when the error means stored data did not match its receipt or checksum: the
+    /// CLI maps these to exit code 3.
+    pub fn is_integrity(&self) -> bool {
+        matches!(self, Error::Integrity { .. } | Error::Decode { .. })
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,156 @@
+//! The `.bs` container: preamble, coded chunk blobs, a zstd-compressed JSON index, and a fixed
+//! trailer that locates and checksums the index. Byte-level spec: `docs/FORMAT.md`.
+//!
+//! ```text
+//! 0      "BIGSMALL" | u16 major | u16 minor | u32 flags (0)         16-byte preamble
+//! 64     blobs: one per chunk, in tensor order (raw blobs placed so their payload is
+//!        64-byte aligned; coded blobs packed)
+//! I      index: zstd frame of the JSON `Index`
+//! end-40 trailer: u64 index_offset | u64 index_len | u64 index_json_len |
+//!        u64 xxh3(index bytes) | "BSINDEX1"
+//! ```
+//! The writer streams blobs as they are coded and writes the index last, so it never holds the
+//! model; a reader maps the file, reads the trailer, the index, then only the blobs it needs.
+
+pub mod reader;
+pub mod writer;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Effort;
+
+pub const MAGIC: &[u8; 8] = b"BIGSMALL";
+pub const TRAILER_MAGIC: &[u8; 8] = b"BSINDEX1";
+pub const MAJOR: u16 = 1;
+pub const MINOR: u16 = 0;
+pub const PREAMBLE_LEN: usize = 16;
+pub const DATA_START: u64 = 64;
+pub const TRAILER_LEN: usize = 40;
+pub const ALIGN: u64 = 64;
+/// Raw bytes per chunk (rounded down to whole elements). 1 MiB: big enough that per-chunk
+/// tables cost < 0.05%, small enough for many-core decode and small streaming reads.
+pub const CHUNK_BYTES: usize = 1 << 20;
+/// Upper bound on an index we agree to inflate: far above any real model (a 100k-tensor
+/// checkpoint needs ~30 MB), far below what a lying length could make us allocate.
+pub const MAX_INDEX_JSON: u64 = 1 << 30;
+
+/// The index: everything about the container except the blob bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Index {
+    /// Always "bigsmall".
+    pub format: String,
+    pub created_by: String,
+    pub mode: Effort,
+    /// Raw bytes per chunk used when the file was written.
+    pub chunk_bytes: u64,
+    pub source: Source,
+    pub tensors: Vec<TensorEntry>,
+}
+
+/// What the container was made from, enough to rebuild it byte for byte.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Source {
+    /// "safetensors".
+    pub kind: String,
+    /// File name of the source (no directory).
+    pub file_name: String,
+    pub file_size: u64,
+    /// The source's JSON header exactly as stored, padding included.
+    pub header: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TensorEntry {
+    pub name: String,
+    /// safetensors dtype name.
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    /// Byte range in the source's data section.
+    pub offsets: [u64; 2],
+    /// md5 of the raw bytes, hex: the receipt `verify` checks.
+    pub md5: String,
+    /// Index of an earlier tensor with identical bytes; this one then has no chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dup_of: Option<usize>,
+    #[serde(default)]
+    pub chunks: Vec<ChunkEntry>,
+}
+
+impl TensorEntry {
+    pub fn raw_len(&self) -> u64 {
+        self.offsets[1] - self.offsets[0]
+    }
+
+    /// Bytes this tensor occupies in the container (blobs only).
+    pub fn stored_len(&self) -> u64 {
+        self.chunks.iter().map(|c| c.len).sum()
+    }
+}
+
+/// One independently decodable piece of a tensor.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ChunkEntry {
+    /// Blob offset in the container.
+    #[serde(rename = "o")]
+    pub offset: u64,
+    /// Blob length.
+    #[serde(rename = "l")]
+    pub len: u64,
+    /// Raw (decoded) length.
+    #[serde(rename = "n")]
+    pub raw_len: u64,
+    /// xxh3-64 of the raw bytes: checked on every decode.
+    #[serde(rename = "h")]
+    pub hash: u64,
+    /// Codec tag (the blob's first byte), for reports without reading blobs.
+    #[serde(rename = "c")]
+    pub codec: u8,
+}
+
+/// The fixed-size end of every container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trailer {
+    pub index_offset: u64,
+    pub index_len: u64,
+    pub index_json_len: u64,
+    pub index_hash: u64,
+}
+
+impl Trailer {
+    pub fn to_bytes(self) -> [u8; TRAILER_LEN] {
+        let mut b = [0u8; TRAILER_LEN];
+        b[0..8].copy_from_slice(&self.index_offset.to_le_bytes());
+        b[8..16].copy_from_slice(&self.index_len.to_le_bytes());
+        b[16..24].copy_from_slice(&self.index_json_len.to_le_bytes());
+        b[24..32].copy_from_slice(&self.index_hash.to_le_bytes());
+        b[32..40].copy_from_slice(TRAILER_MAGIC);
+        b
+    }
+
+    /// Parses a trailer; `None` if the magic is wrong.
+    pub fn from_bytes(b: &[u8; TRAILER_LEN]) -> Option<Trailer> {
+        if &b[32..40] != TRAILER_MAGIC {
+            return None;
+        }
+        let u = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        Some(Trailer {
+            index_offset: u(0),
+            index_len: u(8),
+            index_json_len: u(16),
+            index_hash: u(24),
+        })
+    }
+}
+
+pub fn preamble() -> [u8; PREAMBLE_LEN] {
+    let mut p = [0u8; PREAMBLE_LEN];
+    p[..8].copy_from_slice(MAGIC);
+    p[8..10].copy_from_slice(&MAJOR.to_le_bytes());
+    p[10..12].copy_from_slice(&MINOR.to_le_bytes());
+    p
+}
+
+/// Hash used for chunk checks and the index checksum.
+pub fn fast_hash(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}

@@ -1,0 +1,292 @@
+//! Container reader: maps the file, validates trailer and index against the file size before
+//! anything is sliced or allocated, and decodes chunks on demand.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use super::{
+    fast_hash, ChunkEntry, Index, TensorEntry, Trailer, DATA_START, MAGIC, MAJOR,
+    MAX_INDEX_JSON, PREAMBLE_LEN, TRAILER_LEN,
+};
+use crate::codec::{decode_chunk, ElemKind};
+use crate::error::{Error, Result};
+use crate::model::safetensors::{elem_kind, parse_dtype};
+
+/// Largest decoded chunk we accept from an index: bounds the memory a hostile file can ask for.
+pub const MAX_CHUNK_RAW: u64 = 64 << 20;
+
+/// An opened, structurally validated container.
+pub struct Container {
+    pub path: PathBuf,
+    mmap: Mmap,
+    pub index: Index,
+    pub trailer: Trailer,
+    pub version: (u16, u16),
+    /// Element kind of each tensor (parallel to `index.tensors`).
+    kinds: Vec<ElemKind>,
+}
+
+impl Container {
+    pub fn open(path: &Path) -> Result<Container> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        if meta.is_dir() {
+            return Err(Error::invalid(path, "is a directory, expected a .bs file"));
+        }
+        let bad = |why: String| Error::container(path, why);
+        if meta.len() < DATA_START + TRAILER_LEN as u64 {
+            return Err(if meta.len() >= 8 {
+                bad(format!(
+                    "not a bigsmall container, or truncated ({} bytes)",
+                    meta.len()
+                ))
+            } else {
+                bad(format!("not a bigsmall container ({} bytes)", meta.len()))
+            });
+        }
+        // SAFETY: read-only map of a file we never write while reading.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        if &mmap[..8] != MAGIC {
+            return Err(bad("not a bigsmall container (bad magic)".into()));
+        }
+        let major = u16::from_le_bytes([mmap[8], mmap[9]]);
+        let minor = u16::from_le_bytes([mmap[10], mmap[11]]);
+        if major > MAJOR {
+            return Err(Error::NewerFormat {
+                path: path.to_path_buf(),
+                major,
+                minor,
+                supported: MAJOR,
+            });
+        }
+        if major == 0 || mmap[12..PREAMBLE_LEN].iter().any(|&b| b != 0) {
+            return Err(bad(format!("unsupported container version {major}.{minor}")));
+        }
+        let len = mmap.len() as u64;
+        let tb: &[u8; TRAILER_LEN] = mmap[mmap.len() - TRAILER_LEN..]
+            .try_into()
+            .expect("length checked");
+        let trailer = Trailer::from_bytes(tb)
+            .ok_or_else(|| bad("truncated or damaged: no trailer at the end of the file".into()))?;
+        let index_end = trailer
+            .index_offset
+            .checked_add(trailer.index_len)
+            .filter(|&e| e == len - TRAILER_LEN as u64)
+            .ok_or_else(|| bad("trailer points outside the file (truncated or damaged)".into()))?;
+        if trailer.index_offset < DATA_START || trailer.index_len == 0 {
+            return Err(bad("trailer has an impossible index location".into()));
+        }
+        let packed = &mmap[trailer.index_offset as usize..index_end as usize];
+        if fast_hash(packed) != trailer.index_hash {
+            return Err(bad("index checksum mismatch (the index is damaged)".into()));
+        }
+        if trailer.index_json_len > MAX_INDEX_JSON {
+            return Err(bad(format!(
+                "index claims {} bytes, more than the {} allowed",
+                trailer.index_json_len, MAX_INDEX_JSON
+            )));
+        }
+        let json = zstd::bulk::decompress(packed, trailer.index_json_len as usize)
+            .map_err(|e| bad(format!("index does not decompress: {e}")))?;
+        if json.len() as u64 != trailer.index_json_len {
+            return Err(bad("index has the wrong length".into()));
+        }
+        let index: Index =
+            serde_json::from_slice(&json).map_err(|e| bad(format!("index is malformed: {e}")))?;
+        let kinds = validate(&index, trailer.index_offset).map_err(bad)?;
+        Ok(Container {
+            path: path.to_path_buf(),
+            mmap,
+            index,
+            trailer,
+            version: (major, minor),
+            kinds,
+        })
+    }
+
+    pub fn file_size(&self) -> u64 {
+        self.mmap.len() as u64
+    }
+
+    pub fn kind(&self, tensor: usize) -> ElemKind {
+        self.kinds[tensor]
+    }
+
+    /// The tensor whose chunks hold this tensor's bytes (itself unless it is a duplicate).
+    pub fn storage_of(&self, tensor: usize) -> usize {
+        self.index.tensors[tensor].dup_of.unwrap_or(tensor)
+    }
+
+    pub fn blob(&self, c: &ChunkEntry) -> &[u8] {
+        &self.mmap[c.offset as usize..(c.offset + c.len) as usize]
+    }
+
+    /// Decodes one chunk of a tensor into `out` (its raw length) and checks its hash.
+    pub fn decode_chunk_into(&self, tensor: usize, chunk: usize, out: &mut [u8]) -> Result<()> {
+        let t = &self.index.tensors[tensor];
+        let s = self.storage_of(tensor);
+        let c = &self.index.tensors[s].chunks[chunk];
+        decode_chunk(self.kinds[s], self.blob(c), out).map_err(|source| Error::Decode {
+            path: self.path.clone(),
+            tensor: t.name.clone(),
+            chunk,
+            source,
+        })?;
+        if fast_hash(out) != c.hash {
+            return Err(Error::Integrity {
+                path: self.path.clone(),
+                tensor: t.name.clone(),
+                what: format!("chunk {chunk} checksum"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Chunks of a tensor (following duplicates).
+    pub fn chunks(&self, tensor: usize) -> &[ChunkEntry] {
+        &self.index.tensors[self.storage_of(tensor)].chunks
+    }
+
+    /// Decodes a whole tensor (all cores).
+    pub fn tensor_bytes(&self, tensor: usize) -> Result<Vec<u8>> {
+        use rayon::prelude::*;
+        let t = &self.index.tensors[tensor];
+        let mut out = vec![0u8; t.raw_len() as usize];
+        let chunks = self.chunks(tensor);
+        let mut slices = Vec::with_capacity(chunks.len());
+        let mut rest = &mut out[..];
+        for c in chunks {
+            let (a, b) = rest.split_at_mut(c.raw_len as usize);
+            slices.push(a);
+            rest = b;
+        }
+        slices
+            .into_par_iter()
+            .enumerate()
+            .try_for_each(|(i, s)| self.decode_chunk_into(tensor, i, s))?;
+        Ok(out)
+    }
+
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.index.tensors.iter().position(|t| t.name == name)
+    }
+
+    /// Total raw bytes of the tensors (the source's data section).
+    pub fn raw_data_len(&self) -> u64 {
+        self.index.tensors.iter().map(TensorEntry::raw_len).sum()
+    }
+}
+
+/// Checks every number in the index against the file and against itself; returns each
+/// tensor's element kind. Errors are sentences about the file.
+fn validate(index: &Index, data_end: u64) -> std::result::Result<Vec<ElemKind>, String> {
+    if index.format != "bigsmall" {
+        return Err(format!("index format is '{}', not bigsmall", index.format));
+    }
+    if index.source.kind != "safetensors" {
+        return Err(format!("unknown source kind '{}'", index.source.kind));
+    }
+    let header_len = index.source.header.len() as u64;
+    let mut expect_start = 0u64;
+    let mut kinds = Vec::with_capacity(index.tensors.len());
+    let mut names = std::collections::HashSet::new();
+    for (i, t) in index.tensors.iter().enumerate() {
+        let dtype = parse_dtype(&t.dtype)
+            .ok_or_else(|| format!("tensor '{}' has unknown dtype '{}'", t.name, t.dtype))?;
+        if !names.insert(t.name.as_str()) {
+            return Err(format!("tensor '{}' appears twice in the index", t.name));
+        }
+        let bits = t
+            .shape
+            .iter()
+            .try_fold(dtype.bitsize() as u64, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| format!("tensor '{}' has an overflowing shape", t.name))?;
+        let [s, e] = t.offsets;
+        if s != expect_start || e < s || bits % 8 != 0 || e - s != bits / 8 {
+            return Err(format!(
+                "tensor '{}' has offsets inconsistent with its shape and neighbours",
+                t.name
+            ));
+        }
+        expect_start = e;
+        if let Some(d) = t.dup_of {
+            let ok = d < i
+                && index.tensors[d].dup_of.is_none()
+                && index.tensors[d].raw_len() == t.raw_len()
+                && t.chunks.is_empty();
+            if !ok {
+                return Err(format!("tensor '{}' has an invalid duplicate reference", t.name));
+            }
+        } else {
+            let mut sum = 0u64;
+            let w = elem_kind(dtype).width() as u64;
+            for c in &t.chunks {
+                let end = c.offset.checked_add(c.len);
+                if c.offset < DATA_START || end.is_none_or(|e| e > data_end) || c.len == 0 {
+                    return Err(format!(
+                        "tensor '{}' has a chunk outside the data section (truncated or damaged)",
+                        t.name
+                    ));
+                }
+                if c.raw_len == 0 || c.raw_len > MAX_CHUNK_RAW || c.raw_len % w != 0 {
+                    return Err(format!("tensor '{}' has an impossible chunk length", t.name));
+                }
+                sum += c.raw_len;
+            }
+            if sum != t.raw_len() {
+                return Err(format!(
+                    "tensor '{}' chunks cover {} bytes, expected {}",
+                    t.name,
+                    sum,
+                    t.raw_len()
+                ));
+            }
+        }
+        if t.md5.len() != 32 || !t.md5.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("tensor '{}' has a malformed md5 receipt", t.name));
+        }
+        kinds.push(elem_kind(dtype));
+    }
+    check_header(index)?;
+    let mut last_end = 0u64;
+    for t in index.tensors.iter() {
+        for c in &t.chunks {
+            if c.offset < last_end {
+                return Err(format!("tensor '{}' has a chunk overlapping another", t.name));
+            }
+            last_end = c.offset + c.len;
+        }
+    }
+    let expect_size = 8 + header_len + expect_start;
+    if index.source.file_size != expect_size {
+        return Err("index source size disagrees with its tensors".to_string());
+    }
+    Ok(kinds)
+}
+
+/// The stored safetensors header must describe exactly the tensors of the index, so that a
+/// decompressed file is a valid safetensors file whatever the index says.
+fn check_header(index: &Index) -> std::result::Result<(), String> {
+    let meta: safetensors::tensor::Metadata = serde_json::from_str(&index.source.header)
+        .map_err(|e| format!("stored safetensors header is invalid: {e}"))?;
+    let names = meta.offset_keys();
+    if names.len() != index.tensors.len() {
+        return Err("stored safetensors header disagrees with the index".into());
+    }
+    for (name, t) in names.iter().zip(&index.tensors) {
+        let info = meta.info(name).ok_or("stored header lost a tensor")?;
+        let same = *name == t.name
+            && format!("{:?}", info.dtype) == t.dtype
+            && info.shape.iter().map(|&d| d as u64).eq(t.shape.iter().copied())
+            && [info.data_offsets.0 as u64, info.data_offsets.1 as u64] == t.offsets;
+        if !same {
+            return Err(format!(
+                "stored safetensors header disagrees with the index at tensor '{}'",
+                t.name
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! Streaming container writer: blobs go out as they are coded; the index is written last.
+
+use std::path::Path;
+
+use super::{fast_hash, preamble, Index, Trailer, ALIGN, DATA_START, PREAMBLE_LEN};
+use crate::codec::tag;
+use crate::error::{Error, Result};
+use crate::fsutil::AtomicFile;
+
+pub struct ContainerWriter {
+    out: AtomicFile,
+    pos: u64,
+}
+
+impl ContainerWriter {
+    pub fn create(path: &Path) -> Result<ContainerWriter> {
+        let mut out = AtomicFile::create(path)?;
+        out.write_all(&preamble())?;
+        out.write_all(&[0u8; DATA_START as usize - PREAMBLE_LEN])?;
+        Ok(ContainerWriter {
+            out,
+            pos: DATA_START,
+        })
+    }
+
+    /// Appends one chunk blob and returns its offset. Raw blobs are placed so that their
+    /// payload (after the one-byte tag) is 64-byte aligned and can be used in place from a map.
+    pub fn write_blob(&mut self, blob: &[u8]) -> Result<u64> {
+        if blob.first() == Some(&tag::RAW) && blob.len() > 1 {
+            let want = (self.pos + 1).div_ceil(ALIGN) * ALIGN - 1;
+            let pad = (want - self.pos) as usize;
+            if pad > 0 {
+                self.out.write_all(&[0u8; ALIGN as usize][..pad])?;
+                self.pos += pad as u64;
+            }
+        }
+        let at = self.pos;
+        self.out.write_all(blob)?;
+        self.pos += blob.len() as u64;
+        Ok(at)
+    }
+
+    /// Writes index and trailer, then renames the file into place.
+    pub fn finish(mut self, index: &Index) -> Result<u64> {
+        let json = serde_json::to_vec(index).map_err(|e| {
+            Error::container(self.out.path(), format!("cannot serialise index: {e}"))
+        })?;
+        let packed = zstd::bulk::compress(&json, 19)
+            .map_err(|e| Error::io(self.out.path(), e))?;
+        let trailer = Trailer {
+            index_offset: self.pos,
+            index_len: packed.len() as u64,
+            index_json_len: json.len() as u64,
+            index_hash: fast_hash(&packed),
+        };
+        self.out.write_all(&packed)?;
+        self.out.write_all(&trailer.to_bytes())?;
+        let total = self.pos + packed.len() as u64 + super::TRAILER_LEN as u64;
+        self.out.commit()?;
+        Ok(total)
+    }
+}

@@ -1,0 +1,74 @@
+//! Atomic outputs: everything is written under a temporary name beside its destination and
+//! renamed into place only when complete, so no command ever leaves a truncated file under
+//! the name a user asked for.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// A file being written; becomes visible under its final name only on `commit`.
+pub struct AtomicFile {
+    final_path: PathBuf,
+    tmp_path: PathBuf,
+    out: Option<BufWriter<File>>,
+}
+
+/// Refuses to clobber an existing path unless `overwrite`.
+pub fn check_output(path: &Path, overwrite: bool) -> Result<()> {
+    if !overwrite && fs::symlink_metadata(path).is_ok() {
+        return Err(Error::OutputExists {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// The temporary name used beside `path` while it is written.
+pub fn temp_name(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    path.with_file_name(format!(".{name}.bigsmall-tmp-{}", std::process::id()))
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> Result<AtomicFile> {
+        let tmp_path = temp_name(path);
+        let file = File::create(&tmp_path).map_err(|e| Error::io(path, e))?;
+        Ok(AtomicFile {
+            final_path: path.to_path_buf(),
+            tmp_path,
+            out: Some(BufWriter::with_capacity(1 << 20, file)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.final_path
+    }
+
+    pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
+        let out = self.out.as_mut().expect("not committed");
+        out.write_all(bytes).map_err(|e| Error::io(&self.final_path, e))
+    }
+
+    /// Flushes and renames into place.
+    pub fn commit(mut self) -> Result<()> {
+        let out = self.out.take().expect("commit once");
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io(&self.final_path, e.into_error()))?;
+        drop(file);
+        fs::rename(&self.tmp_path, &self.final_path).map_err(|e| Error::io(&self.final_path, e))
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.out.take().is_some() {
+            let _ = fs::remove_file(&self.tmp_path);
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Integrity checks of containers: `verify` in its fast, sample, full and against-source modes.
+//! Checksums themselves (xxh3 per chunk, md5 per tensor) are written by `store`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use md5::{Digest, Md5};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::format::reader::Container;
+use crate::model::safetensors::SafetensorsFile;
+use crate::store::hex;
+
+#[derive(Debug, Clone)]
+pub enum VerifyMode {
+    /// Structure only: trailer, index checksum, every offset and length. No blob is decoded.
+    Fast,
+    /// Decode a random fraction of the chunks and check their checksums.
+    Sample { fraction: f64, seed: u64 },
+    /// Decode everything; check every chunk checksum and every tensor's md5 receipt.
+    Full,
+    /// Decode everything and compare with the original safetensors file.
+    Source(PathBuf),
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VerifyReport {
+    pub file: String,
+    pub mode: String,
+    pub format_version: String,
+    pub tensors: usize,
+    pub chunks_total: usize,
+    pub chunks_checked: usize,
+    pub bytes_checked: u64,
+    pub md5_checked: usize,
+    pub file_size: u64,
+    /// One line per problem found; empty means OK.
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// A tiny deterministic generator for sampling (splitmix64).
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Verifies one container. Structural damage is an `Err`; decoded-data mismatches are listed
+/// in the report's `problems` so every bad tensor is named, not just the first.
+pub fn verify(path: &Path, mode: &VerifyMode) -> Result<VerifyReport> {
+    let c = Container::open(path)?;
+    let mut report = VerifyReport {
+        file: path.display().to_string(),
+        format_version: format!("{}.{}", c.version.0, c.version.1),
+        tensors: c.index.tensors.len(),
+        chunks_total: c.index.tensors.iter().map(|t| t.chunks.len()).sum(),
+        file_size: c.file_size(),
+        ..Default::default()
+    };
+    let problems = Mutex::new(Vec::new());
+    let note = |e: Error| problems.lock().expect("no poisoned lock").push(e.to_string());
+    match mode {
+        VerifyMode::Fast => {
+            report.mode = "fast".into();
+        }
+        VerifyMode::Sample { fraction, seed } => {
+            report.mode = format!("sample {fraction}");
+            let mut rng = *seed;
+            let mut picks = Vec::new();
+            for (t, te) in c.index.tensors.iter().enumerate() {
+                if te.dup_of.is_some() {
+                    continue;
+                }
+                for k in 0..te.chunks.len() {
+                    let u = (splitmix(&mut rng) >> 11) as f64 / (1u64 << 53) as f64;
+                    if u < *fraction {
+                        picks.push((t, k));
+                    }
+                }
+            }
+            if picks.is_empty() && report.chunks_total > 0 {
+                // Always check at least one chunk, chosen by the same generator.
+                let all: Vec<(usize, usize)> = c
+                    .index
+                    .tensors
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(t, te)| (0..te.chunks.len()).map(move |k| (t, k)))
+                    .collect();
+                picks.push(all[(splitmix(&mut rng) % all.len() as u64) as usize]);
+            }
+            let bytes: u64 = picks
+                .par_iter()
+                .map(|&(t, k)| {
+                    let n = c.chunks(t)[k].raw_len;
+                    let mut buf = vec![0u8; n as usize];
+                    if let Err(e) = c.decode_chunk_into(t, k, &mut buf) {
+                        note(e);
+                    }
+                    n
+                })
+                .sum();
+            report.chunks_checked = picks.len();
+            report.bytes_checked = bytes;
+        }
+        VerifyMode::Full => {
+            report.mode = "full".into();
+            let mut order: Vec<usize> = (0..c.index.tensors.len())
+                .filter(|&t| c.index.tensors[t].dup_of.is_none())
+                .collect();
+            // Biggest first, so the last tensors to finish are small ones.
+            order.sort_by_key(|&t| std::cmp::Reverse(c.index.tensors[t].raw_len()));
+            order.par_iter().for_each(|&t| {
+                let te = &c.index.tensors[t];
+                let mut h = Md5::new();
+                let mut buf = Vec::new();
+                for (k, ch) in te.chunks.iter().enumerate() {
+                    buf.resize(ch.raw_len as usize, 0);
+                    if let Err(e) = c.decode_chunk_into(t, k, &mut buf) {
+                        note(e);
+                        return;
+                    }
+                    h.update(&buf);
+                }
+                if hex(&h.finalize()) != te.md5 {
+                    note(Error::Integrity {
+                        path: c.path.clone(),
+                        tensor: te.name.clone(),
+                        what: "md5 receipt".into(),
+                    });
+                }
+            });
+            for te in &c.index.tensors {
+                if let Some(d) = te.dup_of {
+                    if c.index.tensors[d].md5 != te.md5 {
+                        note(Error::Integrity {
+                            path: c.path.clone(),
+                            tensor: te.name.clone(),
+                            what: "duplicate's md5 receipt".into(),
+                        });
+                    }
+                }
+            }
+            report.chunks_checked = report.chunks_total;
+            report.bytes_checked = c.raw_data_len();
+            report.md5_checked = c.index.tensors.len();
+        }
+        VerifyMode::Source(src) => {
+            report.mode = "source".into();
+            let s = SafetensorsFile::open(src)?;
+            if s.header != c.index.source.header.as_bytes() {
+                note(Error::invalid(src, "safetensors header differs from the stored one"));
+            }
+            if s.tensors.len() != c.index.tensors.len() {
+                note(Error::invalid(
+                    src,
+                    format!(
+                        "has {} tensors, the container {}",
+                        s.tensors.len(),
+                        c.index.tensors.len()
+                    ),
+                ));
+            }
+            (0..c.index.tensors.len()).into_par_iter().for_each(|t| {
+                let te = &c.index.tensors[t];
+                let Some(st) = s.tensors.iter().find(|x| x.name == te.name) else {
+                    note(Error::invalid(src, format!("has no tensor '{}'", te.name)));
+                    return;
+                };
+                let orig = s.tensor_bytes(st);
+                let mut pos = 0usize;
+                let mut buf = Vec::new();
+                for (k, ch) in c.chunks(t).iter().enumerate() {
+                    buf.resize(ch.raw_len as usize, 0);
+                    if let Err(e) = c.decode_chunk_into(t, k, &mut buf) {
+                        note(e);
+                        return;
+                    }
+                    if orig.get(pos..pos + buf.len()) != Some(&buf[..]) {
+                        note(Error::Integrity {
+                            path: c.path.clone(),
+                            tensor: te.name.clone(),
+                            what: format!("chunk {k} bytes vs source"),
+                        });
+                        return;
+                    }
+                    pos += buf.len();
+                }
+                if pos != orig.len() {
+                    note(Error::Integrity {
+                        path: c.path.clone(),
+                        tensor: te.name.clone(),
+                        what: "length vs source".into(),
+                    });
+                }
+            });
+            report.chunks_checked = report.chunks_total;
+            report.bytes_checked = c.raw_data_len();
+        }
+    }
+    report.problems = problems.into_inner().expect("no poisoned lock");
+    report.problems.sort();
+    Ok(report)
+}

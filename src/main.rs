@@ -1,0 +1,18 @@
+//! The `bigsmall` binary: parse arguments, dispatch to `cli/<command>.rs`, map the outcome to
+//! an exit code (0 ok, 1 failure, 2 usage, 3 integrity check failed).
+
+mod cli;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    let code = match cli::run(args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("bigsmall: {}", cli::one_line(&err));
+            cli::exit_code(&err)
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,152 @@
+//! Reading safetensors files: memory-mapped, validated before any slice is taken, tensors in
+//! file order. The exact header bytes are kept so a decompressed file can be byte-identical.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, SafeTensors};
+
+use crate::codec::ElemKind;
+use crate::error::{Error, Result};
+
+/// One tensor's place in a safetensors file.
+#[derive(Debug, Clone)]
+pub struct TensorMeta {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Byte range within the data section (after the header).
+    pub start: usize,
+    pub end: usize,
+}
+
+impl TensorMeta {
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// An opened, validated safetensors file.
+pub struct SafetensorsFile {
+    pub path: PathBuf,
+    mmap: Option<Mmap>,
+    /// The JSON header exactly as stored (including any padding).
+    pub header: Vec<u8>,
+    pub tensors: Vec<TensorMeta>,
+    pub file_size: u64,
+}
+
+/// The safetensors dtype name, as written in headers ("BF16", "F8_E4M3", ...).
+pub fn dtype_name(d: Dtype) -> String {
+    format!("{d:?}")
+}
+
+pub fn parse_dtype(s: &str) -> Option<Dtype> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+}
+
+/// How the codecs should see a dtype.
+pub fn elem_kind(d: Dtype) -> ElemKind {
+    match d {
+        Dtype::BF16 => ElemKind::Bf16,
+        Dtype::F16 => ElemKind::F16,
+        Dtype::F32 => ElemKind::F32,
+        other => {
+            let bits = other.bitsize();
+            if bits <= 8 {
+                // Sub-byte types (F4, F6) are coded over their packed bytes.
+                ElemKind::Byte
+            } else {
+                ElemKind::Other(bits / 8)
+            }
+        }
+    }
+}
+
+impl SafetensorsFile {
+    pub fn open(path: &Path) -> Result<SafetensorsFile> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        if meta.is_dir() {
+            return Err(Error::invalid(path, "is a directory, expected a .safetensors file"));
+        }
+        let bad = |why: String| Error::BadSafetensors {
+            path: path.to_path_buf(),
+            why,
+        };
+        if meta.len() < 8 {
+            return Err(bad(format!("only {} bytes long", meta.len())));
+        }
+        // SAFETY: the map is read-only; bigsmall never writes to its inputs. A file truncated
+        // by another process while mapped is outside what any mmap reader can defend against.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let (n, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| bad(e.to_string()))?;
+        let mut tensors = Vec::new();
+        let infos = metadata.tensors();
+        for name in metadata.offset_keys() {
+            let info = infos[&name];
+            tensors.push(TensorMeta {
+                name,
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                start: info.data_offsets.0,
+                end: info.data_offsets.1,
+            });
+        }
+        let header = mmap[8..8 + n].to_vec();
+        Ok(SafetensorsFile {
+            path: path.to_path_buf(),
+            mmap: Some(mmap),
+            header,
+            tensors,
+            file_size: meta.len(),
+        })
+    }
+
+    /// Offset of the data section within the file.
+    pub fn data_offset(&self) -> usize {
+        8 + self.header.len()
+    }
+
+    /// The whole file's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.mmap.as_deref().unwrap_or(&[])
+    }
+
+    pub fn tensor_bytes(&self, t: &TensorMeta) -> &[u8] {
+        let base = self.data_offset();
+        &self.bytes()[base + t.start..base + t.end]
+    }
+
+    /// Tells the kernel the given file range is done with, so resident memory stays bounded by
+    /// the working window rather than the file size.
+    pub fn release(&self, file_start: usize, file_end: usize) {
+        if let Some(m) = &self.mmap {
+            release_range(m, file_start, file_end);
+        }
+    }
+}
+
+/// Drops pages of a read-only file mapping from this process's resident set.
+pub fn release_range(m: &Mmap, start: usize, end: usize) {
+    const PAGE: usize = 4096;
+    let s = start / PAGE * PAGE;
+    let e = end.min(m.len());
+    if e <= s {
+        return;
+    }
+    // SAFETY: DONTNEED on a read-only shared file mapping only drops cached pages; later reads
+    // fault them back in from the file, so no data visible through the map changes.
+    let _ = unsafe {
+        m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, s, e - s)
+    };
+}

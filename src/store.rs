@@ -1,0 +1,442 @@
+//! Compress and decompress single files: the glue between `model` (reading safetensors),
+//! `codec` (coding chunks) and `format` (the container). Directories are in `store_dir`.
+//!
+//! Memory stays bounded by a window of chunks (`WINDOW_BYTES` of raw data plus its coded
+//! form), never by model size: input is mapped and released window by window, output streamed.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use md5::{Digest, Md5};
+use rayon::prelude::*;
+
+use crate::codec::{encode_chunk, Effort, ElemKind};
+use crate::error::{Error, Result};
+use crate::format::reader::Container;
+use crate::format::writer::ContainerWriter;
+use crate::format::{fast_hash, ChunkEntry, Index, Source, TensorEntry, CHUNK_BYTES};
+use crate::fsutil::{check_output, AtomicFile};
+use crate::model::safetensors::{dtype_name, elem_kind, SafetensorsFile, TensorMeta};
+use crate::progress::Progress;
+
+/// Raw bytes coded (or decoded) per parallel step. Large enough to keep both cores busy and
+/// amortise thread hand-offs, small enough that peak memory stays far below model size.
+pub const WINDOW_BYTES: usize = 48 << 20;
+
+#[derive(Debug, Clone, Copy)]
+pub struct CompressOptions {
+    pub effort: Effort,
+    pub overwrite: bool,
+}
+
+impl Default for CompressOptions {
+    fn default() -> Self {
+        CompressOptions {
+            effort: Effort::Balanced,
+            overwrite: false,
+        }
+    }
+}
+
+/// What a compression did, measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CompressReport {
+    pub source_bytes: u64,
+    pub output_bytes: u64,
+    pub tensors: usize,
+    pub duplicates: usize,
+    pub seconds: f64,
+}
+
+/// Hex form of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 15) as usize] as char);
+    }
+    s
+}
+
+pub fn md5_hex(bytes: &[u8]) -> String {
+    hex(&Md5::digest(bytes))
+}
+
+/// One chunk of work: tensor, byte range within the tensor.
+#[derive(Clone, Copy)]
+struct ChunkJob {
+    tensor: usize,
+    start: usize,
+    end: usize,
+}
+
+fn chunk_len(kind: ElemKind) -> usize {
+    let w = kind.width();
+    CHUNK_BYTES / w * w
+}
+
+/// Finds tensors whose bytes equal an earlier tensor's (tied embeddings, shared weights).
+fn find_duplicates(src: &SafetensorsFile) -> Vec<Option<usize>> {
+    use std::collections::HashMap;
+    let mut by_len: HashMap<(String, usize), Vec<usize>> = HashMap::new();
+    for (i, t) in src.tensors.iter().enumerate() {
+        if t.len() >= 64 {
+            by_len.entry((dtype_name(t.dtype), t.len())).or_default().push(i);
+        }
+    }
+    let mut dup = vec![None; src.tensors.len()];
+    for group in by_len.values().filter(|g| g.len() > 1) {
+        let hashes: Vec<u64> = group
+            .par_iter()
+            .map(|&i| fast_hash(src.tensor_bytes(&src.tensors[i])))
+            .collect();
+        for (a, &i) in group.iter().enumerate() {
+            for b in 0..a {
+                let j = group[b];
+                if dup[j].is_none()
+                    && hashes[a] == hashes[b]
+                    && src.tensor_bytes(&src.tensors[i]) == src.tensor_bytes(&src.tensors[j])
+                {
+                    dup[i] = Some(j);
+                    break;
+                }
+            }
+        }
+    }
+    dup
+}
+
+/// Compresses one safetensors file into a `.bs` container.
+pub fn compress_file(
+    src_path: &Path,
+    dst: &Path,
+    opts: &CompressOptions,
+    progress: &dyn Progress,
+) -> Result<CompressReport> {
+    let started = Instant::now();
+    let src = SafetensorsFile::open(src_path)?;
+    check_output(dst, opts.overwrite)?;
+    let header = String::from_utf8(src.header.clone()).map_err(|_| Error::BadSafetensors {
+        path: src_path.to_path_buf(),
+        why: "header is not UTF-8".into(),
+    })?;
+    let dup = find_duplicates(&src);
+    let kinds: Vec<ElemKind> = src.tensors.iter().map(|t| elem_kind(t.dtype)).collect();
+
+    let mut jobs = Vec::new();
+    for (i, t) in src.tensors.iter().enumerate() {
+        if dup[i].is_some() {
+            continue;
+        }
+        let step = chunk_len(kinds[i]);
+        let mut s = 0;
+        while s < t.len() {
+            let e = (s + step).min(t.len());
+            jobs.push(ChunkJob {
+                tensor: i,
+                start: s,
+                end: e,
+            });
+            s = e;
+        }
+    }
+
+    let total: u64 = src.tensors.iter().map(|t| t.len() as u64).sum();
+    progress.start(total, "compress");
+    let mut writer = ContainerWriter::create(dst)?;
+    let mut chunks: Vec<Vec<ChunkEntry>> = vec![Vec::new(); src.tensors.len()];
+    let mut hashers: Vec<Option<Md5>> = src.tensors.iter().map(|_| Some(Md5::new())).collect();
+
+    let mut next = 0;
+    while next < jobs.len() {
+        let mut end = next;
+        let mut bytes = 0;
+        while end < jobs.len() && (bytes < WINDOW_BYTES || end == next) {
+            bytes += jobs[end].end - jobs[end].start;
+            end += 1;
+        }
+        let window = &jobs[next..end];
+        // md5 runs per tensor segment beside the chunk coding: different tensors hash on
+        // different threads, and the slowest part of compression overlaps the coder.
+        let mut segments: Vec<(usize, usize, usize, Md5)> = Vec::new();
+        for j in window {
+            match segments.last_mut() {
+                Some(seg) if seg.0 == j.tensor => seg.2 = j.end,
+                _ => {
+                    let h = hashers[j.tensor].take().expect("each tensor hashed in order");
+                    segments.push((j.tensor, j.start, j.end, h));
+                }
+            }
+        }
+        let mut coded: Vec<(Vec<u8>, u64)> = Vec::new();
+        rayon::scope(|s| {
+            for seg in segments.iter_mut() {
+                let bytes = &src.tensor_bytes(&src.tensors[seg.0])[seg.1..seg.2];
+                let h = &mut seg.3;
+                s.spawn(move |_| h.update(bytes));
+            }
+            window
+                .par_iter()
+                .map(|j| {
+                    let raw = &src.tensor_bytes(&src.tensors[j.tensor])[j.start..j.end];
+                    (encode_chunk(kinds[j.tensor], raw, opts.effort), fast_hash(raw))
+                })
+                .collect_into_vec(&mut coded);
+        });
+        for (tensor, _, _, h) in segments {
+            hashers[tensor] = Some(h);
+        }
+        for (j, (blob, hash)) in window.iter().zip(&coded) {
+            let offset = writer.write_blob(blob)?;
+            chunks[j.tensor].push(ChunkEntry {
+                offset,
+                len: blob.len() as u64,
+                raw_len: (j.end - j.start) as u64,
+                hash: *hash,
+                codec: blob[0],
+            });
+        }
+        let first = &window[0];
+        let last = &window[window.len() - 1];
+        let base = src.data_offset();
+        src.release(
+            base + src.tensors[first.tensor].start + first.start,
+            base + src.tensors[last.tensor].start + last.end,
+        );
+        progress.advance(bytes as u64);
+        next = end;
+    }
+
+    let mut md5s: Vec<String> = Vec::with_capacity(src.tensors.len());
+    for (i, h) in hashers.into_iter().enumerate() {
+        let digest = hex(&h.expect("hasher returned").finalize());
+        md5s.push(match dup[i] {
+            Some(j) => md5s[j].clone(),
+            None => digest,
+        });
+    }
+    let tensors: Vec<TensorEntry> = src
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| entry(t, md5s[i].clone(), dup[i], std::mem::take(&mut chunks[i])))
+        .collect();
+    let index = Index {
+        format: "bigsmall".into(),
+        created_by: format!("bigsmall {}", env!("CARGO_PKG_VERSION")),
+        mode: opts.effort,
+        chunk_bytes: CHUNK_BYTES as u64,
+        source: Source {
+            kind: "safetensors".into(),
+            file_name: src_path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            file_size: src.file_size,
+            header,
+        },
+        tensors,
+    };
+    let output_bytes = writer.finish(&index)?;
+    progress.finish();
+    Ok(CompressReport {
+        source_bytes: src.file_size,
+        output_bytes,
+        tensors: src.tensors.len(),
+        duplicates: dup.iter().filter(|d| d.is_some()).count(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn entry(t: &TensorMeta, md5: String, dup_of: Option<usize>, chunks: Vec<ChunkEntry>) -> TensorEntry {
+    TensorEntry {
+        name: t.name.clone(),
+        dtype: dtype_name(t.dtype),
+        shape: t.shape.iter().map(|&d| d as u64).collect(),
+        offsets: [t.start as u64, t.end as u64],
+        md5,
+        dup_of,
+        chunks,
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DecompressOptions {
+    pub overwrite: bool,
+    /// Also check every tensor's md5 receipt (chunk checksums are always checked).
+    pub check_md5: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DecompressReport {
+    pub output_bytes: u64,
+    pub tensors: usize,
+    pub chunks: usize,
+    pub md5_checked: bool,
+    pub seconds: f64,
+}
+
+/// One decoded window, on its way to the writer thread.
+struct Decoded {
+    buf: Vec<u8>,
+    /// (tensor, byte range in buf) segments, for md5 receipts.
+    segments: Vec<(usize, usize, usize)>,
+}
+
+/// A chunk to decode, located in the output stream.
+#[derive(Clone, Copy)]
+pub struct DecodeJob {
+    pub tensor: usize,
+    pub chunk: usize,
+    pub len: usize,
+}
+
+/// Every chunk of the container in output order, following duplicates.
+pub fn decode_jobs(c: &Container) -> Vec<DecodeJob> {
+    let mut jobs = Vec::new();
+    for t in 0..c.index.tensors.len() {
+        for (k, ch) in c.chunks(t).iter().enumerate() {
+            jobs.push(DecodeJob {
+                tensor: t,
+                chunk: k,
+                len: ch.raw_len as usize,
+            });
+        }
+    }
+    jobs
+}
+
+/// Splits `jobs` into windows of about `WINDOW_BYTES` raw bytes.
+pub fn windows(jobs: &[DecodeJob]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < jobs.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < jobs.len() && (bytes < WINDOW_BYTES || end == start) {
+            bytes += jobs[end].len;
+            end += 1;
+        }
+        out.push(start..end);
+        start = end;
+    }
+    out
+}
+
+/// Decodes a window of jobs into one buffer, all cores, checking every chunk hash.
+pub fn decode_window(c: &Container, jobs: &[DecodeJob], mut buf: Vec<u8>) -> Result<Vec<u8>> {
+    let total: usize = jobs.iter().map(|j| j.len).sum();
+    buf.clear();
+    buf.resize(total, 0);
+    let mut slices = Vec::with_capacity(jobs.len());
+    let mut rest = &mut buf[..];
+    for j in jobs {
+        let (a, b) = rest.split_at_mut(j.len);
+        slices.push(a);
+        rest = b;
+    }
+    slices
+        .into_par_iter()
+        .zip(jobs.par_iter())
+        .try_for_each(|(s, j)| c.decode_chunk_into(j.tensor, j.chunk, s))?;
+    Ok(buf)
+}
+
+/// Decompresses a `.bs` container back to the exact safetensors file it was made from.
+pub fn decompress_file(
+    src: &Path,
+    dst: &Path,
+    opts: &DecompressOptions,
+    progress: &dyn Progress,
+) -> Result<DecompressReport> {
+    let started = Instant::now();
+    let c = Container::open(src)?;
+    check_output(dst, opts.overwrite)?;
+    let mut out = AtomicFile::create(dst)?;
+    let header = c.index.source.header.as_bytes();
+    out.write_all(&(header.len() as u64).to_le_bytes())?;
+    out.write_all(header)?;
+    let jobs = decode_jobs(&c);
+    let wins = windows(&jobs);
+    progress.start(c.raw_data_len(), "decompress");
+
+    let (tx, rx) = mpsc::sync_channel::<Decoded>(1);
+    let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
+    let n_tensors = c.index.tensors.len();
+    let check_md5 = opts.check_md5;
+    let c = &c;
+    let result: Result<()> = std::thread::scope(|scope| {
+        // The writer thread overlaps disk writes (and md5 receipts) with decoding.
+        let writer = scope.spawn(move || -> Result<AtomicFile> {
+            let mut hashers: Vec<Option<Md5>> = (0..n_tensors).map(|_| None).collect();
+            for d in rx {
+                out.write_all(&d.buf)?;
+                if check_md5 {
+                    for &(t, s, e) in &d.segments {
+                        hashers[t].get_or_insert_with(Md5::new).update(&d.buf[s..e]);
+                    }
+                }
+                progress.advance(d.buf.len() as u64);
+                let _ = recycle_tx.send(d.buf);
+            }
+            if check_md5 {
+                for (t, h) in hashers.into_iter().enumerate() {
+                    let got = h.map(|h| hex(&h.finalize())).unwrap_or_else(|| md5_hex(&[]));
+                    let te = &c.index.tensors[t];
+                    if got != te.md5 {
+                        return Err(Error::Integrity {
+                            path: c.path.clone(),
+                            tensor: te.name.clone(),
+                            what: "md5 receipt".into(),
+                        });
+                    }
+                }
+            }
+            Ok(out)
+        });
+        let mut spare: Vec<Vec<u8>> = Vec::new();
+        let mut failure = None;
+        for w in &wins {
+            let buf = recycle_rx.try_recv().ok().or_else(|| spare.pop()).unwrap_or_default();
+            match decode_window(&c, &jobs[w.clone()], buf) {
+                Ok(buf) => {
+                    let mut segments: Vec<(usize, usize, usize)> = Vec::new();
+                    let mut pos = 0;
+                    for j in &jobs[w.clone()] {
+                        match segments.last_mut() {
+                            Some(s) if s.0 == j.tensor => s.2 = pos + j.len,
+                            _ => segments.push((j.tensor, pos, pos + j.len)),
+                        }
+                        pos += j.len;
+                    }
+                    if tx.send(Decoded { buf, segments }).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let written = writer.join().expect("writer thread does not panic");
+        match (failure, written) {
+            (Some(e), _) => Err(e),
+            (None, Err(e)) => Err(e),
+            (None, Ok(out)) => out.commit(),
+        }
+    });
+    result?;
+    progress.finish();
+    let c = c;
+    Ok(DecompressReport {
+        output_bytes: c.index.source.file_size,
+        tensors: c.index.tensors.len(),
+        chunks: jobs.len(),
+        md5_checked: opts.check_md5,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

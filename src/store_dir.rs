@@ -1,0 +1,276 @@
+//! Model directories: every `*.safetensors` becomes a `.bs` beside its relative path, side
+//! files are carried verbatim, and `bigsmall.index.json` records the layout so `decompress`
+//! rebuilds the same directory. The output directory appears under its final name only when
+//! complete.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::format::reader::Container;
+use crate::model::dir::scan_dir;
+use crate::progress::Progress;
+use crate::store::{
+    compress_file, decompress_file, CompressOptions, CompressReport, DecompressOptions,
+    DecompressReport,
+};
+
+pub const DIR_INDEX: &str = "bigsmall.index.json";
+/// Upper bound for reading a directory index: far above any real one.
+const MAX_DIR_INDEX: u64 = 256 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirIndex {
+    /// Always "bigsmall-dir".
+    pub format: String,
+    pub version: u32,
+    pub created_by: String,
+    pub shards: Vec<Shard>,
+    pub side_files: Vec<String>,
+    /// Tensor name -> `.bs` file, like HF's `weight_map`.
+    pub weight_map: BTreeMap<String, String>,
+    pub metadata: DirTotals,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Shard {
+    /// The `.bs` file, relative to the directory.
+    pub file: String,
+    /// The safetensors file it decompresses to, relative to the directory.
+    pub source: String,
+    pub source_size: u64,
+    pub size: u64,
+    pub tensors: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirTotals {
+    /// Sum of the source weight files' sizes.
+    pub total_source_size: u64,
+    /// Sum of the `.bs` files' sizes.
+    pub total_size: u64,
+}
+
+fn rel_str(p: &Path) -> String {
+    p.components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// A relative path from an index: refuses anything that could escape the directory.
+fn safe_rel(index_path: &Path, s: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(s);
+    let ok = !s.is_empty()
+        && p.components().all(|c| matches!(c, Component::Normal(_)));
+    if !ok {
+        return Err(Error::container(
+            index_path,
+            format!("unsafe path '{s}' in directory index"),
+        ));
+    }
+    Ok(p)
+}
+
+/// A directory being built under a temporary name beside its destination.
+struct StagedDir {
+    final_path: PathBuf,
+    tmp: PathBuf,
+    done: bool,
+}
+
+impl StagedDir {
+    fn create(dst: &Path, overwrite: bool) -> Result<StagedDir> {
+        if let Ok(meta) = fs::symlink_metadata(dst) {
+            let empty_dir =
+                meta.is_dir() && fs::read_dir(dst).map(|mut d| d.next().is_none()).unwrap_or(false);
+            if !overwrite && !empty_dir {
+                return Err(Error::OutputExists {
+                    path: dst.to_path_buf(),
+                });
+            }
+        }
+        let tmp = crate::fsutil::temp_name(dst);
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(|e| Error::io(dst, e))?;
+        Ok(StagedDir {
+            final_path: dst.to_path_buf(),
+            tmp,
+            done: false,
+        })
+    }
+
+    fn commit(mut self) -> Result<()> {
+        let dst = &self.final_path;
+        if fs::symlink_metadata(dst).is_ok() {
+            let old = crate::fsutil::temp_name(dst).with_extension("old");
+            fs::rename(dst, &old).map_err(|e| Error::io(dst, e))?;
+            fs::rename(&self.tmp, dst).map_err(|e| Error::io(dst, e))?;
+            let _ = if old.is_dir() {
+                fs::remove_dir_all(&old)
+            } else {
+                fs::remove_file(&old)
+            };
+        } else {
+            fs::rename(&self.tmp, dst).map_err(|e| Error::io(dst, e))?;
+        }
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+fn copy_side_file(src_root: &Path, dst_root: &Path, rel: &Path) -> Result<()> {
+    let to = dst_root.join(rel);
+    if let Some(parent) = to.parent() {
+        fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    let from = src_root.join(rel);
+    fs::copy(&from, &to).map_err(|e| Error::io(&from, e))?;
+    Ok(())
+}
+
+/// Compresses a model directory into a directory of `.bs` files plus `bigsmall.index.json`.
+pub fn compress_dir(
+    src: &Path,
+    dst: &Path,
+    opts: &CompressOptions,
+    progress: &dyn Progress,
+) -> Result<CompressReport> {
+    let listing = scan_dir(src)?;
+    let staged = StagedDir::create(dst, opts.overwrite)?;
+    let mut shards = Vec::new();
+    let mut weight_map = BTreeMap::new();
+    let mut total = CompressReport {
+        source_bytes: 0,
+        output_bytes: 0,
+        tensors: 0,
+        duplicates: 0,
+        seconds: 0.0,
+    };
+    let inner = CompressOptions {
+        overwrite: true,
+        ..*opts
+    };
+    for rel in &listing.weights {
+        let out_rel = rel.with_extension("bs");
+        let out = staged.tmp.join(&out_rel);
+        if let Some(parent) = out.parent() {
+            fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        let r = compress_file(&src.join(rel), &out, &inner, progress)?;
+        let c = Container::open(&out)?;
+        for t in &c.index.tensors {
+            weight_map.insert(t.name.clone(), rel_str(&out_rel));
+        }
+        shards.push(Shard {
+            file: rel_str(&out_rel),
+            source: rel_str(rel),
+            source_size: r.source_bytes,
+            size: r.output_bytes,
+            tensors: r.tensors,
+        });
+        total.source_bytes += r.source_bytes;
+        total.output_bytes += r.output_bytes;
+        total.tensors += r.tensors;
+        total.duplicates += r.duplicates;
+        total.seconds += r.seconds;
+    }
+    for rel in &listing.side_files {
+        copy_side_file(src, &staged.tmp, rel)?;
+    }
+    let index = DirIndex {
+        format: "bigsmall-dir".into(),
+        version: 1,
+        created_by: format!("bigsmall {}", env!("CARGO_PKG_VERSION")),
+        side_files: listing.side_files.iter().map(|p| rel_str(p)).collect(),
+        weight_map,
+        metadata: DirTotals {
+            total_source_size: total.source_bytes,
+            total_size: total.output_bytes,
+        },
+        shards,
+    };
+    let json = serde_json::to_vec_pretty(&index).expect("index serialises");
+    let ipath = staged.tmp.join(DIR_INDEX);
+    fs::write(&ipath, json).map_err(|e| Error::io(&ipath, e))?;
+    staged.commit()?;
+    Ok(total)
+}
+
+/// Reads and checks a directory's `bigsmall.index.json`.
+pub fn read_dir_index(dir: &Path) -> Result<DirIndex> {
+    let path = dir.join(DIR_INDEX);
+    let meta = fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+    if meta.len() > MAX_DIR_INDEX {
+        return Err(Error::container(&path, "directory index is implausibly large"));
+    }
+    let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let index: DirIndex = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::container(&path, format!("malformed directory index: {e}")))?;
+    if index.format != "bigsmall-dir" {
+        return Err(Error::container(&path, "not a bigsmall directory index"));
+    }
+    if index.version > 1 {
+        return Err(Error::container(
+            &path,
+            format!("directory index version {} is newer than this bigsmall reads (1)", index.version),
+        ));
+    }
+    for s in &index.shards {
+        safe_rel(&path, &s.file)?;
+        safe_rel(&path, &s.source)?;
+    }
+    for s in &index.side_files {
+        safe_rel(&path, s)?;
+    }
+    Ok(index)
+}
+
+/// Decompresses a directory made by `compress_dir` back to the original model directory.
+pub fn decompress_dir(
+    src: &Path,
+    dst: &Path,
+    opts: &DecompressOptions,
+    progress: &dyn Progress,
+) -> Result<DecompressReport> {
+    let index = read_dir_index(src)?;
+    let staged = StagedDir::create(dst, opts.overwrite)?;
+    let mut total = DecompressReport {
+        output_bytes: 0,
+        tensors: 0,
+        chunks: 0,
+        md5_checked: opts.check_md5,
+        seconds: 0.0,
+    };
+    let inner = DecompressOptions {
+        overwrite: true,
+        ..*opts
+    };
+    for shard in &index.shards {
+        let out = staged.tmp.join(&shard.source);
+        if let Some(parent) = out.parent() {
+            fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        let r = decompress_file(&src.join(&shard.file), &out, &inner, progress)?;
+        total.output_bytes += r.output_bytes;
+        total.tensors += r.tensors;
+        total.chunks += r.chunks;
+        total.seconds += r.seconds;
+    }
+    for rel in &index.side_files {
+        copy_side_file(src, &staged.tmp, Path::new(rel))?;
+    }
+    staged.commit()?;
+    Ok(total)
+}
