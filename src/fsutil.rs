@@ -51,7 +51,8 @@ impl AtomicFile {
 
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
         let out = self.out.as_mut().expect("not committed");
-        out.write_all(bytes).map_err(|e| Error::io(&self.final_path, e))
+        out.write_all(bytes)
+            .map_err(|e| Error::io(&self.final_path, e))
     }
 
     /// Flushes and renames into place.

@@ -83,7 +83,10 @@ fn find_duplicates(src: &SafetensorsFile) -> Vec<Option<usize>> {
     let mut by_len: HashMap<(String, usize), Vec<usize>> = HashMap::new();
     for (i, t) in src.tensors.iter().enumerate() {
         if t.len() >= 64 {
-            by_len.entry((dtype_name(t.dtype), t.len())).or_default().push(i);
+            by_len
+                .entry((dtype_name(t.dtype), t.len()))
+                .or_default()
+                .push(i);
         }
     }
     let mut dup = vec![None; src.tensors.len()];
@@ -165,7 +168,9 @@ pub fn compress_file(
             match segments.last_mut() {
                 Some(seg) if seg.0 == j.tensor => seg.2 = j.end,
                 _ => {
-                    let h = hashers[j.tensor].take().expect("each tensor hashed in order");
+                    let h = hashers[j.tensor]
+                        .take()
+                        .expect("each tensor hashed in order");
                     segments.push((j.tensor, j.start, j.end, h));
                 }
             }
@@ -181,7 +186,10 @@ pub fn compress_file(
                 .par_iter()
                 .map(|j| {
                     let raw = &src.tensor_bytes(&src.tensors[j.tensor])[j.start..j.end];
-                    (encode_chunk(kinds[j.tensor], raw, opts.effort), fast_hash(raw))
+                    (
+                        encode_chunk(kinds[j.tensor], raw, opts.effort),
+                        fast_hash(raw),
+                    )
                 })
                 .collect_into_vec(&mut coded);
         });
@@ -250,7 +258,12 @@ pub fn compress_file(
     })
 }
 
-fn entry(t: &TensorMeta, md5: String, dup_of: Option<usize>, chunks: Vec<ChunkEntry>) -> TensorEntry {
+fn entry(
+    t: &TensorMeta,
+    md5: String,
+    dup_of: Option<usize>,
+    chunks: Vec<ChunkEntry>,
+) -> TensorEntry {
     TensorEntry {
         name: t.name.clone(),
         dtype: dtype_name(t.dtype),
@@ -383,7 +396,9 @@ pub fn decompress_file(
             }
             if check_md5 {
                 for (t, h) in hashers.into_iter().enumerate() {
-                    let got = h.map(|h| hex(&h.finalize())).unwrap_or_else(|| md5_hex(&[]));
+                    let got = h
+                        .map(|h| hex(&h.finalize()))
+                        .unwrap_or_else(|| md5_hex(&[]));
                     let te = &c.index.tensors[t];
                     if got != te.md5 {
                         return Err(Error::Integrity {
@@ -399,8 +414,12 @@ pub fn decompress_file(
         let mut spare: Vec<Vec<u8>> = Vec::new();
         let mut failure = None;
         for w in &wins {
-            let buf = recycle_rx.try_recv().ok().or_else(|| spare.pop()).unwrap_or_default();
-            match decode_window(&c, &jobs[w.clone()], buf) {
+            let buf = recycle_rx
+                .try_recv()
+                .ok()
+                .or_else(|| spare.pop())
+                .unwrap_or_default();
+            match decode_window(c, &jobs[w.clone()], buf) {
                 Ok(buf) => {
                     let mut segments: Vec<(usize, usize, usize)> = Vec::new();
                     let mut pos = 0;
@@ -431,7 +450,6 @@ pub fn decompress_file(
     });
     result?;
     progress.finish();
-    let c = c;
     Ok(DecompressReport {
         output_bytes: c.index.source.file_size,
         tensors: c.index.tensors.len(),

@@ -64,8 +64,7 @@ fn rel_str(p: &Path) -> String {
 /// A relative path from an index: refuses anything that could escape the directory.
 fn safe_rel(index_path: &Path, s: &str) -> Result<PathBuf> {
     let p = PathBuf::from(s);
-    let ok = !s.is_empty()
-        && p.components().all(|c| matches!(c, Component::Normal(_)));
+    let ok = !s.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
     if !ok {
         return Err(Error::container(
             index_path,
@@ -85,8 +84,10 @@ struct StagedDir {
 impl StagedDir {
     fn create(dst: &Path, overwrite: bool) -> Result<StagedDir> {
         if let Ok(meta) = fs::symlink_metadata(dst) {
-            let empty_dir =
-                meta.is_dir() && fs::read_dir(dst).map(|mut d| d.next().is_none()).unwrap_or(false);
+            let empty_dir = meta.is_dir()
+                && fs::read_dir(dst)
+                    .map(|mut d| d.next().is_none())
+                    .unwrap_or(false);
             if !overwrite && !empty_dir {
                 return Err(Error::OutputExists {
                     path: dst.to_path_buf(),
@@ -213,7 +214,10 @@ pub fn read_dir_index(dir: &Path) -> Result<DirIndex> {
     let path = dir.join(DIR_INDEX);
     let meta = fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
     if meta.len() > MAX_DIR_INDEX {
-        return Err(Error::container(&path, "directory index is implausibly large"));
+        return Err(Error::container(
+            &path,
+            "directory index is implausibly large",
+        ));
     }
     let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
     let index: DirIndex = serde_json::from_slice(&bytes)
@@ -224,7 +228,10 @@ pub fn read_dir_index(dir: &Path) -> Result<DirIndex> {
     if index.version > 1 {
         return Err(Error::container(
             &path,
-            format!("directory index version {} is newer than this bigsmall reads (1)", index.version),
+            format!(
+                "directory index version {} is newer than this bigsmall reads (1)",
+                index.version
+            ),
         ));
     }
     for s in &index.shards {

@@ -9,7 +9,9 @@ use bigsmall::store_dir::compress_dir;
 use super::{emit, emit_json, thousands, Bar};
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  bigsmall compress model.safetensors -o model.bs\n  bigsmall compress ./llama-dir -o llama.bs      # directory of .bs + bigsmall.index.json\n  bigsmall compress model.safetensors --storage  # smallest file")]
+#[command(
+    after_help = "Examples:\n  bigsmall compress model.safetensors -o model.bs\n  bigsmall compress ./llama-dir -o llama.bs      # directory of .bs + bigsmall.index.json\n  bigsmall compress model.safetensors --storage  # smallest file"
+)]
 pub struct Args {
     /// The .safetensors file or model directory to compress
     src: PathBuf,

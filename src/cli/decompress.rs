@@ -8,7 +8,9 @@ use bigsmall::store_dir::decompress_dir;
 use super::{emit, emit_json, is_bs_dir, Bar};
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  bigsmall decompress model.bs -o model.safetensors\n  bigsmall decompress llama.bs/ -o llama-dir   # directory in, directory out\n  bigsmall decompress model.bs --md5            # also check every md5 receipt")]
+#[command(
+    after_help = "Examples:\n  bigsmall decompress model.bs -o model.safetensors\n  bigsmall decompress llama.bs/ -o llama-dir   # directory in, directory out\n  bigsmall decompress model.bs --md5            # also check every md5 receipt"
+)]
 pub struct Args {
     /// The .bs file or compressed directory
     src: PathBuf,
@@ -34,7 +36,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let dst = a.output.clone().unwrap_or_else(|| {
         if dir {
             let s = a.src.to_string_lossy();
-            PathBuf::from(s.trim_end_matches('/').trim_end_matches(".bs").to_string() + if s.trim_end_matches('/').ends_with(".bs") { "" } else { ".out" })
+            PathBuf::from(
+                s.trim_end_matches('/').trim_end_matches(".bs").to_string()
+                    + if s.trim_end_matches('/').ends_with(".bs") {
+                        ""
+                    } else {
+                        ".out"
+                    },
+            )
         } else {
             a.src.with_extension("safetensors")
         }

@@ -63,18 +63,34 @@ fn render(i: &Info) -> String {
     s += &kv("source", i.source_file.clone());
     s += &kv("tensor_count", thousands(i.tensor_count as u64));
     s += &kv("chunk_count", thousands(i.chunk_count as u64));
-    s += &kv("file_size", format!("{} bytes ({})", thousands(i.file_size), human(i.file_size)));
-    s += &kv("source_size", format!("{} bytes ({})", thousands(i.source_size), human(i.source_size)));
+    s += &kv(
+        "file_size",
+        format!("{} bytes ({})", thousands(i.file_size), human(i.file_size)),
+    );
+    s += &kv(
+        "source_size",
+        format!(
+            "{} bytes ({})",
+            thousands(i.source_size),
+            human(i.source_size)
+        ),
+    );
     s += &kv("ratio", format!("{:.2}% of source", i.ratio_pct));
     if i.duplicates > 0 {
-        s += &kv("duplicates", format!("{} tensors stored once (tied/shared)", i.duplicates));
+        s += &kv(
+            "duplicates",
+            format!("{} tensors stored once (tied/shared)", i.duplicates),
+        );
     }
     s += &kv("layer_count", i.layer_count.to_string());
     s += &kv("non_layer_raw_bytes", human(i.non_layer_raw_bytes));
     s += &kv("largest_layer_raw_bytes", human(i.largest_layer_raw_bytes));
     s += &kv(
         "streaming_peak_ram_est",
-        format!("{} (non-layer + largest layer + one decode window)", human(i.streaming_peak_ram_est)),
+        format!(
+            "{} (non-layer + largest layer + one decode window)",
+            human(i.streaming_peak_ram_est)
+        ),
     );
     s += &table("dtype_breakdown", &i.dtypes);
     s += &table("codec_breakdown (by main codec per tensor)", &i.codecs);

@@ -20,7 +20,9 @@ use bigsmall::progress::Progress;
 /// Lossless compression of AI model weights: bit-identical, smaller than any peer.
 #[derive(Parser)]
 #[command(name = "bigsmall", version, about, long_about = None)]
-#[command(after_help = "Examples:\n  bigsmall compress model.safetensors -o model.bs\n  bigsmall decompress model.bs -o back.safetensors\n  bigsmall verify model.bs")]
+#[command(
+    after_help = "Examples:\n  bigsmall compress model.safetensors -o model.bs\n  bigsmall decompress model.bs -o back.safetensors\n  bigsmall verify model.bs"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,7 +98,7 @@ pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -180,7 +182,11 @@ pub fn container_files(p: &Path) -> anyhow::Result<Vec<PathBuf>> {
         let idx = bigsmall::store_dir::read_dir_index(p)?;
         Ok(idx.shards.iter().map(|s| p.join(&s.file)).collect())
     } else if p.is_dir() {
-        Err(Error::invalid(p, "is a directory without bigsmall.index.json (not made by bigsmall compress)").into())
+        Err(Error::invalid(
+            p,
+            "is a directory without bigsmall.index.json (not made by bigsmall compress)",
+        )
+        .into())
     } else {
         Ok(vec![p.to_path_buf()])
     }

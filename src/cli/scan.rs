@@ -7,7 +7,9 @@ use bigsmall::analysis::scan;
 use super::{emit, emit_json, human};
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  bigsmall scan model.safetensors\n  bigsmall scan ./model-dir --json")]
+#[command(
+    after_help = "Examples:\n  bigsmall scan model.safetensors\n  bigsmall scan ./model-dir --json"
+)]
 pub struct Args {
     /// A .safetensors file or a model directory
     path: PathBuf,
@@ -25,15 +27,24 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let kv = |k: &str, v: String| format!("  {k:<24} {v}\n");
     let mut out = format!("scan: {}\n", s.path);
     out += &kv("shards:", s.shards.to_string());
-    out += &kv("size:", format!("{} ({} bytes)", human(s.total_bytes), s.total_bytes));
+    out += &kv(
+        "size:",
+        format!("{} ({} bytes)", human(s.total_bytes), s.total_bytes),
+    );
     out += &kv("tensors total:", s.tensors_total.to_string());
     for (d, b) in &s.dtypes {
-        out += &kv(&format!("  {d}:"), format!("{} tensors, {}", b.tensors, human(b.raw_bytes)));
+        out += &kv(
+            &format!("  {d}:"),
+            format!("{} tensors, {}", b.tensors, human(b.raw_bytes)),
+        );
     }
     out += &kv("layers:", s.layer_count.to_string());
     out += &kv("F32 tensors:", s.tensors_f32.to_string());
     out += &kv("BF16-native F32:", s.tensors_bf16_native.to_string());
-    out += &kv("BF16-native by bytes:", format!("{:.1}%", s.bf16_native_bytes_frac * 100.0));
+    out += &kv(
+        "BF16-native by bytes:",
+        format!("{:.1}%", s.bf16_native_bytes_frac * 100.0),
+    );
     out += &kv(
         "entropy bound:",
         format!(

@@ -20,7 +20,9 @@ enum SortKey {
 }
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  bigsmall stat model.bs --sort ratio --reverse\n  bigsmall stat model.bs --tensor q_proj --json")]
+#[command(
+    after_help = "Examples:\n  bigsmall stat model.bs --sort ratio --reverse\n  bigsmall stat model.bs --tensor q_proj --json"
+)]
 pub struct Args {
     /// The .bs file or compressed directory
     file: PathBuf,
@@ -67,7 +69,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     for r in &rows {
         let shape = format!(
             "({})",
-            r.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
+            r.shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
         );
         s += &format!(
             "{:>5}  {:<w$}  {:<18} {:<8} {:<14} {:>11} {:>11} {:>7.2}%\n",

@@ -8,7 +8,9 @@ use bigsmall::integrity::{verify, VerifyMode, VerifyReport};
 use super::{container_files, emit, emit_json, thousands};
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  bigsmall verify --fast model.bs            # structure only, seconds on any size\n  bigsmall verify --sample 0.001 model.bs    # decode a random 0.1% of chunks\n  bigsmall verify model.bs                   # decode everything, check every md5 receipt\n  bigsmall verify model.bs --source model.safetensors\nExit codes: 0 OK, 1 error, 3 a mismatch was found.")]
+#[command(
+    after_help = "Examples:\n  bigsmall verify --fast model.bs            # structure only, seconds on any size\n  bigsmall verify --sample 0.001 model.bs    # decode a random 0.1% of chunks\n  bigsmall verify model.bs                   # decode everything, check every md5 receipt\n  bigsmall verify model.bs --source model.safetensors\nExit codes: 0 OK, 1 error, 3 a mismatch was found."
+)]
 pub struct Args {
     /// The .bs file or compressed directory
     file: PathBuf,
@@ -59,7 +61,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             let src = if src.is_dir() {
                 // Map the shard back to its source file inside the original directory.
                 let idx = bigsmall::store_dir::read_dir_index(&a.file)?;
-                let rel = f.strip_prefix(&a.file).unwrap_or(f).to_string_lossy().replace('\\', "/");
+                let rel = f
+                    .strip_prefix(&a.file)
+                    .unwrap_or(f)
+                    .to_string_lossy()
+                    .replace('\\', "/");
                 let shard = idx.shards.iter().find(|s| s.file == rel);
                 src.join(shard.map(|s| s.source.as_str()).unwrap_or(""))
             } else {
@@ -87,7 +93,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             if a.verbose {
                 s += &format!("  format:         {}\n", r.format_version);
                 s += &format!("  tensors:        {}\n", r.tensors);
-                s += &format!("  chunks:         {} checked of {}\n", thousands(r.chunks_checked as u64), thousands(r.chunks_total as u64));
+                s += &format!(
+                    "  chunks:         {} checked of {}\n",
+                    thousands(r.chunks_checked as u64),
+                    thousands(r.chunks_total as u64)
+                );
                 s += &format!("  bytes decoded:  {}\n", thousands(r.bytes_checked));
                 s += &format!("  md5 receipts:   {}\n", r.md5_checked);
                 s += &format!("  file:           {} bytes\n", thousands(r.file_size));

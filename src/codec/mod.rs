@@ -9,6 +9,8 @@
 
 pub mod bits;
 pub mod rans;
+#[cfg(target_arch = "x86_64")]
+pub mod simd;
 pub mod split;
 pub mod stream;
 
@@ -169,8 +171,10 @@ fn encode_planes(data: &[u8], w: usize, effort: Effort) -> Vec<u8> {
 /// Decodes a blob into `out`, whose length (from the index) fixes the element count.
 pub fn decode_chunk(kind: ElemKind, blob: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     let w = kind.width();
-    if out.len() % w != 0 {
-        return Err(CodecError::Corrupt("chunk length is not a whole number of elements"));
+    if !out.len().is_multiple_of(w) {
+        return Err(CodecError::Corrupt(
+            "chunk length is not a whole number of elements",
+        ));
     }
     let mut r = Reader::new(blob);
     let t = r.u8()?;
@@ -265,7 +269,13 @@ mod tests {
         roundtrip(ElemKind::Bf16, &data);
         roundtrip(ElemKind::F16, &data);
         let f32_edges: Vec<u32> = vec![
-            0, 0x8000_0000, 0x7f80_0000, 0xff80_0000, 0x7fc0_0001, 0x0000_0001, 0xffff_ffff,
+            0,
+            0x8000_0000,
+            0x7f80_0000,
+            0xff80_0000,
+            0x7fc0_0001,
+            0x0000_0001,
+            0xffff_ffff,
         ];
         let data: Vec<u8> = f32_edges.iter().flat_map(|v| v.to_le_bytes()).collect();
         roundtrip(ElemKind::F32, &data);
@@ -283,7 +293,9 @@ mod tests {
                 // Sum of uniforms: a cheap bell curve.
                 let mut s = 0.0f32;
                 for _ in 0..4 {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     s += (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
                 }
                 half::bf16::from_f32(s * 0.05).to_bits().to_le_bytes()

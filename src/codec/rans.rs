@@ -140,40 +140,51 @@ impl EncSym {
 /// Encodes symbol indices (each `< table.freqs.len()`) into a coded stream appended to `out`.
 pub fn encode(symbols: &[u8], table: &FreqTable, out: &mut Vec<u8>) {
     let cum = table.cumulative();
-    let syms: Vec<EncSym> = table
-        .freqs
-        .iter()
-        .zip(&cum)
-        .map(|(&f, &c)| EncSym::new(u32::from(f), c))
-        .collect();
+    let mut syms = [EncSym::new(1, 0); 256];
+    for (i, (&f, &c)) in table.freqs.iter().zip(&cum).enumerate() {
+        syms[i] = EncSym::new(u32::from(f), c);
+    }
     let mut state = [STATE_LOW; LANES];
-    // Words are produced in reverse decoding order, then flipped.
-    let mut words: Vec<u16> = Vec::with_capacity(symbols.len() / 2 + LANES);
+    // Words are produced in reverse decoding order, so they are written from the end of the
+    // buffer backwards and come out in decoding order. A word is stored unconditionally and
+    // the cursor moves only when it was really emitted: no unpredictable branch per symbol.
     let n = symbols.len();
-    let put = |lane: usize, s: u8, state: &mut [u32; LANES], words: &mut Vec<u16>| {
-        let es = &syms[s as usize];
-        let mut x = state[lane];
-        if x >= es.x_max {
-            words.push(x as u16);
-            x >>= 16;
-        }
-        let q = es.div(x);
-        state[lane] = (q << PROB_BITS) + (x - q * es.freq) + es.cum;
-    };
+    let mut words = vec![0u16; n + 1];
+    let mut at = words.len();
+    #[inline(always)]
+    fn put(es: &EncSym, x: &mut u32, words: &mut [u16], at: &mut usize) {
+        let emit = *x >= es.x_max;
+        words[*at - 1] = *x as u16;
+        *at -= emit as usize;
+        let y = if emit { *x >> 16 } else { *x };
+        let q = es.div(y);
+        *x = (q << PROB_BITS) + (y - q * es.freq) + es.cum;
+    }
     let full = n / LANES * LANES;
     for i in (full..n).rev() {
-        put(i % LANES, symbols[i], &mut state, &mut words);
+        put(
+            &syms[symbols[i] as usize],
+            &mut state[i % LANES],
+            &mut words,
+            &mut at,
+        );
     }
     for group in symbols[..full].chunks_exact(LANES).rev() {
         for lane in (0..LANES).rev() {
-            put(lane, group[lane], &mut state, &mut words);
+            put(
+                &syms[group[lane] as usize],
+                &mut state[lane],
+                &mut words,
+                &mut at,
+            );
         }
     }
+    let words = &words[at..];
     out.reserve(HEADER_BYTES + words.len() * 2);
     for s in state {
         out.extend_from_slice(&s.to_le_bytes());
     }
-    for w in words.iter().rev() {
+    for w in words {
         out.extend_from_slice(&w.to_le_bytes());
     }
 }
@@ -194,69 +205,162 @@ fn split_header(stream: &[u8]) -> Result<([u32; LANES], &[u8]), RansError> {
     Ok((state, &stream[HEADER_BYTES..]))
 }
 
-/// Decodes `out.len()` symbol indices from `stream`: the portable path.
-///
-/// Each output is passed through `emit(i, sym)` so codecs can fuse field reassembly into the
-/// decode loop instead of making a second pass over a symbol buffer.
-pub fn decode_with<F: FnMut(usize, u8)>(
-    stream: &[u8],
-    table: &[u32; PROB_SCALE as usize],
-    n: usize,
-    mut emit: F,
-) -> Result<(), RansError> {
-    let (mut state, words) = split_header(stream)?;
-    let n_words = words.len() / 2;
-    let mut pos = 0usize; // in words
-    let mask = PROB_SCALE - 1;
-    let full = n / LANES * LANES;
-    let mut i = 0usize;
-    // Fast groups: every group needs at most LANES words, so no bounds check inside.
-    while i < full && pos + LANES <= n_words {
-        let w = &words[pos * 2..(pos + LANES) * 2];
-        let mut taken = 0usize;
-        for (lane, x) in state.iter_mut().enumerate() {
-            let e = table[(*x & mask) as usize];
-            emit(i + lane, e as u8);
-            let mut y = (e >> 20) * (*x >> PROB_BITS) + ((e >> 8) & 0xfff);
-            let need = y < STATE_LOW;
-            let word = u32::from(u16::from_le_bytes([w[taken * 2], w[taken * 2 + 1]]));
-            if need {
-                y = (y << 16) | word;
-            }
-            taken += need as usize;
-            *x = y;
-        }
-        pos += taken;
-        i += LANES;
+/// A decoder positioned in a coded stream. Symbols are pulled in blocks (`decode_block`) so
+/// codecs can reassemble fields block by block while the data is still in L1.
+pub struct Decoder<'a> {
+    state: [u32; LANES],
+    words: &'a [u8],
+    /// Byte position of the next word.
+    pos: usize,
+    /// Symbols decoded so far (fixes the lane of the next symbol).
+    done: usize,
+}
+
+impl<'a> Decoder<'a> {
+    pub fn new(stream: &'a [u8]) -> Result<Decoder<'a>, RansError> {
+        let (state, words) = split_header(stream)?;
+        Ok(Decoder {
+            state,
+            words,
+            pos: 0,
+            done: 0,
+        })
     }
-    // Careful tail: checked reads.
-    while i < n {
-        let lane = i % LANES;
-        let x = state[lane];
-        let e = table[(x & mask) as usize];
-        emit(i, e as u8);
+
+    /// Decodes `out.len()` symbol indices. Every block but the last must be a multiple of
+    /// `LANES` long so that the fast paths see whole groups.
+    pub fn decode_block(
+        &mut self,
+        table: &[u32; PROB_SCALE as usize],
+        out: &mut [u8],
+    ) -> Result<(), RansError> {
+        let mut i = 0;
+        if self.done.is_multiple_of(LANES) {
+            let groups = simd_groups(&mut self.state, self.words, &mut self.pos, table, out);
+            i = groups * LANES;
+            i += portable_groups(
+                &mut self.state,
+                self.words,
+                &mut self.pos,
+                table,
+                &mut out[i..],
+            ) * LANES;
+        }
+        // Careful tail: checked reads.
+        let mask = PROB_SCALE - 1;
+        while i < out.len() {
+            let lane = (self.done + i) % LANES;
+            let x = self.state[lane];
+            let e = table[(x & mask) as usize];
+            out[i] = e as u8;
+            let mut y = (e >> 20) * (x >> PROB_BITS) + ((e >> 8) & 0xfff);
+            if y < STATE_LOW {
+                let w = self
+                    .words
+                    .get(self.pos..self.pos + 2)
+                    .ok_or(RansError::Exhausted)?;
+                y = (y << 16) | u32::from(u16::from_le_bytes([w[0], w[1]]));
+                self.pos += 2;
+            }
+            self.state[lane] = y;
+            i += 1;
+        }
+        self.done += out.len();
+        Ok(())
+    }
+
+    /// Checks that the stream was consumed exactly and ended in the encoder's initial state.
+    pub fn finish(self) -> Result<(), RansError> {
+        if self.pos != self.words.len() || self.state.iter().any(|&s| s != STATE_LOW) {
+            return Err(RansError::BadFinalState);
+        }
+        Ok(())
+    }
+}
+
+/// Portable decoding of whole groups while at least one group's worth of words remains.
+/// Returns the number of groups decoded.
+fn portable_groups(
+    state: &mut [u32; LANES],
+    words: &[u8],
+    pos: &mut usize,
+    table: &[u32; PROB_SCALE as usize],
+    out: &mut [u8],
+) -> usize {
+    let mask = PROB_SCALE - 1;
+    let mut p = *pos;
+    let mut g = 0;
+    for group in out.chunks_exact_mut(LANES) {
+        if p + 2 * LANES > words.len() {
+            break;
+        }
+        let w = &words[p..p + 2 * LANES];
+        let mut taken = 0usize;
+        for (x, o) in state.iter_mut().zip(group.iter_mut()) {
+            let e = table[(*x & mask) as usize];
+            *o = e as u8;
+            let y = (e >> 20) * (*x >> PROB_BITS) + ((e >> 8) & 0xfff);
+            let need = y < STATE_LOW;
+            let word = u32::from(u16::from_le_bytes([w[taken], w[taken + 1]]));
+            *x = if need { (y << 16) | word } else { y };
+            taken += 2 * need as usize;
+        }
+        p += taken;
+        g += 1;
+    }
+    *pos = p;
+    g
+}
+
+/// The AVX-512 decoder where the CPU has it (checked once, at run time).
+fn simd_groups(
+    state: &mut [u32; LANES],
+    words: &[u8],
+    pos: &mut usize,
+    table: &[u32; PROB_SCALE as usize],
+    out: &mut [u8],
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::simd::has_avx512() {
+            // SAFETY: the CPU supports the features the kernel is compiled for.
+            return unsafe { super::simd::rans_groups(state, words, pos, table, out) };
+        }
+    }
+    let _ = (state, words, pos, table, out);
+    0
+}
+
+/// Decodes `out.len()` symbol indices from a whole stream.
+pub fn decode(stream: &[u8], table: &FreqTable, out: &mut [u8]) -> Result<(), RansError> {
+    let t = table.decode_table();
+    let mut d = Decoder::new(stream)?;
+    d.decode_block(&t, out)?;
+    d.finish()
+}
+
+/// The obvious one-symbol-at-a-time decoder: the oracle the fast paths are tested against.
+#[cfg(test)]
+fn decode_reference(stream: &[u8], table: &FreqTable, out: &mut [u8]) -> Result<(), RansError> {
+    let t = table.decode_table();
+    let (mut state, words) = split_header(stream)?;
+    let mut pos = 0;
+    for (i, o) in out.iter_mut().enumerate() {
+        let x = state[i % LANES];
+        let e = t[(x & (PROB_SCALE - 1)) as usize];
+        *o = e as u8;
         let mut y = (e >> 20) * (x >> PROB_BITS) + ((e >> 8) & 0xfff);
         if y < STATE_LOW {
-            if pos >= n_words {
-                return Err(RansError::Exhausted);
-            }
-            y = (y << 16) | u32::from(u16::from_le_bytes([words[pos * 2], words[pos * 2 + 1]]));
-            pos += 1;
+            let w = words.get(pos..pos + 2).ok_or(RansError::Exhausted)?;
+            y = (y << 16) | u32::from(u16::from_le_bytes([w[0], w[1]]));
+            pos += 2;
         }
-        state[lane] = y;
-        i += 1;
+        state[i % LANES] = y;
     }
-    if pos != n_words || words.len() % 2 != 0 || state.iter().any(|&s| s != STATE_LOW) {
+    if pos != words.len() || state.iter().any(|&s| s != STATE_LOW) {
         return Err(RansError::BadFinalState);
     }
     Ok(())
-}
-
-/// Decodes into a symbol-index buffer (the simplest use, and the oracle for fused decoders).
-pub fn decode(stream: &[u8], table: &FreqTable, out: &mut [u8]) -> Result<(), RansError> {
-    let t = table.decode_table();
-    let n = out.len();
-    decode_with(stream, &t, n, |i, s| out[i] = s)
 }
 
 /// Turns symbol counts into a frequency table summing to `PROB_SCALE` that (nearly) minimises
@@ -321,13 +425,31 @@ mod tests {
     }
 
     fn roundtrip(syms: &[u8], alphabet: usize) -> usize {
-        let counts: Vec<u64> = counts_of(syms, alphabet).into_iter().map(|c| c + 1).collect();
+        let counts: Vec<u64> = counts_of(syms, alphabet)
+            .into_iter()
+            .map(|c| c + 1)
+            .collect();
         let table = normalize(&counts);
         let mut coded = Vec::new();
         encode(syms, &table, &mut coded);
         let mut back = vec![0u8; syms.len()];
         decode(&coded, &table, &mut back).unwrap();
         assert_eq!(back, syms);
+        let mut oracle = vec![0u8; syms.len()];
+        decode_reference(&coded, &table, &mut oracle).unwrap();
+        assert_eq!(oracle, syms);
+        // Odd block sizes exercise the hand-over between fast paths and the checked tail.
+        let t = table.decode_table();
+        let mut d = Decoder::new(&coded).unwrap();
+        let mut blocks = vec![0u8; syms.len()];
+        let mut at = 0;
+        while at < syms.len() {
+            let len = (LANES * 3).min(syms.len() - at);
+            d.decode_block(&t, &mut blocks[at..at + len]).unwrap();
+            at += len;
+        }
+        d.finish().unwrap();
+        assert_eq!(blocks, syms);
         coded.len()
     }
 
@@ -335,7 +457,18 @@ mod tests {
     fn reciprocal_division_is_exact() {
         for f in 1..=PROB_SCALE {
             let es = EncSym::new(f, 0);
-            for x in [0u32, 1, f - 1, f, f + 1, u32::MAX, u32::MAX - 1, 1 << 31, 65535, 65536] {
+            for x in [
+                0u32,
+                1,
+                f - 1,
+                f,
+                f + 1,
+                u32::MAX,
+                u32::MAX - 1,
+                1 << 31,
+                65535,
+                65536,
+            ] {
                 assert_eq!(es.div(x), x / f, "x={x} f={f}");
             }
             let mut x = 0x9e37_79b9u32.wrapping_mul(f);
@@ -367,11 +500,17 @@ mod tests {
     fn normalize_keeps_every_symbol_and_sums() {
         let counts = [1u64, 1, 1, 1_000_000_000, 5, 7];
         let t = normalize(&counts);
-        assert_eq!(t.freqs.iter().map(|&f| u32::from(f)).sum::<u32>(), PROB_SCALE);
+        assert_eq!(
+            t.freqs.iter().map(|&f| u32::from(f)).sum::<u32>(),
+            PROB_SCALE
+        );
         assert!(t.freqs.iter().all(|&f| f >= 1));
         let many: Vec<u64> = (0..256).map(|i| 1 + (i % 5)).collect();
         let t = normalize(&many);
-        assert_eq!(t.freqs.iter().map(|&f| u32::from(f)).sum::<u32>(), PROB_SCALE);
+        assert_eq!(
+            t.freqs.iter().map(|&f| u32::from(f)).sum::<u32>(),
+            PROB_SCALE
+        );
     }
 
     #[test]

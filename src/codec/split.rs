@@ -18,7 +18,7 @@
 
 use super::bits::{pack, packed_len, put_varint, unpack_at, Reader};
 use super::stream::{self, Histogram};
-use super::{tag, CodecError, Effort};
+use super::{rans, tag, CodecError, Effort};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Float16 {
@@ -85,9 +85,35 @@ fn write_split(words: &[u16], rs: &[u32], out: &mut Vec<u8>) {
     );
 }
 
-/// Decodes a split body into 16-bit words handed to `put(i, word)`.
-#[inline(always)]
-fn read_split<F: FnMut(usize, u16)>(
+/// Elements reassembled per block: a multiple of the rANS group and of 8 (bit unpacking).
+const BLOCK: usize = 4096;
+
+/// Unpacks `out.len()` values of `width` bits starting at element `first` (a multiple of 8).
+fn unpack_block(packed: &[u8], first: usize, width: u32, out: &mut [u16]) {
+    let w = width as usize;
+    let total = out.len();
+    let mask = (1u128 << width) - 1;
+    let mut groups = out.chunks_exact_mut(8);
+    let mut byte = first / 8 * w;
+    for g in &mut groups {
+        let mut buf = [0u8; 16];
+        let avail = packed.len().saturating_sub(byte).min(16);
+        buf[..avail].copy_from_slice(&packed[byte..byte + avail]);
+        let v = u128::from_le_bytes(buf);
+        for (j, o) in g.iter_mut().enumerate() {
+            *o = ((v >> (j * w)) & mask) as u16;
+        }
+        byte += w;
+    }
+    let rem = groups.into_remainder();
+    let base = first + total - rem.len();
+    for (j, o) in rem.iter_mut().enumerate() {
+        *o = unpack_at(packed, base + j, width) as u16;
+    }
+}
+
+/// Decodes a split body into 16-bit words, handed out block by block as `put(first, words)`.
+fn read_split<F: FnMut(usize, &[u16])>(
     r: &mut Reader<'_>,
     n: usize,
     mut put: F,
@@ -99,17 +125,85 @@ fn read_split<F: FnMut(usize, u16)>(
     let syms = stream::read_symbols(r, 15 - keep)?;
     let width = keep + 1;
     let raw = r.bytes(packed_len(n, width))?;
-    let low = (1u32 << keep) - 1;
-    if width == 8 {
-        return stream::decode_symbols(&syms, n, |i, v| {
-            let rb = u32::from(raw[i]);
-            put(i, (((rb >> 7) << 15) | (u32::from(v) << 7) | (rb & 0x7f)) as u16)
-        });
+    let low = (1u16 << keep) - 1;
+    let mut lut = [0u16; 256];
+    let mut alphabet = 1;
+    let mut idx = vec![0u8; BLOCK.min(n)];
+    let mut rest = vec![0u16; BLOCK.min(n)];
+    let mut words = vec![0u16; BLOCK.min(n)];
+    let mut decoder = match &syms {
+        stream::SymStream::Const(v) => {
+            lut[0] = v << keep;
+            None
+        }
+        stream::SymStream::Rans {
+            table,
+            values,
+            coded,
+            alphabet: a,
+        } => {
+            for (l, v) in lut.iter_mut().zip(values) {
+                *l = v << keep;
+            }
+            alphabet = *a;
+            Some((rans::Decoder::new(coded)?, table))
+        }
+    };
+    let mut first = 0;
+    while first < n {
+        let len = BLOCK.min(n - first);
+        let idx = &mut idx[..len];
+        if let Some((d, table)) = decoder.as_mut() {
+            d.decode_block(table, idx)?;
+        }
+        let words = &mut words[..len];
+        let done = fast_combine(&lut, alphabet, idx, raw, first, keep, words);
+        let rest = &mut rest[..len - done];
+        if width == 8 {
+            for (o, &b) in rest.iter_mut().zip(&raw[first + done..first + len]) {
+                *o = u16::from(b);
+            }
+        } else {
+            unpack_block(raw, first + done, width, rest);
+        }
+        combine(&lut, &idx[done..], rest, keep, low, &mut words[done..]);
+        put(first, words);
+        first += len;
     }
-    stream::decode_symbols(&syms, n, |i, v| {
-        let rb = unpack_at(raw, i, width);
-        put(i, (((rb >> keep) << 15) | (u32::from(v) << keep) | (rb & low)) as u16)
-    })
+    if let Some((d, _)) = decoder {
+        d.finish()?;
+    }
+    Ok(())
+}
+
+/// The AVX-512 reassembly where available; returns how many leading elements it did.
+fn fast_combine(
+    lut: &[u16; 256],
+    alphabet: usize,
+    idx: &[u8],
+    raw: &[u8],
+    first: usize,
+    keep: u32,
+    out: &mut [u16],
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::simd::has_avx512() {
+            // SAFETY: the CPU supports the kernel's features.
+            return unsafe { super::simd::combine16(lut, alphabet, idx, raw, first, keep, out) };
+        }
+    }
+    let _ = (lut, alphabet, idx, raw, first, keep, out);
+    0
+}
+
+/// word = sign << 15 | symbol value << keep | low bits, from the symbol's pre-shifted value
+/// and the raw field (sign above the low bits).
+#[inline]
+fn combine(lut: &[u16; 256], idx: &[u8], rest: &[u16], keep: u32, low: u16, out: &mut [u16]) {
+    for ((o, &s), &rb) in out.iter_mut().zip(idx).zip(rest) {
+        *o = ((rb >> keep) << 15) | lut[s as usize] | (rb & low);
+    }
 }
 
 pub fn encode16(data: &[u8], flavour: Float16, effort: Effort) -> Vec<u8> {
@@ -126,8 +220,10 @@ pub fn encode16(data: &[u8], flavour: Float16, effort: Effort) -> Vec<u8> {
 /// Decodes a SPLIT16 body (tag already read).
 pub fn decode16(r: &mut Reader<'_>, out: &mut [u8]) -> Result<(), CodecError> {
     let n = out.len() / 2;
-    read_split(r, n, |i, w| {
-        out[2 * i..2 * i + 2].copy_from_slice(&w.to_le_bytes());
+    read_split(r, n, |first, words| {
+        for (o, w) in out[2 * first..].chunks_exact_mut(2).zip(words) {
+            o.copy_from_slice(&w.to_le_bytes());
+        }
     })
 }
 
@@ -174,8 +270,10 @@ pub fn encode32(data: &[u8], effort: Effort) -> Vec<u8> {
 /// Decodes a SPLIT32 body (tag already read).
 pub fn decode32(r: &mut Reader<'_>, out: &mut [u8]) -> Result<(), CodecError> {
     let n = out.len() / 4;
-    read_split(r, n, |i, w| {
-        out[4 * i + 2..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+    read_split(r, n, |first, words| {
+        for (o, w) in out[4 * first..].chunks_exact_mut(4).zip(words) {
+            o[2..].copy_from_slice(&w.to_le_bytes());
+        }
     })?;
     match r.u8()? {
         0 => {

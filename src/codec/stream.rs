@@ -79,7 +79,11 @@ fn write_table(out: &mut Vec<u8>, values: &[u16], table: &FreqTable) {
     put_varint(out, values.len() as u64 - 1);
     let mut prev = 0u32;
     for (i, &v) in values.iter().enumerate() {
-        let gap = if i == 0 { u32::from(v) } else { u32::from(v) - prev - 1 };
+        let gap = if i == 0 {
+            u32::from(v)
+        } else {
+            u32::from(v) - prev - 1
+        };
         put_varint(out, u64::from(gap));
         prev = u32::from(v);
     }
@@ -136,6 +140,7 @@ pub fn write_symbols(plan: &SymPlan, values: &[u16], out: &mut Vec<u8>) {
 }
 
 /// A symbol stream read back: either a constant or an rANS stream with its decode tables.
+#[allow(clippy::large_enum_variant)] // one per chunk; boxing would add an allocation
 pub enum SymStream<'a> {
     Const(u16),
     Rans {
@@ -143,6 +148,8 @@ pub enum SymStream<'a> {
         /// Value of each symbol index (256 entries, unused ones zero).
         values: [u16; 256],
         coded: &'a [u8],
+        /// Number of symbols in use.
+        alphabet: usize,
     },
 }
 
@@ -183,6 +190,7 @@ pub fn read_symbols<'a>(r: &mut Reader<'a>, value_bits: u32) -> Result<SymStream
                 table: table.decode_table(),
                 values,
                 coded,
+                alphabet: n,
             })
         }
         _ => Err(CodecError::Corrupt("unknown symbol stream kind")),
@@ -207,8 +215,22 @@ pub fn decode_symbols<F: FnMut(usize, u16)>(
             table,
             values,
             coded,
-        } => rans::decode_with(coded, table, n, |i, sym| emit(i, values[sym as usize]))
-            .map_err(CodecError::Rans),
+            ..
+        } => {
+            let mut d = rans::Decoder::new(coded)?;
+            let mut buf = vec![0u8; n.min(8192)];
+            let mut first = 0;
+            while first < n {
+                let len = buf.len().min(n - first);
+                d.decode_block(table, &mut buf[..len])?;
+                for (k, &s) in buf[..len].iter().enumerate() {
+                    emit(first + k, values[s as usize]);
+                }
+                first += len;
+            }
+            d.finish()?;
+            Ok(())
+        }
     }
 }
 

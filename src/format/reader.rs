@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use super::{
-    fast_hash, ChunkEntry, Index, TensorEntry, Trailer, DATA_START, MAGIC, MAJOR,
-    MAX_INDEX_JSON, PREAMBLE_LEN, TRAILER_LEN,
+    fast_hash, ChunkEntry, Index, TensorEntry, Trailer, DATA_START, MAGIC, MAJOR, MAX_INDEX_JSON,
+    PREAMBLE_LEN, TRAILER_LEN,
 };
 use crate::codec::{decode_chunk, ElemKind};
 use crate::error::{Error, Result};
@@ -62,7 +62,9 @@ impl Container {
             });
         }
         if major == 0 || mmap[12..PREAMBLE_LEN].iter().any(|&b| b != 0) {
-            return Err(bad(format!("unsupported container version {major}.{minor}")));
+            return Err(bad(format!(
+                "unsupported container version {major}.{minor}"
+            )));
         }
         let len = mmap.len() as u64;
         let tb: &[u8; TRAILER_LEN] = mmap[mmap.len() - TRAILER_LEN..]
@@ -217,7 +219,10 @@ fn validate(index: &Index, data_end: u64) -> std::result::Result<Vec<ElemKind>, 
                 && index.tensors[d].raw_len() == t.raw_len()
                 && t.chunks.is_empty();
             if !ok {
-                return Err(format!("tensor '{}' has an invalid duplicate reference", t.name));
+                return Err(format!(
+                    "tensor '{}' has an invalid duplicate reference",
+                    t.name
+                ));
             }
         } else {
             let mut sum = 0u64;
@@ -231,7 +236,10 @@ fn validate(index: &Index, data_end: u64) -> std::result::Result<Vec<ElemKind>, 
                     ));
                 }
                 if c.raw_len == 0 || c.raw_len > MAX_CHUNK_RAW || c.raw_len % w != 0 {
-                    return Err(format!("tensor '{}' has an impossible chunk length", t.name));
+                    return Err(format!(
+                        "tensor '{}' has an impossible chunk length",
+                        t.name
+                    ));
                 }
                 sum += c.raw_len;
             }
@@ -254,7 +262,10 @@ fn validate(index: &Index, data_end: u64) -> std::result::Result<Vec<ElemKind>, 
     for t in index.tensors.iter() {
         for c in &t.chunks {
             if c.offset < last_end {
-                return Err(format!("tensor '{}' has a chunk overlapping another", t.name));
+                return Err(format!(
+                    "tensor '{}' has a chunk overlapping another",
+                    t.name
+                ));
             }
             last_end = c.offset + c.len;
         }
@@ -279,7 +290,11 @@ fn check_header(index: &Index) -> std::result::Result<(), String> {
         let info = meta.info(name).ok_or("stored header lost a tensor")?;
         let same = *name == t.name
             && format!("{:?}", info.dtype) == t.dtype
-            && info.shape.iter().map(|&d| d as u64).eq(t.shape.iter().copied())
+            && info
+                .shape
+                .iter()
+                .map(|&d| d as u64)
+                .eq(t.shape.iter().copied())
             && [info.data_offsets.0 as u64, info.data_offsets.1 as u64] == t.offsets;
         if !same {
             return Err(format!(

@@ -67,7 +67,12 @@ pub fn verify(path: &Path, mode: &VerifyMode) -> Result<VerifyReport> {
         ..Default::default()
     };
     let problems = Mutex::new(Vec::new());
-    let note = |e: Error| problems.lock().expect("no poisoned lock").push(e.to_string());
+    let note = |e: Error| {
+        problems
+            .lock()
+            .expect("no poisoned lock")
+            .push(e.to_string())
+    };
     match mode {
         VerifyMode::Fast => {
             report.mode = "fast".into();
@@ -158,7 +163,10 @@ pub fn verify(path: &Path, mode: &VerifyMode) -> Result<VerifyReport> {
             report.mode = "source".into();
             let s = SafetensorsFile::open(src)?;
             if s.header != c.index.source.header.as_bytes() {
-                note(Error::invalid(src, "safetensors header differs from the stored one"));
+                note(Error::invalid(
+                    src,
+                    "safetensors header differs from the stored one",
+                ));
             }
             if s.tensors.len() != c.index.tensors.len() {
                 note(Error::invalid(

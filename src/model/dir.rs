@@ -20,7 +20,10 @@ pub fn scan_dir(root: &Path) -> Result<ModelDir> {
     out.weights.sort();
     out.side_files.sort();
     if out.weights.is_empty() {
-        return Err(Error::invalid(root, "directory contains no .safetensors files"));
+        return Err(Error::invalid(
+            root,
+            "directory contains no .safetensors files",
+        ));
     }
     Ok(out)
 }
@@ -35,7 +38,9 @@ fn walk(root: &Path, rel: &Path, out: &mut ModelDir) -> Result<()> {
             continue;
         }
         let path = rel.join(&name);
-        let ty = entry.file_type().map_err(|e| Error::io(root.join(&path), e))?;
+        let ty = entry
+            .file_type()
+            .map_err(|e| Error::io(root.join(&path), e))?;
         if ty.is_dir() {
             walk(root, &path, out)?;
         } else if path.extension().is_some_and(|e| e == "safetensors") {

@@ -42,12 +42,20 @@ pub fn role(name: &str) -> Role {
     } else if n.contains("embed") || n.contains("wte") || n.contains("wpe") || n.contains("lm_head")
     {
         Role::Embedding
-    } else if n.contains("attn") || n.contains("attention") || n.contains("q_proj")
-        || n.contains("k_proj") || n.contains("v_proj") || n.contains("o_proj")
+    } else if n.contains("attn")
+        || n.contains("attention")
+        || n.contains("q_proj")
+        || n.contains("k_proj")
+        || n.contains("v_proj")
+        || n.contains("o_proj")
     {
         Role::Attention
-    } else if n.contains("mlp") || n.contains("ffn") || n.contains("intermediate")
-        || n.contains("feed_forward") || n.contains(".output.dense") || n.contains("experts")
+    } else if n.contains("mlp")
+        || n.contains("ffn")
+        || n.contains("intermediate")
+        || n.contains("feed_forward")
+        || n.contains(".output.dense")
+        || n.contains("experts")
     {
         Role::Mlp
     } else {
@@ -62,13 +70,22 @@ mod tests {
     #[test]
     fn layers_and_roles_from_names() {
         assert_eq!(layer_index("model.layers.12.mlp.up_proj.weight"), Some(12));
-        assert_eq!(layer_index("encoder.layer.3.attention.self.query.weight"), Some(3));
+        assert_eq!(
+            layer_index("encoder.layer.3.attention.self.query.weight"),
+            Some(3)
+        );
         assert_eq!(layer_index("model.embed_tokens.weight"), None);
-        assert_eq!(role("model.layers.0.self_attn.q_proj.weight"), Role::Attention);
+        assert_eq!(
+            role("model.layers.0.self_attn.q_proj.weight"),
+            Role::Attention
+        );
         assert_eq!(role("model.layers.0.input_layernorm.weight"), Role::Norm);
         assert_eq!(role("model.embed_tokens.weight"), Role::Embedding);
         assert_eq!(role("model.layers.0.mlp.down_proj.weight"), Role::Mlp);
-        assert_eq!(role("encoder.layer.0.attention.output.LayerNorm.bias"), Role::Norm);
+        assert_eq!(
+            role("encoder.layer.0.attention.output.LayerNorm.bias"),
+            Role::Norm
+        );
         assert_eq!(role("pooler.dense.bias"), Role::Other);
     }
 }

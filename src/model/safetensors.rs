@@ -77,7 +77,10 @@ impl SafetensorsFile {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let meta = file.metadata().map_err(|e| Error::io(path, e))?;
         if meta.is_dir() {
-            return Err(Error::invalid(path, "is a directory, expected a .safetensors file"));
+            return Err(Error::invalid(
+                path,
+                "is a directory, expected a .safetensors file",
+            ));
         }
         let bad = |why: String| Error::BadSafetensors {
             path: path.to_path_buf(),
@@ -146,7 +149,5 @@ pub fn release_range(m: &Mmap, start: usize, end: usize) {
     }
     // SAFETY: DONTNEED on a read-only shared file mapping only drops cached pages; later reads
     // fault them back in from the file, so no data visible through the map changes.
-    let _ = unsafe {
-        m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, s, e - s)
-    };
+    let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, s, e - s) };
 }

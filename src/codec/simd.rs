@@ -1,0 +1,156 @@
+//! AVX-512 kernels for the decode hot loops, chosen at run time. Each kernel has a portable
+//! twin elsewhere that produces identical output; tests run both on the same data.
+//! `BIGSMALL_NO_SIMD=1` forces the portable paths (for comparisons and benchmarks).
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+use super::rans::{LANES, PROB_SCALE, STATE_LOW};
+
+/// True when the CPU has AVX-512 F/BW/VBMI and SIMD is not disabled by the environment.
+pub fn has_avx512() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::env::var_os("BIGSMALL_NO_SIMD").is_none()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vbmi")
+    })
+}
+
+/// Decodes whole 32-symbol groups while a full group's worth of words (64 bytes) remains.
+/// Lanes 0..16 live in one register, 16..32 in another; each refills from the shared word
+/// stream with one expand, lanes in order — the same order the scalar decoder reads.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn rans_groups(
+    state: &mut [u32; LANES],
+    words: &[u8],
+    pos: &mut usize,
+    table: &[u32; PROB_SCALE as usize],
+    out: &mut [u8],
+) -> usize {
+    let mut x0 = _mm512_loadu_si512(state.as_ptr() as *const _);
+    let mut x1 = _mm512_loadu_si512(state.as_ptr().add(16) as *const _);
+    let mask12 = _mm512_set1_epi32(0xfff);
+    let low = _mm512_set1_epi32(STATE_LOW as i32);
+    let tp = table.as_ptr() as *const i32;
+    let mut p = *pos;
+    let groups = out.len() / LANES;
+    let mut g = 0;
+    while g < groups && p + 64 <= words.len() {
+        let e0 = _mm512_i32gather_epi32::<4>(_mm512_and_si512(x0, mask12), tp);
+        let e1 = _mm512_i32gather_epi32::<4>(_mm512_and_si512(x1, mask12), tp);
+        let o = out.as_mut_ptr().add(g * LANES);
+        _mm_storeu_si128(o as *mut __m128i, _mm512_cvtepi32_epi8(e0));
+        _mm_storeu_si128(o.add(16) as *mut __m128i, _mm512_cvtepi32_epi8(e1));
+        let f0 = _mm512_srli_epi32::<20>(e0);
+        let f1 = _mm512_srli_epi32::<20>(e1);
+        let b0 = _mm512_and_si512(_mm512_srli_epi32::<8>(e0), mask12);
+        let b1 = _mm512_and_si512(_mm512_srli_epi32::<8>(e1), mask12);
+        x0 = _mm512_add_epi32(_mm512_mullo_epi32(f0, _mm512_srli_epi32::<12>(x0)), b0);
+        x1 = _mm512_add_epi32(_mm512_mullo_epi32(f1, _mm512_srli_epi32::<12>(x1)), b1);
+        let m0 = _mm512_cmplt_epu32_mask(x0, low);
+        let w0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256(words.as_ptr().add(p) as *const _));
+        x0 = _mm512_mask_or_epi32(
+            x0,
+            m0,
+            _mm512_slli_epi32::<16>(x0),
+            _mm512_maskz_expand_epi32(m0, w0),
+        );
+        p += 2 * m0.count_ones() as usize;
+        let m1 = _mm512_cmplt_epu32_mask(x1, low);
+        let w1 = _mm512_cvtepu16_epi32(_mm256_loadu_si256(words.as_ptr().add(p) as *const _));
+        x1 = _mm512_mask_or_epi32(
+            x1,
+            m1,
+            _mm512_slli_epi32::<16>(x1),
+            _mm512_maskz_expand_epi32(m1, w1),
+        );
+        p += 2 * m1.count_ones() as usize;
+        g += 1;
+    }
+    _mm512_storeu_si512(state.as_mut_ptr() as *mut _, x0);
+    _mm512_storeu_si512(state.as_mut_ptr().add(16) as *mut _, x1);
+    *pos = p;
+    g
+}
+
+/// Reassembles 16-bit words for whole 32-element groups while the packed rest stream has 64
+/// readable bytes: `word = rest >> keep << 15 | lut[idx] | rest & low`, with the rest field
+/// (`keep + 1` bits, at most 9) unpacked by a byte permute and per-lane shifts. `first` (the
+/// element index of `idx[0]`) must be a multiple of 8. Returns the number of elements done.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VBMI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+pub unsafe fn combine16(
+    lut: &[u16; 256],
+    alphabet: usize,
+    idx: &[u8],
+    packed: &[u8],
+    first: usize,
+    keep: u32,
+    out: &mut [u16],
+) -> usize {
+    let width = keep as usize + 1;
+    if width > 9 || !first.is_multiple_of(8) {
+        return 0;
+    }
+    let mut perm = [0u8; 64];
+    let mut shifts = [0u16; 32];
+    for j in 0..32 {
+        let bit = j * width;
+        perm[2 * j] = (bit / 8) as u8;
+        perm[2 * j + 1] = (bit / 8 + 1) as u8;
+        shifts[j] = (bit % 8) as u16;
+    }
+    let perm = _mm512_loadu_si512(perm.as_ptr() as *const _);
+    let shifts = _mm512_loadu_si512(shifts.as_ptr() as *const _);
+    let field = _mm512_set1_epi16(((1u32 << width) - 1) as i16);
+    let lowm = _mm512_set1_epi16(((1u32 << keep) - 1) as i16);
+    let keep_x = _mm_cvtsi32_si128(keep as i32);
+    let fifteen = _mm_cvtsi32_si128(15);
+    let l = lut.as_ptr() as *const __m512i;
+    let (t0, t1) = (_mm512_loadu_si512(l), _mm512_loadu_si512(l.add(1)));
+    let (t2, t3) = (_mm512_loadu_si512(l.add(2)), _mm512_loadu_si512(l.add(3)));
+    let (t4, t5) = (_mm512_loadu_si512(l.add(4)), _mm512_loadu_si512(l.add(5)));
+    let (t6, t7) = (_mm512_loadu_si512(l.add(6)), _mm512_loadu_si512(l.add(7)));
+    let bit6 = _mm512_set1_epi16(64);
+    let bit7 = _mm512_set1_epi16(128);
+    let n = idx.len().min(out.len());
+    let mut i = 0;
+    while i + 32 <= n {
+        let byte = (first + i) / 8 * width;
+        if byte + 64 > packed.len() {
+            break;
+        }
+        let src = _mm512_loadu_si512(packed.as_ptr().add(byte) as *const _);
+        let rest = _mm512_and_si512(
+            _mm512_srlv_epi16(_mm512_permutexvar_epi8(perm, src), shifts),
+            field,
+        );
+        let ix = _mm512_cvtepu8_epi16(_mm256_loadu_si256(idx.as_ptr().add(i) as *const _));
+        let mut v = _mm512_permutex2var_epi16(t0, ix, t1);
+        if alphabet > 64 {
+            let m6 = _mm512_test_epi16_mask(ix, bit6);
+            let hi = _mm512_permutex2var_epi16(t2, ix, t3);
+            v = _mm512_mask_blend_epi16(m6, v, hi);
+            if alphabet > 128 {
+                let lo2 = _mm512_permutex2var_epi16(t4, ix, t5);
+                let hi2 = _mm512_permutex2var_epi16(t6, ix, t7);
+                let upper = _mm512_mask_blend_epi16(m6, lo2, hi2);
+                let m7 = _mm512_test_epi16_mask(ix, bit7);
+                v = _mm512_mask_blend_epi16(m7, v, upper);
+            }
+        }
+        let sign = _mm512_sll_epi16(_mm512_srl_epi16(rest, keep_x), fifteen);
+        let word = _mm512_or_si512(_mm512_or_si512(sign, v), _mm512_and_si512(rest, lowm));
+        _mm512_storeu_si512(out.as_mut_ptr().add(i) as *mut _, word);
+        i += 32;
+    }
+    i
+}
