@@ -900,7 +900,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 fn ggml_dequantize(ty: u32, src: &[u8], n: usize) -> Result<Vec<f32>> {
     let (name, blk, bytes) = ggml_type_info(ty)?;
     ensure!(
-        n % blk == 0 && src.len() == n / blk * bytes,
+        n.is_multiple_of(blk) && src.len() == n / blk * bytes,
         "{name}: {} bytes do not hold {n} elements",
         src.len()
     );
@@ -1009,7 +1009,7 @@ fn llama_cpp_permute_rows<T: Copy>(w: &[T], rows: usize, n_head: usize) -> Vec<T
 /// `w.reshape(n_head, hd/2, 2, *rest).swapaxes(1, 2).reshape(w.shape)`.
 fn unpermute_rows<T: Copy + Default>(w: &[T], rows: usize, n_head: usize) -> Result<Vec<T>> {
     ensure!(
-        n_head > 0 && rows > 0 && rows % (2 * n_head) == 0 && w.len() % rows == 0,
+        n_head > 0 && rows > 0 && rows.is_multiple_of(2 * n_head) && w.len().is_multiple_of(rows),
         "cannot un-permute {rows} rows into {n_head} heads of even size"
     );
     let cols = w.len() / rows;
@@ -1241,7 +1241,7 @@ enum Cut {
 fn cut_tensor(t: &Tensor, cut: Cut) -> Result<Tensor> {
     let esize = t.dtype.bitsize() / 8;
     ensure!(
-        t.dtype.bitsize() % 8 == 0,
+        t.dtype.bitsize().is_multiple_of(8),
         "{}: cannot cut sub-byte dtype {}",
         t.name,
         t.dtype
