@@ -73,3 +73,16 @@ impl Drop for AtomicFile {
         }
     }
 }
+
+/// Drops pages of a read-only file mapping from this process's resident set.
+pub fn release_pages(m: &memmap2::Mmap, start: usize, end: usize) {
+    const PAGE: usize = 4096;
+    let s = start / PAGE * PAGE;
+    let e = end.min(m.len());
+    if e <= s {
+        return;
+    }
+    // SAFETY: DONTNEED on a read-only shared file mapping only drops cached pages; later reads
+    // fault them back in from the file, so no data visible through the map changes.
+    let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, s, e - s) };
+}

@@ -22,7 +22,10 @@ use crate::progress::Progress;
 
 /// Raw bytes coded (or decoded) per parallel step. Large enough to keep both cores busy and
 /// amortise thread hand-offs, small enough that peak memory stays far below model size.
-pub const WINDOW_BYTES: usize = 48 << 20;
+pub const WINDOW_BYTES: usize = 32 << 20;
+/// Raw bytes decoded per step: small, so decoded data is still in cache when the writer
+/// thread copies it into the page cache.
+pub const DECODE_WINDOW_BYTES: usize = 8 << 20;
 
 #[derive(Debug, Clone, Copy)]
 pub struct CompressOptions {
@@ -93,7 +96,13 @@ fn find_duplicates(src: &SafetensorsFile) -> Vec<Option<usize>> {
     for group in by_len.values().filter(|g| g.len() > 1) {
         let hashes: Vec<u64> = group
             .par_iter()
-            .map(|&i| fast_hash(src.tensor_bytes(&src.tensors[i])))
+            .map(|&i| {
+                let t = &src.tensors[i];
+                let h = fast_hash(src.tensor_bytes(t));
+                let base = src.data_offset();
+                src.release(base + t.start, base + t.end);
+                h
+            })
             .collect();
         for (a, &i) in group.iter().enumerate() {
             for b in 0..a {
@@ -321,14 +330,14 @@ pub fn decode_jobs(c: &Container) -> Vec<DecodeJob> {
     jobs
 }
 
-/// Splits `jobs` into windows of about `WINDOW_BYTES` raw bytes.
+/// Splits `jobs` into windows of about `DECODE_WINDOW_BYTES` raw bytes.
 pub fn windows(jobs: &[DecodeJob]) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < jobs.len() {
         let mut end = start;
         let mut bytes = 0;
-        while end < jobs.len() && (bytes < WINDOW_BYTES || end == start) {
+        while end < jobs.len() && (bytes < DECODE_WINDOW_BYTES || end == start) {
             bytes += jobs[end].len;
             end += 1;
         }
@@ -375,7 +384,7 @@ pub fn decompress_file(
     let wins = windows(&jobs);
     progress.start(c.raw_data_len(), "decompress");
 
-    let (tx, rx) = mpsc::sync_channel::<Decoded>(1);
+    let (tx, rx) = mpsc::sync_channel::<Decoded>(2);
     let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
     let n_tensors = c.index.tensors.len();
     let check_md5 = opts.check_md5;
@@ -421,6 +430,12 @@ pub fn decompress_file(
                 .unwrap_or_default();
             match decode_window(c, &jobs[w.clone()], buf) {
                 Ok(buf) => {
+                    let (a, b) = (&jobs[w.start], &jobs[w.end - 1]);
+                    let first = c.chunks(a.tensor)[a.chunk];
+                    let last = c.chunks(b.tensor)[b.chunk];
+                    if first.offset <= last.offset {
+                        c.release(first.offset, last.offset + last.len);
+                    }
                     let mut segments: Vec<(usize, usize, usize)> = Vec::new();
                     let mut pos = 0;
                     for j in &jobs[w.clone()] {

@@ -131,7 +131,7 @@ pub fn info(c: &Container) -> Info {
         }
     }
     let largest_layer = layers.values().copied().max().unwrap_or(0);
-    let window = crate::store::WINDOW_BYTES as u64;
+    let window = crate::store::DECODE_WINDOW_BYTES as u64;
     let mut ranked: Vec<TensorStat> = stats
         .iter()
         .filter(|s| s.raw_bytes > 0 && s.codec != "dup_ref")

@@ -82,19 +82,21 @@ pub fn pack(values: impl Iterator<Item = u32>, n: usize, width: u32, out: &mut V
     debug_assert!((1..=16).contains(&width));
     let start = out.len();
     out.reserve(packed_len(n, width) + 8);
-    let mut acc = 0u64;
-    let mut have = 0u32;
+    // Eight values fill exactly `width` bytes, so a u128 accumulator flushes whole bytes.
+    let mut acc = 0u128;
+    let mut k = 0usize;
     for v in values {
-        acc |= u64::from(v) << have;
-        have += width;
-        while have >= 8 {
-            out.push(acc as u8);
-            acc >>= 8;
-            have -= 8;
+        acc |= u128::from(v) << (k * width as usize);
+        k += 1;
+        if k == 8 {
+            out.extend_from_slice(&acc.to_le_bytes()[..width as usize]);
+            acc = 0;
+            k = 0;
         }
     }
-    if have > 0 {
-        out.push(acc as u8);
+    if k > 0 {
+        let bytes = (k * width as usize).div_ceil(8);
+        out.extend_from_slice(&acc.to_le_bytes()[..bytes]);
     }
     debug_assert_eq!(out.len() - start, packed_len(n, width));
 }

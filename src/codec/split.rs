@@ -38,15 +38,52 @@ fn candidates(flavour: Float16, effort: Effort) -> &'static [u32] {
     }
 }
 
+/// Packs the rest fields (`W = r + 1` bits: sign above the `r` low bits) eight at a time; the
+/// width is a constant so the shifts unroll. Same bytes as `bits::pack`.
+fn pack_const<const W: usize>(words: &[u16], r: u32, out: &mut Vec<u8>) {
+    let low = (1u16 << r) - 1;
+    let mut groups = words.chunks_exact(8);
+    out.reserve(words.len() * W / 8 + 8);
+    for g in &mut groups {
+        let mut acc = 0u64;
+        for (j, &w) in g.iter().enumerate() {
+            acc |= u64::from(((w >> 15) << r) | (w & low)) << (j * W);
+        }
+        out.extend_from_slice(&acc.to_le_bytes()[..W]);
+    }
+    let rem = groups.remainder();
+    pack(
+        rem.iter().map(|&w| u32::from(((w >> 15) << r) | (w & low))),
+        rem.len(),
+        W as u32,
+        out,
+    );
+}
+
+/// Counts `(w & 0x7fff) >> shift` over the words with four sub-histograms, so runs of equal
+/// exponents do not serialise on one counter.
+fn magnitude_histogram(words: &[u16], shift: u32) -> Vec<u64> {
+    let bins = 1usize << (15 - shift);
+    let mut h = vec![[0u32; 4]; bins];
+    let mut quads = words.chunks_exact(4);
+    for q in &mut quads {
+        for (k, &w) in q.iter().enumerate() {
+            h[((w & 0x7fff) >> shift) as usize][k] += 1;
+        }
+    }
+    for &w in quads.remainder() {
+        h[((w & 0x7fff) >> shift) as usize][0] += 1;
+    }
+    h.iter()
+        .map(|c| c.iter().map(|&x| u64::from(x)).sum())
+        .collect()
+}
+
 /// Chooses `r` and writes the split body (without codec tag) for the 16-bit words.
 fn write_split(words: &[u16], rs: &[u32], out: &mut Vec<u8>) {
     let n = words.len();
     let r_min = rs[0];
-    let bits = 15 - r_min;
-    let mut fine = vec![0u64; 1 << bits];
-    for &w in words {
-        fine[((w & 0x7fff) >> r_min) as usize] += 1;
-    }
+    let fine = magnitude_histogram(words, r_min);
     let mut best: Option<(usize, u32, stream::SymPlan)> = None;
     for &r in rs {
         let shift = r - r_min;
@@ -67,22 +104,27 @@ fn write_split(words: &[u16], rs: &[u32], out: &mut Vec<u8>) {
         Some((_, r, plan)) => (r, plan),
         None => {
             let r = 7;
-            let h = Histogram::of(words.iter().map(|&w| (w & 0x7fff) >> r), 8);
+            let h = Histogram::from_dense(&magnitude_histogram(words, r));
             (r, stream::plan_symbols(&h).expect("8-bit symbols"))
         }
     };
     out.push(r as u8);
-    let syms: Vec<u16> = words.iter().map(|&w| (w & 0x7fff) >> r).collect();
-    stream::write_symbols(&plan, &syms, out);
-    let low = (1u32 << r) - 1;
-    pack(
-        words
-            .iter()
-            .map(|&w| ((u32::from(w) >> 15) << r) | (u32::from(w) & low)),
-        n,
-        r + 1,
-        out,
-    );
+    let map = plan.index_map(15 - r);
+    let syms: Vec<u8> = words
+        .iter()
+        .map(|&w| map[((w & 0x7fff) >> r) as usize])
+        .collect();
+    stream::write_symbol_indices(&plan, &syms, out);
+    let low = (1u16 << r) - 1;
+    let rest = |w: u16| ((w >> 15) << r) | (w & low);
+    match r {
+        7 => out.extend(words.iter().map(|&w| rest(w) as u8)),
+        5 => pack_const::<6>(words, r, out),
+        4 => pack_const::<5>(words, r, out),
+        6 => pack_const::<7>(words, r, out),
+        3 => pack_const::<4>(words, r, out),
+        _ => pack(words.iter().map(|&w| u32::from(rest(w))), n, r + 1, out),
+    }
 }
 
 /// Elements reassembled per block: a multiple of the rANS group and of 8 (bit unpacking).

@@ -116,8 +116,28 @@ pub fn plan_symbols(h: &Histogram) -> Option<SymPlan> {
     }
 }
 
+impl SymPlan {
+    /// The symbol index of every value of the alphabet (values below `1 << bits`).
+    pub fn index_map(&self, bits: u32) -> Vec<u8> {
+        let mut index = vec![0u8; 1 << bits];
+        if let SymKind::Rans(_, alphabet) = &self.kind {
+            for (i, &v) in alphabet.iter().enumerate() {
+                index[v as usize] = i as u8;
+            }
+        }
+        index
+    }
+}
+
 /// Writes a planned symbol stream. `values` yields the stream in order.
 pub fn write_symbols(plan: &SymPlan, values: &[u16], out: &mut Vec<u8>) {
+    let index = plan.index_map(16);
+    let syms: Vec<u8> = values.iter().map(|&v| index[v as usize]).collect();
+    write_symbol_indices(plan, &syms, out);
+}
+
+/// Writes a planned symbol stream from symbol indices (see `SymPlan::index_map`).
+pub fn write_symbol_indices(plan: &SymPlan, syms: &[u8], out: &mut Vec<u8>) {
     match &plan.kind {
         SymKind::Const(v) => {
             out.push(KIND_CONST);
@@ -126,13 +146,8 @@ pub fn write_symbols(plan: &SymPlan, values: &[u16], out: &mut Vec<u8>) {
         SymKind::Rans(table, alphabet) => {
             out.push(KIND_RANS);
             write_table(out, alphabet, table);
-            let mut index = vec![0u8; 1 << 16];
-            for (i, &v) in alphabet.iter().enumerate() {
-                index[v as usize] = i as u8;
-            }
-            let syms: Vec<u8> = values.iter().map(|&v| index[v as usize]).collect();
             let mut coded = Vec::new();
-            rans::encode(&syms, table, &mut coded);
+            rans::encode(syms, table, &mut coded);
             put_varint(out, coded.len() as u64);
             out.extend_from_slice(&coded);
         }

@@ -121,6 +121,11 @@ impl Container {
         self.index.tensors[tensor].dup_of.unwrap_or(tensor)
     }
 
+    /// Drops the mapped pages of a byte range that has been consumed (bounded resident memory).
+    pub fn release(&self, start: u64, end: u64) {
+        crate::fsutil::release_pages(&self.mmap, start as usize, end as usize);
+    }
+
     pub fn blob(&self, c: &ChunkEntry) -> &[u8] {
         &self.mmap[c.offset as usize..(c.offset + c.len) as usize]
     }

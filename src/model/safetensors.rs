@@ -134,20 +134,7 @@ impl SafetensorsFile {
     /// the working window rather than the file size.
     pub fn release(&self, file_start: usize, file_end: usize) {
         if let Some(m) = &self.mmap {
-            release_range(m, file_start, file_end);
+            crate::fsutil::release_pages(m, file_start, file_end);
         }
     }
-}
-
-/// Drops pages of a read-only file mapping from this process's resident set.
-pub fn release_range(m: &Mmap, start: usize, end: usize) {
-    const PAGE: usize = 4096;
-    let s = start / PAGE * PAGE;
-    let e = end.min(m.len());
-    if e <= s {
-        return;
-    }
-    // SAFETY: DONTNEED on a read-only shared file mapping only drops cached pages; later reads
-    // fault them back in from the file, so no data visible through the map changes.
-    let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, s, e - s) };
 }
