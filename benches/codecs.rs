@@ -1,1 +1,98 @@
-fn main(){}
+//! Codec throughput, one core: encode and decode of real BF16 / F32 / FP8 weights per chunk,
+//! with the AVX-512 kernels and with the portable decoders.
+//!
+//! Data: the largest tensor of each fixture, or of the corpus file named by
+//! `BIGSMALL_BENCH_FILE` (e.g. `corpus/minilm-bf16.safetensors`), cut into 1 MiB chunks.
+//! Run: `cargo bench --bench codecs`.
+
+use std::hint::black_box;
+
+use bigsmall::codec::{decode_chunk, encode_chunk, Effort, ElemKind};
+use bigsmall::format::CHUNK_BYTES;
+use bigsmall::model::safetensors::{elem_kind, SafetensorsFile};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+/// Up to 16 MiB of chunks from the biggest tensor of the file.
+fn chunks_of(path: &str) -> (ElemKind, Vec<Vec<u8>>) {
+    let f = SafetensorsFile::open(path.as_ref()).expect("bench input opens");
+    let t = f
+        .tensors
+        .iter()
+        .max_by_key(|t| t.len())
+        .expect("a tensor");
+    let kind = elem_kind(t.dtype);
+    let step = CHUNK_BYTES / kind.width() * kind.width();
+    let chunks = f
+        .tensor_bytes(t)
+        .chunks(step)
+        .take(16)
+        .map(|c| c.to_vec())
+        .collect();
+    (kind, chunks)
+}
+
+fn bench_file(c: &mut Criterion, label: &str, path: &str) {
+    let (kind, chunks) = chunks_of(path);
+    let raw: usize = chunks.iter().map(Vec::len).sum();
+    let mut g = c.benchmark_group(label);
+    g.throughput(Throughput::Bytes(raw as u64));
+    g.sample_size(20);
+    for effort in [Effort::Balanced, Effort::Inference] {
+        let blobs: Vec<Vec<u8>> = chunks
+            .iter()
+            .map(|ch| encode_chunk(kind, ch, effort))
+            .collect();
+        let coded: usize = blobs.iter().map(Vec::len).sum();
+        eprintln!(
+            "{label} {}: {raw} raw bytes -> {coded} coded ({:.2}%)",
+            effort.name(),
+            coded as f64 * 100.0 / raw as f64
+        );
+        g.bench_function(format!("encode/{}", effort.name()), |b| {
+            b.iter(|| {
+                for ch in &chunks {
+                    black_box(encode_chunk(kind, black_box(ch), effort));
+                }
+            })
+        });
+        let mut out = vec![0u8; CHUNK_BYTES];
+        let paths: &[(&str, bool)] = &[("simd", false), ("portable", true)];
+        for &(name, portable) in paths {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if !portable && !bigsmall::codec::simd::cpu_has_avx512() {
+                    continue;
+                }
+                bigsmall::codec::simd::force_portable(portable);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            if !portable {
+                continue;
+            }
+            g.bench_function(format!("decode/{}/{name}", effort.name()), |b| {
+                b.iter(|| {
+                    for (blob, ch) in blobs.iter().zip(&chunks) {
+                        decode_chunk(kind, black_box(blob), &mut out[..ch.len()]).unwrap();
+                    }
+                })
+            });
+        }
+        #[cfg(target_arch = "x86_64")]
+        bigsmall::codec::simd::force_portable(false);
+    }
+    g.finish();
+}
+
+fn codecs(c: &mut Criterion) {
+    if let Ok(path) = std::env::var("BIGSMALL_BENCH_FILE") {
+        bench_file(c, "corpus", &path);
+        return;
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    bench_file(c, "bf16", &format!("{root}/fixtures/minilm-bf16.safetensors"));
+    bench_file(c, "f32", &format!("{root}/fixtures/minilm-f32.safetensors"));
+    bench_file(c, "fp8", &format!("{root}/fixtures/minilm-fp8.safetensors"));
+}
+
+criterion_group!(benches, codecs);
+criterion_main!(benches);

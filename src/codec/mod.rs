@@ -330,3 +330,69 @@ mod tests {
         }
     }
 }
+
+/// Tests that run with the SIMD kernels disabled in between: they must not run concurrently
+/// with other tests that flip the switch, so they share this lock.
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) static SIMD_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod simd_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The SIMD kernels and the portable decoders must produce identical bytes.
+    fn both_paths(kind: ElemKind, data: &[u8], effort: Effort) {
+        let blob = encode_chunk(kind, data, effort);
+        let _guard = SIMD_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fast = vec![0u8; data.len()];
+        decode_chunk(kind, &blob, &mut fast).unwrap();
+        simd::force_portable(true);
+        let mut slow = vec![0u8; data.len()];
+        let r = decode_chunk(kind, &blob, &mut slow);
+        simd::force_portable(false);
+        r.unwrap();
+        assert_eq!(fast, data);
+        assert_eq!(slow, data);
+    }
+
+    fn bell(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                let mut s = 0.0f32;
+                for _ in 0..4 {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    s += (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                }
+                s * scale
+            })
+            .collect()
+    }
+
+    #[test]
+    fn simd_and_portable_agree_on_weights() {
+        for n in [0usize, 1, 31, 32, 33, 1000, 4095, 4096, 4097, 70_001] {
+            let v = bell(n, n as u64 + 7, 0.03);
+            let bf: Vec<u8> = v.iter().flat_map(|&f| half::bf16::from_f32(f).to_bits().to_le_bytes()).collect();
+            let f16: Vec<u8> = v.iter().flat_map(|&f| half::f16::from_f32(f).to_bits().to_le_bytes()).collect();
+            let f32b: Vec<u8> = v.iter().flat_map(|&f| f.to_le_bytes()).collect();
+            for effort in [Effort::Storage, Effort::Balanced, Effort::Inference] {
+                both_paths(ElemKind::Bf16, &bf, effort);
+                both_paths(ElemKind::F16, &f16, effort);
+                both_paths(ElemKind::F32, &f32b, effort);
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn simd_and_portable_agree_on_random(bytes in proptest::collection::vec(any::<u8>(), 0..9000), narrow in any::<bool>()) {
+            let data: Vec<u8> = if narrow { bytes.iter().map(|b| b & 0x83).collect() } else { bytes };
+            let n = data.len() / 4 * 4;
+            for kind in [ElemKind::Bf16, ElemKind::F32, ElemKind::Byte] {
+                both_paths(kind, &data[..n], Effort::Balanced);
+            }
+        }
+    }
+}

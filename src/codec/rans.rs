@@ -294,18 +294,24 @@ fn portable_groups(
         if p + 2 * LANES > words.len() {
             break;
         }
-        let w = &words[p..p + 2 * LANES];
-        let mut taken = 0usize;
-        for (x, o) in state.iter_mut().zip(group.iter_mut()) {
+        let w: &[u8; 2 * LANES] = words[p..p + 2 * LANES].try_into().expect("64 bytes");
+        // Pass 1: every lane's symbol and new state, independent of the others.
+        let mut need = [0usize; LANES];
+        for ((x, o), nd) in state.iter_mut().zip(group.iter_mut()).zip(&mut need) {
             let e = table[(*x & mask) as usize];
             *o = e as u8;
-            let y = (e >> 20) * (*x >> PROB_BITS) + ((e >> 8) & 0xfff);
-            let need = y < STATE_LOW;
-            let word = u32::from(u16::from_le_bytes([w[taken], w[taken + 1]]));
-            *x = if need { (y << 16) | word } else { y };
-            taken += 2 * need as usize;
+            *x = (e >> 20) * (*x >> PROB_BITS) + ((e >> 8) & 0xfff);
+            *nd = usize::from(*x < STATE_LOW);
         }
-        p += taken;
+        // Pass 2: refills in lane order; the only chain between lanes is one add.
+        let mut at = 0usize;
+        for (x, &nd) in state.iter_mut().zip(&need) {
+            let word = u32::from(u16::from_le_bytes([w[at & 63], w[(at + 1) & 63]]));
+            let refilled = (*x << 16) | word;
+            *x = if nd == 1 { refilled } else { *x };
+            at += 2 * nd;
+        }
+        p += at;
         g += 1;
     }
     *pos = p;

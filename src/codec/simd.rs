@@ -4,19 +4,37 @@
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use super::rans::{LANES, PROB_SCALE, STATE_LOW};
 
-/// True when the CPU has AVX-512 F/BW/VBMI and SIMD is not disabled by the environment.
-pub fn has_avx512() -> bool {
+/// 0: follow detection, 1: portable paths forced (see `force_portable`).
+static FORCED: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the CPU has AVX-512 F/BW/VBMI (checked once).
+pub fn cpu_has_avx512() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
-        std::env::var_os("BIGSMALL_NO_SIMD").is_none()
-            && is_x86_feature_detected!("avx512f")
+        is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vbmi")
     })
+}
+
+/// True when the AVX-512 kernels will run: the CPU has them, `BIGSMALL_NO_SIMD` is unset and
+/// `force_portable(true)` is not in effect.
+pub fn has_avx512() -> bool {
+    static ENV_OFF: OnceLock<bool> = OnceLock::new();
+    FORCED.load(Ordering::Relaxed) == 0
+        && !*ENV_OFF.get_or_init(|| std::env::var_os("BIGSMALL_NO_SIMD").is_some())
+        && cpu_has_avx512()
+}
+
+/// Forces the portable decoders on or off for the whole process (tests and benchmarks
+/// compare both paths on the same data).
+pub fn force_portable(on: bool) {
+    FORCED.store(u8::from(on), Ordering::Relaxed);
 }
 
 /// Decodes whole 32-symbol groups while a full group's worth of words (64 bytes) remains.

@@ -130,8 +130,41 @@ fn write_split(words: &[u16], rs: &[u32], out: &mut Vec<u8>) {
 /// Elements reassembled per block: a multiple of the rANS group and of 8 (bit unpacking).
 const BLOCK: usize = 4096;
 
+/// Unpacks like `unpack_block` for a constant width of at most 8 bits: eight values per u64.
+fn unpack_const<const W: usize>(packed: &[u8], first: usize, out: &mut [u16]) {
+    let mask = (1u64 << W) - 1;
+    let total = out.len();
+    let mut byte = first / 8 * W;
+    let mut groups = out.chunks_exact_mut(8);
+    for g in &mut groups {
+        let v = match packed.get(byte..byte + 8) {
+            Some(b) => u64::from_le_bytes(b.try_into().expect("8 bytes")),
+            None => {
+                let mut buf = [0u8; 8];
+                let avail = packed.len().saturating_sub(byte).min(8);
+                buf[..avail].copy_from_slice(&packed[byte..byte + avail]);
+                u64::from_le_bytes(buf)
+            }
+        };
+        for (j, o) in g.iter_mut().enumerate() {
+            *o = ((v >> (j * W)) & mask) as u16;
+        }
+        byte += W;
+    }
+    let done = total - groups.into_remainder().len();
+    for (j, o) in out[done..].iter_mut().enumerate() {
+        *o = unpack_at(packed, first + done + j, W as u32) as u16;
+    }
+}
+
 /// Unpacks `out.len()` values of `width` bits starting at element `first` (a multiple of 8).
 fn unpack_block(packed: &[u8], first: usize, width: u32, out: &mut [u16]) {
+    match width {
+        5 => return unpack_const::<5>(packed, first, out),
+        6 => return unpack_const::<6>(packed, first, out),
+        7 => return unpack_const::<7>(packed, first, out),
+        _ => {}
+    }
     let w = width as usize;
     let total = out.len();
     let mask = (1u128 << width) - 1;
