@@ -98,13 +98,15 @@ pub unsafe fn rans_groups(
 }
 
 /// Reassembles 16-bit words for whole 32-element groups while the packed rest stream has 64
-/// readable bytes: `word = rest >> keep << 15 | lut[idx] | rest & low`, with the rest field
-/// (`keep + 1` bits, at most 9) unpacked by a byte permute and per-lane shifts. `first` (the
-/// element index of `idx[0]`) must be a multiple of 8. Returns the number of elements done.
+/// readable bytes: `word = rest >> mid << 15 | lut[idx] | (rest & low) << shift`, with the
+/// rest field (`mid + 1` bits, at most 9) unpacked by a byte permute and per-lane shifts.
+/// `first` (the element index of `idx[0]`) must be a multiple of 8. Returns the number of
+/// elements done.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, BW and VBMI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn combine16(
     lut: &[u16; 256],
     alphabet: usize,
@@ -112,6 +114,7 @@ pub unsafe fn combine16(
     packed: &[u8],
     first: usize,
     keep: u32,
+    shift: u32,
     out: &mut [u16],
 ) -> usize {
     let width = keep as usize + 1;
@@ -131,6 +134,7 @@ pub unsafe fn combine16(
     let field = _mm512_set1_epi16(((1u32 << width) - 1) as i16);
     let lowm = _mm512_set1_epi16(((1u32 << keep) - 1) as i16);
     let keep_x = _mm_cvtsi32_si128(keep as i32);
+    let shift_x = _mm_cvtsi32_si128(shift as i32);
     let fifteen = _mm_cvtsi32_si128(15);
     let l = lut.as_ptr() as *const __m512i;
     let (t0, t1) = (_mm512_loadu_si512(l), _mm512_loadu_si512(l.add(1)));
@@ -166,7 +170,8 @@ pub unsafe fn combine16(
             }
         }
         let sign = _mm512_sll_epi16(_mm512_srl_epi16(rest, keep_x), fifteen);
-        let word = _mm512_or_si512(_mm512_or_si512(sign, v), _mm512_and_si512(rest, lowm));
+        let low = _mm512_sll_epi16(_mm512_and_si512(rest, lowm), shift_x);
+        let word = _mm512_or_si512(_mm512_or_si512(sign, v), low);
         _mm512_storeu_si512(out.as_mut_ptr().add(i) as *mut _, word);
         i += 32;
     }

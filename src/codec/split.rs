@@ -1,16 +1,16 @@
 //! Float codecs by fields. A 16-bit float word (BF16, F16, or the top half of an F32) is split
 //! into a *symbol* — the magnitude's top bits: exponent plus the top few mantissa bits — coded
 //! with rANS, and the *rest* — sign and low mantissa bits, close to random — stored as packed
-//! raw bits. How many mantissa bits join the symbol (`keep_low = r` raw bits remain) is measured
-//! per chunk: more bits capture more of H(mantissa | exponent) but grow the alphabet (at most 256
-//! symbols per stream).
+//! raw bits. How many mantissa bits join the symbol (`r` low bits remain), and whether the lowest
+//! mantissa bit joins it too, is measured per chunk: more bits capture more of
+//! H(mantissa | exponent) but grow the alphabet (at most 256 symbols per stream).
 //!
 //! F32 adds the two low bytes: coded as byte planes (constant, rANS or zstd each; a BF16-native
 //! F32 has constant-zero planes and so costs what BF16 does) or as zstd over the 16-bit pairs.
 //!
 //! Chunk layouts (after the codec tag):
 //! ```text
-//! SPLIT16: u8 r | symbol stream (values < 2^(15-r)) | packed raw, (r+1) bits per element
+//! SPLIT16: u8 layout (r | lsb << 7) | symbol stream | packed rest (sign + middle bits)
 //! SPLIT32: the SPLIT16 body for the high halves | u8 lo_mode | lo data
 //!          lo_mode 0: byte stream of bits 8..16, byte stream of bits 0..8
 //!          lo_mode 1: varint length + zstd frame of the low 16-bit halves (little-endian)
@@ -38,97 +38,163 @@ fn candidates(flavour: Float16, effort: Effort) -> &'static [u32] {
     }
 }
 
-/// Packs the rest fields (`W = r + 1` bits: sign above the `r` low bits) eight at a time; the
-/// width is a constant so the shifts unroll. Same bytes as `bits::pack`.
-fn pack_const<const W: usize>(words: &[u16], r: u32, out: &mut Vec<u8>) {
-    let low = (1u16 << r) - 1;
+/// How a 16-bit word is split. The symbol holds the magnitude's top `15 - r` bits and, with
+/// `lsb`, also its lowest bit (after rounding from a wider type the last mantissa bit is often
+/// biased per exponent); the rest holds the sign above the remaining middle bits.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Layout {
+    r: u32,
+    lsb: bool,
+}
+
+impl Layout {
+    fn from_byte(b: u8) -> Option<Layout> {
+        let l = Layout {
+            r: u32::from(b & 0x0f),
+            lsb: b & 0x80 != 0,
+        };
+        (b & 0x70 == 0 && (!l.lsb || l.r >= 1)).then_some(l)
+    }
+
+    fn to_byte(self) -> u8 {
+        self.r as u8 | if self.lsb { 0x80 } else { 0 }
+    }
+
+    /// Bits of a symbol value.
+    fn value_bits(self) -> u32 {
+        15 - self.r + u32::from(self.lsb)
+    }
+
+    /// Middle mantissa bits stored raw (below the sign in the rest field).
+    fn mid(self) -> u32 {
+        self.r - u32::from(self.lsb)
+    }
+
+    /// Bits of the rest field: sign + middle bits.
+    fn width(self) -> u32 {
+        self.mid() + 1
+    }
+
+    fn value(self, w: u16) -> u16 {
+        let top = (w & 0x7fff) >> self.r;
+        if self.lsb {
+            (top << 1) | (w & 1)
+        } else {
+            top
+        }
+    }
+
+    fn rest(self, w: u16) -> u16 {
+        let shift = u32::from(self.lsb);
+        ((w >> 15) << self.mid()) | ((w >> shift) & ((1u16 << self.mid()) - 1))
+    }
+
+    /// A symbol value's bits in place within the word.
+    fn placed(self, v: u16) -> u16 {
+        if self.lsb {
+            ((v >> 1) << self.r) | (v & 1)
+        } else {
+            v << self.r
+        }
+    }
+
+    fn word(self, placed: u16, rest: u16) -> u16 {
+        let mid = self.mid();
+        ((rest >> mid) << 15) | placed | ((rest & ((1u16 << mid) - 1)) << u32::from(self.lsb))
+    }
+}
+
+/// Packs the rest fields eight at a time with a constant width, so the shifts unroll. Same
+/// bytes as `bits::pack`.
+fn pack_const<const W: usize>(words: &[u16], layout: Layout, out: &mut Vec<u8>) {
     let mut groups = words.chunks_exact(8);
     out.reserve(words.len() * W / 8 + 8);
     for g in &mut groups {
         let mut acc = 0u64;
         for (j, &w) in g.iter().enumerate() {
-            acc |= u64::from(((w >> 15) << r) | (w & low)) << (j * W);
+            acc |= u64::from(layout.rest(w)) << (j * W);
         }
         out.extend_from_slice(&acc.to_le_bytes()[..W]);
     }
     let rem = groups.remainder();
     pack(
-        rem.iter().map(|&w| u32::from(((w >> 15) << r) | (w & low))),
+        rem.iter().map(|&w| u32::from(layout.rest(w))),
         rem.len(),
         W as u32,
         out,
     );
 }
 
-/// Counts `(w & 0x7fff) >> shift` over the words with four sub-histograms, so runs of equal
-/// exponents do not serialise on one counter.
-fn magnitude_histogram(words: &[u16], shift: u32) -> Vec<u64> {
-    let bins = 1usize << (15 - shift);
+/// Counts `(mag >> shift) << 1 | lsb` over the words with four sub-histograms, so runs of
+/// equal exponents do not serialise on one counter.
+fn joint_histogram(words: &[u16], shift: u32) -> Vec<u64> {
+    let bins = 1usize << (16 - shift);
     let mut h = vec![[0u32; 4]; bins];
+    let bin = |w: u16| ((((w & 0x7fff) >> shift) << 1) | (w & 1)) as usize;
     let mut quads = words.chunks_exact(4);
     for q in &mut quads {
         for (k, &w) in q.iter().enumerate() {
-            h[((w & 0x7fff) >> shift) as usize][k] += 1;
+            h[bin(w)][k] += 1;
         }
     }
     for &w in quads.remainder() {
-        h[((w & 0x7fff) >> shift) as usize][0] += 1;
+        h[bin(w)][0] += 1;
     }
     h.iter()
         .map(|c| c.iter().map(|&x| u64::from(x)).sum())
         .collect()
 }
 
-/// Chooses `r` and writes the split body (without codec tag) for the 16-bit words.
-fn write_split(words: &[u16], rs: &[u32], out: &mut Vec<u8>) {
+/// Chooses the layout by exact measurement and writes the split body (without codec tag).
+fn write_split(words: &[u16], rs: &[u32], try_lsb: bool, out: &mut Vec<u8>) {
     let n = words.len();
     let r_min = rs[0];
-    let fine = magnitude_histogram(words, r_min);
-    let mut best: Option<(usize, u32, stream::SymPlan)> = None;
+    let fine = joint_histogram(words, r_min);
+    let mut best: Option<(usize, Layout, stream::SymPlan)> = None;
     for &r in rs {
-        let shift = r - r_min;
-        let mut dense = vec![0u64; 1 << (15 - r)];
-        for (v, &c) in fine.iter().enumerate() {
-            dense[v >> shift] += c;
-        }
-        let h = Histogram::from_dense(&dense);
-        if let Some(plan) = stream::plan_symbols(&h) {
-            let total = plan.bytes + packed_len(n, r + 1);
-            if best.as_ref().is_none_or(|b| total < b.0) {
-                best = Some((total, r, plan));
+        for lsb in [false, true] {
+            if lsb && (!try_lsb || r < 2) {
+                continue;
+            }
+            let layout = Layout { r, lsb };
+            let shift = r - r_min;
+            let mut dense = vec![0u64; 1 << layout.value_bits()];
+            for (j, &c) in fine.iter().enumerate() {
+                let top = (j >> 1) >> shift;
+                let v = if lsb { (top << 1) | (j & 1) } else { top };
+                dense[v] += c;
+            }
+            let h = Histogram::from_dense(&dense);
+            if let Some(plan) = stream::plan_symbols(&h) {
+                let total = plan.bytes + packed_len(n, layout.width());
+                if best.as_ref().is_none_or(|b| total < b.0) {
+                    best = Some((total, layout, plan));
+                }
             }
         }
     }
-    // Fall back to the coarsest split that fits 256 symbols: r = 7 leaves 8 symbol bits.
-    let (r, plan) = match best {
-        Some((_, r, plan)) => (r, plan),
+    // Fall back to the coarsest split that always fits 256 symbols: 8 symbol bits.
+    let (layout, plan) = match best {
+        Some((_, l, plan)) => (l, plan),
         None => {
-            let r = 7;
-            let h = Histogram::from_dense(&magnitude_histogram(words, r));
-            (r, stream::plan_symbols(&h).expect("8-bit symbols"))
+            let l = Layout { r: 7, lsb: false };
+            let h = Histogram::of(words.iter().map(|&w| l.value(w)), 8);
+            (l, stream::plan_symbols(&h).expect("8-bit symbols"))
         }
     };
-    out.push(r as u8);
-    let map = plan.index_map(15 - r);
-    let syms: Vec<u8> = words
-        .iter()
-        .map(|&w| map[((w & 0x7fff) >> r) as usize])
-        .collect();
+    out.push(layout.to_byte());
+    let map = plan.index_map(layout.value_bits());
+    let syms: Vec<u8> = words.iter().map(|&w| map[layout.value(w) as usize]).collect();
     stream::write_symbol_indices(&plan, &syms, out);
-    let low = (1u16 << r) - 1;
-    let rest = |w: u16| ((w >> 15) << r) | (w & low);
-    match r {
-        7 => out.extend(words.iter().map(|&w| rest(w) as u8)),
-        5 => pack_const::<6>(words, r, out),
-        4 => pack_const::<5>(words, r, out),
-        6 => pack_const::<7>(words, r, out),
-        3 => pack_const::<4>(words, r, out),
-        _ => pack(words.iter().map(|&w| u32::from(rest(w))), n, r + 1, out),
+    match layout.width() {
+        8 => out.extend(words.iter().map(|&w| layout.rest(w) as u8)),
+        7 => pack_const::<7>(words, layout, out),
+        6 => pack_const::<6>(words, layout, out),
+        5 => pack_const::<5>(words, layout, out),
+        4 => pack_const::<4>(words, layout, out),
+        w => pack(words.iter().map(|&x| u32::from(layout.rest(x))), n, w, out),
     }
 }
-
-/// Elements reassembled per block: a multiple of the rANS group and of 8 (bit unpacking).
-const BLOCK: usize = 4096;
 
 /// Unpacks like `unpack_block` for a constant width of at most 8 bits: eight values per u64.
 fn unpack_const<const W: usize>(packed: &[u8], first: usize, out: &mut [u16]) {
@@ -160,6 +226,7 @@ fn unpack_const<const W: usize>(packed: &[u8], first: usize, out: &mut [u16]) {
 /// Unpacks `out.len()` values of `width` bits starting at element `first` (a multiple of 8).
 fn unpack_block(packed: &[u8], first: usize, width: u32, out: &mut [u16]) {
     match width {
+        4 => return unpack_const::<4>(packed, first, out),
         5 => return unpack_const::<5>(packed, first, out),
         6 => return unpack_const::<6>(packed, first, out),
         7 => return unpack_const::<7>(packed, first, out),
@@ -187,20 +254,20 @@ fn unpack_block(packed: &[u8], first: usize, width: u32, out: &mut [u16]) {
     }
 }
 
+/// Elements reassembled per block: a multiple of the rANS group and of 8 (bit unpacking).
+const BLOCK: usize = 4096;
+
 /// Decodes a split body into 16-bit words, handed out block by block as `put(first, words)`.
 fn read_split<F: FnMut(usize, &[u16])>(
     r: &mut Reader<'_>,
     n: usize,
     mut put: F,
 ) -> Result<(), CodecError> {
-    let keep = u32::from(r.u8()?);
-    if keep > 15 {
-        return Err(CodecError::Corrupt("split field width out of range"));
-    }
-    let syms = stream::read_symbols(r, 15 - keep)?;
-    let width = keep + 1;
+    let layout =
+        Layout::from_byte(r.u8()?).ok_or(CodecError::Corrupt("split field layout out of range"))?;
+    let syms = stream::read_symbols(r, layout.value_bits())?;
+    let width = layout.width();
     let raw = r.bytes(packed_len(n, width))?;
-    let low = (1u16 << keep) - 1;
     let mut lut = [0u16; 256];
     let mut alphabet = 1;
     let mut idx = vec![0u8; BLOCK.min(n)];
@@ -208,7 +275,7 @@ fn read_split<F: FnMut(usize, &[u16])>(
     let mut words = vec![0u16; BLOCK.min(n)];
     let mut decoder = match &syms {
         stream::SymStream::Const(v) => {
-            lut[0] = v << keep;
+            lut[0] = layout.placed(*v);
             None
         }
         stream::SymStream::Rans {
@@ -217,8 +284,8 @@ fn read_split<F: FnMut(usize, &[u16])>(
             coded,
             alphabet: a,
         } => {
-            for (l, v) in lut.iter_mut().zip(values) {
-                *l = v << keep;
+            for (l, &v) in lut.iter_mut().zip(values) {
+                *l = layout.placed(v);
             }
             alphabet = *a;
             Some((rans::Decoder::new(coded)?, table))
@@ -232,7 +299,7 @@ fn read_split<F: FnMut(usize, &[u16])>(
             d.decode_block(table, idx)?;
         }
         let words = &mut words[..len];
-        let done = fast_combine(&lut, alphabet, idx, raw, first, keep, words);
+        let done = fast_combine(&lut, alphabet, idx, raw, first, layout, words);
         let rest = &mut rest[..len - done];
         if width == 8 {
             for (o, &b) in rest.iter_mut().zip(&raw[first + done..first + len]) {
@@ -241,7 +308,9 @@ fn read_split<F: FnMut(usize, &[u16])>(
         } else {
             unpack_block(raw, first + done, width, rest);
         }
-        combine(&lut, &idx[done..], rest, keep, low, &mut words[done..]);
+        for ((o, &s), &rb) in words[done..].iter_mut().zip(&idx[done..]).zip(rest.iter()) {
+            *o = layout.word(lut[s as usize], rb);
+        }
         put(first, words);
         first += len;
     }
@@ -258,27 +327,21 @@ fn fast_combine(
     idx: &[u8],
     raw: &[u8],
     first: usize,
-    keep: u32,
+    layout: Layout,
     out: &mut [u16],
 ) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
         if super::simd::has_avx512() {
+            let (mid, shift) = (layout.mid(), u32::from(layout.lsb));
             // SAFETY: the CPU supports the kernel's features.
-            return unsafe { super::simd::combine16(lut, alphabet, idx, raw, first, keep, out) };
+            return unsafe {
+                super::simd::combine16(lut, alphabet, idx, raw, first, mid, shift, out)
+            };
         }
     }
-    let _ = (lut, alphabet, idx, raw, first, keep, out);
+    let _ = (lut, alphabet, idx, raw, first, layout, out);
     0
-}
-
-/// word = sign << 15 | symbol value << keep | low bits, from the symbol's pre-shifted value
-/// and the raw field (sign above the low bits).
-#[inline]
-fn combine(lut: &[u16; 256], idx: &[u8], rest: &[u16], keep: u32, low: u16, out: &mut [u16]) {
-    for ((o, &s), &rb) in out.iter_mut().zip(idx).zip(rest) {
-        *o = ((rb >> keep) << 15) | lut[s as usize] | (rb & low);
-    }
 }
 
 pub fn encode16(data: &[u8], flavour: Float16, effort: Effort) -> Vec<u8> {
@@ -288,7 +351,10 @@ pub fn encode16(data: &[u8], flavour: Float16, effort: Effort) -> Vec<u8> {
         .collect();
     let mut out = Vec::with_capacity(data.len() * 3 / 4);
     out.push(tag::SPLIT16);
-    write_split(&words, candidates(flavour, effort), &mut out);
+    // The biased-LSB pattern comes from rounding wider floats to BF16; inference mode keeps
+    // the rest byte-aligned.
+    let try_lsb = flavour == Float16::Bf16 && effort != Effort::Inference;
+    write_split(&words, candidates(flavour, effort), try_lsb, &mut out);
     out
 }
 
@@ -310,7 +376,7 @@ pub fn encode32(data: &[u8], effort: Effort) -> Vec<u8> {
         .collect();
     let mut out = Vec::with_capacity(data.len() * 7 / 8);
     out.push(tag::SPLIT32);
-    write_split(&hi, candidates(Float16::Bf16, effort), &mut out);
+    write_split(&hi, candidates(Float16::Bf16, effort), false, &mut out);
     let mut planes = Vec::new();
     let mut plane = vec![0u8; n];
     for p in [1usize, 0] {
