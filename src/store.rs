@@ -308,7 +308,7 @@ struct Decoded {
 }
 
 /// A chunk to decode, located in the output stream.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct DecodeJob {
     pub tensor: usize,
     pub chunk: usize,

@@ -1,6 +1,7 @@
 //! Reports about containers and safetensors inputs: `info` and `stat` (from the index alone,
 //! no blob decoded) and `scan` (reads a safetensors file or directory before compression).
 
+pub mod benchmark;
 pub mod entropy;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,6 +1,7 @@
 //! Command-line front end: one file per subcommand, each turning arguments into a library call
 //! and the result into text or `--json`. Flags are defined once, here and in those files.
 
+mod benchmark;
 mod compress;
 mod decompress;
 mod info;
@@ -42,6 +43,8 @@ enum Command {
     Scan(scan::Args),
     /// Check a .bs file: structure (--fast), a random sample, everything, or against the source
     Verify(verify::Args),
+    /// Compress + decompress in-process: ratio, throughput, peak RSS, per-role breakdown
+    Benchmark(benchmark::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -52,6 +55,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Stat(a) => stat::run(a),
         Command::Scan(a) => scan::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Benchmark(a) => benchmark::run(a),
     }
 }
 

@@ -8,6 +8,7 @@
 //! This module does not know about files, tensors names or hashes: see `format` for that.
 
 pub mod bits;
+pub mod palette;
 pub mod rans;
 #[cfg(target_arch = "x86_64")]
 pub mod simd;
@@ -95,6 +96,7 @@ pub mod tag {
     pub const BYTES: u8 = 4;
     pub const FILL: u8 = 5;
     pub const PLANES: u8 = 6;
+    pub const PALETTE16: u8 = 7;
 
     pub fn name(t: u8) -> &'static str {
         match t {
@@ -105,6 +107,7 @@ pub mod tag {
             BYTES => "byte_rans",
             FILL => "fill",
             PLANES => "byte_planes",
+            PALETTE16 => "palette16",
             _ => "unknown",
         }
     }
@@ -200,6 +203,12 @@ pub fn decode_chunk(kind: ElemKind, blob: &[u8], out: &mut [u8]) -> Result<(), C
             };
             let _ = flavour; // field layout is the same for both: sign | 15-bit magnitude
             split::decode16(&mut r, out)?;
+        }
+        tag::PALETTE16 => {
+            if w != 2 {
+                return Err(CodecError::Corrupt("palette codec on a non-16-bit tensor"));
+            }
+            palette::decode(&mut r, out.len() / 2, out)?;
         }
         tag::SPLIT32 => {
             if kind != ElemKind::F32 {
@@ -362,7 +371,9 @@ mod simd_tests {
             .map(|_| {
                 let mut s = 0.0f32;
                 for _ in 0..4 {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     s += (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
                 }
                 s * scale
@@ -374,8 +385,14 @@ mod simd_tests {
     fn simd_and_portable_agree_on_weights() {
         for n in [0usize, 1, 31, 32, 33, 1000, 4095, 4096, 4097, 70_001] {
             let v = bell(n, n as u64 + 7, 0.03);
-            let bf: Vec<u8> = v.iter().flat_map(|&f| half::bf16::from_f32(f).to_bits().to_le_bytes()).collect();
-            let f16: Vec<u8> = v.iter().flat_map(|&f| half::f16::from_f32(f).to_bits().to_le_bytes()).collect();
+            let bf: Vec<u8> = v
+                .iter()
+                .flat_map(|&f| half::bf16::from_f32(f).to_bits().to_le_bytes())
+                .collect();
+            let f16: Vec<u8> = v
+                .iter()
+                .flat_map(|&f| half::f16::from_f32(f).to_bits().to_le_bytes())
+                .collect();
             let f32b: Vec<u8> = v.iter().flat_map(|&f| f.to_le_bytes()).collect();
             for effort in [Effort::Storage, Effort::Balanced, Effort::Inference] {
                 both_paths(ElemKind::Bf16, &bf, effort);

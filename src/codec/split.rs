@@ -28,7 +28,7 @@ pub enum Float16 {
 
 /// Raw-bit counts worth considering, finest first. `r = 7` is byte-aligned (sign + 7 bits), the
 /// inference mode's choice because its rest unpacks as plain bytes.
-fn candidates(flavour: Float16, effort: Effort) -> &'static [u32] {
+pub(super) fn candidates(flavour: Float16, effort: Effort) -> &'static [u32] {
     match (flavour, effort) {
         (_, Effort::Inference) => &[7],
         (Float16::Bf16, Effort::Balanced) => &[4, 5, 6, 7],
@@ -146,7 +146,7 @@ fn joint_histogram(words: &[u16], shift: u32) -> Vec<u64> {
 }
 
 /// Chooses the layout by exact measurement and writes the split body (without codec tag).
-fn write_split(words: &[u16], rs: &[u32], try_lsb: bool, out: &mut Vec<u8>) {
+pub(super) fn write_split(words: &[u16], rs: &[u32], try_lsb: bool, out: &mut Vec<u8>) {
     let n = words.len();
     let r_min = rs[0];
     let fine = joint_histogram(words, r_min);
@@ -184,7 +184,10 @@ fn write_split(words: &[u16], rs: &[u32], try_lsb: bool, out: &mut Vec<u8>) {
     };
     out.push(layout.to_byte());
     let map = plan.index_map(layout.value_bits());
-    let syms: Vec<u8> = words.iter().map(|&w| map[layout.value(w) as usize]).collect();
+    let syms: Vec<u8> = words
+        .iter()
+        .map(|&w| map[layout.value(w) as usize])
+        .collect();
     stream::write_symbol_indices(&plan, &syms, out);
     match layout.width() {
         8 => out.extend(words.iter().map(|&w| layout.rest(w) as u8)),
@@ -258,7 +261,7 @@ fn unpack_block(packed: &[u8], first: usize, width: u32, out: &mut [u16]) {
 const BLOCK: usize = 4096;
 
 /// Decodes a split body into 16-bit words, handed out block by block as `put(first, words)`.
-fn read_split<F: FnMut(usize, &[u16])>(
+pub(super) fn read_split<F: FnMut(usize, &[u16])>(
     r: &mut Reader<'_>,
     n: usize,
     mut put: F,
@@ -355,6 +358,13 @@ pub fn encode16(data: &[u8], flavour: Float16, effort: Effort) -> Vec<u8> {
     // the rest byte-aligned.
     let try_lsb = flavour == Float16::Bf16 && effort != Effort::Inference;
     write_split(&words, candidates(flavour, effort), try_lsb, &mut out);
+    if effort != Effort::Inference && super::palette::worth_trying(&words) {
+        if let Some(p) = super::palette::encode(&words, candidates(flavour, effort), try_lsb) {
+            if p.len() < out.len() {
+                return p;
+            }
+        }
+    }
     out
 }
 

@@ -249,6 +249,61 @@ pub fn decode_symbols<F: FnMut(usize, u16)>(
     }
 }
 
+/// Reads a symbol stream whose values fit a byte, block by block (blocks a multiple of the
+/// rANS group except the last): indices come from the SIMD decoder and are mapped through a
+/// table.
+#[allow(clippy::large_enum_variant)] // one per stream, on the stack
+pub enum SymbolBytes<'a> {
+    Const(u8),
+    Rans {
+        decoder: rans::Decoder<'a>,
+        table: &'a [u32; PROB_SCALE as usize],
+        map: [u8; 256],
+    },
+}
+
+impl<'a> SymbolBytes<'a> {
+    pub fn new(s: &'a SymStream<'a>) -> Result<SymbolBytes<'a>, CodecError> {
+        Ok(match s {
+            SymStream::Const(v) => SymbolBytes::Const(*v as u8),
+            SymStream::Rans {
+                table,
+                values,
+                coded,
+                ..
+            } => SymbolBytes::Rans {
+                decoder: rans::Decoder::new(coded)?,
+                table,
+                map: std::array::from_fn(|i| values[i] as u8),
+            },
+        })
+    }
+
+    pub fn read(&mut self, out: &mut [u8]) -> Result<(), CodecError> {
+        match self {
+            SymbolBytes::Const(v) => out.fill(*v),
+            SymbolBytes::Rans {
+                decoder,
+                table,
+                map,
+            } => {
+                decoder.decode_block(table, out)?;
+                for b in out.iter_mut() {
+                    *b = map[*b as usize];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<(), CodecError> {
+        if let SymbolBytes::Rans { decoder, .. } = self {
+            decoder.finish()?;
+        }
+        Ok(())
+    }
+}
+
 /// Writes a byte stream (a byte plane, FP8 codes) as whichever of const / raw / rANS / zstd is
 /// smallest. rANS is measured exactly from the histogram; zstd is tried when `effort` says so.
 pub fn write_bytes(data: &[u8], effort: Effort, out: &mut Vec<u8>) {

@@ -1,0 +1,199 @@
+//! `benchmark`: compress and decompress a file in-process (in a temporary directory that is
+//! removed afterwards) and measure everything: ratio, throughput of compress, of decode to
+//! memory and of whole-file decompress, peak RSS, and a per-role breakdown. Every figure comes
+//! from this run; the round trip is checked byte for byte.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::codec::Effort;
+use crate::error::{Error, Result};
+use crate::format::reader::Container;
+use crate::model::role::{role, Role};
+use crate::model::safetensors::SafetensorsFile;
+use crate::progress::Progress;
+use crate::store::{
+    compress_file, decode_jobs, decode_window, decompress_file, windows, CompressOptions,
+    DecodeJob, DecompressOptions,
+};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleBench {
+    pub role: String,
+    pub tensors: usize,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub ratio_pct: f64,
+    /// Decode to memory, all cores, chunk checksums verified.
+    pub decode_mb_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub source: String,
+    pub mode: String,
+    pub threads: usize,
+    pub source_bytes: u64,
+    pub compressed_bytes: u64,
+    pub ratio_pct: f64,
+    /// Whole-file compress (md5 receipts included), MB = 10^6 bytes of source per second.
+    pub compress_mb_s: f64,
+    pub compress_seconds: f64,
+    /// Decode of every chunk into memory, checksums verified, best of the runs.
+    pub decode_memory_mb_s: f64,
+    pub decode_memory_seconds: f64,
+    pub decode_memory_runs: usize,
+    /// Whole-file decompress to a file in the temporary directory.
+    pub decompress_file_mb_s: f64,
+    pub decompress_file_seconds: f64,
+    /// The decompressed file equals the source byte for byte.
+    pub byte_identical: bool,
+    /// Peak resident memory of this process (VmHWM), bytes.
+    pub peak_rss_bytes: u64,
+    pub roles: Vec<RoleBench>,
+}
+
+/// Removes its directory when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Peak resident set of this process from /proc (0 where unavailable).
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+fn decode_all(c: &Container, jobs: &[DecodeJob]) -> Result<f64> {
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    for w in windows(jobs) {
+        buf = decode_window(c, &jobs[w], buf)?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn mb_s(bytes: u64, seconds: f64) -> f64 {
+    bytes as f64 / seconds.max(1e-9) / 1e6
+}
+
+/// Runs the benchmark on one safetensors file.
+pub fn benchmark(
+    src: &Path,
+    effort: Effort,
+    runs: usize,
+    progress: &dyn Progress,
+) -> Result<BenchReport> {
+    // Validate the input before making anything.
+    drop(SafetensorsFile::open(src)?);
+    let dir = std::env::temp_dir().join(format!("bigsmall-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let tmp = TempDir(dir);
+    let bs = tmp.0.join("model.bs");
+    let back = tmp.0.join("back.safetensors");
+
+    let opts = CompressOptions {
+        effort,
+        overwrite: true,
+    };
+    let cr = compress_file(src, &bs, &opts, progress)?;
+    let c = Container::open(&bs)?;
+    let jobs = decode_jobs(&c);
+    let raw = c.raw_data_len();
+    let runs = runs.max(1);
+    let mut best = f64::INFINITY;
+    for _ in 0..runs {
+        best = best.min(decode_all(&c, &jobs)?);
+    }
+
+    let mut roles: Vec<RoleBench> = Vec::new();
+    for r in [
+        Role::Embedding,
+        Role::Attention,
+        Role::Mlp,
+        Role::Norm,
+        Role::Other,
+    ] {
+        let members: Vec<usize> = (0..c.index.tensors.len())
+            .filter(|&t| role(&c.index.tensors[t].name) == r)
+            .collect();
+        if members.is_empty() {
+            continue;
+        }
+        let role_jobs: Vec<DecodeJob> = jobs
+            .iter()
+            .filter(|j| role(&c.index.tensors[j.tensor].name) == r)
+            .copied()
+            .collect();
+        let raw_bytes: u64 = members.iter().map(|&t| c.index.tensors[t].raw_len()).sum();
+        let stored_bytes: u64 = members
+            .iter()
+            .map(|&t| c.index.tensors[t].stored_len())
+            .sum();
+        let mut t_best = f64::INFINITY;
+        for _ in 0..runs {
+            let started = Instant::now();
+            role_jobs.par_iter().try_for_each_init(Vec::new, |buf, j| {
+                buf.resize(j.len, 0);
+                c.decode_chunk_into(j.tensor, j.chunk, buf)
+            })?;
+            t_best = t_best.min(started.elapsed().as_secs_f64());
+        }
+        roles.push(RoleBench {
+            role: r.name().to_string(),
+            tensors: members.len(),
+            raw_bytes,
+            stored_bytes,
+            ratio_pct: stored_bytes as f64 * 100.0 / raw_bytes.max(1) as f64,
+            decode_mb_s: mb_s(raw_bytes, t_best),
+        });
+    }
+
+    let dr = decompress_file(
+        &bs,
+        &back,
+        &DecompressOptions {
+            overwrite: true,
+            check_md5: false,
+        },
+        progress,
+    )?;
+    let identical = {
+        let a = SafetensorsFile::open(src)?;
+        let b = SafetensorsFile::open(&back)?;
+        a.bytes() == b.bytes()
+    };
+    Ok(BenchReport {
+        source: src.display().to_string(),
+        mode: effort.name().to_string(),
+        threads: rayon::current_num_threads(),
+        source_bytes: cr.source_bytes,
+        compressed_bytes: cr.output_bytes,
+        ratio_pct: cr.output_bytes as f64 * 100.0 / cr.source_bytes.max(1) as f64,
+        compress_mb_s: mb_s(cr.source_bytes, cr.seconds),
+        compress_seconds: cr.seconds,
+        decode_memory_mb_s: mb_s(raw, best),
+        decode_memory_seconds: best,
+        decode_memory_runs: runs,
+        decompress_file_mb_s: mb_s(dr.output_bytes, dr.seconds),
+        decompress_file_seconds: dr.seconds,
+        byte_identical: identical,
+        peak_rss_bytes: peak_rss_bytes(),
+        roles,
+    })
+}

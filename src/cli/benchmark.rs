@@ -1,0 +1,96 @@
+//! `bigsmall benchmark`: compress + decompress in-process, every figure measured in this run.
+
+use std::path::PathBuf;
+
+use bigsmall::analysis::benchmark::benchmark;
+use bigsmall::codec::Effort;
+
+use super::{emit, emit_json, human, Bar};
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  bigsmall benchmark model.safetensors\n  bigsmall benchmark model.safetensors --storage --runs 5 --json"
+)]
+pub struct Args {
+    /// The .safetensors file to measure
+    src: PathBuf,
+    /// Smallest-file mode
+    #[arg(long, group = "mode")]
+    storage: bool,
+    /// Default mode
+    #[arg(long, group = "mode")]
+    balanced: bool,
+    /// Fastest-decode mode
+    #[arg(long, group = "mode")]
+    inference: bool,
+    /// Decode-to-memory repetitions (the best is reported)
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Hide the progress bar
+    #[arg(long)]
+    no_progress: bool,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    let effort = if a.storage {
+        Effort::Storage
+    } else if a.inference {
+        Effort::Inference
+    } else {
+        Effort::Balanced
+    };
+    let bar = Bar::new(a.no_progress);
+    let r = benchmark(&a.src, effort, a.runs, &bar)?;
+    if a.json {
+        emit_json(&r);
+    } else {
+        let mut s = format!(
+            "benchmark: {} [{}] on {} threads\n",
+            r.source, r.mode, r.threads
+        );
+        s += &format!(
+            "  size:              {} -> {} ({:.2}%)\n",
+            human(r.source_bytes),
+            human(r.compressed_bytes),
+            r.ratio_pct
+        );
+        s += &format!(
+            "  compress:          {:.0} MB/s ({:.2}s, md5 receipts included)\n",
+            r.compress_mb_s, r.compress_seconds
+        );
+        s += &format!(
+            "  decode to memory:  {:.0} MB/s ({:.3}s, best of {}, checksums verified)\n",
+            r.decode_memory_mb_s, r.decode_memory_seconds, r.decode_memory_runs
+        );
+        s += &format!(
+            "  decompress (file): {:.0} MB/s ({:.2}s)\n",
+            r.decompress_file_mb_s, r.decompress_file_seconds
+        );
+        s += &format!(
+            "  round trip:        {}\n",
+            if r.byte_identical {
+                "byte-identical"
+            } else {
+                "DIFFERENT"
+            }
+        );
+        s += &format!("  peak RSS:          {}\n", human(r.peak_rss_bytes));
+        s += "  by role:           tensors          raw       stored    ratio   decode MB/s\n";
+        for x in &r.roles {
+            s += &format!(
+                "    {:<15} {:>9} {:>12} {:>12} {:>7.2}% {:>10.0}\n",
+                x.role,
+                x.tensors,
+                human(x.raw_bytes),
+                human(x.stored_bytes),
+                x.ratio_pct,
+                x.decode_mb_s
+            );
+        }
+        emit(&s);
+    }
+    Ok(if r.byte_identical { 0 } else { 3 })
+}

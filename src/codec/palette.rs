@@ -1,0 +1,190 @@
+//! Block palettes for 16-bit floats with few distinct values per small block — weights that
+//! were quantized once (GGUF/GPTQ-style groups dequantized back to BF16, QAT checkpoints). Each
+//! block of 32 elements stores its distinct values once (in order of first appearance, coded
+//! with the SPLIT16 field split) and every element as an index into its block's palette.
+//! Real trained weights have ~31 distinct values per 32, so the encoder only tries this when a
+//! quick count says it can pay, and keeps it only when it measures smaller.
+//!
+//! Body (after the codec tag):
+//! ```text
+//! u8 log2(block) (5)
+//! varint P                   total palette entries in the chunk
+//! SPLIT16 body of the P palette values
+//! symbol stream: palette size − 1 of each block      (values < block)
+//! symbol stream: each element's index in its palette  (values < block)
+//! ```
+
+use super::bits::{put_varint, Reader};
+use super::split::{read_split, write_split};
+use super::stream::{self, Histogram};
+use super::{tag, CodecError};
+
+const BLOCK_LOG2: u32 = 5;
+const BLOCK: usize = 1 << BLOCK_LOG2;
+
+/// Palette entries and per-element indices of the words, block by block.
+fn build(words: &[u16]) -> (Vec<u16>, Vec<u16>, Vec<u16>) {
+    let mut palette = Vec::new();
+    let mut sizes = Vec::with_capacity(words.len().div_ceil(BLOCK));
+    let mut index = Vec::with_capacity(words.len());
+    // seen[w] = block stamp << 5 | index of w in that block's palette. The table lives per
+    // thread and stamps keep counting across calls, so it is never cleared (except on wrap).
+    thread_local! {
+        static SEEN: std::cell::RefCell<(Vec<u32>, u32)> = const { std::cell::RefCell::new((Vec::new(), 0)) };
+    }
+    SEEN.with_borrow_mut(|(seen, stamp)| {
+        if seen.is_empty() || *stamp > (u32::MAX >> BLOCK_LOG2) - (words.len() / BLOCK) as u32 - 2 {
+            *seen = vec![0u32; 1 << 16];
+            *stamp = 0;
+        }
+        for block in words.chunks(BLOCK) {
+            *stamp += 1;
+            let start = palette.len();
+            let tag = *stamp << BLOCK_LOG2;
+            for &w in block {
+                let s = seen[w as usize];
+                let i = if s >> BLOCK_LOG2 == *stamp {
+                    s & (BLOCK as u32 - 1)
+                } else {
+                    let i = (palette.len() - start) as u32;
+                    palette.push(w);
+                    seen[w as usize] = tag | i;
+                    i
+                };
+                index.push(i as u16);
+            }
+            sizes.push((palette.len() - start - 1) as u16);
+        }
+    });
+    (palette, sizes, index)
+}
+
+/// Distinct values per block on a sample: cheap test whether a palette can pay at all.
+pub fn worth_trying(words: &[u16]) -> bool {
+    const SAMPLE_BLOCKS: usize = 256;
+    let step = (words.len() / BLOCK / SAMPLE_BLOCKS).max(1);
+    let mut distinct = 0usize;
+    let mut blocks = 0usize;
+    for block in words.chunks_exact(BLOCK).step_by(step).take(SAMPLE_BLOCKS) {
+        let mut seen: Vec<u16> = Vec::with_capacity(BLOCK);
+        for &w in block {
+            if !seen.contains(&w) {
+                seen.push(w);
+            }
+        }
+        distinct += seen.len();
+        blocks += 1;
+    }
+    // Break-even is near 24 of 32 for weights; leave a margin for the measurement to decide.
+    blocks > 0 && distinct * 4 < blocks * BLOCK * 3
+}
+
+/// Codes the words as a palette chunk, with the given SPLIT16 candidates for the palette.
+pub fn encode(words: &[u16], rs: &[u32], try_lsb: bool) -> Option<Vec<u8>> {
+    if words.is_empty() {
+        return None;
+    }
+    let (palette, sizes, index) = build(words);
+    let mut out = Vec::with_capacity(words.len());
+    out.push(tag::PALETTE16);
+    out.push(BLOCK_LOG2 as u8);
+    put_varint(&mut out, palette.len() as u64);
+    write_split(&palette, rs, try_lsb, &mut out);
+    for s in [&sizes, &index] {
+        let h = Histogram::of(s.iter().copied(), BLOCK_LOG2);
+        let plan = stream::plan_symbols(&h)?;
+        stream::write_symbols(&plan, s, &mut out);
+    }
+    Some(out)
+}
+
+/// Decodes a palette body (tag already read) into `out` (`n` little-endian 16-bit words).
+pub fn decode(r: &mut Reader<'_>, n: usize, out: &mut [u8]) -> Result<(), CodecError> {
+    let log2 = u32::from(r.u8()?);
+    if log2 != BLOCK_LOG2 {
+        return Err(CodecError::Corrupt("unsupported palette block size"));
+    }
+    let p = usize::try_from(r.varint()?).map_err(|_| CodecError::Corrupt("palette size"))?;
+    if p > n || (n > 0 && p < n.div_ceil(BLOCK)) {
+        return Err(CodecError::Corrupt("palette size out of range"));
+    }
+    let mut palette = vec![0u16; p];
+    read_split(r, p, |first, words| {
+        palette[first..first + words.len()].copy_from_slice(words);
+    })?;
+    let blocks = n.div_ceil(BLOCK);
+    let mut sizes = vec![0u16; blocks];
+    let s = stream::read_symbols(r, BLOCK_LOG2)?;
+    stream::decode_symbols(&s, blocks, |i, v| sizes[i] = v + 1)?;
+    if sizes.iter().map(|&k| usize::from(k)).sum::<usize>() != p {
+        return Err(CodecError::Corrupt("palette sizes do not add up"));
+    }
+    let s = stream::read_symbols(r, BLOCK_LOG2)?;
+    // Indices are decoded a stretch at a time (a multiple of the block) and expanded at once.
+    const STRETCH: usize = 8192;
+    let mut index = [0u8; STRETCH];
+    let mut reader = stream::SymbolBytes::new(&s)?;
+    let mut base = 0usize;
+    let mut done = 0usize;
+    while done < n {
+        let len = STRETCH.min(n - done);
+        let idx_all = &mut index[..len];
+        reader.read(idx_all)?;
+        let out_all = &mut out[2 * done..2 * (done + len)];
+        let first_block = done / BLOCK;
+        for (b, (idx, o)) in idx_all
+            .chunks(BLOCK)
+            .zip(out_all.chunks_mut(2 * BLOCK))
+            .enumerate()
+        {
+            let k = usize::from(sizes[first_block + b]);
+            if idx.iter().any(|&i| usize::from(i) >= k) {
+                return Err(CodecError::Corrupt("palette index out of range"));
+            }
+            let pal = &palette[base..base + k];
+            for (&i, o) in idx.iter().zip(o.chunks_exact_mut(2)) {
+                o.copy_from_slice(&pal[usize::from(i)].to_le_bytes());
+            }
+            base += k;
+        }
+        done += len;
+    }
+    reader.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantized_blocks_roundtrip_and_shrink() {
+        // 16 levels per block of 32, like Q4_1 dequantized to BF16.
+        let mut x = 99u64;
+        let words: Vec<u16> = (0..40_000)
+            .map(|i| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let level = (x >> 60) as f32;
+                let scale = 0.001 * (1.0 + (i / 32 % 7) as f32);
+                half::bf16::from_f32(level * scale - 0.008).to_bits()
+            })
+            .collect();
+        assert!(worth_trying(&words));
+        let blob = encode(&words, &[4, 5, 6, 7], true).unwrap();
+        assert!(
+            blob.len() < words.len() * 2 * 60 / 100,
+            "{} bytes",
+            blob.len()
+        );
+        let mut out = vec![0u8; words.len() * 2];
+        let mut r = Reader::new(&blob[1..]);
+        decode(&mut r, words.len(), &mut out).unwrap();
+        assert!(r.is_empty());
+        let back: Vec<u16> = out
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        assert_eq!(back, words);
+    }
+}
