@@ -169,14 +169,16 @@ pub fn encode(symbols: &[u8], table: &FreqTable, out: &mut Vec<u8>) {
             &mut at,
         );
     }
-    for group in symbols[..full].chunks_exact(LANES).rev() {
-        for lane in (0..LANES).rev() {
-            put(
-                &syms[group[lane] as usize],
-                &mut state[lane],
-                &mut words,
-                &mut at,
-            );
+    if !simd_encode(&mut state, &symbols[..full], &syms, &mut words, &mut at) {
+        for group in symbols[..full].chunks_exact(LANES).rev() {
+            for lane in (0..LANES).rev() {
+                put(
+                    &syms[group[lane] as usize],
+                    &mut state[lane],
+                    &mut words,
+                    &mut at,
+                );
+            }
         }
     }
     let words = &words[at..];
@@ -184,9 +186,50 @@ pub fn encode(symbols: &[u8], table: &FreqTable, out: &mut Vec<u8>) {
     for s in state {
         out.extend_from_slice(&s.to_le_bytes());
     }
-    for w in words {
-        out.extend_from_slice(&w.to_le_bytes());
+    out.extend_from_slice(&words_as_le_bytes(words));
+}
+
+/// The words as little-endian bytes: a plain view on little-endian machines.
+fn words_as_le_bytes(words: &[u16]) -> std::borrow::Cow<'_, [u8]> {
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: u16 has no padding and any byte pattern is a valid u8; the view covers
+        // exactly the slice's memory.
+        std::borrow::Cow::Borrowed(unsafe {
+            std::slice::from_raw_parts(words.as_ptr() as *const u8, words.len() * 2)
+        })
     }
+    #[cfg(not(target_endian = "little"))]
+    {
+        std::borrow::Cow::Owned(words.iter().flat_map(|w| w.to_le_bytes()).collect())
+    }
+}
+
+/// The AVX-512 encoder for whole groups where available; false if it did not run.
+fn simd_encode(
+    state: &mut [u32; LANES],
+    full_groups: &[u8],
+    syms: &[EncSym; 256],
+    words: &mut [u16],
+    at: &mut usize,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::simd::has_avx512() && super::simd::cpu_has_avx512vl() {
+            let freq_cum: [u32; 256] = std::array::from_fn(|i| (syms[i].freq << 16) | syms[i].cum);
+            let rcp: [f64; 256] = std::array::from_fn(|i| {
+                // 1/freq rounded up: floor(x * rcp) is then the exact quotient for x < 2^32.
+                f64::from_bits((1.0 / f64::from(syms[i].freq)).to_bits() + 1)
+            });
+            // SAFETY: features checked; `words` holds one slot per symbol below `at`.
+            unsafe {
+                super::simd::rans_encode_groups(state, full_groups, &freq_cum, &rcp, words, at)
+            };
+            return true;
+        }
+    }
+    let _ = (state, full_groups, syms, words, at);
+    false
 }
 
 /// Reads the state header; returns the states and the word bytes that follow.
@@ -441,6 +484,18 @@ mod tests {
         let mut back = vec![0u8; syms.len()];
         decode(&coded, &table, &mut back).unwrap();
         assert_eq!(back, syms);
+        #[cfg(target_arch = "x86_64")]
+        {
+            // The SIMD encoder must produce the very same stream as the scalar one.
+            let _guard = crate::codec::SIMD_SWITCH
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            crate::codec::simd::force_portable(true);
+            let mut scalar = Vec::new();
+            encode(syms, &table, &mut scalar);
+            crate::codec::simd::force_portable(false);
+            assert_eq!(scalar, coded, "SIMD and scalar encoders disagree");
+        }
         let mut oracle = vec![0u8; syms.len()];
         decode_reference(&coded, &table, &mut oracle).unwrap();
         assert_eq!(oracle, syms);

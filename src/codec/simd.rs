@@ -22,6 +22,12 @@ pub fn cpu_has_avx512() -> bool {
     })
 }
 
+/// Whether the CPU also has AVX-512 VL (256-bit masked stores, used by the encoder).
+pub fn cpu_has_avx512vl() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx512vl"))
+}
+
 /// True when the AVX-512 kernels will run: the CPU has them, `BIGSMALL_NO_SIMD` is unset and
 /// `force_portable(true)` is not in effect.
 pub fn has_avx512() -> bool {
@@ -176,4 +182,69 @@ pub unsafe fn combine16(
         i += 32;
     }
     i
+}
+
+/// Encodes whole 32-symbol groups (in reverse, as the scalar encoder does) for `syms`, whose
+/// length is a multiple of 32. Emitted words are written downwards ending at `*at`; lanes that
+/// emit in one step store their words in lane order, which is the order the decoder reads.
+/// `freq_cum[s] = freq << 16 | cum`, `rcp[s]` = 1/freq rounded up, so that
+/// `floor(x * rcp)` is the exact quotient for every 32-bit `x` (see `rans::EncSym`).
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW; `words` must have room for one word per symbol
+/// below `*at`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn rans_encode_groups(
+    state: &mut [u32; LANES],
+    syms: &[u8],
+    freq_cum: &[u32; 256],
+    rcp: &[f64; 256],
+    words: &mut [u16],
+    at: &mut usize,
+) {
+    let mut x0 = _mm512_loadu_si512(state.as_ptr() as *const _);
+    let mut x1 = _mm512_loadu_si512(state.as_ptr().add(16) as *const _);
+    let fc = freq_cum.as_ptr() as *const i32;
+    let rp = rcp.as_ptr();
+    let low16 = _mm512_set1_epi32(0xffff);
+    let mut a = *at;
+    let wp = words.as_mut_ptr();
+
+    // One register of 16 lanes: renormalise (emitting words), then encode.
+    macro_rules! step {
+        ($x:ident, $s:expr) => {{
+            let s = _mm512_cvtepu8_epi32(_mm_loadu_si128($s as *const __m128i));
+            let e = _mm512_i32gather_epi32::<4>(s, fc);
+            let f = _mm512_srli_epi32::<16>(e);
+            let cum = _mm512_and_si512(e, low16);
+            let x_max = _mm512_slli_epi32::<20>(f);
+            let m = _mm512_cmpge_epu32_mask($x, x_max);
+            let cnt = m.count_ones() as usize;
+            let packed = _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(m, $x));
+            a -= cnt;
+            _mm256_mask_storeu_epi16(wp.add(a) as *mut i16, ((1u32 << cnt) - 1) as u16, packed);
+            $x = _mm512_mask_srli_epi32($x, m, $x, 16);
+            let s_lo = _mm512_castsi512_si256(s);
+            let s_hi = _mm512_extracti64x4_epi64::<1>(s);
+            let r_lo = _mm512_i32gather_pd::<8>(s_lo, rp);
+            let r_hi = _mm512_i32gather_pd::<8>(s_hi, rp);
+            let xd_lo = _mm512_cvtepu32_pd(_mm512_castsi512_si256($x));
+            let xd_hi = _mm512_cvtepu32_pd(_mm512_extracti64x4_epi64::<1>($x));
+            let q_lo = _mm512_cvttpd_epu32(_mm512_mul_pd(xd_lo, r_lo));
+            let q_hi = _mm512_cvttpd_epu32(_mm512_mul_pd(xd_hi, r_hi));
+            let q = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q_lo), q_hi);
+            let r = _mm512_sub_epi32($x, _mm512_mullo_epi32(q, f));
+            $x = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32::<12>(q), r), cum);
+        }};
+    }
+
+    let groups = syms.len() / LANES;
+    for g in (0..groups).rev() {
+        let base = syms.as_ptr().add(g * LANES);
+        step!(x1, base.add(16));
+        step!(x0, base);
+    }
+    _mm512_storeu_si512(state.as_mut_ptr() as *mut _, x0);
+    _mm512_storeu_si512(state.as_mut_ptr().add(16) as *mut _, x1);
+    *at = a;
 }

@@ -347,11 +347,25 @@ fn fast_combine(
     0
 }
 
+/// The chunk's bytes as 16-bit words: borrowed when aligned on a little-endian machine.
+fn as_words(data: &[u8]) -> std::borrow::Cow<'_, [u16]> {
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: every bit pattern is a valid u16; align_to only yields the aligned middle.
+        let (pre, mid, post) = unsafe { data.align_to::<u16>() };
+        if pre.is_empty() && post.is_empty() {
+            return std::borrow::Cow::Borrowed(mid);
+        }
+    }
+    std::borrow::Cow::Owned(
+        data.chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect(),
+    )
+}
+
 pub fn encode16(data: &[u8], flavour: Float16, effort: Effort) -> Vec<u8> {
-    let words: Vec<u16> = data
-        .chunks_exact(2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        .collect();
+    let words = as_words(data);
     let mut out = Vec::with_capacity(data.len() * 3 / 4);
     out.push(tag::SPLIT16);
     // The biased-LSB pattern comes from rounding wider floats to BF16; inference mode keeps
