@@ -15,11 +15,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 /// Up to 16 MiB of chunks from the biggest tensor of the file.
 fn chunks_of(path: &str) -> (ElemKind, Vec<Vec<u8>>) {
     let f = SafetensorsFile::open(path.as_ref()).expect("bench input opens");
-    let t = f
-        .tensors
-        .iter()
-        .max_by_key(|t| t.len())
-        .expect("a tensor");
+    let t = f.tensors.iter().max_by_key(|t| t.len()).expect("a tensor");
     let kind = elem_kind(t.dtype);
     let step = CHUNK_BYTES / kind.width() * kind.width();
     let chunks = f
@@ -89,7 +85,11 @@ fn codecs(c: &mut Criterion) {
         return;
     }
     let root = env!("CARGO_MANIFEST_DIR");
-    bench_file(c, "bf16", &format!("{root}/fixtures/minilm-bf16.safetensors"));
+    bench_file(
+        c,
+        "bf16",
+        &format!("{root}/fixtures/minilm-bf16.safetensors"),
+    );
     bench_file(c, "f32", &format!("{root}/fixtures/minilm-f32.safetensors"));
     bench_file(c, "fp8", &format!("{root}/fixtures/minilm-fp8.safetensors"));
 }

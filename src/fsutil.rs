@@ -62,7 +62,10 @@ impl AtomicFile {
             .into_inner()
             .map_err(|e| Error::io(&self.final_path, e.into_error()))?;
         drop(file);
-        fs::rename(&self.tmp_path, &self.final_path).map_err(|e| Error::io(&self.final_path, e))
+        fs::rename(&self.tmp_path, &self.final_path).map_err(|e| {
+            let _ = fs::remove_file(&self.tmp_path);
+            Error::io(&self.final_path, e)
+        })
     }
 }
 

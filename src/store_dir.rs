@@ -96,7 +96,7 @@ impl StagedDir {
         }
         let tmp = crate::fsutil::temp_name(dst);
         let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir_all(&tmp).map_err(|e| Error::io(dst, e))?;
+        fs::create_dir(&tmp).map_err(|e| Error::io(dst, e))?;
         Ok(StagedDir {
             final_path: dst.to_path_buf(),
             tmp,
@@ -149,6 +149,19 @@ pub fn compress_dir(
     progress: &dyn Progress,
 ) -> Result<CompressReport> {
     let listing = scan_dir(src)?;
+    // Every output name must be unique: a side file called like a shard's `.bs` or like the
+    // directory index would overwrite weights.
+    let mut taken = std::collections::HashSet::new();
+    taken.insert(PathBuf::from(DIR_INDEX));
+    for rel in &listing.weights {
+        taken.insert(rel.with_extension("bs"));
+    }
+    if let Some(clash) = listing.side_files.iter().find(|p| taken.contains(*p)) {
+        return Err(Error::invalid(
+            src.join(clash),
+            "has the name of a compressed output (a shard's .bs or bigsmall.index.json); rename it",
+        ));
+    }
     let staged = StagedDir::create(dst, opts.overwrite)?;
     let mut shards = Vec::new();
     let mut weight_map = BTreeMap::new();

@@ -280,11 +280,17 @@ fn recommend(s: &Scan) -> String {
     let total: u64 = s.dtypes.values().map(|b| b.raw_bytes).sum::<u64>().max(1);
     let share = |d: &str| bytes_of(d) as f64 / total as f64;
     if s.model_is_bf16_native {
-        "F32 holding BF16 values (upcast): the low halves cost almost nothing; compress as is, \
-         or cast to BF16 for half the size at no loss"
+        "F32 holding BF16 values (upcast): the low halves cost almost nothing, so compress as \
+         is (bit-exact); a BF16 cast would be lossless only where every low half is zero"
             .into()
     } else if share("BF16") > 0.5 {
         "BF16: compress with the default (balanced) mode; --storage squeezes a little more".into()
+    } else if share("F32") > 0.5 && s.bf16_native_bytes_frac >= 0.5 {
+        format!(
+            "F32, {:.0}% of it BF16-native (upcast): those tensors cost what BF16 does; \
+             compress with the default mode",
+            s.bf16_native_bytes_frac * 100.0
+        )
     } else if share("F32") > 0.5 {
         "F32 (not BF16-native): compress with the default mode; --storage tries zstd on every \
          low byte plane"

@@ -49,9 +49,20 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let is_dir = a.src.is_dir();
     let dst = a.output.clone().unwrap_or_else(|| {
         if is_dir {
-            let mut s = a.src.clone().into_os_string();
-            s.push(".bs");
-            PathBuf::from(s)
+            // `model/` -> `model.bs` beside it (not `model/.bs` inside it).
+            let name = a
+                .src
+                .canonicalize()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "model".into());
+            let parent = a
+                .src
+                .components()
+                .as_path()
+                .parent()
+                .unwrap_or(std::path::Path::new(""));
+            parent.join(format!("{name}.bs"))
         } else {
             a.src.with_extension("bs")
         }

@@ -179,14 +179,17 @@ pub fn read_symbols<'a>(r: &mut Reader<'a>, value_bits: u32) -> Result<SymStream
             Ok(SymStream::Const(v))
         }
         KIND_RANS => {
-            let n = r.varint()? as usize + 1;
+            let n = r.varint()?.saturating_add(1);
             if !(2..=256).contains(&n) {
                 return Err(CodecError::Corrupt("symbol alphabet size out of range"));
             }
+            let n = n as usize;
             let mut values = [0u16; 256];
             let mut next = 0u64;
             for slot in values.iter_mut().take(n) {
-                let v = next + r.varint()?;
+                let v = next
+                    .checked_add(r.varint()?)
+                    .ok_or(CodecError::Corrupt("symbol value out of range"))?;
                 if v >> value_bits != 0 {
                     return Err(CodecError::Corrupt("symbol value out of range"));
                 }

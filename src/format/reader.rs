@@ -285,16 +285,25 @@ fn validate(index: &Index, data_end: u64) -> std::result::Result<Vec<ElemKind>, 
 /// The stored safetensors header must describe exactly the tensors of the index, so that a
 /// decompressed file is a valid safetensors file whatever the index says.
 fn check_header(index: &Index) -> std::result::Result<(), String> {
+    // The safetensors crate's own limit: a longer header would decompress to a file nothing
+    // can read.
+    const MAX_HEADER: usize = 100_000_000;
+    if index.source.header.len() > MAX_HEADER {
+        return Err("stored safetensors header is longer than safetensors allows".into());
+    }
     let meta: safetensors::tensor::Metadata = serde_json::from_str(&index.source.header)
         .map_err(|e| format!("stored safetensors header is invalid: {e}"))?;
-    let names = meta.offset_keys();
-    if names.len() != index.tensors.len() {
+    if meta.tensors().len() != index.tensors.len() {
         return Err("stored safetensors header disagrees with the index".into());
     }
-    for (name, t) in names.iter().zip(&index.tensors) {
-        let info = meta.info(name).ok_or("stored header lost a tensor")?;
-        let same = *name == t.name
-            && format!("{:?}", info.dtype) == t.dtype
+    for t in &index.tensors {
+        let info = meta.info(&t.name).ok_or_else(|| {
+            format!(
+                "stored safetensors header disagrees with the index: no tensor '{}'",
+                t.name
+            )
+        })?;
+        let same = format!("{:?}", info.dtype) == t.dtype
             && info
                 .shape
                 .iter()

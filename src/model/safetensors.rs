@@ -105,6 +105,8 @@ impl SafetensorsFile {
                 end: info.data_offsets.1,
             });
         }
+        // Empty tensors share offsets; order ties by name so every parse agrees.
+        tensors.sort_by(|a, b| (a.start, a.end, &a.name).cmp(&(b.start, b.end, &b.name)));
         let header = mmap[8..8 + n].to_vec();
         Ok(SafetensorsFile {
             path: path.to_path_buf(),

@@ -1,0 +1,1160 @@
+//! End-to-end tests of the `bigsmall` binary: round trips of every fixture in every mode,
+//! model directories, the report commands, refusals, corruption detection and the one-line
+//! error contract. Every test works in its own temporary directory.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use bigsmall::format::reader::Container;
+use bigsmall::model::safetensors::SafetensorsFile;
+
+use common::*;
+
+const MODES: [&str; 3] = ["--storage", "--balanced", "--inference"];
+
+fn tmp() -> TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Compresses `src` to `dst` with the CLI; returns the `--json` report.
+fn compress(src: &Path, dst: &Path, mode: &str) -> Value {
+    let out = ok(&run([
+        "compress",
+        path_str(src),
+        "-o",
+        path_str(dst),
+        mode,
+        "--no-progress",
+        "--json",
+    ]));
+    json(&out)
+}
+
+fn decompress(src: &Path, dst: &Path, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "decompress",
+        path_str(src),
+        "-o",
+        path_str(dst),
+        "--no-progress",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    json(&ok(&run(args)))
+}
+
+fn len(p: &Path) -> u64 {
+    fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .len()
+}
+
+/// The last non-empty line of a command's stdout.
+fn last_line(s: &str) -> &str {
+    s.lines().rev().find(|l| !l.is_empty()).unwrap_or("")
+}
+
+fn roundtrip_all_fixtures(mode: &str) {
+    let dir = tmp();
+    for src in fixture_files() {
+        let name = file_name(&src);
+        let bs = dir.path().join(format!("{name}.bs"));
+        let back = dir.path().join(format!("{name}.back"));
+        let r = compress(&src, &bs, mode);
+        assert_eq!(r["source_bytes"].as_u64(), Some(len(&src)), "{name}");
+        assert_eq!(r["output_bytes"].as_u64(), Some(len(&bs)), "{name}");
+        assert_eq!(r["mode"], mode.trim_start_matches("--"), "{name}");
+        let st = SafetensorsFile::open(&src).expect("fixture opens");
+        assert_eq!(
+            r["tensors"].as_u64(),
+            Some(st.tensors.len() as u64),
+            "{name}"
+        );
+        if mode == "--balanced" && !name.starts_with("ints") {
+            assert!(
+                len(&bs) < len(&src),
+                "{name}: {} is not smaller than {}",
+                len(&bs),
+                len(&src)
+            );
+        }
+        let d = decompress(&bs, &back, &["--md5"]);
+        assert_eq!(d["report"]["md5_checked"], true, "{name}");
+        assert_eq!(d["report"]["output_bytes"].as_u64(), Some(len(&src)));
+        assert_eq!(
+            sha256_file(&back),
+            sha256_file(&src),
+            "{name} {mode}: decompressed bytes differ from the source"
+        );
+        let v = ok(&run(["verify", path_str(&bs)]));
+        assert_eq!(last_line(&v), "OK", "{name} {mode}");
+    }
+    assert_no_leftovers(dir.path());
+}
+
+#[test]
+fn roundtrip_every_fixture_storage() {
+    roundtrip_all_fixtures("--storage");
+}
+
+#[test]
+fn roundtrip_every_fixture_balanced() {
+    roundtrip_all_fixtures("--balanced");
+}
+
+#[test]
+fn roundtrip_every_fixture_inference() {
+    roundtrip_all_fixtures("--inference");
+}
+
+#[test]
+fn fixtures_match_their_checksums() {
+    let sums = fs::read_to_string(fixture("SHA256SUMS")).expect("SHA256SUMS");
+    let mut n = 0;
+    for line in sums.lines().filter(|l| !l.trim().is_empty()) {
+        let (hash, name) = line.split_once(char::is_whitespace).expect("hash name");
+        let name = name.trim().trim_start_matches('*');
+        assert_eq!(sha256_file(&fixture(name)), hash, "fixtures/{name}");
+        n += 1;
+    }
+    assert!(n >= 9, "SHA256SUMS lists {n} files");
+}
+
+#[test]
+fn default_output_names() {
+    let dir = tmp();
+    let src = dir.path().join("model.safetensors");
+    fs::copy(fixture("smollm-e5m2.safetensors"), &src).expect("copy");
+    let orig = sha256_file(&src);
+    ok(&run(["compress", path_str(&src), "--no-progress"]));
+    let bs = dir.path().join("model.bs");
+    assert!(bs.is_file(), "compress writes SRC with a .bs extension");
+    fs::remove_file(&src).expect("rm");
+    ok(&run(["decompress", path_str(&bs), "--no-progress"]));
+    assert_eq!(sha256_file(&src), orig, "decompress writes SRC.safetensors");
+    assert_no_leftovers(dir.path());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Directories
+
+fn all_files(root: &Path) -> BTreeMap<String, String> {
+    tree(root)
+        .into_iter()
+        .filter(|(_, size)| size.is_some())
+        .map(|(rel, _)| {
+            let h = sha256_file(&root.join(&rel));
+            (rel, h)
+        })
+        .collect()
+}
+
+#[test]
+fn directory_roundtrip() {
+    let dir = tmp();
+    let src = fixture("sharded");
+    let bs = dir.path().join("sharded.bs");
+    let back = dir.path().join("back");
+    let r = compress(&src, &bs, "--balanced");
+    assert_eq!(r["tensors"], 20);
+
+    let names: BTreeSet<String> = fs::read_dir(&bs)
+        .expect("output is a directory")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    let want: BTreeSet<String> = [
+        "bigsmall.index.json",
+        "config.json",
+        "model-00001-of-00002.bs",
+        "model-00002-of-00002.bs",
+        "model.safetensors.index.json",
+        "tokenizer_config.json",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(names, want);
+    for side in [
+        "config.json",
+        "model.safetensors.index.json",
+        "tokenizer_config.json",
+    ] {
+        assert_eq!(sha256_file(&bs.join(side)), sha256_file(&src.join(side)));
+    }
+
+    // The directory index: every tensor of every shard, mapped to the .bs that holds it.
+    let idx = json(&fs::read_to_string(bs.join("bigsmall.index.json")).expect("index"));
+    assert_eq!(idx["format"], "bigsmall-dir");
+    assert_eq!(idx["version"], 1);
+    let wm = idx["weight_map"].as_object().expect("weight_map");
+    let mut expected = BTreeMap::new();
+    for shard in ["model-00001-of-00002", "model-00002-of-00002"] {
+        let st = SafetensorsFile::open(&src.join(format!("{shard}.safetensors"))).expect("opens");
+        for t in &st.tensors {
+            expected.insert(t.name.clone(), format!("{shard}.bs"));
+        }
+    }
+    let got: BTreeMap<String, String> = wm
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().expect("string").to_string()))
+        .collect();
+    assert_eq!(got, expected, "weight_map names every tensor and its shard");
+    // ...and agrees with the HF index it was made from.
+    let hf = json(&fs::read_to_string(src.join("model.safetensors.index.json")).expect("hf"));
+    for (name, file) in hf["weight_map"].as_object().expect("hf weight_map") {
+        let f = file
+            .as_str()
+            .expect("string")
+            .replace(".safetensors", ".bs");
+        assert_eq!(got.get(name), Some(&f), "{name}");
+    }
+    let shards = idx["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), 2);
+    for s in shards {
+        let f = bs.join(s["file"].as_str().expect("file"));
+        assert_eq!(s["size"].as_u64(), Some(len(&f)));
+        assert_eq!(
+            s["source_size"].as_u64(),
+            Some(len(&src.join(s["source"].as_str().expect("source"))))
+        );
+    }
+
+    // Reports understand the directory.
+    let info = json(&ok(&run(["info", path_str(&bs), "--json"])));
+    assert_eq!(
+        info.as_array().map(Vec::len),
+        Some(2),
+        "one report per shard"
+    );
+    let stat = json(&ok(&run(["stat", path_str(&bs), "--json"])));
+    assert_eq!(stat.as_array().map(Vec::len), Some(20));
+    for args in [
+        vec!["verify", path_str(&bs)],
+        vec!["verify", "--fast", path_str(&bs)],
+        vec!["verify", "--source", path_str(&src), path_str(&bs)],
+    ] {
+        assert_eq!(last_line(&ok(&run(&args))), "OK", "{args:?}");
+    }
+    let scan = json(&ok(&run(["scan", path_str(&src), "--json"])));
+    assert_eq!(scan["shards"], 2);
+    assert_eq!(scan["tensors_total"], 20);
+
+    // And back, byte for byte, nothing more, nothing less.
+    let d = decompress(&bs, &back, &["--md5"]);
+    assert_eq!(d["report"]["tensors"], 20);
+    assert_eq!(all_files(&back), all_files(&src));
+    assert_no_leftovers(dir.path());
+}
+
+#[test]
+fn directory_default_output_names() {
+    let dir = tmp();
+    let model = dir.path().join("model");
+    fs::create_dir(&model).expect("mkdir");
+    for e in fs::read_dir(fixture("sharded")).expect("sharded") {
+        let e = e.expect("entry");
+        fs::copy(e.path(), model.join(e.file_name())).expect("copy");
+    }
+    let orig = all_files(&model);
+    ok(&run(["compress", path_str(&model), "--no-progress"]));
+    let bs = dir.path().join("model.bs");
+    assert!(bs.join("bigsmall.index.json").is_file(), "DIR -> DIR.bs");
+    fs::remove_dir_all(&model).expect("rm");
+    ok(&run(["decompress", path_str(&bs), "--no-progress"]));
+    assert_eq!(all_files(&model), orig, "DIR.bs -> DIR");
+    fs::remove_dir_all(&model).expect("rm");
+    let slash = format!("{}/", bs.display());
+    ok(&run(["decompress", &slash, "--no-progress"]));
+    assert_eq!(all_files(&model), orig, "DIR.bs/ -> DIR");
+    assert_no_leftovers(dir.path());
+}
+
+#[test]
+fn directory_with_trailing_slash_compresses_beside_it() {
+    let dir = tmp();
+    let model = dir.path().join("model");
+    fs::create_dir(&model).expect("mkdir");
+    for e in fs::read_dir(fixture("sharded")).expect("sharded") {
+        let e = e.expect("entry");
+        fs::copy(e.path(), model.join(e.file_name())).expect("copy");
+    }
+    let before = tree(&model);
+    let arg = format!("{}/", model.display());
+    ok(&run(["compress", &arg, "--no-progress"]));
+    assert_eq!(tree(&model), before, "the source directory must not change");
+    assert!(dir.path().join("model.bs").is_dir(), "output is DIR.bs");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reports: info, stat, scan, verify, help
+
+/// smollm-bf16 compressed (balanced) in a temp dir.
+fn compressed_smollm() -> (TempDir, PathBuf, PathBuf) {
+    let dir = tmp();
+    let src = fixture("smollm-bf16.safetensors");
+    let bs = dir.path().join("smollm.bs");
+    compress(&src, &bs, "--balanced");
+    (dir, src, bs)
+}
+
+#[test]
+fn info_reports_the_container() {
+    let (_dir, src, bs) = compressed_smollm();
+    let st = SafetensorsFile::open(&src).expect("opens");
+    let text = ok(&run(["info", path_str(&bs)]));
+    for key in [
+        "tensor_count",
+        "ratio",
+        "dtype_breakdown",
+        "codec_breakdown",
+    ] {
+        assert!(text.contains(key), "info text lacks {key}: {text}");
+    }
+    let i = json(&ok(&run(["info", path_str(&bs), "--json"])));
+    assert_eq!(i["tensor_count"].as_u64(), Some(st.tensors.len() as u64));
+    assert_eq!(i["file_size"].as_u64(), Some(len(&bs)));
+    assert_eq!(i["source_size"].as_u64(), Some(len(&src)));
+    assert_eq!(i["source_file"], "smollm-bf16.safetensors");
+    assert_eq!(i["mode"], "balanced");
+    assert_eq!(i["container_version"], "1.0");
+    assert_eq!(i["duplicates"], 0);
+    assert_eq!(i["layer_count"], 2);
+    let ratio = i["ratio_pct"].as_f64().expect("ratio");
+    assert!(ratio > 0.0 && ratio < 100.0, "BF16 ratio {ratio}");
+    let want = len(&bs) as f64 * 100.0 / len(&src) as f64;
+    assert!((ratio - want).abs() < 1e-9, "ratio {ratio} vs {want}");
+    assert!(i["chunk_count"].as_u64().expect("chunks") >= 20);
+    assert_eq!(i["dtypes"]["BF16"]["tensors"], 20);
+    let raw: u64 = st.tensors.iter().map(|t| t.len() as u64).sum();
+    assert_eq!(i["dtypes"]["BF16"]["raw_bytes"].as_u64(), Some(raw));
+    assert!(i["best"].as_array().expect("best").len() <= 5);
+}
+
+#[test]
+fn stat_sorts_and_filters() {
+    let (_dir, src, bs) = compressed_smollm();
+    let st = SafetensorsFile::open(&src).expect("opens");
+    let rows = |extra: &[&str]| -> Vec<Value> {
+        let mut args = vec!["stat", path_str(&bs), "--json"];
+        args.extend_from_slice(extra);
+        json(&ok(&run(args)))
+            .as_array()
+            .expect("an array of rows")
+            .clone()
+    };
+    let ratio = |r: &Value| r["ratio_pct"].as_f64().expect("ratio");
+
+    let all = rows(&[]);
+    assert_eq!(all.len(), st.tensors.len());
+    for (i, (r, t)) in all.iter().zip(&st.tensors).enumerate() {
+        assert_eq!(r["index"], i, "default order is file order");
+        assert_eq!(r["name"], t.name.as_str());
+        assert_eq!(r["raw_bytes"].as_u64(), Some(t.len() as u64));
+        assert_eq!(r["dtype"], "BF16");
+    }
+    let asc = rows(&["--sort", "ratio"]);
+    assert!(asc.windows(2).all(|w| ratio(&w[0]) <= ratio(&w[1])));
+    let desc = rows(&["--sort", "ratio", "--reverse"]);
+    assert!(desc.windows(2).all(|w| ratio(&w[0]) >= ratio(&w[1])));
+    assert_eq!(desc.len(), all.len());
+    let by_size = rows(&["--sort", "size"]);
+    assert!(by_size
+        .windows(2)
+        .all(|w| w[0]["raw_bytes"].as_u64() <= w[1]["raw_bytes"].as_u64()));
+    let by_name = rows(&["--sort", "name"]);
+    assert!(by_name
+        .windows(2)
+        .all(|w| w[0]["name"].as_str() <= w[1]["name"].as_str()));
+    let rev_index = rows(&["--reverse"]);
+    assert_eq!(
+        rev_index.first().map(|r| &r["index"]),
+        Some(&Value::from(19))
+    );
+
+    let q = rows(&["--tensor", "q_proj"]);
+    let want = st
+        .tensors
+        .iter()
+        .filter(|t| t.name.contains("q_proj"))
+        .count();
+    assert_eq!((q.len(), want), (2, 2));
+    assert!(q
+        .iter()
+        .all(|r| r["name"].as_str().expect("name").contains("q_proj")));
+    assert!(rows(&["--tensor", "no-such-tensor"]).is_empty());
+
+    let text = ok(&run([
+        "stat",
+        path_str(&bs),
+        "--sort",
+        "ratio",
+        "--reverse",
+    ]));
+    assert_eq!(
+        text.lines().count(),
+        st.tensors.len() + 1,
+        "header + one row each"
+    );
+    usage_error(&run(["stat", path_str(&bs), "--sort", "bogus"]));
+}
+
+#[test]
+fn scan_reports_the_source() {
+    let src = fixture("minilm-bf16native-f32.safetensors");
+    let st = SafetensorsFile::open(&src).expect("opens");
+    let text = ok(&run(["scan", path_str(&src)]));
+    assert!(text.contains("recommendation"), "{text}");
+    let s = json(&ok(&run(["scan", path_str(&src), "--json"])));
+    assert_eq!(s["shards"], 1);
+    assert_eq!(s["tensors_total"].as_u64(), Some(st.tensors.len() as u64));
+    assert_eq!(s["total_bytes"].as_u64(), Some(len(&src)));
+    assert!(s["tensors_bf16_native"].as_u64().expect("count") >= 1);
+}
+
+#[test]
+fn verify_every_mode_passes_on_a_good_file() {
+    let (_dir, src, bs) = compressed_smollm();
+    let b = path_str(&bs);
+    for args in [
+        vec!["verify", b],
+        vec!["verify", "--fast", b],
+        vec!["verify", "--sample", "0.5", "--seed", "1", b],
+        vec!["verify", "--sample", "0.001", "--seed", "7", b],
+        vec!["verify", "--source", path_str(&src), b],
+        vec!["verify", "-v", b],
+    ] {
+        let out = ok(&run(&args));
+        assert_eq!(last_line(&out), "OK", "{args:?}: {out}");
+    }
+    let v = json(&ok(&run(["verify", "--json", b])));
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["files"][0]["mode"], "full");
+    assert_eq!(v["files"][0]["md5_checked"], 20);
+    // The same seed checks the same chunks.
+    let sample = |seed: &str| {
+        json(&ok(&run([
+            "verify", "--sample", "0.5", "--seed", seed, "--json", b,
+        ])))
+    };
+    let (a, a2) = (sample("1"), sample("1"));
+    assert_eq!(a["seed"], 1);
+    assert_eq!(
+        a["files"][0]["chunks_checked"],
+        a2["files"][0]["chunks_checked"]
+    );
+    assert_eq!(
+        a["files"][0]["bytes_checked"],
+        a2["files"][0]["bytes_checked"]
+    );
+    assert!(a["files"][0]["chunks_checked"].as_u64().expect("n") >= 1);
+}
+
+#[test]
+fn help_of_every_subcommand_has_examples() {
+    let top = ok(&run(["--help"]));
+    assert!(top.contains("Examples"), "{top}");
+    for sub in ["compress", "decompress", "info", "stat", "scan", "verify"] {
+        let h = ok(&run([sub, "--help"]));
+        assert!(h.contains("Examples"), "{sub} --help: {h}");
+    }
+    let v = ok(&run(["--version"]));
+    assert!(v.starts_with("bigsmall "), "{v}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hand-built inputs
+
+#[test]
+fn duplicate_tensors_are_stored_once() {
+    let dir = tmp();
+    let mut rng = Rng(42);
+    let w = bf16_weights(&mut rng, 64 * 32, 0.02);
+    let bytes = safetensors(
+        &[
+            t("model.embed_tokens.weight", "BF16", &[64, 32], w.clone()),
+            t(
+                "model.norm.weight",
+                "BF16",
+                &[32],
+                bf16_weights(&mut rng, 32, 1.0),
+            ),
+            t("lm_head.weight", "BF16", &[64, 32], w.clone()),
+        ],
+        Some("{\"format\":\"pt\"}"),
+    );
+    let src = dir.path().join("tied.safetensors");
+    fs::write(&src, &bytes).expect("write");
+    let bs = dir.path().join("tied.bs");
+    let text = ok(&run([
+        "compress",
+        path_str(&src),
+        "-o",
+        path_str(&bs),
+        "--no-progress",
+    ]));
+    assert!(text.contains("duplicates: 1 tensors stored once"), "{text}");
+    let r = compress(&src, &bs.with_extension("bs2"), "--balanced");
+    assert_eq!(r["duplicates"], 1);
+    let i = json(&ok(&run(["info", path_str(&bs), "--json"])));
+    assert_eq!(i["duplicates"], 1);
+    let rows = json(&ok(&run(["stat", path_str(&bs), "--json"])));
+    let lm = &rows[2];
+    assert_eq!(lm["name"], "lm_head.weight");
+    assert_eq!(lm["codec"], "dup_ref");
+    assert_eq!(lm["stored_bytes"], 0);
+    // Stored once: the file is smaller than one copy of the raw tensor plus the rest.
+    assert!(len(&bs) < (bytes.len() - w.len()) as u64);
+    let c = Container::open(&bs).expect("opens");
+    assert_eq!(c.index.tensors[2].dup_of, Some(0));
+    assert!(c.index.tensors[2].chunks.is_empty());
+    assert_eq!(c.index.tensors[2].md5, c.index.tensors[0].md5);
+
+    let back = dir.path().join("back.safetensors");
+    decompress(&bs, &back, &["--md5"]);
+    assert_eq!(fs::read(&back).expect("read"), bytes);
+    for args in [
+        vec!["verify", path_str(&bs)],
+        vec!["verify", "--source", path_str(&src), path_str(&bs)],
+        vec!["verify", "--sample", "1", "--seed", "3", path_str(&bs)],
+    ] {
+        assert_eq!(last_line(&ok(&run(&args))), "OK", "{args:?}");
+    }
+}
+
+#[test]
+fn metadata_and_odd_header_spacing_roundtrip() {
+    let dir = tmp();
+    let mut rng = Rng(9);
+    let a = bf16_weights(&mut rng, 128, 0.1);
+    let b = f32_weights(&mut rng, 48, 0.1);
+    let z = 0.5f32.to_le_bytes().to_vec();
+    // Valid but unusual: newlines and spaces around tokens, keys not in data order, escaped
+    // and non-ASCII metadata, an empty tensor, a scalar, an odd header length, trailing
+    // spaces.
+    let header = format!(
+        "{{\n  \"b.weight\" : {{ \"dtype\" : \"F32\", \"shape\" : [ 4 , 12 ], \"data_offsets\" : [ {a}, {ab} ] }},\n\t\"__metadata__\": {{\"format\": \"pt\", \"note\": \"h\\u00e9llo \u{2713} \\\"q\\\"\", \"empty\": \"\"}},\r\n  \"a.weight\":{{\"dtype\":\"BF16\",\"shape\":[8,16],\"data_offsets\":[0,{a}]}}, \"none\": {{\"dtype\": \"F16\", \"shape\": [0], \"data_offsets\": [{ab},{ab}]}},\"s\":{{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[{ab},{abz}]}}\n}}     ",
+        a = a.len(),
+        ab = a.len() + b.len(),
+        abz = a.len() + b.len() + z.len(),
+    );
+    assert!(!header.len().is_multiple_of(8), "odd header length");
+    let data = [a, b, z].concat();
+    let bytes = safetensors_raw(&header, &data);
+    let src = dir.path().join("odd.safetensors");
+    fs::write(&src, &bytes).expect("write");
+    SafetensorsFile::open(&src).expect("the hand-made file is valid safetensors");
+    for mode in MODES {
+        let bs = dir.path().join(format!("odd{mode}.bs"));
+        let back = dir.path().join(format!("odd{mode}.safetensors"));
+        compress(&src, &bs, mode);
+        decompress(&bs, &back, &["--md5"]);
+        assert_eq!(fs::read(&back).expect("read"), bytes, "{mode}");
+        let out = ok(&run(["verify", "--source", path_str(&src), path_str(&bs)]));
+        assert_eq!(last_line(&out), "OK");
+    }
+}
+
+#[test]
+fn file_without_tensors_roundtrips() {
+    let dir = tmp();
+    for header in ["{}      ", "{\"__metadata__\":{\"format\":\"pt\"}}"] {
+        let bytes = safetensors_raw(header, &[]);
+        let src = dir.path().join("none.safetensors");
+        fs::write(&src, &bytes).expect("write");
+        let bs = dir.path().join("none.bs");
+        let back = dir.path().join("none.back");
+        let _ = fs::remove_file(&bs);
+        let _ = fs::remove_file(&back);
+        compress(&src, &bs, "--balanced");
+        decompress(&bs, &back, &["--md5"]);
+        assert_eq!(fs::read(&back).expect("read"), bytes, "{header}");
+        for args in [
+            vec!["verify", path_str(&bs)],
+            vec!["verify", "--sample", "0.5", path_str(&bs)],
+            vec!["info", path_str(&bs)],
+            vec!["stat", path_str(&bs)],
+        ] {
+            ok(&run(&args));
+        }
+    }
+}
+
+/// Tensors larger than a chunk (1 MiB) and a model larger than a decode window: chunk
+/// boundaries, partial last chunks, md5 receipts across chunks and windows, a tied copy of a
+/// multi-chunk tensor. The fixtures are all single-chunk.
+#[test]
+fn multi_chunk_tensors_roundtrip() {
+    let dir = tmp();
+    let mut rng = Rng(77);
+    let big = bf16_weights(&mut rng, 2048 * 1536, 0.02); // 6 MiB: 6 chunks
+    let bytes = safetensors(
+        &[
+            t(
+                "model.embed_tokens.weight",
+                "BF16",
+                &[2048, 1536],
+                big.clone(),
+            ),
+            t(
+                "model.layers.0.mlp.up_proj.weight",
+                "F32",
+                &[700, 1000],
+                f32_weights(&mut rng, 700_000, 0.02),
+            ), // 2.8 MB: 3 chunks, the last partial
+            t(
+                "mask",
+                "BOOL",
+                &[1_500_000],
+                (0..1_500_000).map(|_| u8::from(rng.unit() < 0.2)).collect(),
+            ),
+            t("lm_head.weight", "BF16", &[2048, 1536], big),
+        ],
+        None,
+    );
+    let src = dir.path().join("big.safetensors");
+    fs::write(&src, &bytes).expect("write");
+    for mode in ["--balanced", "--inference"] {
+        let bs = dir.path().join(format!("big{mode}.bs"));
+        let r = compress(&src, &bs, mode);
+        assert_eq!(r["duplicates"], 1);
+        let c = Container::open(&bs).expect("opens");
+        let n: Vec<usize> = c.index.tensors.iter().map(|t| t.chunks.len()).collect();
+        assert_eq!(n, vec![6, 3, 2, 0], "{mode}: chunks per tensor");
+        drop(c);
+        let back = dir.path().join(format!("big{mode}.back"));
+        decompress(&bs, &back, &["--md5"]);
+        assert!(
+            fs::read(&back).expect("read") == bytes,
+            "{mode}: round trip"
+        );
+        for args in [
+            vec!["verify", path_str(&bs)],
+            vec!["verify", "--sample", "0.3", "--seed", "2", path_str(&bs)],
+            vec!["verify", "--source", path_str(&src), path_str(&bs)],
+        ] {
+            assert_eq!(last_line(&ok(&run(&args))), "OK", "{args:?}");
+        }
+    }
+    // Damage the last chunk of the file: earlier windows are already written when it fails.
+    let bs = dir.path().join("big--balanced.bs");
+    let c = Container::open(&bs).expect("opens");
+    let ch = *c.index.tensors[2].chunks.last().expect("chunk");
+    drop(c);
+    xor_byte(&bs, ch.offset + ch.len / 2, 0x04);
+    let out = dir.path().join("damaged.safetensors");
+    let e = fails(&run(["decompress", path_str(&bs), "-o", path_str(&out)]), 3);
+    assert!(e.contains("'mask'") && e.contains("chunk 1"), "{e}");
+    assert!(!out.exists());
+    assert_no_leftovers(dir.path());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals
+
+#[test]
+fn existing_output_is_refused_unless_forced() {
+    let dir = tmp();
+    let src = fixture("smollm-e5m2.safetensors");
+    let bs = dir.path().join("out.bs");
+    fs::write(&bs, b"precious").expect("write");
+    let e = fails(
+        &run([
+            "compress",
+            path_str(&src),
+            "-o",
+            path_str(&bs),
+            "--no-progress",
+        ]),
+        1,
+    );
+    assert!(e.contains("exists"), "{e}");
+    assert!(e.contains(path_str(&bs)), "names the output: {e}");
+    assert_eq!(fs::read(&bs).expect("read"), b"precious", "untouched");
+    ok(&run([
+        "compress",
+        path_str(&src),
+        "-o",
+        path_str(&bs),
+        "-f",
+        "--no-progress",
+    ]));
+    Container::open(&bs).expect("-f replaced it with a container");
+
+    let back = dir.path().join("back.safetensors");
+    fs::write(&back, b"also precious").expect("write");
+    let e = fails(
+        &run(["decompress", path_str(&bs), "-o", path_str(&back)]),
+        1,
+    );
+    assert!(e.contains("exists"), "{e}");
+    assert_eq!(fs::read(&back).expect("read"), b"also precious");
+    ok(&run([
+        "decompress",
+        path_str(&bs),
+        "-o",
+        path_str(&back),
+        "--force",
+    ]));
+    assert_eq!(sha256_file(&back), sha256_file(&src));
+
+    // Compressing onto the source itself is refused without -f, and the source survives.
+    let copy = dir.path().join("copy.safetensors");
+    fs::copy(&src, &copy).expect("copy");
+    let e = fails(
+        &run(["compress", path_str(&copy), "-o", path_str(&copy)]),
+        1,
+    );
+    assert!(e.contains("exists"), "{e}");
+    assert_eq!(sha256_file(&copy), sha256_file(&src));
+
+    // Directories: a non-empty output directory is refused, then replaced with -f.
+    let out = dir.path().join("dir.bs");
+    fs::create_dir(&out).expect("mkdir");
+    fs::write(out.join("keep.txt"), b"keep").expect("write");
+    let e = fails(
+        &run([
+            "compress",
+            path_str(&fixture("sharded")),
+            "-o",
+            path_str(&out),
+        ]),
+        1,
+    );
+    assert!(e.contains("exists"), "{e}");
+    assert_eq!(fs::read(out.join("keep.txt")).expect("read"), b"keep");
+    ok(&run([
+        "compress",
+        path_str(&fixture("sharded")),
+        "-o",
+        path_str(&out),
+        "-f",
+    ]));
+    assert!(out.join("bigsmall.index.json").is_file());
+    assert!(!out.join("keep.txt").exists(), "-f replaces the directory");
+    let back_dir = dir.path().join("back-dir");
+    fs::create_dir(&back_dir).expect("mkdir");
+    fs::write(back_dir.join("x"), b"x").expect("write");
+    let e = fails(
+        &run(["decompress", path_str(&out), "-o", path_str(&back_dir)]),
+        1,
+    );
+    assert!(e.contains("exists"), "{e}");
+    assert_eq!(fs::read(back_dir.join("x")).expect("read"), b"x");
+    assert_no_leftovers(dir.path());
+}
+
+#[test]
+fn missing_input_is_one_line() {
+    let dir = tmp();
+    let missing = dir.path().join("nope.safetensors");
+    let m = path_str(&missing);
+    let out = path_str(&dir.path().join("out")).to_string();
+    for args in [
+        vec!["compress", m, "-o", &out],
+        vec!["decompress", m, "-o", &out],
+        vec!["info", m],
+        vec!["stat", m],
+        vec!["scan", m],
+        vec!["verify", m],
+        vec!["verify", "--fast", m],
+    ] {
+        let e = fails(&run(&args), 1);
+        assert!(e.contains("nope.safetensors"), "{args:?}: {e}");
+    }
+    assert!(!dir.path().join("out").exists());
+    // --source pointing nowhere
+    let (_d, _src, bs) = compressed_smollm();
+    let e = fails(&run(["verify", "--source", m, path_str(&bs)]), 1);
+    assert!(e.contains("nope.safetensors"), "{e}");
+}
+
+#[test]
+fn non_safetensors_inputs_are_refused() {
+    let dir = tmp();
+    let mut rng = Rng(1);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("random.safetensors", rng.bytes(4096)),
+        (
+            "text.safetensors",
+            b"hello, this is not a model\n".repeat(20),
+        ),
+        ("empty.safetensors", Vec::new()),
+        ("seven.safetensors", vec![1, 0, 0, 0, 0, 0, 0]),
+        ("json.safetensors", b"{\"a\": 1}".to_vec()),
+    ];
+    for (name, bytes) in &cases {
+        let src = dir.path().join(name);
+        fs::write(&src, bytes).expect("write");
+        let out = dir.path().join(format!("{name}.bs"));
+        let e = fails(
+            &run([
+                "compress",
+                path_str(&src),
+                "-o",
+                path_str(&out),
+                "--no-progress",
+            ]),
+            1,
+        );
+        assert!(e.contains(name), "{name}: {e}");
+        assert!(!out.exists(), "{name}: output created");
+        let e = fails(&run(["scan", path_str(&src)]), 1);
+        assert!(e.contains(name), "{name}: {e}");
+        // Nor are they containers.
+        let back = dir.path().join(format!("{name}.back"));
+        fails(
+            &run(["decompress", path_str(&src), "-o", path_str(&back)]),
+            1,
+        );
+        assert!(!back.exists(), "{name}: decompress output created");
+        for cmd in ["info", "stat", "verify"] {
+            fails(&run([cmd, path_str(&src)]), 1);
+        }
+    }
+    // A directory without weights, and a directory that is not a compressed one.
+    let empty = dir.path().join("emptydir");
+    fs::create_dir(&empty).expect("mkdir");
+    fails(
+        &run([
+            "compress",
+            path_str(&empty),
+            "-o",
+            path_str(&dir.path().join("e.bs")),
+        ]),
+        1,
+    );
+    assert!(!dir.path().join("e.bs").exists());
+    for cmd in ["info", "stat", "verify"] {
+        fails(&run([cmd, path_str(&fixture("sharded"))]), 1);
+    }
+    fails(
+        &run([
+            "decompress",
+            path_str(&fixture("sharded")),
+            "-o",
+            path_str(&dir.path().join("d")),
+        ]),
+        1,
+    );
+    assert!(!dir.path().join("d").exists());
+    assert_no_leftovers(dir.path());
+}
+
+#[test]
+fn unwritable_output_leaves_nothing() {
+    let dir = tmp();
+    let src = fixture("smollm-e5m2.safetensors");
+    let sharded = fixture("sharded");
+    let (_d, _s, bs) = compressed_smollm();
+    let plain = dir.path().join("plain-file");
+    fs::write(&plain, b"x").expect("write");
+    let mut targets = vec![
+        dir.path().join("no-such-dir").join("out"),
+        plain.join("out"), // parent is a regular file
+    ];
+    // A read-only directory (meaningless when running as root, who can write anyway).
+    let ro = dir.path().join("ro");
+    fs::create_dir(&ro).expect("mkdir");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).expect("chmod");
+    }
+    if fs::write(ro.join("probe"), b"").is_err() {
+        targets.push(ro.join("out"));
+    } else {
+        let _ = fs::remove_file(ro.join("probe"));
+        eprintln!("note: running with write access to read-only directories (root?); skipped");
+    }
+    for out in &targets {
+        let o = path_str(out);
+        let mut runs = vec![
+            vec!["compress", path_str(&src), "-o", o, "--no-progress"],
+            vec!["decompress", path_str(&bs), "-o", o, "--no-progress"],
+        ];
+        if !out.starts_with(dir.path().join("no-such-dir")) {
+            // (directory outputs create missing parents: see the ignored test below)
+            runs.push(vec!["compress", path_str(&sharded), "-o", o]);
+        }
+        for args in runs {
+            let r = run(&args);
+            assert_ne!(code(&r), 0, "{args:?} succeeded");
+            one_line_error(&stderr(&r));
+            assert!(!out.exists(), "{args:?} created {o}");
+            if let Some(parent) = out.parent() {
+                assert_no_leftovers(parent);
+            }
+        }
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&ro, fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    assert_no_leftovers(dir.path());
+}
+
+/// An output path that is an existing directory, with -f: the final rename fails, and the
+/// temporary file must not be left beside it.
+#[test]
+fn output_that_is_a_directory_leaves_nothing() {
+    let (dir, src, bs) = compressed_smollm();
+    let target = dir.path().join("target");
+    fs::create_dir(&target).expect("mkdir");
+    fs::write(target.join("keep"), b"keep").expect("write");
+    for args in [
+        vec!["compress", path_str(&src), "-o", path_str(&target), "-f"],
+        vec!["decompress", path_str(&bs), "-o", path_str(&target), "-f"],
+    ] {
+        let r = run(&args);
+        assert_ne!(code(&r), 0, "{args:?}");
+        one_line_error(&stderr(&r));
+        assert_eq!(fs::read(target.join("keep")).expect("read"), b"keep");
+        assert_no_leftovers(dir.path());
+    }
+}
+
+/// A model directory whose side files share a name with a compressed shard (`w.bs` beside
+/// `w.safetensors`) or with the directory index: compress must refuse, or the round trip
+/// must still be exact. Today the side file silently replaces the shard (compress exits 0,
+/// the compressed directory no longer holds the weights).
+#[test]
+fn directory_name_collisions_are_safe() {
+    let dir = tmp();
+    for (i, side) in ["w.bs", "bigsmall.index.json"].into_iter().enumerate() {
+        let model = dir.path().join(format!("model{i}"));
+        fs::create_dir(&model).expect("mkdir");
+        fs::copy(
+            fixture("smollm-e5m2.safetensors"),
+            model.join("w.safetensors"),
+        )
+        .expect("cp");
+        fs::write(model.join(side), b"a side file\n").expect("write");
+        let bs = dir.path().join(format!("model{i}.bs"));
+        let r = run(["compress", path_str(&model), "-o", path_str(&bs)]);
+        if code(&r) != 0 {
+            one_line_error(&stderr(&r)); // refusing is fine
+            continue;
+        }
+        let back = dir.path().join(format!("back{i}"));
+        ok(&run(["decompress", path_str(&bs), "-o", path_str(&back)]));
+        assert_eq!(all_files(&back), all_files(&model), "{side}");
+    }
+}
+
+/// File outputs refuse a missing parent directory; directory outputs silently create the whole
+/// path (`create_dir_all` of the staging directory), and leave it behind when they then fail.
+#[test]
+fn directory_output_into_missing_parent_is_refused() {
+    let dir = tmp();
+    // A model directory whose second weight file is not safetensors: compression fails late.
+    let model = dir.path().join("model");
+    fs::create_dir(&model).expect("mkdir");
+    fs::copy(
+        fixture("sharded/model-00001-of-00002.safetensors"),
+        model.join("a.safetensors"),
+    )
+    .expect("copy");
+    fs::write(model.join("b.safetensors"), b"not a model").expect("write");
+    let out = dir.path().join("x").join("y").join("out.bs");
+    fails(
+        &run(["compress", path_str(&model), "-o", path_str(&out)]),
+        1,
+    );
+    assert!(
+        !dir.path().join("x").exists(),
+        "a failed compress left the parent directories it created"
+    );
+    // And a good one, like a file output, refuses a parent that does not exist.
+    let r = run([
+        "compress",
+        path_str(&fixture("sharded")),
+        "-o",
+        path_str(&out),
+    ]);
+    assert_ne!(code(&r), 0, "created {}", out.display());
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let (_d, _s, bs) = compressed_smollm();
+    let b = path_str(&bs);
+    for f in ["0", "2", "-1", "1.0001", "nan", "abc", ""] {
+        usage_error(&run(["verify", "--sample", f, b]));
+    }
+    usage_error(&run(["verify", "--fast", "--sample", "0.5", b]));
+    usage_error(&run(["verify", "--sample", "0.5", "--source", b, b]));
+    usage_error(&run(["compress", b, "--storage", "--inference"]));
+    usage_error(&run(["compress"]));
+    usage_error(&run(["frobnicate"]));
+    usage_error(&run::<[&str; 0], &str>([]));
+    usage_error(&run(["info", b, "--bogus"]));
+    // Edge of the accepted range.
+    assert_eq!(last_line(&ok(&run(["verify", "--sample", "1", b]))), "OK");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Corruption
+
+#[test]
+fn flipped_blob_byte_is_caught() {
+    let (dir, src, bs) = compressed_smollm();
+    let c = Container::open(&bs).expect("opens");
+    let (ti, ch) = (0, c.index.tensors[0].chunks[0]);
+    let name = c.index.tensors[ti].name.clone();
+    drop(c);
+    assert!(ch.len > 100, "a real blob");
+    xor_byte(&bs, ch.offset + ch.len / 2, 0x10);
+    let b = path_str(&bs);
+
+    let back = dir.path().join("back.safetensors");
+    for extra in [&[][..], &["--md5"][..]] {
+        let mut args = vec!["decompress", b, "-o", path_str(&back), "--no-progress"];
+        args.extend_from_slice(extra);
+        let e = fails(&run(&args), 3);
+        assert!(e.contains(&name), "names the tensor: {e}");
+        assert!(!back.exists(), "no output after a failed decode");
+        assert_no_leftovers(dir.path());
+    }
+
+    let r = run(["verify", b]);
+    assert_eq!(code(&r), 3, "{}", stderr(&r));
+    let out = stdout(&r);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("MISMATCH") && l.contains(&name)),
+        "{out}"
+    );
+    assert_eq!(last_line(&out), "FAILED");
+    let r = run(["verify", "--json", b]);
+    assert_eq!(code(&r), 3);
+    let v = json(&stdout(&r));
+    assert_eq!(v["ok"], false);
+    assert!(!v["files"][0]["problems"]
+        .as_array()
+        .expect("problems")
+        .is_empty());
+    for args in [
+        vec!["verify", "--sample", "1", b],
+        vec!["verify", "--source", path_str(&src), b],
+    ] {
+        let r = run(&args);
+        assert_eq!(code(&r), 3, "{args:?}");
+        assert_eq!(last_line(&stdout(&r)), "FAILED", "{args:?}");
+    }
+    // Structure only: still fine. The index is intact, so reports work too.
+    assert_eq!(last_line(&ok(&run(["verify", "--fast", b]))), "OK");
+    ok(&run(["info", b]));
+    ok(&run(["stat", b]));
+}
+
+#[test]
+fn flipped_index_byte_is_caught() {
+    let (dir, src, bs) = compressed_smollm();
+    let bytes = fs::read(&bs).expect("read");
+    let t = trailer_of(&bytes);
+    xor_byte(&bs, t.index_offset + t.index_len / 2, 0x01);
+    let b = path_str(&bs);
+    let back = dir.path().join("back.safetensors");
+    for args in [
+        vec!["decompress", b, "-o", path_str(&back)],
+        vec!["decompress", b, "-o", path_str(&back), "--md5"],
+        vec!["info", b],
+        vec!["info", b, "--json"],
+        vec!["stat", b],
+        vec!["verify", b],
+        vec!["verify", "--fast", b],
+        vec!["verify", "--sample", "0.5", "--seed", "1", b],
+        vec!["verify", "--source", path_str(&src), b],
+        vec!["verify", "--json", b],
+    ] {
+        let e = fails(&run(&args), 1);
+        assert!(e.contains("index"), "{args:?}: {e}");
+        assert!(!back.exists());
+    }
+    assert_no_leftovers(dir.path());
+}
+
+#[test]
+fn damaged_structure_is_exit_1() {
+    let (dir, _src, bs) = compressed_smollm();
+    let good = fs::read(&bs).expect("read");
+    let t = trailer_of(&good);
+    let damaged = |name: &str, bytes: Vec<u8>| {
+        let p = dir.path().join(name);
+        fs::write(&p, bytes).expect("write");
+        p
+    };
+    let mut magic = good.clone();
+    magic[0] ^= 0x20;
+    let mut tmagic = good.clone();
+    let n = tmagic.len();
+    tmagic[n - 1] ^= 0x20;
+    let mut toff = good.clone();
+    toff[n - 40] ^= 0x01;
+    let cases = [
+        damaged("magic.bs", magic),
+        damaged("trailer-magic.bs", tmagic),
+        damaged("trailer-offset.bs", toff),
+        damaged("truncated.bs", good[..good.len() - 1].to_vec()),
+        damaged("half.bs", good[..(t.index_offset / 2) as usize].to_vec()),
+        damaged("tiny.bs", good[..20].to_vec()),
+    ];
+    for p in &cases {
+        let back = dir.path().join("back");
+        for args in [
+            vec!["decompress", path_str(p), "-o", path_str(&back)],
+            vec!["info", path_str(p)],
+            vec!["verify", path_str(p)],
+            vec!["verify", "--fast", path_str(p)],
+        ] {
+            let e = fails(&run(&args), 1);
+            assert!(e.contains(&file_name(p)), "{args:?}: {e}");
+        }
+        assert!(!back.exists());
+    }
+    assert_no_leftovers(dir.path());
+}
+
+#[test]
+fn tensor_name_with_newline_still_gives_one_line() {
+    // Error lines quote tensor names; a name with a line break must not split the line.
+    let dir = tmp();
+    let mut rng = Rng(5);
+    let bytes = safetensors(
+        &[t(
+            "evil\nname\r\nx",
+            "BF16",
+            &[32, 32],
+            bf16_weights(&mut rng, 1024, 0.02),
+        )],
+        None,
+    );
+    let src = dir.path().join("nl.safetensors");
+    fs::write(&src, &bytes).expect("write");
+    let bs = dir.path().join("nl.bs");
+    compress(&src, &bs, "--balanced");
+    let c = Container::open(&bs).expect("opens");
+    let ch = c.index.tensors[0].chunks[0];
+    drop(c);
+    xor_byte(&bs, ch.offset + ch.len / 2, 0x40);
+    let back = dir.path().join("back");
+    let e = fails(
+        &run(["decompress", path_str(&bs), "-o", path_str(&back)]),
+        3,
+    );
+    assert!(e.contains("evil"), "{e}");
+    assert!(!back.exists());
+}
