@@ -24,38 +24,42 @@ const BLOCK: usize = 1 << BLOCK_LOG2;
 
 /// Palette entries and per-element indices of the words, block by block.
 fn build(words: &[u16]) -> (Vec<u16>, Vec<u16>, Vec<u16>) {
-    let mut palette = Vec::new();
+    let mut palette = vec![0u16; words.len()];
     let mut sizes = Vec::with_capacity(words.len().div_ceil(BLOCK));
-    let mut index = Vec::with_capacity(words.len());
+    let mut index = vec![0u16; words.len()];
+    let mut count = 0usize;
     // seen[w] = block stamp << 5 | index of w in that block's palette. The table lives per
     // thread and stamps keep counting across calls, so it is never cleared (except on wrap).
+    // The loop is branch-free: a value's slot and palette entry are written whether or not it
+    // was new, and the palette only grows when it was.
     thread_local! {
         static SEEN: std::cell::RefCell<(Vec<u32>, u32)> = const { std::cell::RefCell::new((Vec::new(), 0)) };
     }
     SEEN.with_borrow_mut(|(seen, stamp)| {
-        if seen.is_empty() || *stamp > (u32::MAX >> BLOCK_LOG2) - (words.len() / BLOCK) as u32 - 2 {
+        let blocks = words.len().div_ceil(BLOCK) as u32;
+        if seen.is_empty() || *stamp > (u32::MAX >> BLOCK_LOG2) - blocks - 2 {
             *seen = vec![0u32; 1 << 16];
             *stamp = 0;
         }
-        for block in words.chunks(BLOCK) {
+        let seen: &mut [u32; 1 << 16] = seen.as_mut_slice().try_into().expect("64K table");
+        for (block, idx) in words.chunks(BLOCK).zip(index.chunks_mut(BLOCK)) {
             *stamp += 1;
-            let start = palette.len();
             let tag = *stamp << BLOCK_LOG2;
-            for &w in block {
+            let start = count;
+            for (&w, ix) in block.iter().zip(idx.iter_mut()) {
                 let s = seen[w as usize];
-                let i = if s >> BLOCK_LOG2 == *stamp {
-                    s & (BLOCK as u32 - 1)
-                } else {
-                    let i = (palette.len() - start) as u32;
-                    palette.push(w);
-                    seen[w as usize] = tag | i;
-                    i
-                };
-                index.push(i as u16);
+                let hit = s >> BLOCK_LOG2 == *stamp;
+                let fresh = (count - start) as u32;
+                let i = if hit { s & (BLOCK as u32 - 1) } else { fresh };
+                seen[w as usize] = tag | i;
+                palette[count] = w;
+                count += usize::from(!hit);
+                *ix = i as u16;
             }
-            sizes.push((palette.len() - start - 1) as u16);
+            sizes.push((count - start - 1) as u16);
         }
     });
+    palette.truncate(count);
     (palette, sizes, index)
 }
 
@@ -108,7 +112,8 @@ pub fn decode(r: &mut Reader<'_>, n: usize, out: &mut [u8]) -> Result<(), CodecE
     if p > n || (n > 0 && p < n.div_ceil(BLOCK)) {
         return Err(CodecError::Corrupt("palette size out of range"));
     }
-    let mut palette = vec![0u16; p];
+    // Padded so a 32-entry load at any block's start stays inside (SIMD expansion).
+    let mut palette = vec![0u16; p + BLOCK];
     read_split(r, p, |first, words| {
         palette[first..first + words.len()].copy_from_slice(words);
     })?;
@@ -132,6 +137,11 @@ pub fn decode(r: &mut Reader<'_>, n: usize, out: &mut [u8]) -> Result<(), CodecE
         reader.read(idx_all)?;
         let out_all = &mut out[2 * done..2 * (done + len)];
         let first_block = done / BLOCK;
+        let (fast, new_base) = fast_blocks(idx_all, &sizes[first_block..], &palette, base, out_all)
+            .ok_or(CodecError::Corrupt("palette index out of range"))?;
+        base = new_base;
+        let (idx_all, out_all) = (&idx_all[fast..], &mut out_all[2 * fast..]);
+        let first_block = first_block + fast / BLOCK;
         for (b, (idx, o)) in idx_all
             .chunks(BLOCK)
             .zip(out_all.chunks_mut(2 * BLOCK))
@@ -150,6 +160,26 @@ pub fn decode(r: &mut Reader<'_>, n: usize, out: &mut [u8]) -> Result<(), CodecE
         done += len;
     }
     reader.finish()
+}
+
+/// The AVX-512 expansion of whole blocks where available: (elements done, new base), or
+/// `None` on an out-of-range index.
+fn fast_blocks(
+    idx: &[u8],
+    sizes: &[u16],
+    palette: &[u16],
+    base: usize,
+    out: &mut [u8],
+) -> Option<(usize, usize)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::simd::has_avx512() && super::simd::cpu_has_avx512vl() {
+            // SAFETY: features checked.
+            return unsafe { super::simd::palette_blocks(idx, sizes, palette, base, out) };
+        }
+    }
+    let _ = (idx, sizes, palette, out);
+    Some((0, base))
 }
 
 #[cfg(test)]
@@ -177,14 +207,25 @@ mod tests {
             "{} bytes",
             blob.len()
         );
-        let mut out = vec![0u8; words.len() * 2];
-        let mut r = Reader::new(&blob[1..]);
-        decode(&mut r, words.len(), &mut out).unwrap();
-        assert!(r.is_empty());
-        let back: Vec<u16> = out
-            .chunks_exact(2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-            .collect();
-        assert_eq!(back, words);
+        let decode_all = || {
+            let mut out = vec![0u8; words.len() * 2];
+            let mut r = Reader::new(&blob[1..]);
+            decode(&mut r, words.len(), &mut out).unwrap();
+            assert!(r.is_empty());
+            out.chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect::<Vec<u16>>()
+        };
+        assert_eq!(decode_all(), words);
+        #[cfg(target_arch = "x86_64")]
+        {
+            let _guard = crate::codec::SIMD_SWITCH
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            crate::codec::simd::force_portable(true);
+            let portable = decode_all();
+            crate::codec::simd::force_portable(false);
+            assert_eq!(portable, words);
+        }
     }
 }

@@ -248,3 +248,36 @@ pub unsafe fn rans_encode_groups(
     _mm512_storeu_si512(state.as_mut_ptr().add(16) as *mut _, x1);
     *at = a;
 }
+
+/// Expands whole 32-element palette blocks: `out[j] = palette[base + idx[j]]`, one permute per
+/// block. `palette` must have 32 readable entries past every block's start (the caller pads
+/// it). Returns `None` if an index is not below its block's size, else the number of elements
+/// done and the new base.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW (and VL for the 256-bit compare).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn palette_blocks(
+    idx: &[u8],
+    sizes: &[u16],
+    palette: &[u16],
+    mut base: usize,
+    out: &mut [u8],
+) -> Option<(usize, usize)> {
+    let blocks = (idx.len() / 32).min(sizes.len()).min(out.len() / 64);
+    for b in 0..blocks {
+        let k = usize::from(sizes[b]);
+        if base + 32 > palette.len() {
+            return Some((b * 32, base));
+        }
+        let ix = _mm256_loadu_si256(idx.as_ptr().add(b * 32) as *const __m256i);
+        if _mm256_cmpge_epu8_mask(ix, _mm256_set1_epi8(k as i8)) != 0 {
+            return None;
+        }
+        let pal = _mm512_loadu_si512(palette.as_ptr().add(base) as *const _);
+        let words = _mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(ix), pal);
+        _mm512_storeu_si512(out.as_mut_ptr().add(b * 64) as *mut _, words);
+        base += k;
+    }
+    Some((blocks * 32, base))
+}

@@ -147,6 +147,19 @@ fn joint_histogram(words: &[u16], shift: u32) -> Vec<u64> {
 
 /// Chooses the layout by exact measurement and writes the split body (without codec tag).
 pub(super) fn write_split(words: &[u16], rs: &[u32], try_lsb: bool, out: &mut Vec<u8>) {
+    plan_split(words, rs, try_lsb).write(words, out);
+}
+
+/// A measured split of a run of words: its layout, its symbol plan and the size of the body it
+/// will write (to within a few bytes).
+pub(super) struct SplitPlan {
+    pub bytes: usize,
+    layout: Layout,
+    plan: stream::SymPlan,
+}
+
+/// Measures every candidate layout from one histogram and keeps the smallest.
+pub(super) fn plan_split(words: &[u16], rs: &[u32], try_lsb: bool) -> SplitPlan {
     let n = words.len();
     let r_min = rs[0];
     let fine = joint_histogram(words, r_min);
@@ -174,28 +187,44 @@ pub(super) fn write_split(words: &[u16], rs: &[u32], try_lsb: bool, out: &mut Ve
         }
     }
     // Fall back to the coarsest split that always fits 256 symbols: 8 symbol bits.
-    let (layout, plan) = match best {
-        Some((_, l, plan)) => (l, plan),
+    match best {
+        Some((bytes, layout, plan)) => SplitPlan {
+            bytes: bytes + 1,
+            layout,
+            plan,
+        },
         None => {
-            let l = Layout { r: 7, lsb: false };
-            let h = Histogram::of(words.iter().map(|&w| l.value(w)), 8);
-            (l, stream::plan_symbols(&h).expect("8-bit symbols"))
+            let layout = Layout { r: 7, lsb: false };
+            let h = Histogram::of(words.iter().map(|&w| layout.value(w)), 8);
+            let plan = stream::plan_symbols(&h).expect("8-bit symbols");
+            SplitPlan {
+                bytes: 1 + plan.bytes + n,
+                layout,
+                plan,
+            }
         }
-    };
-    out.push(layout.to_byte());
-    let map = plan.index_map(layout.value_bits());
-    let syms: Vec<u8> = words
-        .iter()
-        .map(|&w| map[layout.value(w) as usize])
-        .collect();
-    stream::write_symbol_indices(&plan, &syms, out);
-    match layout.width() {
-        8 => out.extend(words.iter().map(|&w| layout.rest(w) as u8)),
-        7 => pack_const::<7>(words, layout, out),
-        6 => pack_const::<6>(words, layout, out),
-        5 => pack_const::<5>(words, layout, out),
-        4 => pack_const::<4>(words, layout, out),
-        w => pack(words.iter().map(|&x| u32::from(layout.rest(x))), n, w, out),
+    }
+}
+
+impl SplitPlan {
+    /// Writes the split body (layout byte, symbols, packed rest).
+    pub(super) fn write(&self, words: &[u16], out: &mut Vec<u8>) {
+        let (layout, plan, n) = (self.layout, &self.plan, words.len());
+        out.push(layout.to_byte());
+        let map = plan.index_map(layout.value_bits());
+        let syms: Vec<u8> = words
+            .iter()
+            .map(|&w| map[layout.value(w) as usize])
+            .collect();
+        stream::write_symbol_indices(&plan, &syms, out);
+        match layout.width() {
+            8 => out.extend(words.iter().map(|&w| layout.rest(w) as u8)),
+            7 => pack_const::<7>(words, layout, out),
+            6 => pack_const::<6>(words, layout, out),
+            5 => pack_const::<5>(words, layout, out),
+            4 => pack_const::<4>(words, layout, out),
+            w => pack(words.iter().map(|&x| u32::from(layout.rest(x))), n, w, out),
+        }
     }
 }
 
@@ -366,19 +395,23 @@ fn as_words(data: &[u8]) -> std::borrow::Cow<'_, [u16]> {
 
 pub fn encode16(data: &[u8], flavour: Float16, effort: Effort) -> Vec<u8> {
     let words = as_words(data);
-    let mut out = Vec::with_capacity(data.len() * 3 / 4);
-    out.push(tag::SPLIT16);
     // The biased-LSB pattern comes from rounding wider floats to BF16; inference mode keeps
     // the rest byte-aligned.
     let try_lsb = flavour == Float16::Bf16 && effort != Effort::Inference;
-    write_split(&words, candidates(flavour, effort), try_lsb, &mut out);
+    let rs = candidates(flavour, effort);
+    let split = plan_split(&words, rs, try_lsb);
+    // The split's size is known (to a few bytes: the rANS payload is its exact entropy cost
+    // rounded up) before it is written, so a palette that wins spares the split's coding.
     if effort != Effort::Inference && super::palette::worth_trying(&words) {
-        if let Some(p) = super::palette::encode(&words, candidates(flavour, effort), try_lsb) {
-            if p.len() < out.len() {
+        if let Some(p) = super::palette::encode(&words, rs, try_lsb) {
+            if p.len() < split.bytes + 1 {
                 return p;
             }
         }
     }
+    let mut out = Vec::with_capacity(split.bytes + 1);
+    out.push(tag::SPLIT16);
+    split.write(&words, &mut out);
     out
 }
 
