@@ -265,8 +265,8 @@ pub unsafe fn palette_blocks(
     out: &mut [u8],
 ) -> Option<(usize, usize)> {
     let blocks = (idx.len() / 32).min(sizes.len()).min(out.len() / 64);
-    for b in 0..blocks {
-        let k = usize::from(sizes[b]);
+    for (b, &size) in sizes.iter().enumerate().take(blocks) {
+        let k = usize::from(size);
         if base + 32 > palette.len() {
             return Some((b * 32, base));
         }

@@ -216,7 +216,7 @@ impl SplitPlan {
             .iter()
             .map(|&w| map[layout.value(w) as usize])
             .collect();
-        stream::write_symbol_indices(&plan, &syms, out);
+        stream::write_symbol_indices(plan, &syms, out);
         match layout.width() {
             8 => out.extend(words.iter().map(|&w| layout.rest(w) as u8)),
             7 => pack_const::<7>(words, layout, out),
