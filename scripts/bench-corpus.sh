@@ -2,7 +2,7 @@
 # Measures bigsmall on the benchmark corpus and prints the BENCHMARKS.md tables.
 #   scripts/bench-corpus.sh [CORPUS_DIR]      (default: corpus/, built by scripts/fetch-corpus.sh)
 # For every file and mode: ratio (% of the source file), whole-file compress and decompress
-# wall time and peak RSS (/usr/bin/time), byte identity of the round trip (sha256), and the
+# wall time (median of 3) and peak RSS (/usr/bin/time, max of 3), byte identity of the round trip (sha256), and the
 # in-process decode-to-memory throughput from `bigsmall benchmark --json`. Also the entropy
 # bounds from `bigsmall scan --json` and the time `cp` needs to write the same file.
 set -euo pipefail
@@ -20,12 +20,18 @@ FILES=(
   "$CORPUS/smollm2-135m-bf16/model.safetensors"
   "$CORPUS/smollm2-135m-fp8block.safetensors"
 )
-timed() { # prints "wall_s maxrss_kb" of the command (wall from the clock, RSS from time(1))
-  local t0 t1
-  t0=$(date +%s%N)
-  /usr/bin/time -f "%M" -o "$WORK/t" "$@" >/dev/null 2>&1
-  t1=$(date +%s%N)
-  echo "$(( (t1 - t0) / 1000 ))e-6 $(cat "$WORK/t")"
+timed() { # "median_wall_s max_rss_kb" over 3 runs (wall from the clock, RSS from time(1));
+          # the output named by the command's last argument is removed before each run
+  local t0 t1 walls=() rss=0 r
+  for _ in 1 2 3; do
+    rm -f "${@: -1}"
+    t0=$(date +%s%N)
+    /usr/bin/time -f "%M" -o "$WORK/t" "$@" >/dev/null 2>&1
+    t1=$(date +%s%N)
+    walls+=("$(( (t1 - t0) / 1000 ))")
+    r=$(cat "$WORK/t"); (( r > rss )) && rss=$r
+  done
+  printf '%s\n' "${walls[@]}" | sort -n | sed -n 2p | awk -v r="$rss" '{printf "%se-6 %s\n", $1, r}'
 }
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB"
 echo "bigsmall $($B --version | cut -d' ' -f2), $(date -u +%Y-%m-%d)"
@@ -38,12 +44,12 @@ for f in "${FILES[@]}"; do
   sha=$(sha256sum "$f" | cut -d' ' -f1)
   read -r bc be < <($B scan "$f" --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print("%.2f %.2f" % (s["bound_conditional_pct"], s["bound_exponent_raw_pct"]))')
   cat "$f" > /dev/null
-  rm -f "$WORK/cp"; read -r cps _ < <(timed cp "$f" "$WORK/cp"); rm -f "$WORK/cp"
+  read -r cps _ < <(timed cp "$f" "$WORK/cp"); rm -f "$WORK/cp"
   for mode in storage balanced inference; do
     rm -f "$WORK/x.bs" "$WORK/x.back"
-    read -r cs cr < <(timed $B compress "$f" -o "$WORK/x.bs" --$mode --no-progress)
+    read -r cs cr < <(timed $B compress "$f" --$mode --no-progress -o "$WORK/x.bs")
     out=$(stat -c %s "$WORK/x.bs")
-    read -r ds dr < <(timed $B decompress "$WORK/x.bs" -o "$WORK/x.back" --no-progress)
+    read -r ds dr < <(timed $B decompress "$WORK/x.bs" --no-progress -o "$WORK/x.back")
     same=$([ "$(sha256sum "$WORK/x.back" | cut -d' ' -f1)" = "$sha" ] && echo yes || echo NO)
     mem=$($B benchmark "$f" --$mode --json --no-progress | python3 -c 'import json,sys; print("%.0f" % json.load(sys.stdin)["decode_memory_mb_s"])')
     python3 - "$f" "$size" "$bc" "$be" "$mode" "$out" "$cs" "$cr" "$ds" "$dr" "$cps" "$mem" "$same" <<'PY'

@@ -350,7 +350,7 @@ pub fn windows(jobs: &[DecodeJob]) -> Vec<std::ops::Range<usize>> {
 /// Decodes a window of jobs into one buffer, all cores, checking every chunk hash.
 pub fn decode_window(c: &Container, jobs: &[DecodeJob], mut buf: Vec<u8>) -> Result<Vec<u8>> {
     let total: usize = jobs.iter().map(|j| j.len).sum();
-    buf.clear();
+    // A recycled buffer is reused as is: every byte is overwritten by the decoders.
     buf.resize(total, 0);
     let mut slices = Vec::with_capacity(jobs.len());
     let mut rest = &mut buf[..];
@@ -420,14 +420,20 @@ pub fn decompress_file(
             }
             Ok(out)
         });
-        let mut spare: Vec<Vec<u8>> = Vec::new();
+        // A fixed set of buffers circulates between decoder and writer: no allocation (and
+        // no page faults) per window.
+        let mut fresh = 3usize;
         let mut failure = None;
         for w in &wins {
-            let buf = recycle_rx
-                .try_recv()
-                .ok()
-                .or_else(|| spare.pop())
-                .unwrap_or_default();
+            let buf = if fresh > 0 {
+                fresh -= 1;
+                Vec::new()
+            } else {
+                match recycle_rx.recv() {
+                    Ok(b) => b,
+                    Err(_) => break,
+                }
+            };
             match decode_window(c, &jobs[w.clone()], buf) {
                 Ok(buf) => {
                     let (a, b) = (&jobs[w.start], &jobs[w.end - 1]);

@@ -383,7 +383,11 @@ pub fn read_bytes(r: &mut Reader<'_>, out: &mut [u8]) -> Result<(), CodecError> 
         }
         KIND_RANS => {
             let s = read_symbols(r, 8)?;
-            decode_symbols(&s, out.len(), |i, v| out[i] = v as u8)
+            let mut bytes = SymbolBytes::new(&s)?;
+            for block in out.chunks_mut(8192) {
+                bytes.read(block)?;
+            }
+            bytes.finish()
         }
         KIND_ZSTD => {
             r.u8()?;
