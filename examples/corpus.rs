@@ -38,7 +38,13 @@ usage: corpus <subcommand> ...
       128x128 block-scaled F8_E4M3 for 2-D *_proj / embed / lm_head weights with
       both dims >= 128, plus an F32 `<name>_scale_inv` [ceil(r/128), ceil(c/128)].
   fixtures <minilm_model.safetensors> <smollm_bf16_dir> <fixtures_dir>
-      Write the small committed test fixtures (see fixtures/README).";
+      Write the small committed test fixtures (see fixtures/README).
+  pair <base.safetensors> <out.safetensors> --kind ulp|replace|resize --frac F [--seed N]
+      A synthetic fine-tune of a BF16/F16 base for patch tests: `ulp` moves a fraction F of
+      the elements of every float tensor by +-1 ulp; `replace` leaves half of the tensors
+      untouched and redraws the others' elements with probability F (values copied from
+      elsewhere in the same tensor); `resize` is `ulp` plus the first 2-D tensor with 16 rows
+      appended (a resized embedding).";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -58,6 +64,7 @@ fn run(args: &[String]) -> Result<()> {
         "gguf" => cmd_gguf(rest),
         "fp8-block" => cmd_fp8_block(rest),
         "fixtures" => cmd_fixtures(rest),
+        "pair" => cmd_pair(rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(())
@@ -1377,6 +1384,79 @@ fn bf16native_file(cut: &StFile, base_name: &str, extra_name: &str) -> Result<St
         metadata: cut.metadata.clone(),
         tensors,
     })
+}
+
+fn cmd_pair(rest: &[String]) -> Result<()> {
+    let (pos, opts) = parse_args(rest, &["kind", "frac", "seed"])?;
+    let [src, out] = pos.as_slice() else {
+        bail!("usage: pair <base.safetensors> <out.safetensors> --kind K --frac F\n\n{USAGE}");
+    };
+    let kind = opts.get("kind").map(String::as_str).unwrap_or("ulp");
+    let frac: f64 = opts
+        .get("frac")
+        .map(|f| f.parse())
+        .transpose()
+        .context("--frac")?
+        .unwrap_or(0.1);
+    let seed: u64 = opts
+        .get("seed")
+        .map(|f| f.parse())
+        .transpose()
+        .context("--seed")?
+        .unwrap_or(1);
+    let mut st = read_safetensors(Path::new(src))?;
+    let mut rng = SplitMix64(seed);
+    let mut resized = false;
+    for (ti, t) in st.tensors.iter_mut().enumerate() {
+        if !matches!(t.dtype, Dtype::BF16 | Dtype::F16) {
+            continue;
+        }
+        let n = t.data.len() / 2;
+        let threshold = (frac * (u64::MAX as f64)) as u64;
+        match kind {
+            "ulp" | "resize" => {
+                for i in 0..n {
+                    if rng.next() < threshold {
+                        let w = u16::from_le_bytes([t.data[2 * i], t.data[2 * i + 1]]);
+                        // +-1 on the magnitude bits; zero and the largest finite values
+                        // only move inwards/outwards where that stays finite.
+                        let w2 = if rng.next() & 1 == 0 && (w & 0x7fff) < 0x7f7f {
+                            w + 1
+                        } else if w & 0x7fff != 0 {
+                            w - 1
+                        } else {
+                            w + 1
+                        };
+                        t.data[2 * i..2 * i + 2].copy_from_slice(&w2.to_le_bytes());
+                    }
+                }
+            }
+            "replace" => {
+                if ti % 2 == 0 || n == 0 {
+                    continue;
+                }
+                for i in 0..n {
+                    if rng.next() < threshold {
+                        let j = (rng.next() % n as u64) as usize;
+                        let (a, b) = (t.data[2 * j], t.data[2 * j + 1]);
+                        t.data[2 * i] = a;
+                        t.data[2 * i + 1] = b;
+                    }
+                }
+            }
+            other => bail!("unknown --kind {other:?} (ulp, replace, resize)"),
+        }
+        if kind == "resize" && !resized && t.shape.len() == 2 {
+            let row = t.shape[1] * 2;
+            let extra: Vec<u8> = t.data[..row.min(t.data.len())].repeat(16);
+            t.data.extend_from_slice(&extra);
+            t.shape[0] += 16;
+            resized = true;
+        }
+    }
+    write_safetensors(Path::new(out), &st)?;
+    println!("wrote {out} ({kind}, frac {frac})");
+    Ok(())
 }
 
 struct SplitMix64(u64);

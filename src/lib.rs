@@ -13,6 +13,7 @@
 
 pub mod analysis;
 pub mod codec;
+pub mod delta;
 pub mod error;
 pub mod format;
 pub mod fsutil;

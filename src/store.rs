@@ -25,7 +25,7 @@ use crate::progress::Progress;
 pub const WINDOW_BYTES: usize = 32 << 20;
 /// Raw bytes decoded per step: small, so decoded data is still in cache when the writer
 /// thread copies it into the page cache.
-pub const DECODE_WINDOW_BYTES: usize = 8 << 20;
+pub const DECODE_WINDOW_BYTES: usize = 4 << 20;
 
 #[derive(Debug, Clone, Copy)]
 pub struct CompressOptions {
@@ -50,6 +50,40 @@ pub struct CompressReport {
     pub tensors: usize,
     pub duplicates: usize,
     pub seconds: f64,
+    /// Present when the output is a patch against a base.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaStats>,
+}
+
+/// How a patch relates to its base, measured while it was written.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DeltaStats {
+    pub base: String,
+    pub base_fingerprint: String,
+    /// Tensors present in both with the same dtype and shape.
+    pub matched_tensors: usize,
+    pub matched_bytes: u64,
+    /// Bytes of matched tensors whose elements differ from the base.
+    pub changed_bytes: u64,
+    /// Matched tensors equal to the base (an index entry each, no data).
+    pub unchanged_tensors: usize,
+    /// Chunks stored as a difference against the base, and stored standalone.
+    pub delta_chunks: usize,
+    pub standalone_chunks: usize,
+    /// Tensors only in the fine-tune (or with a new dtype/shape): stored standalone.
+    pub added_tensors: Vec<String>,
+    /// Base tensors the fine-tune does not have.
+    pub removed_tensors: Vec<String>,
+}
+
+impl DeltaStats {
+    /// Share of matched weight bytes that changed.
+    pub fn changed_fraction(&self) -> f64 {
+        self.changed_bytes as f64 / self.matched_bytes.max(1) as f64
+    }
+
+    /// More than this share changed: the measured regime where a delta does not pay.
+    pub const REGIME_LIMIT: f64 = 0.30;
 }
 
 /// Hex form of a digest.
@@ -127,6 +161,28 @@ pub fn compress_file(
     opts: &CompressOptions,
     progress: &dyn Progress,
 ) -> Result<CompressReport> {
+    compress_file_against(src_path, dst, opts, None, None, progress)
+}
+
+/// A matched base tensor: its identity and whether the fine-tune equals it.
+struct Matched {
+    hash: u64,
+    md5: String,
+    same: bool,
+}
+
+/// Compresses one safetensors file, as a patch against `base` when one is given: every chunk
+/// of a tensor that the base also has (same name, dtype and shape) is coded both standalone
+/// and as its difference against the base, and the smaller is kept, so a patch is never
+/// larger than the standalone file beyond its index. Tensors equal to the base store nothing.
+pub fn compress_file_against(
+    src_path: &Path,
+    dst: &Path,
+    opts: &CompressOptions,
+    base: Option<&dyn crate::delta::BaseSource>,
+    model_names: Option<&std::collections::HashSet<String>>,
+    progress: &dyn Progress,
+) -> Result<CompressReport> {
     let started = Instant::now();
     let src = SafetensorsFile::open(src_path)?;
     check_output(dst, opts.overwrite)?;
@@ -137,9 +193,61 @@ pub fn compress_file(
     let dup = find_duplicates(&src);
     let kinds: Vec<ElemKind> = src.tensors.iter().map(|t| elem_kind(t.dtype)).collect();
 
+    // Match tensors with the base by name, dtype and shape.
+    let matched: Vec<Option<Matched>> = match base {
+        None => src.tensors.iter().map(|_| None).collect(),
+        Some(b) => src
+            .tensors
+            .par_iter()
+            .map(|t| -> Result<Option<Matched>> {
+                let Some(bt) = b.find(&t.name) else {
+                    return Ok(None);
+                };
+                let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+                if bt.dtype != dtype_name(t.dtype) || bt.shape != shape {
+                    return Ok(None);
+                }
+                let bytes = b.range(&t.name, 0, bt.len)?;
+                Ok(Some(Matched {
+                    hash: fast_hash(&bytes),
+                    md5: b.md5(&t.name)?,
+                    same: *bytes == *src.tensor_bytes(t),
+                }))
+            })
+            .collect::<Result<_>>()?,
+    };
+    let mut stats = base.map(|b| DeltaStats {
+        base: b.path().display().to_string(),
+        ..Default::default()
+    });
+    if let (Some(b), Some(st)) = (base, stats.as_mut()) {
+        st.base_fingerprint = crate::delta::fingerprint(b)?;
+        for (t, m) in src.tensors.iter().zip(&matched) {
+            match m {
+                Some(m) => {
+                    st.matched_tensors += 1;
+                    st.matched_bytes += t.len() as u64;
+                    st.unchanged_tensors += usize::from(m.same);
+                }
+                None => st.added_tensors.push(t.name.clone()),
+            }
+        }
+        // Removed = in the base but nowhere in the model (a shard of a directory only holds
+        // part of it, so the caller passes the whole model's names).
+        let own: std::collections::HashSet<String> =
+            src.tensors.iter().map(|t| t.name.clone()).collect();
+        let names = model_names.unwrap_or(&own);
+        st.removed_tensors = b
+            .tensors()
+            .iter()
+            .filter(|t| !names.contains(&t.name))
+            .map(|t| t.name.clone())
+            .collect();
+    }
+
     let mut jobs = Vec::new();
     for (i, t) in src.tensors.iter().enumerate() {
-        if dup[i].is_some() {
+        if dup[i].is_some() || matched[i].as_ref().is_some_and(|m| m.same) {
             continue;
         }
         let step = chunk_len(kinds[i]);
@@ -184,7 +292,7 @@ pub fn compress_file(
                 }
             }
         }
-        let mut coded: Vec<(Vec<u8>, u64)> = Vec::new();
+        let mut coded: Vec<Result<Coded>> = Vec::new();
         rayon::scope(|s| {
             for seg in segments.iter_mut() {
                 let bytes = &src.tensor_bytes(&src.tensors[seg.0])[seg.1..seg.2];
@@ -194,25 +302,71 @@ pub fn compress_file(
             window
                 .par_iter()
                 .map(|j| {
-                    let raw = &src.tensor_bytes(&src.tensors[j.tensor])[j.start..j.end];
-                    (
-                        encode_chunk(kinds[j.tensor], raw, opts.effort),
-                        fast_hash(raw),
-                    )
+                    let t = &src.tensors[j.tensor];
+                    let raw = &src.tensor_bytes(t)[j.start..j.end];
+                    let kind = kinds[j.tensor];
+                    let hash = fast_hash(raw);
+                    let (Some(b), Some(_)) = (base, &matched[j.tensor]) else {
+                        return Ok(Coded {
+                            blob: encode_chunk(kind, raw, opts.effort),
+                            hash,
+                            delta: false,
+                            changed: 0,
+                        });
+                    };
+                    let base_bytes = b.range(&t.name, j.start as u64, j.end as u64)?;
+                    let w = kind.width();
+                    let changed = crate::delta::changed_elements(raw, &base_bytes, w) * w as u64;
+                    let mut diff = Vec::new();
+                    crate::delta::subtract(raw, &base_bytes, w, &mut diff);
+                    let d = crate::codec::encode_sparse_chunk(kind, &diff, opts.effort);
+                    // Standalone coding is measured too, except where the difference is already
+                    // under an eighth of the raw size: no standalone codec gets there on
+                    // non-constant floats (the densest, a palette, needs >= ~2 bits/element).
+                    let floats = matches!(kind, ElemKind::Bf16 | ElemKind::F16 | ElemKind::F32);
+                    let constant = raw.chunks_exact(w).all(|e| e == &raw[..w]);
+                    let skip_alone = floats && !constant && d.len() * 8 < raw.len();
+                    let alone = (!skip_alone).then(|| encode_chunk(kind, raw, opts.effort));
+                    Ok(match alone {
+                        Some(a) if a.len() <= d.len() => Coded {
+                            blob: a,
+                            hash,
+                            delta: false,
+                            changed,
+                        },
+                        _ => Coded {
+                            blob: d,
+                            hash,
+                            delta: true,
+                            changed,
+                        },
+                    })
                 })
                 .collect_into_vec(&mut coded);
         });
         for (tensor, _, _, h) in segments {
             hashers[tensor] = Some(h);
         }
-        for (j, (blob, hash)) in window.iter().zip(&coded) {
-            let offset = writer.write_blob(blob)?;
+        for (j, c) in window.iter().zip(coded) {
+            let c = c?;
+            let offset = writer.write_blob(&c.blob)?;
+            if let Some(st) = stats.as_mut() {
+                st.changed_bytes += c.changed;
+                if matched[j.tensor].is_some() {
+                    if c.delta {
+                        st.delta_chunks += 1;
+                    } else {
+                        st.standalone_chunks += 1;
+                    }
+                }
+            }
             chunks[j.tensor].push(ChunkEntry {
                 offset,
-                len: blob.len() as u64,
+                len: c.blob.len() as u64,
                 raw_len: (j.end - j.start) as u64,
-                hash: *hash,
-                codec: blob[0],
+                hash: c.hash,
+                codec: c.blob[0],
+                delta: c.delta,
             });
         }
         let first = &window[0];
@@ -229,16 +383,27 @@ pub fn compress_file(
     let mut md5s: Vec<String> = Vec::with_capacity(src.tensors.len());
     for (i, h) in hashers.into_iter().enumerate() {
         let digest = hex(&h.expect("hasher returned").finalize());
-        md5s.push(match dup[i] {
-            Some(j) => md5s[j].clone(),
-            None => digest,
+        md5s.push(match (dup[i], &matched[i]) {
+            (Some(j), _) => md5s[j].clone(),
+            (None, Some(m)) if m.same => m.md5.clone(),
+            _ => digest,
         });
     }
     let tensors: Vec<TensorEntry> = src
         .tensors
         .iter()
         .enumerate()
-        .map(|(i, t)| entry(t, md5s[i].clone(), dup[i], std::mem::take(&mut chunks[i])))
+        .map(|(i, t)| {
+            let mut e = entry(t, md5s[i].clone(), dup[i], std::mem::take(&mut chunks[i]));
+            if dup[i].is_none() {
+                e.delta = matched[i].as_ref().map(|m| crate::format::DeltaRef {
+                    base_md5: m.md5.clone(),
+                    base_hash: m.hash,
+                    same: m.same,
+                });
+            }
+            e
+        })
         .collect();
     let index = Index {
         format: "bigsmall".into(),
@@ -255,6 +420,15 @@ pub fn compress_file(
             header,
         },
         tensors,
+        base: match (base, &stats) {
+            (Some(b), Some(st)) => Some(crate::format::BaseRef {
+                fingerprint: st.base_fingerprint.clone(),
+                made_from: b.path().display().to_string(),
+                tensor_count: b.tensors().len(),
+                removed: st.removed_tensors.clone(),
+            }),
+            _ => None,
+        },
     };
     let output_bytes = writer.finish(&index)?;
     progress.finish();
@@ -264,7 +438,16 @@ pub fn compress_file(
         tensors: src.tensors.len(),
         duplicates: dup.iter().filter(|d| d.is_some()).count(),
         seconds: started.elapsed().as_secs_f64(),
+        delta: stats,
     })
+}
+
+/// One coded chunk on its way to the writer.
+struct Coded {
+    blob: Vec<u8>,
+    hash: u64,
+    delta: bool,
+    changed: u64,
 }
 
 fn entry(
@@ -280,6 +463,7 @@ fn entry(
         offsets: [t.start as u64, t.end as u64],
         md5,
         dup_of,
+        delta: None,
         chunks,
     }
 }
@@ -373,8 +557,24 @@ pub fn decompress_file(
     opts: &DecompressOptions,
     progress: &dyn Progress,
 ) -> Result<DecompressReport> {
+    decompress_file_with(src, dst, opts, None, progress)
+}
+
+/// Decompresses a container; a patch needs its base (checked tensor by tensor before any
+/// output is written).
+pub fn decompress_file_with(
+    src: &Path,
+    dst: &Path,
+    opts: &DecompressOptions,
+    base: Option<std::sync::Arc<dyn crate::delta::BaseSource>>,
+    progress: &dyn Progress,
+) -> Result<DecompressReport> {
     let started = Instant::now();
-    let c = Container::open(src)?;
+    let mut c = Container::open(src)?;
+    if let Some(b) = base {
+        c.attach_base(b)?;
+    }
+    c.check_decodable()?;
     check_output(dst, opts.overwrite)?;
     let mut out = AtomicFile::create(dst)?;
     let header = c.index.source.header.as_bytes();

@@ -13,10 +13,7 @@ use crate::error::{Error, Result};
 use crate::format::reader::Container;
 use crate::model::dir::scan_dir;
 use crate::progress::Progress;
-use crate::store::{
-    compress_file, decompress_file, CompressOptions, CompressReport, DecompressOptions,
-    DecompressReport,
-};
+use crate::store::{CompressOptions, CompressReport, DecompressOptions, DecompressReport};
 
 pub const DIR_INDEX: &str = "bigsmall.index.json";
 /// Upper bound for reading a directory index: far above any real one.
@@ -148,7 +145,25 @@ pub fn compress_dir(
     opts: &CompressOptions,
     progress: &dyn Progress,
 ) -> Result<CompressReport> {
+    compress_dir_against(src, dst, opts, None, progress)
+}
+
+/// Compresses a model directory, each shard as a patch against `base` when one is given.
+pub fn compress_dir_against(
+    src: &Path,
+    dst: &Path,
+    opts: &CompressOptions,
+    base: Option<&dyn crate::delta::BaseSource>,
+    progress: &dyn Progress,
+) -> Result<CompressReport> {
     let listing = scan_dir(src)?;
+    let mut model_names = std::collections::HashSet::new();
+    if base.is_some() {
+        for rel in &listing.weights {
+            let f = crate::model::safetensors::SafetensorsFile::open(&src.join(rel))?;
+            model_names.extend(f.tensors.iter().map(|t| t.name.clone()));
+        }
+    }
     // Every output name must be unique: a side file called like a shard's `.bs` or like the
     // directory index would overwrite weights.
     let mut taken = std::collections::HashSet::new();
@@ -171,6 +186,7 @@ pub fn compress_dir(
         tensors: 0,
         duplicates: 0,
         seconds: 0.0,
+        delta: None,
     };
     let inner = CompressOptions {
         overwrite: true,
@@ -182,7 +198,17 @@ pub fn compress_dir(
         if let Some(parent) = out.parent() {
             fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
-        let r = compress_file(&src.join(rel), &out, &inner, progress)?;
+        let r = crate::store::compress_file_against(
+            &src.join(rel),
+            &out,
+            &inner,
+            base,
+            base.map(|_| &model_names),
+            progress,
+        )?;
+        if let Some(d) = r.delta {
+            merge_stats(total.delta.get_or_insert_with(Default::default), d);
+        }
         let c = Container::open(&out)?;
         for t in &c.index.tensors {
             weight_map.insert(t.name.clone(), rel_str(&out_rel));
@@ -220,6 +246,20 @@ pub fn compress_dir(
     fs::write(&ipath, json).map_err(|e| Error::io(&ipath, e))?;
     staged.commit()?;
     Ok(total)
+}
+
+/// Adds one shard's delta figures to the directory's.
+fn merge_stats(total: &mut crate::store::DeltaStats, d: crate::store::DeltaStats) {
+    total.base = d.base;
+    total.base_fingerprint = d.base_fingerprint;
+    total.matched_tensors += d.matched_tensors;
+    total.matched_bytes += d.matched_bytes;
+    total.changed_bytes += d.changed_bytes;
+    total.unchanged_tensors += d.unchanged_tensors;
+    total.delta_chunks += d.delta_chunks;
+    total.standalone_chunks += d.standalone_chunks;
+    total.added_tensors.extend(d.added_tensors);
+    total.removed_tensors = d.removed_tensors;
 }
 
 /// Reads and checks a directory's `bigsmall.index.json`.
@@ -264,6 +304,17 @@ pub fn decompress_dir(
     opts: &DecompressOptions,
     progress: &dyn Progress,
 ) -> Result<DecompressReport> {
+    decompress_dir_with(src, dst, opts, None, progress)
+}
+
+/// Decompresses a compressed directory; patches need their base.
+pub fn decompress_dir_with(
+    src: &Path,
+    dst: &Path,
+    opts: &DecompressOptions,
+    base: Option<std::sync::Arc<dyn crate::delta::BaseSource>>,
+    progress: &dyn Progress,
+) -> Result<DecompressReport> {
     let index = read_dir_index(src)?;
     let staged = StagedDir::create(dst, opts.overwrite)?;
     let mut total = DecompressReport {
@@ -282,7 +333,13 @@ pub fn decompress_dir(
         if let Some(parent) = out.parent() {
             fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
-        let r = decompress_file(&src.join(&shard.file), &out, &inner, progress)?;
+        let r = crate::store::decompress_file_with(
+            &src.join(&shard.file),
+            &out,
+            &inner,
+            base.clone(),
+            progress,
+        )?;
         total.output_bytes += r.output_bytes;
         total.tensors += r.tensors;
         total.chunks += r.chunks;

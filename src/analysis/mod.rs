@@ -37,14 +37,38 @@ fn main_codec(t: &TensorEntry) -> String {
     if t.dup_of.is_some() {
         return "dup_ref".into();
     }
-    let mut by: BTreeMap<u8, u64> = BTreeMap::new();
+    if t.delta.as_ref().is_some_and(|d| d.same) {
+        return "base_same".into();
+    }
+    let mut by: BTreeMap<(bool, u8), u64> = BTreeMap::new();
     for c in &t.chunks {
-        *by.entry(c.codec).or_default() += c.raw_len;
+        *by.entry((c.delta, c.codec)).or_default() += c.raw_len;
     }
     by.into_iter()
         .max_by_key(|&(_, n)| n)
-        .map(|(c, _)| tag::name(c).to_string())
+        .map(|((d, c), _)| {
+            if d {
+                format!("delta:{}", tag::name(c))
+            } else {
+                tag::name(c).to_string()
+            }
+        })
         .unwrap_or_else(|| "empty".into())
+}
+
+/// What `info` says about a patch.
+#[derive(Debug, Clone, Serialize)]
+pub struct PatchInfo {
+    pub base_fingerprint: String,
+    pub made_from: String,
+    pub base_tensor_count: usize,
+    pub removed: Vec<String>,
+    /// Tensors equal to the base (index entry only).
+    pub unchanged_tensors: usize,
+    /// Tensors with at least one chunk stored as a difference.
+    pub delta_tensors: usize,
+    /// Tensors stored on their own (new, resized, or where standalone measured smaller).
+    pub standalone_tensors: usize,
 }
 
 pub fn tensor_stats(c: &Container) -> Vec<TensorStat> {
@@ -106,6 +130,8 @@ pub struct Info {
     pub roles: BTreeMap<String, Breakdown>,
     pub best: Vec<TensorStat>,
     pub worst: Vec<TensorStat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<PatchInfo>,
 }
 
 pub fn info(c: &Container) -> Info {
@@ -135,13 +161,36 @@ pub fn info(c: &Container) -> Info {
     let window = crate::store::DECODE_WINDOW_BYTES as u64;
     let mut ranked: Vec<TensorStat> = stats
         .iter()
-        .filter(|s| s.raw_bytes > 0 && s.codec != "dup_ref")
+        .filter(|s| s.raw_bytes > 0 && s.codec != "dup_ref" && s.codec != "base_same")
         .cloned()
         .collect();
     ranked.sort_by(|a, b| a.ratio_pct.total_cmp(&b.ratio_pct));
     let best: Vec<TensorStat> = ranked.iter().take(5).cloned().collect();
     let worst: Vec<TensorStat> = ranked.iter().rev().take(5).cloned().collect();
     let source_size = c.index.source.file_size;
+    let patch = c.index.base.as_ref().map(|b| {
+        let ts = &c.index.tensors;
+        PatchInfo {
+            base_fingerprint: b.fingerprint.clone(),
+            made_from: b.made_from.clone(),
+            base_tensor_count: b.tensor_count,
+            removed: b.removed.clone(),
+            unchanged_tensors: ts
+                .iter()
+                .filter(|t| t.delta.as_ref().is_some_and(|d| d.same))
+                .count(),
+            delta_tensors: ts
+                .iter()
+                .filter(|t| t.chunks.iter().any(|c| c.delta))
+                .count(),
+            standalone_tensors: ts
+                .iter()
+                .filter(|t| {
+                    !t.delta.as_ref().is_some_and(|d| d.same) && !t.chunks.iter().any(|c| c.delta)
+                })
+                .count(),
+        }
+    });
     Info {
         file: c.path.display().to_string(),
         container_version: format!("{}.{}", c.version.0, c.version.1),
@@ -168,6 +217,7 @@ pub fn info(c: &Container) -> Info {
         roles,
         best,
         worst,
+        patch,
     }
 }
 

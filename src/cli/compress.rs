@@ -3,14 +3,15 @@
 use std::path::PathBuf;
 
 use bigsmall::codec::Effort;
-use bigsmall::store::{compress_file, CompressOptions, CompressReport};
-use bigsmall::store_dir::compress_dir;
+use bigsmall::delta::{auto, open_base, BaseSource};
+use bigsmall::store::{compress_file_against, CompressOptions, CompressReport, DeltaStats};
+use bigsmall::store_dir::compress_dir_against;
 
 use super::{emit, emit_json, thousands, Bar};
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  bigsmall compress model.safetensors -o model.bs\n  bigsmall compress ./llama-dir -o llama.bs      # directory of .bs + bigsmall.index.json\n  bigsmall compress model.safetensors --storage  # smallest file"
+    after_help = "Examples:\n  bigsmall compress model.safetensors -o model.bs\n  bigsmall compress ./llama-dir -o llama.bs      # directory of .bs + bigsmall.index.json\n  bigsmall compress model.safetensors --storage  # smallest file\n  bigsmall compress finetune.safetensors --delta-from base.safetensors -o patch.bs\n  bigsmall compress finetune/ --auto-delta --base-dir ~/models -o patch.bs"
 )]
 pub struct Args {
     /// The .safetensors file or model directory to compress
@@ -30,6 +31,23 @@ pub struct Args {
     /// Fastest decode: byte-aligned fields only, slightly larger
     #[arg(long, group = "mode")]
     inference: bool,
+    /// Write a patch against this base (.safetensors, model dir, .bs or compressed dir)
+    #[arg(
+        long,
+        visible_alias = "base",
+        value_name = "BASE",
+        conflicts_with = "auto_delta"
+    )]
+    delta_from: Option<PathBuf>,
+    /// Pick the closest base under the --base-dir directories by fingerprint
+    #[arg(long, requires = "base_dir")]
+    auto_delta: bool,
+    /// Where --auto-delta looks for bases (repeatable)
+    #[arg(long, value_name = "DIR")]
+    base_dir: Vec<PathBuf>,
+    /// Silence the warning printed when most matched weights changed
+    #[arg(long)]
+    force_delta: bool,
     /// Hide the progress bar
     #[arg(long)]
     no_progress: bool,
@@ -71,12 +89,59 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         effort,
         overwrite: a.force,
     };
+    let mut notes = String::new();
+    let base_path = if a.auto_delta {
+        let (pick, considered) = auto::pick(&a.src, &a.base_dir)?;
+        match pick {
+            Some(p) => {
+                notes += &format!(
+                    "auto-delta: base {} (distance {:.4}; {} candidates, {} fingerprints cached)\n",
+                    p.base.display(),
+                    p.distance,
+                    considered.len(),
+                    p.cached
+                );
+                Some(p.base)
+            }
+            None => {
+                notes += &match considered.first() {
+                    Some((c, d)) => format!(
+                        "auto-delta: no base close enough (nearest {} at distance {:.4} > {}); writing a standalone file\n",
+                        c.display(),
+                        d,
+                        auto::MAX_DISTANCE
+                    ),
+                    None => "auto-delta: no candidate bases found; writing a standalone file\n".into(),
+                };
+                None
+            }
+        }
+    } else {
+        a.delta_from.clone()
+    };
+    // Said before the work starts, like every choice the user did not make explicitly.
+    if !a.json && !notes.is_empty() {
+        eprint!("{notes}");
+    }
+    let base: Option<std::sync::Arc<dyn BaseSource>> = match &base_path {
+        Some(p) => Some(open_base(p)?),
+        None => None,
+    };
     let bar = Bar::new(a.no_progress);
     let r = if is_dir {
-        compress_dir(&a.src, &dst, &opts, &bar)?
+        compress_dir_against(&a.src, &dst, &opts, base.as_deref(), &bar)?
     } else {
-        compress_file(&a.src, &dst, &opts, &bar)?
+        compress_file_against(&a.src, &dst, &opts, base.as_deref(), None, &bar)?
     };
+    if let Some(d) = &r.delta {
+        if d.changed_fraction() > DeltaStats::REGIME_LIMIT && !a.force_delta {
+            eprintln!(
+                "bigsmall: warning: {:.0}% of matched weight bytes changed (over {:.0}%): delta coding is in its measured does-not-pay regime; each chunk was still stored the smaller way (--force-delta silences this)",
+                d.changed_fraction() * 100.0,
+                DeltaStats::REGIME_LIMIT * 100.0
+            );
+        }
+    }
     if a.json {
         #[derive(serde::Serialize)]
         struct Out<'a> {
@@ -112,6 +177,28 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         s += &format!("saved:      {} bytes\n", thousands(saved));
         if r.duplicates > 0 {
             s += &format!("duplicates: {} tensors stored once\n", r.duplicates);
+        }
+        if let Some(d) = &r.delta {
+            s += &format!(
+                "base:       {} (fingerprint {})\n",
+                d.base,
+                &d.base_fingerprint[..16]
+            );
+            s += &format!(
+                "patch:      {} matched tensors ({} unchanged), {} delta chunks, {} standalone chunks, {} added, {} removed\n",
+                d.matched_tensors,
+                d.unchanged_tensors,
+                d.delta_chunks,
+                d.standalone_chunks,
+                d.added_tensors.len(),
+                d.removed_tensors.len()
+            );
+            s += &format!(
+                "changed:    {} of {} matched bytes ({:.2}%)\n",
+                thousands(d.changed_bytes),
+                thousands(d.matched_bytes),
+                d.changed_fraction() * 100.0
+            );
         }
         s += &format!("elapsed:    {:.2}s ({mb_s:.0} MB/s)\n", r.seconds);
         emit(&s);

@@ -2,14 +2,15 @@
 
 use std::path::PathBuf;
 
-use bigsmall::store::{decompress_file, DecompressOptions};
-use bigsmall::store_dir::decompress_dir;
+use bigsmall::delta::open_base;
+use bigsmall::store::{decompress_file_with, DecompressOptions};
+use bigsmall::store_dir::decompress_dir_with;
 
 use super::{emit, emit_json, is_bs_dir, Bar};
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  bigsmall decompress model.bs -o model.safetensors\n  bigsmall decompress llama.bs/ -o llama-dir   # directory in, directory out\n  bigsmall decompress model.bs --md5            # also check every md5 receipt"
+    after_help = "Examples:\n  bigsmall decompress model.bs -o model.safetensors\n  bigsmall decompress llama.bs/ -o llama-dir   # directory in, directory out\n  bigsmall decompress model.bs --md5            # also check every md5 receipt\n  bigsmall decompress patch.bs --base base.safetensors -o finetune.safetensors"
 )]
 pub struct Args {
     /// The .bs file or compressed directory
@@ -23,6 +24,9 @@ pub struct Args {
     /// Also check each tensor's md5 receipt (chunk checksums are always checked)
     #[arg(long)]
     md5: bool,
+    /// The base a patch was made against (.safetensors, model dir, .bs or compressed dir)
+    #[arg(long, value_name = "BASE")]
+    base: Option<PathBuf>,
     /// Hide the progress bar
     #[arg(long)]
     no_progress: bool,
@@ -32,6 +36,36 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
+    run_with(
+        a.src,
+        a.output,
+        a.base,
+        a.force,
+        a.md5,
+        a.no_progress,
+        a.json,
+    )
+}
+
+/// Shared by `decompress` and `apply`.
+pub fn run_with(
+    src: PathBuf,
+    output: Option<PathBuf>,
+    base: Option<PathBuf>,
+    force: bool,
+    md5: bool,
+    no_progress: bool,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let a = Args {
+        src,
+        output,
+        force,
+        md5,
+        base,
+        no_progress,
+        json,
+    };
     let dir = is_bs_dir(&a.src);
     let dst = a.output.clone().unwrap_or_else(|| {
         if dir {
@@ -52,11 +86,15 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         overwrite: a.force,
         check_md5: a.md5,
     };
+    let base = match &a.base {
+        Some(p) => Some(open_base(p)?),
+        None => None,
+    };
     let bar = Bar::new(a.no_progress);
     let r = if dir {
-        decompress_dir(&a.src, &dst, &opts, &bar)?
+        decompress_dir_with(&a.src, &dst, &opts, base, &bar)?
     } else {
-        decompress_file(&a.src, &dst, &opts, &bar)?
+        decompress_file_with(&a.src, &dst, &opts, base, &bar)?
     };
     if a.json {
         emit_json(&serde_json::json!({

@@ -82,6 +82,30 @@ fn render(i: &Info) -> String {
             format!("{} tensors stored once (tied/shared)", i.duplicates),
         );
     }
+    if let Some(p) = &i.patch {
+        s += &kv(
+            "patch_of",
+            format!("{} (made from {})", p.base_fingerprint, p.made_from),
+        );
+        s += &kv(
+            "patch_tensors",
+            format!(
+                "{} unchanged (index entry only), {} delta, {} standalone; base has {} tensors, {} removed",
+                p.unchanged_tensors,
+                p.delta_tensors,
+                p.standalone_tensors,
+                p.base_tensor_count,
+                p.removed.len()
+            ),
+        );
+        s += &kv(
+            "saved",
+            format!(
+                "{} bytes vs the fine-tune's safetensors",
+                thousands(i.source_size.saturating_sub(i.file_size))
+            ),
+        );
+    }
     s += &kv("layer_count", i.layer_count.to_string());
     s += &kv("non_layer_raw_bytes", human(i.non_layer_raw_bytes));
     s += &kv("largest_layer_raw_bytes", human(i.largest_layer_raw_bytes));

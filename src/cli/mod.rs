@@ -1,9 +1,11 @@
 //! Command-line front end: one file per subcommand, each turning arguments into a library call
 //! and the result into text or `--json`. Flags are defined once, here and in those files.
 
+mod apply;
 mod benchmark;
 mod compress;
 mod decompress;
+mod diff;
 mod info;
 mod scan;
 mod stat;
@@ -45,6 +47,10 @@ enum Command {
     Verify(verify::Args),
     /// Compress + decompress in-process: ratio, throughput, peak RSS, per-role breakdown
     Benchmark(benchmark::Args),
+    /// Rebuild a fine-tune from its base and a patch (same as decompress --base)
+    Apply(apply::Args),
+    /// Compare two models: added / removed / changed tensors; --patch writes the delta
+    Diff(diff::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -56,6 +62,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Scan(a) => scan::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Benchmark(a) => benchmark::run(a),
+        Command::Apply(a) => apply::run(a),
+        Command::Diff(a) => diff::run(a),
     }
 }
 

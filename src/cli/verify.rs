@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use bigsmall::integrity::{verify, VerifyMode, VerifyReport};
+use bigsmall::delta::open_base;
+use bigsmall::integrity::{verify_with, VerifyMode, VerifyReport};
 
 use super::{container_files, emit, emit_json, thousands};
 
@@ -26,6 +27,9 @@ pub struct Args {
     /// Compare against the original safetensors file (or directory) instead of receipts
     #[arg(long, value_name = "ORIG")]
     source: Option<PathBuf>,
+    /// The base of a patch (needed for every mode but --fast)
+    #[arg(long, value_name = "BASE")]
+    base: Option<PathBuf>,
     /// Print details
     #[arg(short, long)]
     verbose: bool,
@@ -75,7 +79,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         } else {
             VerifyMode::Full
         };
-        reports.push(verify(f, &mode)?);
+        let base = match &a.base {
+            Some(p) => Some(open_base(p)?),
+            None => None,
+        };
+        reports.push(verify_with(f, &mode, base)?);
     }
     let ok = reports.iter().all(|r| r.ok());
     if a.json {

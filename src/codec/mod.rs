@@ -97,6 +97,7 @@ pub mod tag {
     pub const FILL: u8 = 5;
     pub const PLANES: u8 = 6;
     pub const PALETTE16: u8 = 7;
+    pub const SYM16: u8 = 8;
 
     pub fn name(t: u8) -> &'static str {
         match t {
@@ -108,9 +109,54 @@ pub mod tag {
             FILL => "fill",
             PLANES => "byte_planes",
             PALETTE16 => "palette16",
+            SYM16 => "sym16_rans",
             _ => "unknown",
         }
     }
+}
+
+/// Codes a chunk of mostly-zero data (a difference against a base tensor): whole 16-bit
+/// values as one rANS symbol stream when they have at most 256 distinct values (the
+/// zeroth-order entropy of the stream), byte planes, zstd (long zero runs), or raw — the
+/// smallest measured.
+pub fn encode_sparse_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u8> {
+    let w = kind.width();
+    if data.len() >= 2 * w && data.chunks_exact(w).all(|e| e == &data[..w]) {
+        let mut out = vec![tag::FILL];
+        out.extend_from_slice(&data[..w]);
+        return out;
+    }
+    let mut best = encode_planes(data, w, effort);
+    if w == 2 {
+        let values: Vec<u16> = data
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        let h = stream::Histogram::of(values.iter().copied(), 16);
+        if let Some(plan) = stream::plan_symbols(&h) {
+            if plan.bytes + 1 < best.len() {
+                let mut out = vec![tag::SYM16];
+                stream::write_symbols(&plan, &values, &mut out);
+                best = out;
+            }
+        }
+    }
+    // Long zero runs are where an LZ coder beats order-0 coding; a quick probe decides.
+    if effort.zstd_always() || stream::worth_trying_zstd(data, best.len()) {
+        if let Ok(z) = zstd::bulk::compress(data, effort.zstd_level().unwrap_or(1).max(3)) {
+            if z.len() + 1 < best.len() {
+                best = Vec::with_capacity(z.len() + 1);
+                best.push(tag::ZSTD);
+                best.extend_from_slice(&z);
+            }
+        }
+    }
+    if best.len() > data.len() + 1 {
+        best.clear();
+        best.push(tag::RAW);
+        best.extend_from_slice(data);
+    }
+    best
 }
 
 /// Codes one chunk (`data.len()` a multiple of the element width), choosing the smallest
@@ -203,6 +249,13 @@ pub fn decode_chunk(kind: ElemKind, blob: &[u8], out: &mut [u8]) -> Result<(), C
             };
             let _ = flavour; // field layout is the same for both: sign | 15-bit magnitude
             split::decode16(&mut r, out)?;
+        }
+        tag::SYM16 => {
+            if w != 2 {
+                return Err(CodecError::Corrupt("sym16 codec on a non-16-bit tensor"));
+            }
+            let s = stream::read_symbols(&mut r, 16)?;
+            stream::decode_symbols_u16(&s, out)?;
         }
         tag::PALETTE16 => {
             if w != 2 {

@@ -252,6 +252,37 @@ pub fn decode_symbols<F: FnMut(usize, u16)>(
     }
 }
 
+/// Decodes a 16-bit symbol stream straight into little-endian words (`out.len() / 2` values):
+/// indices from the SIMD block decoder, mapped through the alphabet.
+pub fn decode_symbols_u16(s: &SymStream<'_>, out: &mut [u8]) -> Result<(), CodecError> {
+    match s {
+        SymStream::Const(v) => {
+            for o in out.chunks_exact_mut(2) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+            Ok(())
+        }
+        SymStream::Rans {
+            table,
+            values,
+            coded,
+            ..
+        } => {
+            let mut d = rans::Decoder::new(coded)?;
+            let mut idx = [0u8; 8192];
+            for block in out.chunks_mut(2 * idx.len()) {
+                let n = block.len() / 2;
+                d.decode_block(table, &mut idx[..n])?;
+                for (o, &i) in block.chunks_exact_mut(2).zip(&idx[..n]) {
+                    o.copy_from_slice(&values[i as usize].to_le_bytes());
+                }
+            }
+            d.finish()?;
+            Ok(())
+        }
+    }
+}
+
 /// Reads a symbol stream whose values fit a byte, block by block (blocks a multiple of the
 /// rANS group except the last): indices come from the SIMD decoder and are mapped through a
 /// table.

@@ -45,6 +45,34 @@ pub struct Index {
     pub chunk_bytes: u64,
     pub source: Source,
     pub tensors: Vec<TensorEntry>,
+    /// Present when this container is a patch against a base model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseRef>,
+}
+
+/// The base a patch was made against.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BaseRef {
+    /// md5 over `name \t md5 \n` of every base tensor, sorted by name.
+    pub fingerprint: String,
+    /// Where the base was read from when the patch was made (informational).
+    pub made_from: String,
+    pub tensor_count: usize,
+    /// Base tensors the fine-tune does not have.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+}
+
+/// How a patch tensor relates to the base tensor of the same name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeltaRef {
+    /// The base tensor's md5 receipt.
+    pub base_md5: String,
+    /// xxh3-64 of the base tensor's bytes: checked before a patch is applied.
+    pub base_hash: u64,
+    /// The tensor equals the base tensor: no chunks are stored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub same: bool,
 }
 
 /// What the container was made from, enough to rebuild it byte for byte.
@@ -72,6 +100,9 @@ pub struct TensorEntry {
     /// Index of an earlier tensor with identical bytes; this one then has no chunks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dup_of: Option<usize>,
+    /// In a patch: the base tensor of the same name this one is stored against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaRef>,
     #[serde(default)]
     pub chunks: Vec<ChunkEntry>,
 }
@@ -105,7 +136,14 @@ pub struct ChunkEntry {
     /// Codec tag (the blob's first byte), for reports without reading blobs.
     #[serde(rename = "c")]
     pub codec: u8,
+    /// The blob holds `fine − base` for this byte range (element-wise, wrapping) rather than
+    /// the bytes themselves.
+    #[serde(rename = "d", default, skip_serializing_if = "std::ops::Not::not")]
+    pub delta: bool,
 }
+
+/// Codec value of the virtual chunks of a tensor that equals its base: copied, not decoded.
+pub const BASE_COPY: u8 = 255;
 
 /// The fixed-size end of every container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use super::{
-    fast_hash, ChunkEntry, Index, TensorEntry, Trailer, DATA_START, MAGIC, MAJOR, MAX_INDEX_JSON,
-    PREAMBLE_LEN, TRAILER_LEN,
+    fast_hash, ChunkEntry, Index, TensorEntry, Trailer, BASE_COPY, DATA_START, MAGIC, MAJOR,
+    MAX_INDEX_JSON, PREAMBLE_LEN, TRAILER_LEN,
 };
 use crate::codec::{decode_chunk, ElemKind};
+use crate::delta::BaseSource;
 use crate::error::{Error, Result};
 use crate::model::safetensors::{elem_kind, parse_dtype};
 
@@ -26,6 +27,10 @@ pub struct Container {
     pub version: (u16, u16),
     /// Element kind of each tensor (parallel to `index.tensors`).
     kinds: Vec<ElemKind>,
+    /// For patch tensors equal to their base: chunks that copy the base (nothing stored).
+    virtual_chunks: Vec<Option<Vec<ChunkEntry>>>,
+    /// The base a patch is applied to, once attached and verified.
+    base: Option<std::sync::Arc<dyn BaseSource>>,
 }
 
 impl Container {
@@ -98,6 +103,31 @@ impl Container {
         let index: Index =
             serde_json::from_slice(&json).map_err(|e| bad(format!("index is malformed: {e}")))?;
         let kinds = validate(&index, trailer.index_offset).map_err(bad)?;
+        let virtual_chunks = index
+            .tensors
+            .iter()
+            .zip(&kinds)
+            .map(|(t, k)| {
+                t.delta.as_ref().filter(|d| d.same).map(|_| {
+                    let step = (index.chunk_bytes as usize / k.width()).max(1) * k.width();
+                    let mut v = Vec::new();
+                    let mut s = 0u64;
+                    while s < t.raw_len() {
+                        let e = (s + step as u64).min(t.raw_len());
+                        v.push(ChunkEntry {
+                            offset: 0,
+                            len: 0,
+                            raw_len: e - s,
+                            hash: 0,
+                            codec: BASE_COPY,
+                            delta: true,
+                        });
+                        s = e;
+                    }
+                    v
+                })
+            })
+            .collect();
         Ok(Container {
             path: path.to_path_buf(),
             mmap,
@@ -105,7 +135,65 @@ impl Container {
             trailer,
             version: (major, minor),
             kinds,
+            virtual_chunks,
+            base: None,
         })
+    }
+
+    /// True when this container is a patch that needs a base to decode.
+    pub fn is_patch(&self) -> bool {
+        self.index.base.is_some()
+    }
+
+    /// Attaches the base a patch is applied to, after checking that every base tensor the
+    /// patch refers to is exactly the one it was made against (xxh3 of its bytes). The error
+    /// names the first tensor that differs.
+    pub fn attach_base(&mut self, base: std::sync::Arc<dyn BaseSource>) -> Result<()> {
+        use rayon::prelude::*;
+        if !self.is_patch() {
+            return Err(Error::invalid(
+                &self.path,
+                "is not a patch; a base is only used with patches",
+            ));
+        }
+        let refs: Vec<(usize, &TensorEntry)> = self
+            .index
+            .tensors
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.delta.is_some())
+            .collect();
+        let bad: Vec<Option<String>> = refs
+            .par_iter()
+            .map(|(_, t)| {
+                let d = t.delta.as_ref().expect("filtered");
+                let Some(bt) = base.find(&t.name) else {
+                    return Some(format!("has no tensor '{}'", t.name));
+                };
+                if bt.dtype != t.dtype || bt.shape != t.shape || bt.len != t.raw_len() {
+                    return Some(format!(
+                        "tensor '{}' is {} {:?} but the patch was made against {} {:?}",
+                        t.name, bt.dtype, bt.shape, t.dtype, t.shape
+                    ));
+                }
+                match crate::delta::base_hash(base.as_ref(), &t.name, bt.len) {
+                    Ok(h) if h == d.base_hash => None,
+                    Ok(_) => Some(format!(
+                        "tensor '{}' differs from the base this patch was made against (expected md5 {})",
+                        t.name, d.base_md5
+                    )),
+                    Err(e) => Some(e.to_string()),
+                }
+            })
+            .collect();
+        if let Some(why) = bad.into_iter().flatten().next() {
+            return Err(Error::invalid(
+                base.path(),
+                format!("wrong base for this patch: {why}"),
+            ));
+        }
+        self.base = Some(base);
+        Ok(())
     }
 
     pub fn file_size(&self) -> u64 {
@@ -134,13 +222,26 @@ impl Container {
     pub fn decode_chunk_into(&self, tensor: usize, chunk: usize, out: &mut [u8]) -> Result<()> {
         let t = &self.index.tensors[tensor];
         let s = self.storage_of(tensor);
-        let c = &self.index.tensors[s].chunks[chunk];
+        let c = &self.chunks(tensor)[chunk];
+        let base_range = || -> Result<std::borrow::Cow<'_, [u8]>> {
+            let base = self.base.as_ref().ok_or_else(|| self.needs_base())?;
+            let start: u64 = self.chunks(tensor)[..chunk].iter().map(|c| c.raw_len).sum();
+            base.range(&t.name, start, start + c.raw_len)
+        };
+        if c.codec == BASE_COPY {
+            // Verified as a whole when the base was attached.
+            out.copy_from_slice(&base_range()?);
+            return Ok(());
+        }
         decode_chunk(self.kinds[s], self.blob(c), out).map_err(|source| Error::Decode {
             path: self.path.clone(),
             tensor: t.name.clone(),
             chunk,
             source,
         })?;
+        if c.delta {
+            crate::delta::add_in_place(out, &base_range()?, self.kinds[s].width());
+        }
         if fast_hash(out) != c.hash {
             return Err(Error::Integrity {
                 path: self.path.clone(),
@@ -151,9 +252,29 @@ impl Container {
         Ok(())
     }
 
-    /// Chunks of a tensor (following duplicates).
+    /// Chunks of a tensor (following duplicates; virtual base copies for unchanged patch
+    /// tensors).
     pub fn chunks(&self, tensor: usize) -> &[ChunkEntry] {
-        &self.index.tensors[self.storage_of(tensor)].chunks
+        let s = self.storage_of(tensor);
+        match &self.virtual_chunks[s] {
+            Some(v) => v,
+            None => &self.index.tensors[s].chunks,
+        }
+    }
+
+    fn needs_base(&self) -> Error {
+        Error::invalid(
+            &self.path,
+            "is a patch: give its base with --base BASE (or use `bigsmall apply BASE PATCH`)",
+        )
+    }
+
+    /// Errors unless the container can be decoded on its own or has its base attached.
+    pub fn check_decodable(&self) -> Result<()> {
+        if self.is_patch() && self.base.is_none() {
+            return Err(self.needs_base());
+        }
+        Ok(())
     }
 
     /// Decodes a whole tensor (all cores).
@@ -218,7 +339,27 @@ fn validate(index: &Index, data_end: u64) -> std::result::Result<Vec<ElemKind>, 
             ));
         }
         expect_start = e;
-        if let Some(d) = t.dup_of {
+        let same = t.delta.as_ref().is_some_and(|d| d.same);
+        if t.delta.is_some() && index.base.is_none() {
+            return Err(format!(
+                "tensor '{}' refers to a base but the file names none",
+                t.name
+            ));
+        }
+        if t.chunks.iter().any(|c| c.delta) && t.delta.is_none() {
+            return Err(format!(
+                "tensor '{}' has delta chunks without a base reference",
+                t.name
+            ));
+        }
+        if same {
+            if !t.chunks.is_empty() || t.dup_of.is_some() {
+                return Err(format!(
+                    "tensor '{}' equals its base but stores data",
+                    t.name
+                ));
+            }
+        } else if let Some(d) = t.dup_of {
             let ok = d < i
                 && index.tensors[d].dup_of.is_none()
                 && index.tensors[d].raw_len() == t.raw_len()
@@ -255,6 +396,11 @@ fn validate(index: &Index, data_end: u64) -> std::result::Result<Vec<ElemKind>, 
                     sum,
                     t.raw_len()
                 ));
+            }
+        }
+        if let Some(d) = &t.delta {
+            if d.base_md5.len() != 32 || !d.base_md5.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("tensor '{}' has a malformed base receipt", t.name));
             }
         }
         if t.md5.len() != 32 || !t.md5.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -57,7 +57,22 @@ fn splitmix(state: &mut u64) -> u64 {
 /// Verifies one container. Structural damage is an `Err`; decoded-data mismatches are listed
 /// in the report's `problems` so every bad tensor is named, not just the first.
 pub fn verify(path: &Path, mode: &VerifyMode) -> Result<VerifyReport> {
-    let c = Container::open(path)?;
+    verify_with(path, mode, None)
+}
+
+/// Verifies a container; a patch needs its base for every mode but `Fast`.
+pub fn verify_with(
+    path: &Path,
+    mode: &VerifyMode,
+    base: Option<std::sync::Arc<dyn crate::delta::BaseSource>>,
+) -> Result<VerifyReport> {
+    let mut c = Container::open(path)?;
+    if let Some(b) = base {
+        c.attach_base(b)?;
+    }
+    if !matches!(mode, VerifyMode::Fast) {
+        c.check_decodable()?;
+    }
     let mut report = VerifyReport {
         file: path.display().to_string(),
         format_version: format!("{}.{}", c.version.0, c.version.1),
@@ -85,7 +100,7 @@ pub fn verify(path: &Path, mode: &VerifyMode) -> Result<VerifyReport> {
                 if te.dup_of.is_some() {
                     continue;
                 }
-                for k in 0..te.chunks.len() {
+                for k in 0..c.chunks(t).len() {
                     let u = (splitmix(&mut rng) >> 11) as f64 / (1u64 << 53) as f64;
                     if u < *fraction {
                         picks.push((t, k));
@@ -99,7 +114,7 @@ pub fn verify(path: &Path, mode: &VerifyMode) -> Result<VerifyReport> {
                     .tensors
                     .iter()
                     .enumerate()
-                    .flat_map(|(t, te)| (0..te.chunks.len()).map(move |k| (t, k)))
+                    .flat_map(|(t, _)| (0..c.chunks(t).len()).map(move |k| (t, k)))
                     .collect();
                 picks.push(all[(splitmix(&mut rng) % all.len() as u64) as usize]);
             }
@@ -128,7 +143,7 @@ pub fn verify(path: &Path, mode: &VerifyMode) -> Result<VerifyReport> {
                 let te = &c.index.tensors[t];
                 let mut h = Md5::new();
                 let mut buf = Vec::new();
-                for (k, ch) in te.chunks.iter().enumerate() {
+                for (k, ch) in c.chunks(t).iter().enumerate() {
                     buf.resize(ch.raw_len as usize, 0);
                     if let Err(e) = c.decode_chunk_into(t, k, &mut buf) {
                         note(e);

@@ -1,0 +1,42 @@
+//! `bigsmall apply BASE PATCH`: rebuild a fine-tune from its base and a patch (the same as
+//! `decompress PATCH --base BASE`).
+
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  bigsmall apply base.safetensors patch.bs -o finetune.safetensors\n  bigsmall apply base-dir/ patch.bs/ -o finetune-dir/"
+)]
+pub struct Args {
+    /// The base model the patch was made against (.safetensors, model dir, .bs or compressed dir)
+    base: PathBuf,
+    /// The patch (.bs or compressed directory)
+    patch: PathBuf,
+    /// Output file or directory
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Overwrite the output if it exists
+    #[arg(short, long)]
+    force: bool,
+    /// Also check each tensor's md5 receipt
+    #[arg(long)]
+    md5: bool,
+    /// Hide the progress bar
+    #[arg(long)]
+    no_progress: bool,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    super::decompress::run_with(
+        a.patch,
+        a.output,
+        Some(a.base),
+        a.force,
+        a.md5,
+        a.no_progress,
+        a.json,
+    )
+}

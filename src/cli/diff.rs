@@ -1,0 +1,94 @@
+//! `bigsmall diff A B`: added / removed / changed / unchanged tensors, from receipts where the
+//! inputs are containers; `--patch OUT` writes the patch from A to B.
+
+use std::path::PathBuf;
+
+use bigsmall::codec::Effort;
+use bigsmall::delta::diff::diff;
+use bigsmall::delta::open_base;
+use bigsmall::store::{compress_file_against, CompressOptions};
+use bigsmall::store_dir::compress_dir_against;
+
+use super::{emit, emit_json, human, Bar};
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  bigsmall diff v1.bs v2.bs\n  bigsmall diff base.safetensors finetune.safetensors --patch patch.bs\n  bigsmall diff base-dir/ finetune-dir/ --json"
+)]
+pub struct Args {
+    /// The first model (.bs, compressed dir, .safetensors or model dir)
+    a: PathBuf,
+    /// The second model
+    b: PathBuf,
+    /// Also write the patch from A to B (B must be a .safetensors file or model dir)
+    #[arg(long, value_name = "OUT")]
+    patch: Option<PathBuf>,
+    /// List unchanged tensors too
+    #[arg(short, long)]
+    all: bool,
+    /// Overwrite the patch if it exists
+    #[arg(short, long)]
+    force: bool,
+    /// Hide the progress bar
+    #[arg(long)]
+    no_progress: bool,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    let r = diff(&a.a, &a.b)?;
+    if let Some(out) = &a.patch {
+        let base = open_base(&a.a)?;
+        let opts = CompressOptions {
+            effort: Effort::Balanced,
+            overwrite: a.force,
+        };
+        let bar = Bar::new(a.no_progress);
+        let rep = if a.b.is_dir() {
+            compress_dir_against(&a.b, out, &opts, Some(base.as_ref()), &bar)?
+        } else {
+            compress_file_against(&a.b, out, &opts, Some(base.as_ref()), None, &bar)?
+        };
+        if !a.json {
+            eprintln!(
+                "patch: {} -> {} ({} bytes)",
+                a.b.display(),
+                out.display(),
+                rep.output_bytes
+            );
+        }
+    }
+    if a.json {
+        emit_json(&r);
+        return Ok(0);
+    }
+    let mut s = format!("diff: {} -> {}\n", r.a, r.b);
+    for row in &r.rows {
+        if row.status == "unchanged" && !a.all {
+            continue;
+        }
+        let desc = match (&row.a, &row.b) {
+            (Some(x), Some(y)) if row.status == "resized" => {
+                format!("{} {:?} -> {} {:?}", x.dtype, x.shape, y.dtype, y.shape)
+            }
+            (_, Some(y)) => format!("{} {:?} {}", y.dtype, y.shape, human(y.bytes)),
+            (Some(x), None) => format!("{} {:?} {}", x.dtype, x.shape, human(x.bytes)),
+            (None, None) => String::new(),
+        };
+        s += &format!("  {:<9} {}  {}\n", row.status, row.name, desc);
+    }
+    s += &format!(
+        "added {}, removed {}, changed {}, resized {}, unchanged {} ({} changed, {} unchanged)\n",
+        r.added,
+        r.removed,
+        r.changed,
+        r.resized,
+        r.unchanged,
+        human(r.changed_bytes),
+        human(r.unchanged_bytes)
+    );
+    emit(&s);
+    Ok(0)
+}

@@ -1,0 +1,343 @@
+//! `--auto-delta`: find the closest base for a model among candidates under `--base-dir`s.
+//!
+//! A fingerprint is the model's tensor list (name, dtype, shape, bytes) plus, for its eight
+//! largest float tensors, the histogram of the top byte (sign and high exponent bits) over a
+//! deterministic sample of elements. Fine-tunes keep their base's names and shapes and almost
+//! exactly its exponent histograms; unrelated models differ in both. Distance:
+//! `(1 − share of the input's bytes whose name, dtype and shape match) + ½·mean L1 distance of
+//! the histograms of the sampled tensors present in both`.
+//!
+//! Fingerprints of candidates are cached in `<base-dir>/.bigsmall-fingerprints.json` (or, when
+//! that directory is not writable, in `$XDG_CACHE_HOME/bigsmall/` or `~/.cache/bigsmall/`),
+//! keyed by path, size and modification time, so a second run reads no weights.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::format::reader::Container;
+use crate::model::dir::scan_dir;
+use crate::model::safetensors::{dtype_name, SafetensorsFile};
+use crate::store_dir::{read_dir_index, DIR_INDEX};
+
+/// Above this distance a candidate is not considered a base of the input.
+pub const MAX_DISTANCE: f64 = 0.25;
+const SAMPLED: usize = 8;
+const SAMPLE_ELEMENTS: usize = 65_536;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Fingerprint {
+    /// name -> (dtype, shape, bytes)
+    pub tensors: BTreeMap<String, (String, Vec<u64>, u64)>,
+    /// name -> normalised histogram of the elements' top byte (256 bins)
+    pub hist: BTreeMap<String, Vec<f32>>,
+}
+
+/// Top-byte histogram of a deterministic sample of a float tensor's elements.
+fn histogram(bytes: &[u8], width: usize) -> Vec<f32> {
+    let n = bytes.len() / width;
+    let step = (n / SAMPLE_ELEMENTS).max(1);
+    let mut h = vec![0u32; 256];
+    let mut count = 0u32;
+    for e in bytes.chunks_exact(width).step_by(step) {
+        h[e[width - 1] as usize] += 1;
+        count += 1;
+    }
+    h.iter().map(|&c| c as f32 / count.max(1) as f32).collect()
+}
+
+fn is_float(dtype: &str) -> Option<usize> {
+    match dtype {
+        "BF16" | "F16" => Some(2),
+        "F32" => Some(4),
+        "F8_E4M3" | "F8_E5M2" => Some(1),
+        _ => None,
+    }
+}
+
+/// The largest float tensors, the ones whose histograms are sampled.
+fn sampled_names(tensors: &BTreeMap<String, (String, Vec<u64>, u64)>) -> Vec<String> {
+    let mut v: Vec<(&String, u64)> = tensors
+        .iter()
+        .filter(|(_, (d, _, _))| is_float(d).is_some())
+        .map(|(n, (_, _, b))| (n, *b))
+        .collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    v.into_iter()
+        .take(SAMPLED)
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// Fingerprints a `.safetensors` file, model directory, `.bs` or compressed directory.
+pub fn fingerprint(path: &Path) -> Result<Fingerprint> {
+    let mut fp = Fingerprint {
+        tensors: BTreeMap::new(),
+        hist: BTreeMap::new(),
+    };
+    let containers: Vec<PathBuf> = if path.is_dir() && path.join(DIR_INDEX).is_file() {
+        let idx = read_dir_index(path)?;
+        idx.shards.iter().map(|s| path.join(&s.file)).collect()
+    } else if path.extension().is_some_and(|e| e == "bs") && path.is_file() {
+        vec![path.to_path_buf()]
+    } else {
+        Vec::new()
+    };
+    if !containers.is_empty() {
+        let opened: Vec<Container> = containers
+            .iter()
+            .map(|f| Container::open(f))
+            .collect::<Result<_>>()?;
+        for c in &opened {
+            for t in &c.index.tensors {
+                fp.tensors.insert(
+                    t.name.clone(),
+                    (t.dtype.clone(), t.shape.clone(), t.raw_len()),
+                );
+            }
+        }
+        for name in sampled_names(&fp.tensors) {
+            for c in &opened {
+                if let Some(i) = c.find(&name) {
+                    if c.is_patch() {
+                        continue;
+                    }
+                    // The first chunk is a deterministic sample.
+                    let ch = c.chunks(i).first().copied();
+                    if let Some(ch) = ch {
+                        let mut buf = vec![0u8; ch.raw_len as usize];
+                        c.decode_chunk_into(i, 0, &mut buf)?;
+                        let w = is_float(&c.index.tensors[i].dtype).unwrap_or(1);
+                        fp.hist.insert(name.clone(), histogram(&buf, w));
+                    }
+                }
+            }
+        }
+        return Ok(fp);
+    }
+    let files: Vec<PathBuf> = if path.is_dir() {
+        scan_dir(path)?
+            .weights
+            .into_iter()
+            .map(|p| path.join(p))
+            .collect()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let opened: Vec<SafetensorsFile> = files
+        .iter()
+        .map(|f| SafetensorsFile::open(f))
+        .collect::<Result<_>>()?;
+    for st in &opened {
+        for t in &st.tensors {
+            fp.tensors.insert(
+                t.name.clone(),
+                (
+                    dtype_name(t.dtype),
+                    t.shape.iter().map(|&d| d as u64).collect(),
+                    t.len() as u64,
+                ),
+            );
+        }
+    }
+    for name in sampled_names(&fp.tensors) {
+        for st in &opened {
+            if let Some(t) = st.tensors.iter().find(|t| t.name == name) {
+                // Same sample as for containers: the first chunk's worth of bytes.
+                let bytes = st.tensor_bytes(t);
+                let w = is_float(&dtype_name(t.dtype)).unwrap_or(1);
+                let cut = bytes.len().min(crate::format::CHUNK_BYTES / w * w);
+                fp.hist.insert(name.clone(), histogram(&bytes[..cut], w));
+            }
+        }
+    }
+    Ok(fp)
+}
+
+/// Distance between an input and a candidate base (0 = same names/shapes and histograms).
+pub fn distance(input: &Fingerprint, base: &Fingerprint) -> f64 {
+    let total: u64 = input.tensors.values().map(|t| t.2).sum();
+    let matched: u64 = input
+        .tensors
+        .iter()
+        .filter(|(n, t)| base.tensors.get(*n) == Some(t))
+        .map(|(_, t)| t.2)
+        .sum();
+    let overlap = matched as f64 / total.max(1) as f64;
+    let mut l1 = Vec::new();
+    for (n, h) in &input.hist {
+        if let Some(g) = base.hist.get(n) {
+            l1.push(
+                h.iter()
+                    .zip(g)
+                    .map(|(a, b)| f64::from((a - b).abs()))
+                    .sum::<f64>(),
+            );
+        }
+    }
+    let hist = if l1.is_empty() {
+        1.0
+    } else {
+        l1.iter().sum::<f64>() / l1.len() as f64
+    };
+    (1.0 - overlap) + 0.5 * hist
+}
+
+/// Model-like entries directly under a base directory.
+fn candidates(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for e in entries {
+        let e = e.map_err(|e| Error::io(dir, e))?;
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        if p.is_dir() {
+            if p.join(DIR_INDEX).is_file() || scan_dir(&p).is_ok() {
+                out.push(p);
+            }
+        } else if name.ends_with(".safetensors") || name.ends_with(".bs") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Identity of a candidate on disk: total size and newest modification time of its files.
+fn stamp(path: &Path) -> String {
+    fn walk(p: &Path, size: &mut u64, newest: &mut u128) {
+        if let Ok(m) = std::fs::metadata(p) {
+            if m.is_dir() {
+                if let Ok(rd) = std::fs::read_dir(p) {
+                    for e in rd.flatten() {
+                        walk(&e.path(), size, newest);
+                    }
+                }
+            } else {
+                *size += m.len();
+                if let Ok(t) = m.modified() {
+                    let ns = t
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos())
+                        .unwrap_or(0);
+                    *newest = (*newest).max(ns);
+                }
+            }
+        }
+    }
+    let (mut size, mut newest) = (0u64, 0u128);
+    walk(path, &mut size, &mut newest);
+    format!("{size}:{newest}")
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Cache {
+    /// candidate file name -> (stamp, fingerprint)
+    entries: BTreeMap<String, (String, Fingerprint)>,
+}
+
+fn cache_paths(dir: &Path) -> Vec<PathBuf> {
+    let mut v = vec![dir.join(".bigsmall-fingerprints.json")];
+    let user = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    if let Some(u) = user {
+        let key = crate::store::md5_hex(dir.to_string_lossy().as_bytes());
+        v.push(
+            u.join("bigsmall")
+                .join(format!("fingerprints-{}.json", &key[..16])),
+        );
+    }
+    v
+}
+
+/// Every candidate considered, with its distance, nearest first.
+pub type Considered = Vec<(PathBuf, f64)>;
+
+/// The pick of `--auto-delta`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pick {
+    pub base: PathBuf,
+    pub distance: f64,
+    /// Every candidate considered, with its distance.
+    pub considered: Vec<(PathBuf, f64)>,
+    /// Candidates whose fingerprint came from the cache.
+    pub cached: usize,
+}
+
+/// Finds the closest candidate; `None` in `base` position when none is within
+/// `MAX_DISTANCE` (the caller then writes a standalone file).
+pub fn pick(input: &Path, base_dirs: &[PathBuf]) -> Result<(Option<Pick>, Considered)> {
+    let me = fingerprint(input)?;
+    let input_canon = input.canonicalize().ok();
+    let mut considered = Vec::new();
+    let mut cached = 0;
+    for dir in base_dirs {
+        if !dir.is_dir() {
+            return Err(Error::invalid(dir, "--base-dir is not a directory"));
+        }
+        let paths = cache_paths(dir);
+        let mut cache: Cache = paths
+            .iter()
+            .find_map(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let mut dirty = false;
+        for cand in candidates(dir)? {
+            if cand.canonicalize().ok() == input_canon {
+                continue;
+            }
+            let key = cand
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let st = stamp(&cand);
+            let fp = match cache.entries.get(&key) {
+                Some((s, fp)) if *s == st => {
+                    cached += 1;
+                    fp.clone()
+                }
+                _ => match fingerprint(&cand) {
+                    Ok(fp) => {
+                        cache.entries.insert(key, (st, fp.clone()));
+                        dirty = true;
+                        fp
+                    }
+                    // Not a readable model: not a candidate.
+                    Err(_) => continue,
+                },
+            };
+            considered.push((cand, distance(&me, &fp)));
+        }
+        if dirty {
+            let json = serde_json::to_vec(&cache).expect("cache serialises");
+            for p in &paths {
+                if let Some(parent) = p.parent() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+                let tmp = crate::fsutil::temp_name(p);
+                if std::fs::write(&tmp, &json).is_ok() && std::fs::rename(&tmp, p).is_ok() {
+                    break;
+                }
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+    }
+    considered.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    let best = considered.first().cloned();
+    Ok((
+        best.filter(|b| b.1 <= MAX_DISTANCE)
+            .map(|(base, distance)| Pick {
+                base,
+                distance,
+                considered: considered.clone(),
+                cached,
+            }),
+        considered,
+    ))
+}

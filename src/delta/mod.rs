@@ -1,0 +1,390 @@
+//! Fine-tunes as patches against a base model: the base sources a patch can be made against
+//! or applied to (safetensors file or directory, `.bs` file or directory), their identity
+//! (per-tensor md5/xxh3 receipts and a whole-base fingerprint), and the element-wise
+//! difference transform.
+//!
+//! The difference is the wrapping integer difference of the raw little-endian words, element
+//! by element (`fine − base mod 2^bits`). Measured on ±1-ulp fine-tunes it beats XOR: a
+//! one-ulp step is always ±1 (a 3-symbol alphabet) where XOR gives 1, 3, 7, ... depending on
+//! carries (see BENCHMARKS.md).
+
+pub mod auto;
+pub mod diff;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::format::fast_hash;
+use crate::format::reader::Container;
+use crate::model::dir::scan_dir;
+use crate::model::safetensors::{dtype_name, SafetensorsFile};
+use crate::store::md5_hex;
+use crate::store_dir::{read_dir_index, DIR_INDEX};
+
+/// What a base knows about one of its tensors.
+#[derive(Debug, Clone)]
+pub struct BaseTensor {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    pub len: u64,
+}
+
+/// A base model: tensors by name, their bytes, and their receipts.
+pub trait BaseSource: Send + Sync {
+    /// The path it was opened from, for messages.
+    fn path(&self) -> &Path;
+    fn tensors(&self) -> &[BaseTensor];
+    fn find(&self, name: &str) -> Option<&BaseTensor>;
+    /// Bytes `start..end` of a tensor.
+    fn range(&self, name: &str, start: u64, end: u64) -> Result<Cow<'_, [u8]>>;
+    /// md5 receipt of a tensor (stored for containers, computed for safetensors).
+    fn md5(&self, name: &str) -> Result<String>;
+}
+
+/// Opens a base: a `.safetensors` file, a model directory, a `.bs` file or a compressed
+/// directory (`bigsmall.index.json`).
+pub fn open_base(path: &Path) -> Result<Arc<dyn BaseSource>> {
+    if !path.exists() {
+        return Err(Error::invalid(path, "base not found"));
+    }
+    if path.is_dir() {
+        if path.join(DIR_INDEX).is_file() {
+            let idx = read_dir_index(path)?;
+            let files = idx.shards.iter().map(|s| path.join(&s.file)).collect();
+            return Ok(Arc::new(ContainerBase::open(path, files)?));
+        }
+        let listing = scan_dir(path)?;
+        let files = listing.weights.iter().map(|p| path.join(p)).collect();
+        return Ok(Arc::new(SafetensorsBase::open(path, files)?));
+    }
+    let mut magic = [0u8; 8];
+    {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let _ = f.read(&mut magic).map_err(|e| Error::io(path, e))?;
+    }
+    if &magic == crate::format::MAGIC {
+        Ok(Arc::new(ContainerBase::open(
+            path,
+            vec![path.to_path_buf()],
+        )?))
+    } else {
+        Ok(Arc::new(SafetensorsBase::open(
+            path,
+            vec![path.to_path_buf()],
+        )?))
+    }
+}
+
+/// A base made of safetensors files.
+pub struct SafetensorsBase {
+    path: PathBuf,
+    files: Vec<SafetensorsFile>,
+    tensors: Vec<BaseTensor>,
+    /// name -> (file, tensor index in that file)
+    by_name: BTreeMap<String, (usize, usize)>,
+    md5s: std::sync::Mutex<BTreeMap<String, String>>,
+}
+
+impl SafetensorsBase {
+    fn open(path: &Path, files: Vec<PathBuf>) -> Result<SafetensorsBase> {
+        let mut opened = Vec::new();
+        let mut tensors = Vec::new();
+        let mut by_name = BTreeMap::new();
+        for (fi, f) in files.iter().enumerate() {
+            let st = SafetensorsFile::open(f)?;
+            for (ti, t) in st.tensors.iter().enumerate() {
+                if by_name.insert(t.name.clone(), (fi, ti)).is_some() {
+                    return Err(Error::invalid(
+                        f,
+                        format!("tensor '{}' appears in two shards of the base", t.name),
+                    ));
+                }
+                tensors.push(BaseTensor {
+                    name: t.name.clone(),
+                    dtype: dtype_name(t.dtype),
+                    shape: t.shape.iter().map(|&d| d as u64).collect(),
+                    len: t.len() as u64,
+                });
+            }
+            opened.push(st);
+        }
+        Ok(SafetensorsBase {
+            path: path.to_path_buf(),
+            files: opened,
+            tensors,
+            by_name,
+            md5s: Default::default(),
+        })
+    }
+
+    fn bytes(&self, name: &str) -> Option<&[u8]> {
+        let &(f, t) = self.by_name.get(name)?;
+        let file = &self.files[f];
+        Some(file.tensor_bytes(&file.tensors[t]))
+    }
+}
+
+impl BaseSource for SafetensorsBase {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn tensors(&self) -> &[BaseTensor] {
+        &self.tensors
+    }
+
+    fn find(&self, name: &str) -> Option<&BaseTensor> {
+        self.by_name.get(name)?;
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    fn range(&self, name: &str, start: u64, end: u64) -> Result<Cow<'_, [u8]>> {
+        let b = self
+            .bytes(name)
+            .ok_or_else(|| Error::invalid(&self.path, format!("base has no tensor '{name}'")))?;
+        b.get(start as usize..end as usize)
+            .map(Cow::Borrowed)
+            .ok_or_else(|| Error::invalid(&self.path, format!("base tensor '{name}' is too short")))
+    }
+
+    fn md5(&self, name: &str) -> Result<String> {
+        if let Some(m) = self.md5s.lock().expect("no poisoned lock").get(name) {
+            return Ok(m.clone());
+        }
+        let b = self
+            .bytes(name)
+            .ok_or_else(|| Error::invalid(&self.path, format!("base has no tensor '{name}'")))?;
+        let m = md5_hex(b);
+        self.md5s
+            .lock()
+            .expect("no poisoned lock")
+            .insert(name.to_string(), m.clone());
+        Ok(m)
+    }
+}
+
+/// A base made of `.bs` containers (a compressed base); receipts come from the index.
+pub struct ContainerBase {
+    path: PathBuf,
+    containers: Vec<Container>,
+    tensors: Vec<BaseTensor>,
+    by_name: BTreeMap<String, (usize, usize)>,
+}
+
+impl ContainerBase {
+    fn open(path: &Path, files: Vec<PathBuf>) -> Result<ContainerBase> {
+        let mut containers = Vec::new();
+        let mut tensors = Vec::new();
+        let mut by_name = BTreeMap::new();
+        for (ci, f) in files.iter().enumerate() {
+            let c = Container::open(f)?;
+            if c.index.base.is_some() {
+                return Err(Error::invalid(
+                    f,
+                    "is itself a patch; apply it first and use the result as the base",
+                ));
+            }
+            for (ti, t) in c.index.tensors.iter().enumerate() {
+                if by_name.insert(t.name.clone(), (ci, ti)).is_some() {
+                    return Err(Error::invalid(
+                        f,
+                        format!("tensor '{}' appears in two shards of the base", t.name),
+                    ));
+                }
+                tensors.push(BaseTensor {
+                    name: t.name.clone(),
+                    dtype: t.dtype.clone(),
+                    shape: t.shape.clone(),
+                    len: t.raw_len(),
+                });
+            }
+            containers.push(c);
+        }
+        Ok(ContainerBase {
+            path: path.to_path_buf(),
+            containers,
+            tensors,
+            by_name,
+        })
+    }
+}
+
+impl BaseSource for ContainerBase {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn tensors(&self) -> &[BaseTensor] {
+        &self.tensors
+    }
+
+    fn find(&self, name: &str) -> Option<&BaseTensor> {
+        self.by_name.get(name)?;
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    fn range(&self, name: &str, start: u64, end: u64) -> Result<Cow<'_, [u8]>> {
+        let &(ci, ti) = self
+            .by_name
+            .get(name)
+            .ok_or_else(|| Error::invalid(&self.path, format!("base has no tensor '{name}'")))?;
+        let c = &self.containers[ci];
+        // Decode only the chunks that overlap the range.
+        let mut out = Vec::with_capacity((end - start) as usize);
+        let mut pos = 0u64;
+        let mut buf = Vec::new();
+        for (k, ch) in c.chunks(ti).iter().enumerate() {
+            let (s, e) = (pos, pos + ch.raw_len);
+            pos = e;
+            if e <= start || s >= end {
+                continue;
+            }
+            buf.resize(ch.raw_len as usize, 0);
+            c.decode_chunk_into(ti, k, &mut buf)?;
+            let a = start.max(s) - s;
+            let b = end.min(e) - s;
+            out.extend_from_slice(&buf[a as usize..b as usize]);
+        }
+        if out.len() as u64 != end - start {
+            return Err(Error::invalid(
+                &self.path,
+                format!("base tensor '{name}' is too short"),
+            ));
+        }
+        Ok(Cow::Owned(out))
+    }
+
+    fn md5(&self, name: &str) -> Result<String> {
+        let &(ci, ti) = self
+            .by_name
+            .get(name)
+            .ok_or_else(|| Error::invalid(&self.path, format!("base has no tensor '{name}'")))?;
+        Ok(self.containers[ci].index.tensors[ti].md5.clone())
+    }
+}
+
+/// The whole-base fingerprint: md5 over `name \t md5 \n` of every tensor, sorted by name.
+pub fn fingerprint(base: &dyn BaseSource) -> Result<String> {
+    let mut names: Vec<&str> = base.tensors().iter().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    let md5s: Vec<String> = names
+        .par_iter()
+        .map(|n| base.md5(n))
+        .collect::<Result<_>>()?;
+    let mut text = String::new();
+    for (n, m) in names.iter().zip(&md5s) {
+        text.push_str(n);
+        text.push('\t');
+        text.push_str(m);
+        text.push('\n');
+    }
+    Ok(md5_hex(text.as_bytes()))
+}
+
+/// xxh3 of a whole base tensor, the fast identity check made when a patch is applied.
+pub fn base_hash(base: &dyn BaseSource, name: &str, len: u64) -> Result<u64> {
+    Ok(fast_hash(&base.range(name, 0, len)?))
+}
+
+/// `fine − base` element-wise (wrapping, little-endian words of `width` bytes) into `out`.
+pub fn subtract(fine: &[u8], base: &[u8], width: usize, out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(fine.len());
+    match width {
+        2 => out.extend(
+            fine.chunks_exact(2)
+                .zip(base.chunks_exact(2))
+                .flat_map(|(f, b)| {
+                    u16::from_le_bytes([f[0], f[1]])
+                        .wrapping_sub(u16::from_le_bytes([b[0], b[1]]))
+                        .to_le_bytes()
+                }),
+        ),
+        4 => out.extend(
+            fine.chunks_exact(4)
+                .zip(base.chunks_exact(4))
+                .flat_map(|(f, b)| {
+                    u32::from_le_bytes(f.try_into().expect("4"))
+                        .wrapping_sub(u32::from_le_bytes(b.try_into().expect("4")))
+                        .to_le_bytes()
+                }),
+        ),
+        8 => out.extend(
+            fine.chunks_exact(8)
+                .zip(base.chunks_exact(8))
+                .flat_map(|(f, b)| {
+                    u64::from_le_bytes(f.try_into().expect("8"))
+                        .wrapping_sub(u64::from_le_bytes(b.try_into().expect("8")))
+                        .to_le_bytes()
+                }),
+        ),
+        _ => out.extend(fine.iter().zip(base).map(|(f, b)| f.wrapping_sub(*b))),
+    }
+}
+
+/// `base + diff` element-wise in place (`data` holds the diff on entry, the fine bytes after).
+pub fn add_in_place(data: &mut [u8], base: &[u8], width: usize) {
+    match width {
+        2 => {
+            for (d, b) in data.chunks_exact_mut(2).zip(base.chunks_exact(2)) {
+                let v =
+                    u16::from_le_bytes([d[0], d[1]]).wrapping_add(u16::from_le_bytes([b[0], b[1]]));
+                d.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        4 => {
+            for (d, b) in data.chunks_exact_mut(4).zip(base.chunks_exact(4)) {
+                let v = u32::from_le_bytes((&*d).try_into().expect("4"))
+                    .wrapping_add(u32::from_le_bytes(b.try_into().expect("4")));
+                d.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        8 => {
+            for (d, b) in data.chunks_exact_mut(8).zip(base.chunks_exact(8)) {
+                let v = u64::from_le_bytes((&*d).try_into().expect("8"))
+                    .wrapping_add(u64::from_le_bytes(b.try_into().expect("8")));
+                d.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        _ => {
+            for (d, b) in data.iter_mut().zip(base) {
+                *d = d.wrapping_add(*b);
+            }
+        }
+    }
+}
+
+/// Number of elements that differ.
+pub fn changed_elements(fine: &[u8], base: &[u8], width: usize) -> u64 {
+    fine.chunks_exact(width)
+        .zip(base.chunks_exact(width))
+        .filter(|(a, b)| a != b)
+        .count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn subtract_then_add_is_identity(w in prop::sample::select(vec![1usize, 2, 4, 8]), n in 0usize..64, seed in any::<u64>()) {
+            let mut x = seed;
+            let mut gen = || { x = x.wrapping_mul(6364136223846793005).wrapping_add(1); (x >> 33) as u8 };
+            let fine: Vec<u8> = (0..n * w).map(|_| gen()).collect();
+            let base: Vec<u8> = (0..n * w).map(|_| gen()).collect();
+            let mut d = Vec::new();
+            subtract(&fine, &base, w, &mut d);
+            add_in_place(&mut d, &base, w);
+            prop_assert_eq!(d, fine);
+        }
+    }
+}
