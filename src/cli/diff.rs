@@ -26,6 +26,10 @@ pub struct Args {
     /// List unchanged tensors too
     #[arg(short, long)]
     all: bool,
+    /// Also print the zeroth-order entropy of the XOR and difference streams of the shared
+    /// tensors (the yardstick for patch sizes; reads all weights)
+    #[arg(long)]
+    entropy: bool,
     /// Overwrite the patch if it exists
     #[arg(short, long)]
     force: bool,
@@ -60,8 +64,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             );
         }
     }
+    let entropy = if a.entropy {
+        Some(bigsmall::delta::diff::delta_entropy(&a.a, &a.b)?)
+    } else {
+        None
+    };
     if a.json {
-        emit_json(&r);
+        emit_json(&serde_json::json!({ "diff": r, "entropy": entropy }));
         return Ok(0);
     }
     let mut s = format!("diff: {} -> {}\n", r.a, r.b);
@@ -89,6 +98,15 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         human(r.changed_bytes),
         human(r.unchanged_bytes)
     );
+    if let Some(e) = entropy {
+        s += &format!(
+            "entropy of the shared tensors' delta ({} tensors, {}): XOR {:.0} bytes, difference {:.0} bytes (zeroth order, 16-bit symbols)\n",
+            e.tensors,
+            human(e.bytes),
+            e.xor_bytes,
+            e.sub_bytes
+        );
+    }
     emit(&s);
     Ok(0)
 }

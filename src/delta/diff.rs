@@ -171,3 +171,75 @@ pub fn diff(a: &Path, b: &Path) -> Result<DiffReport> {
     r.rows = rows;
     Ok(r)
 }
+
+/// Zeroth-order entropy, in bytes, of the element-wise XOR and wrapping-difference streams of
+/// the tensors two models share (same name, dtype and shape): the yardstick for patch sizes.
+/// 16-bit elements are one symbol each; other widths count their byte planes separately.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct DeltaEntropy {
+    pub tensors: usize,
+    pub bytes: u64,
+    pub xor_bytes: f64,
+    pub sub_bytes: f64,
+}
+
+pub fn delta_entropy(a: &Path, b: &Path) -> Result<DeltaEntropy> {
+    let (base, fine) = (super::open_base(a)?, super::open_base(b)?);
+    let shared: Vec<(String, u64, usize)> = fine
+        .tensors()
+        .iter()
+        .filter_map(|t| {
+            let bt = base.find(&t.name)?;
+            let w = crate::model::safetensors::parse_dtype(&t.dtype)
+                .map(|d| crate::model::safetensors::elem_kind(d).width())?;
+            (bt.dtype == t.dtype && bt.shape == t.shape).then(|| (t.name.clone(), t.len, w))
+        })
+        .collect();
+    let per: Vec<(f64, f64)> = shared
+        .par_iter()
+        .map(|(name, len, w)| -> Result<(f64, f64)> {
+            let (x, y) = (base.range(name, 0, *len)?, fine.range(name, 0, *len)?);
+            let mut sub = Vec::new();
+            super::subtract(&y, &x, *w, &mut sub);
+            let xor: Vec<u8> = x.iter().zip(y.iter()).map(|(p, q)| p ^ q).collect();
+            Ok((stream_entropy(&xor, *w), stream_entropy(&sub, *w)))
+        })
+        .collect::<Result<_>>()?;
+    let mut e = DeltaEntropy {
+        tensors: shared.len(),
+        bytes: shared.iter().map(|s| s.1).sum(),
+        ..Default::default()
+    };
+    for (x, s) in per {
+        e.xor_bytes += x;
+        e.sub_bytes += s;
+    }
+    Ok(e)
+}
+
+fn stream_entropy(data: &[u8], width: usize) -> f64 {
+    fn h(counts: &[u64]) -> f64 {
+        let n: u64 = counts.iter().sum();
+        counts
+            .iter()
+            .filter(|&&c| c > 0)
+            .map(|&c| -(c as f64) * (c as f64 / n as f64).log2())
+            .sum()
+    }
+    if width == 2 {
+        let mut c = vec![0u64; 1 << 16];
+        for e in data.chunks_exact(2) {
+            c[u16::from_le_bytes([e[0], e[1]]) as usize] += 1;
+        }
+        return h(&c) / 8.0;
+    }
+    (0..width)
+        .map(|p| {
+            let mut c = [0u64; 256];
+            for e in data.chunks_exact(width) {
+                c[e[p] as usize] += 1;
+            }
+            h(&c) / 8.0
+        })
+        .sum()
+}
