@@ -42,6 +42,9 @@ pub enum Error {
         tensor: String,
         what: String,
     },
+    /// Damage beyond what the ECC sidecar can repair.
+    #[error("{path}: {why}")]
+    Unrepairable { path: PathBuf, why: String },
     /// The output already exists and overwriting was not asked for.
     #[error("{path}: already exists (use -f to overwrite)")]
     OutputExists { path: PathBuf },
@@ -75,7 +78,10 @@ impl Error {
     /// True when the error means stored data did not match its receipt or checksum: the
     /// CLI maps these to exit code 3.
     pub fn is_integrity(&self) -> bool {
-        matches!(self, Error::Integrity { .. } | Error::Decode { .. })
+        matches!(
+            self,
+            Error::Integrity { .. } | Error::Decode { .. } | Error::Unrepairable { .. }
+        )
     }
 }
 

@@ -48,6 +48,9 @@ pub struct Args {
     /// Silence the warning printed when most matched weights changed
     #[arg(long)]
     force_delta: bool,
+    /// Also write a Reed-Solomon sidecar (OUT.ecc, about 15% extra) for `bigsmall repair`
+    #[arg(long)]
+    ecc: bool,
     /// Hide the progress bar
     #[arg(long)]
     no_progress: bool,
@@ -133,6 +136,17 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     } else {
         compress_file_against(&a.src, &dst, &opts, base.as_deref(), None, &bar)?
     };
+    let mut ecc_bytes = 0u64;
+    if a.ecc {
+        let files: Vec<PathBuf> = if is_dir {
+            super::container_files(&dst)?
+        } else {
+            vec![dst.clone()]
+        };
+        for f in files {
+            ecc_bytes += bigsmall::integrity::ecc::create(&f)?;
+        }
+    }
     if let Some(d) = &r.delta {
         if d.changed_fraction() > DeltaStats::REGIME_LIMIT && !a.force_delta {
             eprintln!(
@@ -198,6 +212,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 thousands(d.changed_bytes),
                 thousands(d.matched_bytes),
                 d.changed_fraction() * 100.0
+            );
+        }
+        if a.ecc {
+            s += &format!(
+                "ecc:        {} bytes of Reed-Solomon parity ({:.1}% of the output)\n",
+                thousands(ecc_bytes),
+                ecc_bytes as f64 * 100.0 / r.output_bytes.max(1) as f64
             );
         }
         s += &format!("elapsed:    {:.2}s ({mb_s:.0} MB/s)\n", r.seconds);

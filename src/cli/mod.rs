@@ -7,6 +7,7 @@ mod compress;
 mod decompress;
 mod diff;
 mod info;
+mod repair;
 mod scan;
 mod stat;
 mod verify;
@@ -51,6 +52,8 @@ enum Command {
     Apply(apply::Args),
     /// Compare two models: added / removed / changed tensors; --patch writes the delta
     Diff(diff::Args),
+    /// Repair a damaged .bs from its Reed-Solomon .ecc sidecar
+    Repair(repair::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -64,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Benchmark(a) => benchmark::run(a),
         Command::Apply(a) => apply::run(a),
         Command::Diff(a) => diff::run(a),
+        Command::Repair(a) => repair::run(a),
     }
 }
 

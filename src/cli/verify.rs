@@ -85,12 +85,44 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         };
         reports.push(verify_with(f, &mode, base)?);
     }
+    // ECC sidecars are checked too where present (structure-only runs skip the data pass).
+    let mut ecc_lines = Vec::new();
+    let mut ecc_reports = Vec::new();
+    for f in &files {
+        let side = bigsmall::integrity::ecc::sidecar_path(f);
+        if !side.exists() {
+            continue;
+        }
+        match bigsmall::integrity::ecc::check_or_repair(f, &side, None) {
+            Ok(e) => {
+                ecc_lines.push(if e.clean {
+                    format!("ecc: {} present, file intact", side.display())
+                } else if e.lost_blocks == 0 {
+                    format!(
+                        "ecc: {} present, {} damaged blocks, repairable with `bigsmall repair`",
+                        side.display(),
+                        e.damaged_blocks
+                    )
+                } else {
+                    format!(
+                        "ecc: {} present, {} damaged blocks, {} beyond repair",
+                        side.display(),
+                        e.damaged_blocks,
+                        e.lost_blocks
+                    )
+                });
+                ecc_reports.push(e);
+            }
+            Err(e) => ecc_lines.push(format!("ecc: {}: {e}", side.display())),
+        }
+    }
     let ok = reports.iter().all(|r| r.ok());
     if a.json {
         emit_json(&serde_json::json!({
             "ok": ok,
             "seed": a.sample.map(|_| seed),
             "files": reports,
+            "ecc": ecc_reports,
         }));
     } else {
         let mut s = String::new();
@@ -116,6 +148,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             for p in &r.problems {
                 s += &format!("MISMATCH {p}\n");
             }
+        }
+        for l in &ecc_lines {
+            s += l;
+            s.push('\n');
         }
         s += if ok { "OK\n" } else { "FAILED\n" };
         emit(&s);

@@ -1,5 +1,9 @@
 //! Integrity checks of containers: `verify` in its fast, sample, full and against-source modes.
-//! Checksums themselves (xxh3 per chunk, md5 per tensor) are written by `store`.
+//! Checksums themselves (xxh3 per chunk, md5 per tensor) are written by `store`; `rs` and
+//! `ecc` hold the Reed-Solomon sidecar.
+
+pub mod ecc;
+pub mod rs;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
