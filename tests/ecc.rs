@@ -1,0 +1,135 @@
+//! The Reed-Solomon sidecar: every damage pattern the durability issue names is repaired
+//! byte-identically, damage beyond reach is reported and nothing is written.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use bigsmall::integrity::ecc::{check_or_repair, create, sidecar_path};
+use common::*;
+
+fn compressed_fixture(dir: &Path) -> std::path::PathBuf {
+    let bs = dir.join("m.bs");
+    ok(&run([
+        "compress".as_ref(),
+        fixture("smollm-bf16.safetensors").as_os_str(),
+        "-o".as_ref(),
+        bs.as_os_str(),
+        "--ecc".as_ref(),
+        "--no-progress".as_ref(),
+    ]));
+    assert!(sidecar_path(&bs).is_file());
+    bs
+}
+
+fn repaired_equals(
+    damaged: &[u8],
+    original: &Path,
+    dir: &Path,
+) -> bigsmall::integrity::ecc::EccReport {
+    let bad = dir.join("bad.bs");
+    fs::write(&bad, damaged).unwrap();
+    let out = dir.join("fixed.bs");
+    let _ = fs::remove_file(&out);
+    let r = check_or_repair(&bad, &sidecar_path(original), Some(&out)).unwrap();
+    assert_eq!(fs::read(&out).unwrap(), fs::read(original).unwrap());
+    assert!(r.repaired);
+    r
+}
+
+#[test]
+fn sixteen_random_bytes_in_every_block_are_corrected() {
+    let dir = tempfile::tempdir().unwrap();
+    let bs = compressed_fixture(dir.path());
+    let mut data = fs::read(&bs).unwrap();
+    let mut rng = Rng(7);
+    for start in (0..data.len()).step_by(223) {
+        let n = (data.len() - start).min(223);
+        let mut hit = std::collections::HashSet::new();
+        while hit.len() < n.min(16) {
+            hit.insert(rng.next_u64() as usize % n);
+        }
+        for p in hit {
+            data[start + p] ^= (rng.next_u64() as u8) | 1;
+        }
+    }
+    let r = repaired_equals(&data, &bs, dir.path());
+    assert_eq!(r.damaged_blocks, r.blocks);
+}
+
+#[test]
+fn zeroed_sector_and_truncated_tail_are_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let bs = compressed_fixture(dir.path());
+    let data = fs::read(&bs).unwrap();
+    for off in [0usize, 4096, 123_457, data.len() - 4096] {
+        let mut d = data.clone();
+        d[off..off + 4096].fill(0);
+        repaired_equals(&d, &bs, dir.path());
+    }
+    let r = repaired_equals(&data[..data.len() - 9000], &bs, dir.path());
+    assert!(r.rebuilt_blocks > 0);
+}
+
+#[test]
+fn damage_beyond_reach_is_reported_and_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let bs = compressed_fixture(dir.path());
+    let mut data = fs::read(&bs).unwrap();
+    data[1000..60_000].fill(0x55);
+    let bad = dir.path().join("bad.bs");
+    fs::write(&bad, &data).unwrap();
+    let out = dir.path().join("never.bs");
+    let o = run([
+        "repair".as_ref(),
+        bad.as_os_str(),
+        "--ecc".as_ref(),
+        sidecar_path(&bs).as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    let e = fails(&o, 3);
+    assert!(e.contains("exceeds"), "{e}");
+    assert!(!out.exists());
+    assert_no_leftovers(dir.path());
+}
+
+#[test]
+fn a_sidecar_for_another_file_or_with_a_damaged_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let bs = compressed_fixture(dir.path());
+    // Another file: longer than the sidecar's data length.
+    let other = dir.path().join("other.bs");
+    let mut big = fs::read(&bs).unwrap();
+    big.extend_from_slice(&[0u8; 1000]);
+    fs::write(&other, &big).unwrap();
+    assert!(check_or_repair(&other, &sidecar_path(&bs), None).is_err());
+    // The first header copy damaged: the trailer copy is used and reported.
+    let side = sidecar_path(&bs);
+    let mut s = fs::read(&side).unwrap();
+    s[20] ^= 0xff;
+    fs::write(&side, &s).unwrap();
+    let r = check_or_repair(&bs, &side, None).unwrap();
+    assert!(r.clean && r.sidecar_damaged);
+    // Damaged parity bytes are corrected like data.
+    s[20] ^= 0xff;
+    s[100] ^= 0x0f;
+    fs::write(&side, &s).unwrap();
+    let out = dir.path().join("same.bs");
+    let r = check_or_repair(&bs, &side, Some(&out)).unwrap();
+    assert!(r.sidecar_damaged);
+    assert_eq!(fs::read(&out).unwrap(), fs::read(&bs).unwrap());
+    // A new sidecar is written next to the output and matches a fresh one.
+    let fresh = fs::read(sidecar_path(&out)).unwrap();
+    create(&bs).unwrap();
+    assert_eq!(fresh, fs::read(&side).unwrap());
+}
+
+#[test]
+fn verify_reports_the_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let bs = compressed_fixture(dir.path());
+    let text = ok(&run(["verify".as_ref(), bs.as_os_str()]));
+    assert!(text.contains("file intact"), "{text}");
+}
