@@ -7,6 +7,7 @@ mod compress;
 mod decompress;
 mod diff;
 mod info;
+mod migrate;
 mod repair;
 mod scan;
 mod stat;
@@ -54,6 +55,8 @@ enum Command {
     Diff(diff::Args),
     /// Repair a damaged .bs from its Reed-Solomon .ecc sidecar
     Repair(repair::Args),
+    /// Rewrite an older .bs with the current codecs (verified before it replaces the file)
+    Migrate(migrate::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -68,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Apply(a) => apply::run(a),
         Command::Diff(a) => diff::run(a),
         Command::Repair(a) => repair::run(a),
+        Command::Migrate(a) => migrate::run(a),
     }
 }
 
