@@ -13,6 +13,8 @@ pub struct AtomicFile {
     final_path: PathBuf,
     tmp_path: PathBuf,
     out: Option<BufWriter<File>>,
+    /// A resumable output keeps its partial file when dropped unfinished.
+    keep_partial: bool,
 }
 
 /// Refuses to clobber an existing path unless `overwrite`.
@@ -42,6 +44,40 @@ impl AtomicFile {
             final_path: path.to_path_buf(),
             tmp_path,
             out: Some(BufWriter::with_capacity(1 << 20, file)),
+            keep_partial: false,
+        })
+    }
+
+    /// A resumable output written at `partial` (kept if the run stops), continuing after its
+    /// first `keep` bytes when `keep` is given (anything after them is cut off), or fresh.
+    pub fn resumable(path: &Path, partial: &Path, keep: Option<u64>) -> Result<AtomicFile> {
+        use std::io::{Seek, SeekFrom};
+        let file = match keep {
+            Some(n) => {
+                let mut f = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(partial)
+                    .map_err(|e| Error::io(partial, e))?;
+                let len = f.metadata().map_err(|e| Error::io(partial, e))?.len();
+                if len < n {
+                    return Err(Error::invalid(
+                        partial,
+                        format!("partial output is {len} bytes, its checkpoint says {n}: progress is damaged; delete it and start again"),
+                    ));
+                }
+                f.set_len(n).map_err(|e| Error::io(partial, e))?;
+                f.seek(SeekFrom::Start(n))
+                    .map_err(|e| Error::io(partial, e))?;
+                f
+            }
+            None => File::create(partial).map_err(|e| Error::io(partial, e))?,
+        };
+        Ok(AtomicFile {
+            final_path: path.to_path_buf(),
+            tmp_path: partial.to_path_buf(),
+            out: Some(BufWriter::with_capacity(1 << 20, file)),
+            keep_partial: true,
         })
     }
 
@@ -53,6 +89,13 @@ impl AtomicFile {
         let out = self.out.as_mut().expect("not committed");
         out.write_all(bytes)
             .map_err(|e| Error::io(&self.final_path, e))
+    }
+
+    /// Pushes buffered bytes to the file.
+    pub fn flush(&mut self) -> Result<()> {
+        use std::io::Write as _;
+        let out = self.out.as_mut().expect("not committed");
+        out.flush().map_err(|e| Error::io(&self.final_path, e))
     }
 
     /// Flushes and renames into place.
@@ -71,7 +114,7 @@ impl AtomicFile {
 
 impl Drop for AtomicFile {
     fn drop(&mut self) {
-        if self.out.take().is_some() {
+        if self.out.take().is_some() && !self.keep_partial {
             let _ = fs::remove_file(&self.tmp_path);
         }
     }

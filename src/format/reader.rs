@@ -226,7 +226,9 @@ impl Container {
         let base_range = || -> Result<std::borrow::Cow<'_, [u8]>> {
             let base = self.base.as_ref().ok_or_else(|| self.needs_base())?;
             let start: u64 = self.chunks(tensor)[..chunk].iter().map(|c| c.raw_len).sum();
-            base.range(&t.name, start, start + c.raw_len)
+            // A duplicate decodes through the tensor that holds the data, against that
+            // tensor's base.
+            base.range(&self.index.tensors[s].name, start, start + c.raw_len)
         };
         if c.codec == BASE_COPY {
             // Verified as a whole when the base was attached.

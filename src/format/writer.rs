@@ -23,6 +23,35 @@ impl ContainerWriter {
         })
     }
 
+    /// A resumable writer at `partial` (see `AtomicFile::resumable`): fresh when `resume_at` is
+    /// `None`, else continuing after the first `resume_at` bytes of the partial file.
+    pub fn resumable(
+        path: &Path,
+        partial: &Path,
+        resume_at: Option<u64>,
+    ) -> Result<ContainerWriter> {
+        let mut out = AtomicFile::resumable(path, partial, resume_at)?;
+        let pos = match resume_at {
+            Some(p) => p,
+            None => {
+                out.write_all(&preamble())?;
+                out.write_all(&[0u8; DATA_START as usize - PREAMBLE_LEN])?;
+                DATA_START
+            }
+        };
+        Ok(ContainerWriter { out, pos })
+    }
+
+    /// Bytes written so far (where the next blob goes, before alignment).
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Pushes buffered bytes to the file, so a checkpoint can point at them.
+    pub fn flush(&mut self) -> Result<()> {
+        self.out.flush()
+    }
+
     /// Appends one chunk blob and returns its offset. Raw blobs are placed so that their
     /// payload (after the one-byte tag) is 64-byte aligned and can be used in place from a map.
     pub fn write_blob(&mut self, blob: &[u8]) -> Result<u64> {

@@ -81,7 +81,10 @@ pub fn verify_with(
         file: path.display().to_string(),
         format_version: format!("{}.{}", c.version.0, c.version.1),
         tensors: c.index.tensors.len(),
-        chunks_total: c.index.tensors.iter().map(|t| t.chunks.len()).sum(),
+        chunks_total: (0..c.index.tensors.len())
+            .filter(|&t| c.index.tensors[t].dup_of.is_none())
+            .map(|t| c.chunks(t).len())
+            .sum(),
         file_size: c.file_size(),
         ..Default::default()
     };
