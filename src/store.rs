@@ -31,6 +31,8 @@ pub const DECODE_WINDOW_BYTES: usize = 4 << 20;
 pub struct CompressOptions {
     pub effort: Effort,
     pub overwrite: bool,
+    /// Checkpoint after every window in `<OUT>.progress/` and continue from there.
+    pub resume: bool,
 }
 
 impl Default for CompressOptions {
@@ -38,6 +40,66 @@ impl Default for CompressOptions {
         CompressOptions {
             effort: Effort::Balanced,
             overwrite: false,
+            resume: false,
+        }
+    }
+}
+
+/// Where `--resume` keeps its checkpoint for an output.
+pub fn progress_dir(dst: &Path) -> std::path::PathBuf {
+    let mut s = dst.as_os_str().to_owned();
+    s.push(".progress");
+    std::path::PathBuf::from(s)
+}
+
+/// Everything a checkpoint must agree with to be resumed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct ResumeKey {
+    bigsmall: String,
+    source_size: u64,
+    source_modified_ns: u128,
+    source_header_hash: u64,
+    effort: Effort,
+    base_fingerprint: String,
+    window_bytes: usize,
+}
+
+/// The checkpoint written after every window.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Checkpoint {
+    key: ResumeKey,
+    windows_done: usize,
+    /// Valid length of the partial container (anything after it is cut off on resume).
+    data_end: u64,
+    chunks: Vec<Vec<ChunkEntry>>,
+    changed_bytes: u64,
+    delta_chunks: usize,
+    standalone_chunks: usize,
+}
+
+fn save_checkpoint(dir: &Path, cp: &Checkpoint) -> Result<()> {
+    let path = dir.join("state.json");
+    let tmp = dir.join("state.json.tmp");
+    let json = serde_json::to_vec(cp).expect("checkpoint serialises");
+    std::fs::write(&tmp, json).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+}
+
+/// Raw bytes per compression window (`BIGSMALL_WINDOW_BYTES` overrides it, for tests of
+/// resumption on small files).
+fn window_bytes() -> usize {
+    std::env::var("BIGSMALL_WINDOW_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&v: &usize| v > 0)
+        .unwrap_or(WINDOW_BYTES)
+}
+
+/// Test hook: abort the process (like `kill -9`) at a named point, to prove resumption.
+fn abort_if(point: &str, n: usize) {
+    if let Ok(v) = std::env::var("BIGSMALL_TEST_ABORT") {
+        if v == format!("{point}:{n}") {
+            std::process::abort();
         }
     }
 }
@@ -265,19 +327,106 @@ pub fn compress_file_against(
 
     let total: u64 = src.tensors.iter().map(|t| t.len() as u64).sum();
     progress.start(total, "compress");
-    let mut writer = ContainerWriter::create(dst)?;
-    let mut chunks: Vec<Vec<ChunkEntry>> = vec![Vec::new(); src.tensors.len()];
+    let window_limit = window_bytes();
+    let pdir = progress_dir(dst);
+    let key = ResumeKey {
+        bigsmall: env!("CARGO_PKG_VERSION").into(),
+        source_size: src.file_size,
+        source_modified_ns: std::fs::metadata(src_path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+        source_header_hash: fast_hash(&src.header),
+        effort: opts.effort,
+        base_fingerprint: stats
+            .as_ref()
+            .map(|s| s.base_fingerprint.clone())
+            .unwrap_or_default(),
+        window_bytes: window_limit,
+    };
+    let checkpoint: Option<Checkpoint> = if opts.resume {
+        std::fs::create_dir_all(&pdir).map_err(|e| Error::io(&pdir, e))?;
+        match std::fs::read(pdir.join("state.json")) {
+            Ok(bytes) => {
+                let cp: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::invalid(
+                        &pdir,
+                        format!("checkpoint is unreadable ({e}); delete it to start again"),
+                    )
+                })?;
+                if cp.key != key || cp.chunks.len() != src.tensors.len() {
+                    return Err(Error::invalid(
+                        &pdir,
+                        "was made for a different input, bigsmall version or flags; delete it to start again",
+                    ));
+                }
+                Some(cp)
+            }
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let mut writer = if opts.resume {
+        ContainerWriter::resumable(
+            dst,
+            &pdir.join("partial.bs"),
+            checkpoint.as_ref().map(|c| c.data_end),
+        )?
+    } else {
+        ContainerWriter::create(dst)?
+    };
+    let windows_done = checkpoint.as_ref().map_or(0, |c| c.windows_done);
+    let mut chunks: Vec<Vec<ChunkEntry>> = match &checkpoint {
+        Some(c) => c.chunks.clone(),
+        None => vec![Vec::new(); src.tensors.len()],
+    };
+    if let (Some(c), Some(st)) = (&checkpoint, stats.as_mut()) {
+        st.changed_bytes = c.changed_bytes;
+        st.delta_chunks = c.delta_chunks;
+        st.standalone_chunks = c.standalone_chunks;
+    }
     let mut hashers: Vec<Option<Md5>> = src.tensors.iter().map(|_| Some(Md5::new())).collect();
 
     let mut next = 0;
+    let mut window_no = 0usize;
     while next < jobs.len() {
         let mut end = next;
         let mut bytes = 0;
-        while end < jobs.len() && (bytes < WINDOW_BYTES || end == next) {
+        while end < jobs.len() && (bytes < window_limit || end == next) {
             bytes += jobs[end].end - jobs[end].start;
             end += 1;
         }
         let window = &jobs[next..end];
+        if window_no < windows_done {
+            // Already coded and written before the interruption: only the md5 receipts need
+            // these bytes again.
+            let mut segs: Vec<(usize, usize, usize)> = Vec::new();
+            for j in window {
+                match segs.last_mut() {
+                    Some(s) if s.0 == j.tensor => s.2 = j.end,
+                    _ => segs.push((j.tensor, j.start, j.end)),
+                }
+            }
+            let mut hs: Vec<(usize, Md5)> = segs
+                .iter()
+                .map(|s| (s.0, hashers[s.0].take().expect("hashed in order")))
+                .collect();
+            hs.par_iter_mut()
+                .zip(segs.par_iter())
+                .for_each(|((_, h), s)| {
+                    h.update(&src.tensor_bytes(&src.tensors[s.0])[s.1..s.2]);
+                });
+            for (t, h) in hs {
+                hashers[t] = Some(h);
+            }
+            progress.advance(bytes as u64);
+            next = end;
+            window_no += 1;
+            continue;
+        }
         // md5 runs per tensor segment beside the chunk coding: different tensors hash on
         // different threads, and the slowest part of compression overlaps the coder.
         let mut segments: Vec<(usize, usize, usize, Md5)> = Vec::new();
@@ -347,8 +496,13 @@ pub fn compress_file_against(
         for (tensor, _, _, h) in segments {
             hashers[tensor] = Some(h);
         }
-        for (j, c) in window.iter().zip(coded) {
+        for (k, (j, c)) in window.iter().zip(coded).enumerate() {
             let c = c?;
+            if k == window.len() / 2 && k > 0 {
+                // Mid-window: blobs written but not yet checkpointed.
+                writer.flush()?;
+                abort_if("mid-window", window_no + 1);
+            }
             let offset = writer.write_blob(&c.blob)?;
             if let Some(st) = stats.as_mut() {
                 st.changed_bytes += c.changed;
@@ -378,6 +532,24 @@ pub fn compress_file_against(
         );
         progress.advance(bytes as u64);
         next = end;
+        window_no += 1;
+        if opts.resume {
+            writer.flush()?;
+            let st = stats.clone().unwrap_or_default();
+            save_checkpoint(
+                &pdir,
+                &Checkpoint {
+                    key: key.clone(),
+                    windows_done: window_no,
+                    data_end: writer.position(),
+                    chunks: chunks.clone(),
+                    changed_bytes: st.changed_bytes,
+                    delta_chunks: st.delta_chunks,
+                    standalone_chunks: st.standalone_chunks,
+                },
+            )?;
+            abort_if("window", window_no);
+        }
     }
 
     let mut md5s: Vec<String> = Vec::with_capacity(src.tensors.len());
@@ -430,7 +602,11 @@ pub fn compress_file_against(
             _ => None,
         },
     };
+    abort_if("before-index", 1);
     let output_bytes = writer.finish(&index)?;
+    if opts.resume {
+        let _ = std::fs::remove_dir_all(&pdir);
+    }
     progress.finish();
     Ok(CompressReport {
         source_bytes: src.file_size,

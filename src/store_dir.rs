@@ -76,6 +76,8 @@ struct StagedDir {
     final_path: PathBuf,
     tmp: PathBuf,
     done: bool,
+    /// Resumable staging (`<dst>.progress/`) survives an interrupted run.
+    keep: bool,
 }
 
 impl StagedDir {
@@ -98,6 +100,24 @@ impl StagedDir {
             final_path: dst.to_path_buf(),
             tmp,
             done: false,
+            keep: false,
+        })
+    }
+
+    /// Stages in `<dst>.progress/`, reusing what an interrupted run left there.
+    fn resumable(dst: &Path, overwrite: bool) -> Result<StagedDir> {
+        if !overwrite && fs::symlink_metadata(dst).is_ok() {
+            return Err(Error::OutputExists {
+                path: dst.to_path_buf(),
+            });
+        }
+        let tmp = crate::store::progress_dir(dst);
+        fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok(StagedDir {
+            final_path: dst.to_path_buf(),
+            tmp,
+            done: false,
+            keep: true,
         })
     }
 
@@ -122,7 +142,7 @@ impl StagedDir {
 
 impl Drop for StagedDir {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.done && !self.keep {
             let _ = fs::remove_dir_all(&self.tmp);
         }
     }
@@ -177,7 +197,11 @@ pub fn compress_dir_against(
             "has the name of a compressed output (a shard's .bs or bigsmall.index.json); rename it",
         ));
     }
-    let staged = StagedDir::create(dst, opts.overwrite)?;
+    let staged = if opts.resume {
+        StagedDir::resumable(dst, opts.overwrite)?
+    } else {
+        StagedDir::create(dst, opts.overwrite)?
+    };
     let mut shards = Vec::new();
     let mut weight_map = BTreeMap::new();
     let mut total = CompressReport {
@@ -198,14 +222,34 @@ pub fn compress_dir_against(
         if let Some(parent) = out.parent() {
             fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
-        let r = crate::store::compress_file_against(
-            &src.join(rel),
-            &out,
-            &inner,
-            base,
-            base.map(|_| &model_names),
-            progress,
-        )?;
+        // With --resume, a shard finished in an earlier run (its .bs complete, no checkpoint
+        // left) is kept as it is.
+        let done = opts.resume && out.is_file() && !crate::store::progress_dir(&out).exists();
+        let r = if done {
+            let c = Container::open(&out)?;
+            CompressReport {
+                source_bytes: c.index.source.file_size,
+                output_bytes: c.file_size(),
+                tensors: c.index.tensors.len(),
+                duplicates: c
+                    .index
+                    .tensors
+                    .iter()
+                    .filter(|t| t.dup_of.is_some())
+                    .count(),
+                seconds: 0.0,
+                delta: None,
+            }
+        } else {
+            crate::store::compress_file_against(
+                &src.join(rel),
+                &out,
+                &inner,
+                base,
+                base.map(|_| &model_names),
+                progress,
+            )?
+        };
         if let Some(d) = r.delta {
             merge_stats(total.delta.get_or_insert_with(Default::default), d);
         }

@@ -102,3 +102,157 @@ fn migrate_refuses_a_corrupt_file_and_leaves_it_untouched() {
     assert!(!dir.path().join("m.bs.migrating").exists());
     assert_no_leftovers(dir.path());
 }
+
+/// `compress --resume` with the test hooks: small windows, and an abort (like `kill -9`: no
+/// destructor runs) at a named point.
+fn compress_resumable(
+    src: &std::path::Path,
+    out: &std::path::Path,
+    abort: Option<&str>,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut cmd = bigsmall();
+    cmd.env("BIGSMALL_WINDOW_BYTES", "100000");
+    if let Some(a) = abort {
+        cmd.env("BIGSMALL_TEST_ABORT", a);
+    }
+    cmd.arg("compress")
+        .arg(src)
+        .arg("-o")
+        .arg(out)
+        .arg("--resume")
+        .arg("--no-progress")
+        .args(extra);
+    cmd.output().expect("runs")
+}
+
+#[test]
+fn resume_after_a_kill_at_any_point_gives_the_same_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("smollm-bf16.safetensors");
+    let reference = dir.path().join("ref.bs");
+    let o = compress_resumable(&src, &reference, None, &[]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let want = fs::read(&reference).unwrap();
+    for point in [
+        "window:1",
+        "window:3",
+        "mid-window:2",
+        "mid-window:6",
+        "before-index:1",
+    ] {
+        let out = dir.path().join("r.bs");
+        let o = compress_resumable(&src, &out, Some(point), &[]);
+        assert!(
+            !o.status.success(),
+            "{point}: the hook did not stop the run"
+        );
+        assert!(
+            !out.exists(),
+            "{point}: a partial file under the final name"
+        );
+        assert!(dir.path().join("r.bs.progress").is_dir());
+        let o = compress_resumable(&src, &out, None, &[]);
+        assert_eq!(code(&o), 0, "{point}: {}", stderr(&o));
+        assert_eq!(
+            fs::read(&out).unwrap(),
+            want,
+            "{point}: resumed output differs"
+        );
+        assert!(!dir.path().join("r.bs.progress").exists());
+        fs::remove_file(&out).unwrap();
+    }
+}
+
+#[test]
+fn resume_refuses_a_changed_input_or_different_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("in.safetensors");
+    fs::copy(fixture("smollm-bf16.safetensors"), &src).unwrap();
+    let out = dir.path().join("r.bs");
+    assert!(!compress_resumable(&src, &out, Some("window:2"), &[])
+        .status
+        .success());
+    let o = compress_resumable(&src, &out, None, &["--storage"]);
+    let e = fails(&o, 1);
+    assert!(e.contains("different"), "{e}");
+    // Touch the input: a new modification time is a different input.
+    let bytes = fs::read(&src).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(&src, &bytes).unwrap();
+    let e = fails(&compress_resumable(&src, &out, None, &[]), 1);
+    assert!(e.contains("different"), "{e}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn resume_survives_a_real_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    // A bigger input from real weights so the run lasts long enough to be killed mid-way.
+    let base =
+        bigsmall::model::safetensors::SafetensorsFile::open(&fixture("smollm-bf16.safetensors"))
+            .unwrap();
+    let t = base.tensors.iter().max_by_key(|t| t.len()).unwrap();
+    let bytes = base.tensor_bytes(t);
+    let mut tensors = Vec::new();
+    for k in 0..24 {
+        let data: Vec<u8> = bytes
+            .iter()
+            .cycle()
+            .skip(k * 2)
+            .take(bytes.len() * 8)
+            .copied()
+            .collect();
+        tensors.push(common::t(&format!("w{k}"), "BF16", &[data.len() / 2], data));
+    }
+    let src = dir.path().join("big.safetensors");
+    fs::write(&src, common::safetensors(&tensors, None)).unwrap();
+    let reference = dir.path().join("ref.bs");
+    assert_eq!(code(&compress_resumable(&src, &reference, None, &[])), 0);
+    let out = dir.path().join("k.bs");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bigsmall"))
+        .env("BIGSMALL_WINDOW_BYTES", "100000")
+        .args([
+            "compress".as_ref(),
+            src.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            "--resume".as_ref(),
+            "--no-progress".as_ref(),
+        ])
+        .spawn()
+        .unwrap();
+    let state = dir.path().join("k.bs.progress").join("state.json");
+    let started = std::time::Instant::now();
+    while !state.exists() && started.elapsed().as_secs() < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+    let o = compress_resumable(&src, &out, None, &[]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(fs::read(&out).unwrap(), fs::read(&reference).unwrap());
+}
+
+#[test]
+fn directory_resume_keeps_finished_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures_dir().join("sharded");
+    let reference = dir.path().join("ref.bs");
+    assert_eq!(code(&compress_resumable(&src, &reference, None, &[])), 0);
+    let out = dir.path().join("d.bs");
+    assert!(!compress_resumable(&src, &out, Some("window:3"), &[])
+        .status
+        .success());
+    assert!(!out.exists());
+    let o = compress_resumable(&src, &out, None, &[]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(tree(&out), tree(&reference));
+    for (rel, _) in tree(&reference) {
+        let (a, b) = (reference.join(&rel), out.join(&rel));
+        if a.is_file() {
+            assert_eq!(fs::read(a).unwrap(), fs::read(b).unwrap(), "{rel}");
+        }
+    }
+    assert!(!dir.path().join("d.bs.progress").exists());
+}

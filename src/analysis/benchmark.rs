@@ -138,6 +138,7 @@ pub fn benchmark(
     let opts = CompressOptions {
         effort,
         overwrite: true,
+        resume: false,
     };
     let cr = compress_file(src, &bs, &opts, progress)?;
     let c = Container::open(&bs)?;

@@ -51,6 +51,10 @@ pub struct Args {
     /// Also write a Reed-Solomon sidecar (OUT.ecc, about 15% extra) for `bigsmall repair`
     #[arg(long)]
     ecc: bool,
+    /// Checkpoint in OUT.progress/; after a crash or Ctrl-C, run again with the same
+    /// arguments and it continues where it stopped (identical output)
+    #[arg(long)]
+    resume: bool,
     /// Hide the progress bar
     #[arg(long)]
     no_progress: bool,
@@ -91,6 +95,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let opts = CompressOptions {
         effort,
         overwrite: a.force,
+        resume: a.resume,
     };
     let mut notes = String::new();
     let base_path = if a.auto_delta {

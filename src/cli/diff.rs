@@ -48,6 +48,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         let opts = CompressOptions {
             effort: Effort::Balanced,
             overwrite: a.force,
+            resume: false,
         };
         let bar = Bar::new(a.no_progress);
         let rep = if a.b.is_dir() {

@@ -398,6 +398,7 @@ pub fn compress_lib(src: &Path, dst: &Path, effort: Effort) -> CompressReport {
         &CompressOptions {
             effort,
             overwrite: true,
+            resume: false,
         },
         &Silent,
     )
