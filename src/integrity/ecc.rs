@@ -408,7 +408,15 @@ pub fn check_or_repair(file: &Path, sidecar: &Path, output: Option<&Path>) -> Re
         });
     }
     out.commit()?;
-    create(out_path)?;
+    // The output is the original file again, so an undamaged sidecar is its sidecar too.
+    if report.sidecar_damaged {
+        create(out_path)?;
+    } else {
+        let dst = sidecar_path(out_path);
+        let tmp = crate::fsutil::temp_name(&dst);
+        std::fs::copy(sidecar, &tmp).map_err(|e| Error::io(&dst, e))?;
+        std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+    }
     report.repaired = true;
     Ok(report)
 }
