@@ -105,6 +105,15 @@ fn a_sidecar_for_another_file_or_with_a_damaged_header() {
     big.extend_from_slice(&[0u8; 1000]);
     fs::write(&other, &big).unwrap();
     assert!(check_or_repair(&other, &sidecar_path(&bs), None).is_err());
+    // Another file of the same length: refused as not matching.
+    let same_len = dir.path().join("same_len.bs");
+    let mut different = fs::read(&bs).unwrap();
+    for b in different.iter_mut() {
+        *b = b.wrapping_mul(31).wrapping_add(7);
+    }
+    fs::write(&same_len, &different).unwrap();
+    let e = check_or_repair(&same_len, &sidecar_path(&bs), None).unwrap_err();
+    assert!(e.to_string().contains("does not belong"), "{e}");
     // The first header copy damaged: the trailer copy is used and reported.
     let side = sidecar_path(&bs);
     let mut s = fs::read(&side).unwrap();

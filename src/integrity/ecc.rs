@@ -389,6 +389,18 @@ pub fn check_or_repair(file: &Path, sidecar: &Path, output: Option<&Path>) -> Re
         }
     }
     report.sidecar_damaged |= parity_fixed;
+    // Real damage touches some blocks; a sidecar made for another file disagrees everywhere.
+    if report.blocks >= 16 && report.lost_blocks * 2 > report.blocks {
+        return Err(Error::Unrepairable {
+            path: sidecar.to_path_buf(),
+            why: format!(
+                "does not belong to {} (or the file is damaged beyond repair): {} of {} blocks disagree beyond correction; nothing written",
+                file.display(),
+                report.lost_blocks,
+                report.blocks
+            ),
+        });
+    }
     let (Some(out), Some(out_path)) = (out, output) else {
         return Ok(report);
     };
