@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use bigsmall::analysis::benchmark::benchmark;
-use bigsmall::codec::Effort;
 
 use super::{emit, emit_json, human, Bar};
 
@@ -14,15 +13,8 @@ use super::{emit, emit_json, human, Bar};
 pub struct Args {
     /// The .safetensors file to measure
     src: PathBuf,
-    /// Smallest-file mode
-    #[arg(long, group = "mode")]
-    storage: bool,
-    /// Default mode
-    #[arg(long, group = "mode")]
-    balanced: bool,
-    /// Fastest-decode mode
-    #[arg(long, group = "mode")]
-    inference: bool,
+    #[command(flatten)]
+    mode: super::mode::ModeArgs,
     /// Decode-to-memory repetitions (the best is reported)
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -35,13 +27,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    let effort = if a.storage {
-        Effort::Storage
-    } else if a.inference {
-        Effort::Inference
-    } else {
-        Effort::Balanced
-    };
+    let effort = a.mode.effort();
     let bar = Bar::new(a.no_progress);
     let r = benchmark(&a.src, effort, a.runs, &bar)?;
     if a.json {

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use bigsmall::codec::Effort;
 use bigsmall::delta::{auto, open_base, BaseSource};
 use bigsmall::store::{compress_file_against, CompressOptions, CompressReport, DeltaStats};
 use bigsmall::store_dir::compress_dir_against;
@@ -22,15 +21,8 @@ pub struct Args {
     /// Overwrite the output if it exists
     #[arg(short, long)]
     force: bool,
-    /// Smallest file: tries every candidate coding, slower to compress
-    #[arg(long, group = "mode")]
-    storage: bool,
-    /// Near-smallest file at full decode speed (the default)
-    #[arg(long, group = "mode")]
-    balanced: bool,
-    /// Fastest decode: byte-aligned fields only, slightly larger
-    #[arg(long, group = "mode")]
-    inference: bool,
+    #[command(flatten)]
+    mode: super::mode::ModeArgs,
     /// Write a patch against this base (.safetensors, model dir, .bs or compressed dir)
     #[arg(
         long,
@@ -64,13 +56,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    let effort = if a.storage {
-        Effort::Storage
-    } else if a.inference {
-        Effort::Inference
-    } else {
-        Effort::Balanced
-    };
+    let effort = a.mode.effort();
     let is_dir = a.src.is_dir();
     let dst = a.output.clone().unwrap_or_else(|| {
         if is_dir {

@@ -8,6 +8,7 @@ mod decompress;
 mod diff;
 mod info;
 mod migrate;
+mod mode;
 mod repair;
 mod scan;
 mod stat;

@@ -115,74 +115,20 @@ pub mod tag {
     }
 }
 
-/// Codes a chunk of mostly-zero data (a difference against a base tensor): whole 16-bit
-/// values as one rANS symbol stream when they have at most 256 distinct values (the
-/// zeroth-order entropy of the stream), byte planes, zstd (long zero runs), or raw — the
-/// smallest measured.
-pub fn encode_sparse_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u8> {
-    let w = kind.width();
-    if data.len() >= 2 * w && data.chunks_exact(w).all(|e| e == &data[..w]) {
+/// A FILL blob when every element equals the first (at least two elements).
+fn fill_blob(data: &[u8], w: usize) -> Option<Vec<u8>> {
+    (data.len() >= 2 * w && data.chunks_exact(w).all(|e| e == &data[..w])).then(|| {
         let mut out = vec![tag::FILL];
         out.extend_from_slice(&data[..w]);
-        return out;
-    }
-    let mut best = encode_planes(data, w, effort);
-    if w == 2 {
-        let values: Vec<u16> = data
-            .chunks_exact(2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-            .collect();
-        let h = stream::Histogram::of(values.iter().copied(), 16);
-        if let Some(plan) = stream::plan_symbols(&h) {
-            if plan.bytes + 1 < best.len() {
-                let mut out = vec![tag::SYM16];
-                stream::write_symbols(&plan, &values, &mut out);
-                best = out;
-            }
-        }
-    }
-    // Long zero runs are where an LZ coder beats order-0 coding; a quick probe decides.
-    if effort.zstd_always() || stream::worth_trying_zstd(data, best.len()) {
-        if let Ok(z) = zstd::bulk::compress(data, effort.zstd_level().unwrap_or(1).max(3)) {
-            if z.len() + 1 < best.len() {
-                best = Vec::with_capacity(z.len() + 1);
-                best.push(tag::ZSTD);
-                best.extend_from_slice(&z);
-            }
-        }
-    }
-    if best.len() > data.len() + 1 {
-        best.clear();
-        best.push(tag::RAW);
-        best.extend_from_slice(data);
-    }
-    best
+        out
+    })
 }
 
-/// Codes one chunk (`data.len()` a multiple of the element width), choosing the smallest
-/// candidate. Deterministic: the same input and effort always give the same blob.
-pub fn encode_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u8> {
-    let w = kind.width();
-    debug_assert_eq!(data.len() % w, 0);
-    if data.len() >= 2 * w && data.chunks_exact(w).all(|e| e == &data[..w]) {
-        let mut out = vec![tag::FILL];
-        out.extend_from_slice(&data[..w]);
-        return out;
-    }
-    let mut best = match kind {
-        ElemKind::Bf16 => split::encode16(data, split::Float16::Bf16, effort),
-        ElemKind::F16 => split::encode16(data, split::Float16::F16, effort),
-        ElemKind::F32 => split::encode32(data, effort),
-        ElemKind::Byte => {
-            let mut out = vec![tag::BYTES];
-            stream::write_bytes(data, effort, &mut out);
-            out
-        }
-        ElemKind::Other(w) => encode_planes(data, w, effort),
-    };
-    // Whole-chunk zstd catches structure beyond the fields (repeated values, few distinct
-    // values per block) that no order-0 coder sees.
-    if let Some(level) = effort.zstd_level() {
+/// The last candidates every chunk gets: whole-chunk zstd at `level` (always in storage mode,
+/// else when a quick probe says it can win), then raw, which bounds any chunk's growth to its
+/// one-byte tag.
+fn zstd_or_raw(data: &[u8], effort: Effort, level: Option<i32>, mut best: Vec<u8>) -> Vec<u8> {
+    if let Some(level) = level {
         if effort.zstd_always() || stream::worth_trying_zstd(data, best.len()) {
             if let Ok(z) = zstd::bulk::compress(data, level) {
                 if z.len() + 1 < best.len() {
@@ -199,6 +145,59 @@ pub fn encode_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u8> {
         best.extend_from_slice(data);
     }
     best
+}
+
+/// Codes a chunk of mostly-zero data (a difference against a base tensor): whole 16-bit
+/// values as one rANS symbol stream when they have at most 256 distinct values (the
+/// zeroth-order entropy of the stream), byte planes, zstd (long zero runs), or raw — the
+/// smallest measured.
+pub fn encode_sparse_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u8> {
+    let w = kind.width();
+    if let Some(fill) = fill_blob(data, w) {
+        return fill;
+    }
+    let mut best = encode_planes(data, w, effort);
+    if w == 2 {
+        let values: Vec<u16> = data
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        let h = stream::Histogram::of(values.iter().copied(), 16);
+        if let Some(plan) = stream::plan_symbols(&h) {
+            if plan.bytes + 1 < best.len() {
+                let mut out = vec![tag::SYM16];
+                stream::write_symbols(&plan, &values, &mut out);
+                best = out;
+            }
+        }
+    }
+    // Long zero runs are where an LZ coder beats order-0 coding, even in inference mode.
+    let level = Some(effort.zstd_level().unwrap_or(1).max(3));
+    zstd_or_raw(data, effort, level, best)
+}
+
+/// Codes one chunk (`data.len()` a multiple of the element width), choosing the smallest
+/// candidate. Deterministic: the same input and effort always give the same blob.
+pub fn encode_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u8> {
+    let w = kind.width();
+    debug_assert_eq!(data.len() % w, 0);
+    if let Some(fill) = fill_blob(data, w) {
+        return fill;
+    }
+    let best = match kind {
+        ElemKind::Bf16 => split::encode16(data, split::Float16::Bf16, effort),
+        ElemKind::F16 => split::encode16(data, split::Float16::F16, effort),
+        ElemKind::F32 => split::encode32(data, effort),
+        ElemKind::Byte => {
+            let mut out = vec![tag::BYTES];
+            stream::write_bytes(data, effort, &mut out);
+            out
+        }
+        ElemKind::Other(w) => encode_planes(data, w, effort),
+    };
+    // Whole-chunk zstd catches structure beyond the fields (repeated values, few distinct
+    // values per block) that no order-0 coder sees.
+    zstd_or_raw(data, effort, effort.zstd_level(), best)
 }
 
 fn encode_planes(data: &[u8], w: usize, effort: Effort) -> Vec<u8> {
