@@ -270,11 +270,16 @@ pub fn compress_file_against(
                     return Ok(None);
                 }
                 let bytes = b.range(&t.name, 0, bt.len)?;
-                Ok(Some(Matched {
+                let m = Matched {
                     hash: fast_hash(&bytes),
                     md5: b.md5(&t.name)?,
                     same: *bytes == *src.tensor_bytes(t),
-                }))
+                };
+                drop(bytes);
+                b.release(&t.name, 0, bt.len);
+                let start = src.data_offset() + t.start;
+                src.release(start, start + t.len());
+                Ok(Some(m))
             })
             .collect::<Result<_>>()?,
     };
@@ -468,6 +473,8 @@ pub fn compress_file_against(
                     let changed = crate::delta::changed_elements(raw, &base_bytes, w) * w as u64;
                     let mut diff = Vec::new();
                     crate::delta::subtract(raw, &base_bytes, w, &mut diff);
+                    drop(base_bytes);
+                    b.release(&t.name, j.start as u64, j.end as u64);
                     let d = crate::codec::encode_sparse_chunk(kind, &diff, opts.effort);
                     // Standalone coding is measured too, except where the difference is already
                     // under an eighth of the raw size: no standalone codec gets there on

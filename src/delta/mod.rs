@@ -45,6 +45,9 @@ pub trait BaseSource: Send + Sync {
     fn range(&self, name: &str, start: u64, end: u64) -> Result<Cow<'_, [u8]>>;
     /// md5 receipt of a tensor (stored for containers, computed for safetensors).
     fn md5(&self, name: &str) -> Result<String>;
+    /// Bytes `start..end` of a tensor are done with: a mapped base drops those pages, so
+    /// resident memory stays bounded by the working window.
+    fn release(&self, _name: &str, _start: u64, _end: u64) {}
 }
 
 /// Opens a base: a `.safetensors` file, a model directory, a `.bs` file or a compressed
@@ -154,6 +157,14 @@ impl BaseSource for SafetensorsBase {
             .ok_or_else(|| Error::invalid(&self.path, format!("base tensor '{name}' is too short")))
     }
 
+    fn release(&self, name: &str, start: u64, end: u64) {
+        if let Some(&(f, t)) = self.by_name.get(name) {
+            let file = &self.files[f];
+            let base = file.data_offset() + file.tensors[t].start;
+            file.release(base + start as usize, base + end as usize);
+        }
+    }
+
     fn md5(&self, name: &str) -> Result<String> {
         if let Some(m) = self.md5s.lock().expect("no poisoned lock").get(name) {
             return Ok(m.clone());
@@ -162,6 +173,7 @@ impl BaseSource for SafetensorsBase {
             .bytes(name)
             .ok_or_else(|| Error::invalid(&self.path, format!("base has no tensor '{name}'")))?;
         let m = md5_hex(b);
+        self.release(name, 0, b.len() as u64);
         self.md5s
             .lock()
             .expect("no poisoned lock")
@@ -290,7 +302,9 @@ pub fn fingerprint(base: &dyn BaseSource) -> Result<String> {
 
 /// xxh3 of a whole base tensor, the fast identity check made when a patch is applied.
 pub fn base_hash(base: &dyn BaseSource, name: &str, len: u64) -> Result<u64> {
-    Ok(fast_hash(&base.range(name, 0, len)?))
+    let h = fast_hash(&base.range(name, 0, len)?);
+    base.release(name, 0, len);
+    Ok(h)
 }
 
 /// `fine − base` element-wise (wrapping, little-endian words of `width` bytes) into `out`.

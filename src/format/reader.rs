@@ -233,6 +233,10 @@ impl Container {
         if c.codec == BASE_COPY {
             // Verified as a whole when the base was attached.
             out.copy_from_slice(&base_range()?);
+            if let Some(base) = &self.base {
+                let start: u64 = self.chunks(tensor)[..chunk].iter().map(|c| c.raw_len).sum();
+                base.release(&self.index.tensors[s].name, start, start + c.raw_len);
+            }
             return Ok(());
         }
         decode_chunk(self.kinds[s], self.blob(c), out).map_err(|source| Error::Decode {
@@ -243,6 +247,10 @@ impl Container {
         })?;
         if c.delta {
             crate::delta::add_in_place(out, &base_range()?, self.kinds[s].width());
+            if let Some(base) = &self.base {
+                let start: u64 = self.chunks(tensor)[..chunk].iter().map(|c| c.raw_len).sum();
+                base.release(&self.index.tensors[s].name, start, start + c.raw_len);
+            }
         }
         if fast_hash(out) != c.hash {
             return Err(Error::Integrity {
