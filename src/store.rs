@@ -697,14 +697,14 @@ pub fn decode_jobs(c: &Container) -> Vec<DecodeJob> {
     jobs
 }
 
-/// Splits `jobs` into windows of about `DECODE_WINDOW_BYTES` raw bytes.
-pub fn windows(jobs: &[DecodeJob]) -> Vec<std::ops::Range<usize>> {
+/// Splits `jobs` into windows of about `limit` raw bytes.
+pub fn windows(jobs: &[DecodeJob], limit: usize) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < jobs.len() {
         let mut end = start;
         let mut bytes = 0;
-        while end < jobs.len() && (bytes < DECODE_WINDOW_BYTES || end == start) {
+        while end < jobs.len() && (bytes < limit || end == start) {
             bytes += jobs[end].len;
             end += 1;
         }
@@ -764,7 +764,7 @@ pub fn decompress_file_with(
     out.write_all(&(header.len() as u64).to_le_bytes())?;
     out.write_all(header)?;
     let jobs = decode_jobs(&c);
-    let wins = windows(&jobs);
+    let wins = windows(&jobs, DECODE_WINDOW_BYTES);
     progress.start(c.raw_data_len(), "decompress");
 
     let (tx, rx) = mpsc::sync_channel::<Decoded>(2);

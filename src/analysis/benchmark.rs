@@ -82,7 +82,8 @@ pub fn peak_rss_bytes() -> u64 {
 fn decode_all(c: &Container, jobs: &[DecodeJob]) -> Result<f64> {
     let started = Instant::now();
     let mut buf = Vec::new();
-    for w in windows(jobs) {
+    // The same windows as `decompress`: small enough that the output stays in cache.
+    for w in windows(jobs, crate::store::DECODE_WINDOW_BYTES) {
         buf = decode_window(c, &jobs[w], buf)?;
     }
     Ok(started.elapsed().as_secs_f64())
