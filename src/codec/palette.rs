@@ -153,7 +153,7 @@ fn decode_into(
         reader.read(idx_all)?;
         let out_all = &mut out[2 * done..2 * (done + len)];
         let first_block = done / BLOCK;
-        let (fast, new_base) = fast_blocks(idx_all, &sizes[first_block..], &palette, base, out_all)
+        let (fast, new_base) = fast_blocks(idx_all, &sizes[first_block..], palette, base, out_all)
             .ok_or(CodecError::Corrupt("palette index out of range"))?;
         base = new_base;
         let (idx_all, out_all) = (&idx_all[fast..], &mut out_all[2 * fast..]);
