@@ -14,7 +14,6 @@ use crate::codec::tag;
 use crate::error::Result;
 use crate::format::reader::Container;
 use crate::format::TensorEntry;
-use crate::model::dir::scan_dir;
 use crate::model::role::{layer_index, role};
 use crate::model::safetensors::{dtype_name, SafetensorsFile};
 
@@ -256,15 +255,7 @@ fn low_zero_fraction(bytes: &[u8]) -> f64 {
 
 /// Scans a safetensors file or model directory.
 pub fn scan(path: &Path) -> Result<Scan> {
-    let files: Vec<std::path::PathBuf> = if path.is_dir() {
-        scan_dir(path)?
-            .weights
-            .into_iter()
-            .map(|p| path.join(p))
-            .collect()
-    } else {
-        vec![path.to_path_buf()]
-    };
+    let files = crate::model::dir::weight_files(path)?;
     let mut s = Scan {
         path: path.display().to_string(),
         shards: files.len(),

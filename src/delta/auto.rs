@@ -117,15 +117,7 @@ pub fn fingerprint(path: &Path) -> Result<Fingerprint> {
         }
         return Ok(fp);
     }
-    let files: Vec<PathBuf> = if path.is_dir() {
-        scan_dir(path)?
-            .weights
-            .into_iter()
-            .map(|p| path.join(p))
-            .collect()
-    } else {
-        vec![path.to_path_buf()]
-    };
+    let files = crate::model::dir::weight_files(path)?;
     let opened: Vec<SafetensorsFile> = files
         .iter()
         .map(|f| SafetensorsFile::open(f))

@@ -9,7 +9,6 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::format::reader::Container;
-use crate::model::dir::scan_dir;
 use crate::model::safetensors::{dtype_name, SafetensorsFile};
 use crate::store::md5_hex;
 use crate::store_dir::{read_dir_index, DIR_INDEX};
@@ -30,7 +29,7 @@ pub fn signatures(path: &Path) -> Result<BTreeMap<String, TensorSig>> {
     let containers: Vec<std::path::PathBuf> = if path.is_dir() && path.join(DIR_INDEX).is_file() {
         let idx = read_dir_index(path)?;
         idx.shards.iter().map(|s| path.join(&s.file)).collect()
-    } else if path.is_file() && is_container(path) {
+    } else if path.is_file() && crate::format::is_container(path) {
         vec![path.to_path_buf()]
     } else {
         Vec::new()
@@ -52,15 +51,7 @@ pub fn signatures(path: &Path) -> Result<BTreeMap<String, TensorSig>> {
         }
         return Ok(out);
     }
-    let files: Vec<std::path::PathBuf> = if path.is_dir() {
-        scan_dir(path)?
-            .weights
-            .into_iter()
-            .map(|p| path.join(p))
-            .collect()
-    } else {
-        vec![path.to_path_buf()]
-    };
+    let files = crate::model::dir::weight_files(path)?;
     for f in files {
         let st = SafetensorsFile::open(&f)?;
         let sigs: Vec<(String, TensorSig)> = st
@@ -82,15 +73,6 @@ pub fn signatures(path: &Path) -> Result<BTreeMap<String, TensorSig>> {
         st.release(0, st.bytes().len());
     }
     Ok(out)
-}
-
-fn is_container(path: &Path) -> bool {
-    use std::io::Read;
-    let mut magic = [0u8; 8];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .map(|_| &magic == crate::format::MAGIC)
-        .unwrap_or(false)
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -66,13 +66,7 @@ pub fn open_base(path: &Path) -> Result<Arc<dyn BaseSource>> {
         let files = listing.weights.iter().map(|p| path.join(p)).collect();
         return Ok(Arc::new(SafetensorsBase::open(path, files)?));
     }
-    let mut magic = [0u8; 8];
-    {
-        use std::io::Read;
-        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let _ = f.read(&mut magic).map_err(|e| Error::io(path, e))?;
-    }
-    if &magic == crate::format::MAGIC {
+    if crate::format::is_container(path) {
         Ok(Arc::new(ContainerBase::open(
             path,
             vec![path.to_path_buf()],

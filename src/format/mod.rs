@@ -188,6 +188,16 @@ pub fn preamble() -> [u8; PREAMBLE_LEN] {
     p
 }
 
+/// True when the file starts with the container magic (anything unreadable is not one).
+pub fn is_container(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map(|_| &magic == MAGIC)
+        .unwrap_or(false)
+}
+
 /// Hash used for chunk checks and the index checksum.
 pub fn fast_hash(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)

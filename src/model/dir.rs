@@ -13,6 +13,20 @@ pub struct ModelDir {
     pub side_files: Vec<PathBuf>,
 }
 
+/// The weight files a path names: the file itself, or every `.safetensors` of a model
+/// directory (full paths).
+pub fn weight_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_dir() {
+        Ok(scan_dir(path)?
+            .weights
+            .into_iter()
+            .map(|p| path.join(p))
+            .collect())
+    } else {
+        Ok(vec![path.to_path_buf()])
+    }
+}
+
 /// Lists a model directory. Hidden entries (`.git`, `.cache`) are skipped.
 pub fn scan_dir(root: &Path) -> Result<ModelDir> {
     let mut out = ModelDir::default();
