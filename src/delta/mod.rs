@@ -84,8 +84,8 @@ pub struct SafetensorsBase {
     path: PathBuf,
     files: Vec<SafetensorsFile>,
     tensors: Vec<BaseTensor>,
-    /// name -> (file, tensor index in that file)
-    by_name: BTreeMap<String, (usize, usize)>,
+    /// name -> (file, tensor index in that file, index in `tensors`)
+    by_name: BTreeMap<String, (usize, usize, usize)>,
     md5s: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
@@ -97,7 +97,10 @@ impl SafetensorsBase {
         for (fi, f) in files.iter().enumerate() {
             let st = SafetensorsFile::open(f)?;
             for (ti, t) in st.tensors.iter().enumerate() {
-                if by_name.insert(t.name.clone(), (fi, ti)).is_some() {
+                if by_name
+                    .insert(t.name.clone(), (fi, ti, tensors.len()))
+                    .is_some()
+                {
                     return Err(Error::invalid(
                         f,
                         format!("tensor '{}' appears in two shards of the base", t.name),
@@ -122,7 +125,7 @@ impl SafetensorsBase {
     }
 
     fn bytes(&self, name: &str) -> Option<&[u8]> {
-        let &(f, t) = self.by_name.get(name)?;
+        let &(f, t, _) = self.by_name.get(name)?;
         let file = &self.files[f];
         Some(file.tensor_bytes(&file.tensors[t]))
     }
@@ -138,8 +141,7 @@ impl BaseSource for SafetensorsBase {
     }
 
     fn find(&self, name: &str) -> Option<&BaseTensor> {
-        self.by_name.get(name)?;
-        self.tensors.iter().find(|t| t.name == name)
+        self.by_name.get(name).map(|&(_, _, i)| &self.tensors[i])
     }
 
     fn range(&self, name: &str, start: u64, end: u64) -> Result<Cow<'_, [u8]>> {
@@ -152,7 +154,7 @@ impl BaseSource for SafetensorsBase {
     }
 
     fn release(&self, name: &str, start: u64, end: u64) {
-        if let Some(&(f, t)) = self.by_name.get(name) {
+        if let Some(&(f, t, _)) = self.by_name.get(name) {
             let file = &self.files[f];
             let base = file.data_offset() + file.tensors[t].start;
             file.release(base + start as usize, base + end as usize);
@@ -181,7 +183,8 @@ pub struct ContainerBase {
     path: PathBuf,
     containers: Vec<Container>,
     tensors: Vec<BaseTensor>,
-    by_name: BTreeMap<String, (usize, usize)>,
+    /// name -> (file, tensor index in that file, index in `tensors`)
+    by_name: BTreeMap<String, (usize, usize, usize)>,
 }
 
 impl ContainerBase {
@@ -198,7 +201,10 @@ impl ContainerBase {
                 ));
             }
             for (ti, t) in c.index.tensors.iter().enumerate() {
-                if by_name.insert(t.name.clone(), (ci, ti)).is_some() {
+                if by_name
+                    .insert(t.name.clone(), (ci, ti, tensors.len()))
+                    .is_some()
+                {
                     return Err(Error::invalid(
                         f,
                         format!("tensor '{}' appears in two shards of the base", t.name),
@@ -232,8 +238,7 @@ impl BaseSource for ContainerBase {
     }
 
     fn find(&self, name: &str) -> Option<&BaseTensor> {
-        self.by_name.get(name)?;
-        self.tensors.iter().find(|t| t.name == name)
+        self.by_name.get(name).map(|&(_, _, i)| &self.tensors[i])
     }
 
     fn range(&self, name: &str, start: u64, end: u64) -> Result<Cow<'_, [u8]>> {
