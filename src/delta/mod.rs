@@ -242,7 +242,7 @@ impl BaseSource for ContainerBase {
     }
 
     fn range(&self, name: &str, start: u64, end: u64) -> Result<Cow<'_, [u8]>> {
-        let &(ci, ti) = self
+        let &(ci, ti, _) = self
             .by_name
             .get(name)
             .ok_or_else(|| Error::invalid(&self.path, format!("base has no tensor '{name}'")))?;
@@ -273,7 +273,7 @@ impl BaseSource for ContainerBase {
     }
 
     fn md5(&self, name: &str) -> Result<String> {
-        let &(ci, ti) = self
+        let &(ci, ti, _) = self
             .by_name
             .get(name)
             .ok_or_else(|| Error::invalid(&self.path, format!("base has no tensor '{name}'")))?;
