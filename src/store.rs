@@ -658,7 +658,7 @@ pub struct DecompressOptions {
     pub check_md5: bool,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct DecompressReport {
     pub output_bytes: u64,
     pub tensors: usize,

@@ -34,14 +34,17 @@ pub struct RoleBench {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub source: String,
+    /// "safetensors" (compressed here first) or "container" (an existing .bs/.bsr, decode only).
+    pub input: String,
     pub mode: String,
     pub threads: usize,
     pub source_bytes: u64,
     pub compressed_bytes: u64,
     pub ratio_pct: f64,
-    /// Whole-file compress (md5 receipts included), MB = 10^6 bytes of source per second.
-    pub compress_mb_s: f64,
-    pub compress_seconds: f64,
+    /// Whole-file compress (md5 receipts included), MB = 10^6 bytes of source per second;
+    /// absent for a container input.
+    pub compress_mb_s: Option<f64>,
+    pub compress_seconds: Option<f64>,
     /// Decode of every chunk into memory, checksums verified, best of the runs.
     pub decode_memory_mb_s: f64,
     pub decode_memory_seconds: f64,
@@ -49,7 +52,8 @@ pub struct BenchReport {
     /// Whole-file decompress to a file in the temporary directory.
     pub decompress_file_mb_s: f64,
     pub decompress_file_seconds: f64,
-    /// The decompressed file equals the source byte for byte.
+    /// The decompressed file equals the source byte for byte (a container input: every tensor
+    /// matched its md5 receipt).
     pub byte_identical: bool,
     /// Peak resident memory of this process (VmHWM), bytes.
     pub peak_rss_bytes: u64,
@@ -89,6 +93,18 @@ fn decode_all(c: &Container, jobs: &[DecodeJob]) -> Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
+/// Decode-to-memory speed of a whole container on the current thread pool: MB/s of decoded
+/// bytes, best of `runs`, every chunk checksum verified.
+pub fn decode_mb_s(c: &Container, runs: usize) -> Result<f64> {
+    c.check_decodable()?;
+    let jobs = decode_jobs(c);
+    let mut best = f64::INFINITY;
+    for _ in 0..runs.max(1) {
+        best = best.min(decode_all(c, &jobs)?);
+    }
+    Ok(mb_s(c.raw_data_len(), best))
+}
+
 fn mb_s(bytes: u64, seconds: f64) -> f64 {
     bytes as f64 / seconds.max(1e-9) / 1e6
 }
@@ -121,15 +137,21 @@ fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
     }
 }
 
-/// Runs the benchmark on one safetensors file.
+/// Runs the benchmark on one safetensors file (compressed with `effort` first) or on an
+/// existing container (decode only).
 pub fn benchmark(
     src: &Path,
     effort: Effort,
     runs: usize,
     progress: &dyn Progress,
 ) -> Result<BenchReport> {
+    let container_input = crate::format::is_container(src);
     // Validate the input before making anything.
-    drop(SafetensorsFile::open(src)?);
+    if container_input {
+        Container::open(src)?.check_decodable()?;
+    } else {
+        drop(SafetensorsFile::open(src)?);
+    }
     let dir = std::env::temp_dir().join(format!("bigsmall-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let tmp = TempDir(dir);
@@ -141,7 +163,11 @@ pub fn benchmark(
         overwrite: true,
         resume: false,
     };
-    let cr = compress_file(src, &bs, &opts, progress)?;
+    let (cr, bs) = if container_input {
+        (None, src.to_path_buf())
+    } else {
+        (Some(compress_file(src, &bs, &opts, progress)?), bs)
+    };
     let c = Container::open(&bs)?;
     let jobs = decode_jobs(&c);
     let raw = c.raw_data_len();
@@ -199,20 +225,28 @@ pub fn benchmark(
         &back,
         &DecompressOptions {
             overwrite: true,
-            check_md5: false,
+            check_md5: container_input,
         },
         progress,
-    )?;
-    let identical = same_bytes(src, &back)?;
+    );
+    let (identical, dr) = match dr {
+        Ok(dr) if container_input => (true, dr),
+        Ok(dr) => (same_bytes(src, &back)?, dr),
+        Err(e) if container_input && e.is_integrity() => (false, Default::default()),
+        Err(e) => return Err(e),
+    };
+    let source_bytes = c.index.source.file_size;
+    let compressed_bytes = c.file_size();
     Ok(BenchReport {
         source: src.display().to_string(),
-        mode: effort.name().to_string(),
+        input: if container_input { "container" } else { "safetensors" }.into(),
+        mode: c.index.mode.name().to_string(),
         threads: rayon::current_num_threads(),
-        source_bytes: cr.source_bytes,
-        compressed_bytes: cr.output_bytes,
-        ratio_pct: cr.output_bytes as f64 * 100.0 / cr.source_bytes.max(1) as f64,
-        compress_mb_s: mb_s(cr.source_bytes, cr.seconds),
-        compress_seconds: cr.seconds,
+        source_bytes,
+        compressed_bytes,
+        ratio_pct: compressed_bytes as f64 * 100.0 / source_bytes.max(1) as f64,
+        compress_mb_s: cr.as_ref().map(|cr| mb_s(cr.source_bytes, cr.seconds)),
+        compress_seconds: cr.as_ref().map(|cr| cr.seconds),
         decode_memory_mb_s: mb_s(raw, best),
         decode_memory_seconds: best,
         decode_memory_runs: runs,

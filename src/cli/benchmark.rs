@@ -8,10 +8,11 @@ use super::{emit, emit_json, human, Bar};
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  bigsmall benchmark model.safetensors\n  bigsmall benchmark model.safetensors --storage --runs 5 --json"
+    after_help = "Examples:\n  bigsmall benchmark model.safetensors\n  bigsmall benchmark model.safetensors --storage --runs 5 --json\n  bigsmall benchmark model.bsr --json     # an existing container: decode only"
 )]
 pub struct Args {
-    /// The .safetensors file to measure
+    /// The .safetensors file to measure (compressed here first), or an existing .bs/.bsr
+    /// (decode only; the mode flags do not apply)
     src: PathBuf,
     #[command(flatten)]
     mode: super::mode::ModeArgs,
@@ -43,10 +44,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             human(r.compressed_bytes),
             r.ratio_pct
         );
-        s += &format!(
-            "  compress:          {:.0} MB/s ({:.2}s, md5 receipts included)\n",
-            r.compress_mb_s, r.compress_seconds
-        );
+        if let (Some(mb_s), Some(secs)) = (r.compress_mb_s, r.compress_seconds) {
+            s += &format!(
+                "  compress:          {mb_s:.0} MB/s ({secs:.2}s, md5 receipts included)\n"
+            );
+        }
         s += &format!(
             "  decode to memory:  {:.0} MB/s ({:.3}s, best of {}, checksums verified)\n",
             r.decode_memory_mb_s, r.decode_memory_seconds, r.decode_memory_runs
@@ -57,10 +59,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         );
         s += &format!(
             "  round trip:        {}\n",
-            if r.byte_identical {
-                "byte-identical"
-            } else {
-                "DIFFERENT"
+            match (r.byte_identical, r.input.as_str()) {
+                (true, "container") => "every md5 receipt matched",
+                (true, _) => "byte-identical",
+                (false, "container") => "MD5 RECEIPT MISMATCH",
+                (false, _) => "DIFFERENT",
             }
         );
         s += &format!("  peak RSS:          {}\n", human(r.peak_rss_bytes));

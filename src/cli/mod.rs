@@ -12,6 +12,7 @@ mod mode;
 mod repair;
 mod scan;
 mod stat;
+mod transcode;
 mod verify;
 
 use std::io::{IsTerminal, Write};
@@ -58,6 +59,8 @@ enum Command {
     Repair(repair::Args),
     /// Rewrite an older .bs with the current codecs (verified before it replaces the file)
     Migrate(migrate::Args),
+    /// Re-encode a .bs into a .bsr tuned for decode speed (or back toward size), verified
+    Transcode(transcode::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -73,6 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Diff(a) => diff::run(a),
         Command::Repair(a) => repair::run(a),
         Command::Migrate(a) => migrate::run(a),
+        Command::Transcode(a) => transcode::run(a),
     }
 }
 

@@ -40,6 +40,9 @@ pub enum Effort {
     Balanced,
     /// Fastest decode: byte-aligned fields only, no zstd.
     Inference,
+    /// Decode speed first (`transcode --mode speed`): byte-aligned fields, nibble palettes,
+    /// no zstd, and raw storage wherever coding saves less than a tenth.
+    Speed,
 }
 
 impl Effort {
@@ -47,7 +50,7 @@ impl Effort {
         match self {
             Effort::Storage => Some(15),
             Effort::Balanced => Some(3),
-            Effort::Inference => None,
+            Effort::Inference | Effort::Speed => None,
         }
     }
 
@@ -60,6 +63,7 @@ impl Effort {
             Effort::Storage => "storage",
             Effort::Balanced => "balanced",
             Effort::Inference => "inference",
+            Effort::Speed => "speed",
         }
     }
 }
@@ -98,6 +102,7 @@ pub mod tag {
     pub const PLANES: u8 = 6;
     pub const PALETTE16: u8 = 7;
     pub const SYM16: u8 = 8;
+    pub const PALETTE16_NIBBLES: u8 = 9;
 
     pub fn name(t: u8) -> &'static str {
         match t {
@@ -110,6 +115,7 @@ pub mod tag {
             PLANES => "byte_planes",
             PALETTE16 => "palette16",
             SYM16 => "sym16_rans",
+            PALETTE16_NIBBLES => "palette16_nibbles",
             _ => "unknown",
         }
     }
@@ -197,7 +203,16 @@ pub fn encode_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u8> {
     };
     // Whole-chunk zstd catches structure beyond the fields (repeated values, few distinct
     // values per block) that no order-0 coder sees.
-    zstd_or_raw(data, effort, effort.zstd_level(), best)
+    let best = zstd_or_raw(data, effort, effort.zstd_level(), best);
+    // Raw decodes at memory speed (and can be used in place): for speed it wins unless coding
+    // saves at least a tenth.
+    if effort == Effort::Speed && best[0] != tag::RAW && best.len() * 10 > data.len() * 9 {
+        let mut raw = Vec::with_capacity(data.len() + 1);
+        raw.push(tag::RAW);
+        raw.extend_from_slice(data);
+        return raw;
+    }
+    best
 }
 
 fn encode_planes(data: &[u8], w: usize, effort: Effort) -> Vec<u8> {
@@ -262,6 +277,12 @@ pub fn decode_chunk(kind: ElemKind, blob: &[u8], out: &mut [u8]) -> Result<(), C
             }
             palette::decode(&mut r, out.len() / 2, out)?;
         }
+        tag::PALETTE16_NIBBLES => {
+            if w != 2 {
+                return Err(CodecError::Corrupt("palette codec on a non-16-bit tensor"));
+            }
+            palette::decode_nibbles(&mut r, out.len() / 2, out)?;
+        }
         tag::SPLIT32 => {
             if kind != ElemKind::F32 {
                 return Err(CodecError::Corrupt("split32 codec on a non-F32 tensor"));
@@ -312,7 +333,7 @@ mod tests {
     }
 
     fn roundtrip(kind: ElemKind, data: &[u8]) {
-        for effort in [Effort::Storage, Effort::Balanced, Effort::Inference] {
+        for effort in [Effort::Storage, Effort::Balanced, Effort::Inference, Effort::Speed] {
             let blob = encode_chunk(kind, data, effort);
             assert!(blob.len() <= data.len() + 1, "{kind:?} grew");
             let mut back = vec![0u8; data.len()];
@@ -446,7 +467,7 @@ mod simd_tests {
                 .flat_map(|&f| half::f16::from_f32(f).to_bits().to_le_bytes())
                 .collect();
             let f32b: Vec<u8> = v.iter().flat_map(|&f| f.to_le_bytes()).collect();
-            for effort in [Effort::Storage, Effort::Balanced, Effort::Inference] {
+            for effort in [Effort::Storage, Effort::Balanced, Effort::Inference, Effort::Speed] {
                 both_paths(ElemKind::Bf16, &bf, effort);
                 both_paths(ElemKind::F16, &f16, effort);
                 both_paths(ElemKind::F32, &f32b, effort);

@@ -13,6 +13,17 @@
 //! symbol stream: palette size − 1 of each block      (values < block)
 //! symbol stream: each element's index in its palette  (values < block)
 //! ```
+//!
+//! PALETTE16_NIBBLES, the decode-speed flavour (`transcode --mode speed`), needs every block
+//! to have at most 16 distinct values (true of 4-bit group quantization) and stores the
+//! indices raw, two per byte (element 2i in the low nibble), instead of as a rANS stream:
+//! ```text
+//! u8 log2(block) (5)
+//! varint P
+//! SPLIT16 body of the P palette values
+//! symbol stream: palette size − 1 of each block      (values < 16)
+//! ceil(n / 2) bytes of index nibbles
+//! ```
 
 use super::bits::{put_varint, Reader};
 use super::split::{read_split, write_split};
@@ -102,8 +113,48 @@ pub fn encode(words: &[u16], rs: &[u32], try_lsb: bool) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Codes the words as a nibble-index palette chunk, or `None` when a block has more than 16
+/// distinct values.
+pub fn encode_nibbles(words: &[u16], rs: &[u32]) -> Option<Vec<u8>> {
+    if words.is_empty() {
+        return None;
+    }
+    let (palette, sizes, index) = build(words);
+    if sizes.iter().any(|&s| s >= 16) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(words.len());
+    out.push(tag::PALETTE16_NIBBLES);
+    out.push(BLOCK_LOG2 as u8);
+    put_varint(&mut out, palette.len() as u64);
+    write_split(&palette, rs, false, &mut out);
+    let h = Histogram::of(sizes.iter().copied(), 4);
+    let plan = stream::plan_symbols(&h)?;
+    stream::write_symbols(&plan, &sizes, &mut out);
+    out.extend(
+        index
+            .chunks(2)
+            .map(|p| p[0] as u8 | (p.get(1).copied().unwrap_or(0) as u8) << 4),
+    );
+    Some(out)
+}
+
 /// Decodes a palette body (tag already read) into `out` (`n` little-endian 16-bit words).
 pub fn decode(r: &mut Reader<'_>, n: usize, out: &mut [u8]) -> Result<(), CodecError> {
+    decode_with(r, n, out, false)
+}
+
+/// Decodes a nibble-index palette body (tag already read).
+pub fn decode_nibbles(r: &mut Reader<'_>, n: usize, out: &mut [u8]) -> Result<(), CodecError> {
+    decode_with(r, n, out, true)
+}
+
+fn decode_with(
+    r: &mut Reader<'_>,
+    n: usize,
+    out: &mut [u8],
+    nibbles: bool,
+) -> Result<(), CodecError> {
     let log2 = u32::from(r.u8()?);
     if log2 != BLOCK_LOG2 {
         return Err(CodecError::Corrupt("unsupported palette block size"));
@@ -118,7 +169,33 @@ pub fn decode(r: &mut Reader<'_>, n: usize, out: &mut [u8]) -> Result<(), CodecE
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    SCRATCH.with_borrow_mut(|palette| decode_into(r, n, p, out, palette))
+    SCRATCH.with_borrow_mut(|palette| decode_into(r, n, p, out, palette, nibbles))
+}
+
+/// Where the per-element indices come from.
+enum Indices<'a> {
+    Rans(stream::SymbolBytes<'a>),
+    Nibbles(&'a [u8]),
+}
+
+impl Indices<'_> {
+    /// The next `idx.len()` indices; `first` is the element number of the first.
+    fn read(&mut self, first: usize, idx: &mut [u8]) -> Result<(), CodecError> {
+        match self {
+            Indices::Rans(reader) => reader.read(idx),
+            Indices::Nibbles(packed) => {
+                // `first` is even: stretches are whole blocks.
+                let bytes = &packed[first / 2..];
+                for (pair, &b) in idx.chunks_mut(2).zip(bytes) {
+                    pair[0] = b & 15;
+                    if let Some(hi) = pair.get_mut(1) {
+                        *hi = b >> 4;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 fn decode_into(
@@ -127,6 +204,7 @@ fn decode_into(
     p: usize,
     out: &mut [u8],
     palette: &mut Vec<u16>,
+    nibbles: bool,
 ) -> Result<(), CodecError> {
     palette.clear();
     palette.resize(p + BLOCK, 0);
@@ -135,27 +213,42 @@ fn decode_into(
     })?;
     let blocks = n.div_ceil(BLOCK);
     let mut sizes = vec![0u16; blocks];
-    let s = stream::read_symbols(r, BLOCK_LOG2)?;
+    let s = stream::read_symbols(r, if nibbles { 4 } else { BLOCK_LOG2 })?;
     stream::decode_symbols(&s, blocks, |i, v| sizes[i] = v + 1)?;
     if sizes.iter().map(|&k| usize::from(k)).sum::<usize>() != p {
         return Err(CodecError::Corrupt("palette sizes do not add up"));
     }
-    let s = stream::read_symbols(r, BLOCK_LOG2)?;
+    let s;
+    let mut reader = if nibbles {
+        Indices::Nibbles(r.bytes(n.div_ceil(2))?)
+    } else {
+        s = stream::read_symbols(r, BLOCK_LOG2)?;
+        Indices::Rans(stream::SymbolBytes::new(&s)?)
+    };
     // Indices are decoded a stretch at a time (a multiple of the block) and expanded at once.
     const STRETCH: usize = 8192;
     let mut index = [0u8; STRETCH];
-    let mut reader = stream::SymbolBytes::new(&s)?;
     let mut base = 0usize;
     let mut done = 0usize;
     while done < n {
         let len = STRETCH.min(n - done);
         let idx_all = &mut index[..len];
-        reader.read(idx_all)?;
         let out_all = &mut out[2 * done..2 * (done + len)];
         let first_block = done / BLOCK;
-        let (fast, new_base) = fast_blocks(idx_all, &sizes[first_block..], palette, base, out_all)
-            .ok_or(CodecError::Corrupt("palette index out of range"))?;
+        let fast = match &reader {
+            Indices::Nibbles(packed) => {
+                fast_nibble_blocks(&packed[done / 2..], &sizes[first_block..], palette, base, out_all)
+            }
+            Indices::Rans(_) => {
+                reader.read(done, idx_all)?;
+                fast_blocks(idx_all, &sizes[first_block..], palette, base, out_all)
+            }
+        };
+        let (fast, new_base) = fast.ok_or(CodecError::Corrupt("palette index out of range"))?;
         base = new_base;
+        if matches!(reader, Indices::Nibbles(_)) {
+            reader.read(done + fast, &mut idx_all[fast..])?;
+        }
         let (idx_all, out_all) = (&idx_all[fast..], &mut out_all[2 * fast..]);
         let first_block = first_block + fast / BLOCK;
         for (b, (idx, o)) in idx_all
@@ -175,7 +268,10 @@ fn decode_into(
         }
         done += len;
     }
-    reader.finish()
+    match reader {
+        Indices::Rans(reader) => reader.finish(),
+        Indices::Nibbles(_) => Ok(()),
+    }
 }
 
 /// The AVX-512 expansion of whole blocks where available: (elements done, new base), or
@@ -195,6 +291,25 @@ fn fast_blocks(
         }
     }
     let _ = (idx, sizes, palette, out);
+    Some((0, base))
+}
+
+/// `fast_blocks` for nibble-packed indices (16 bytes per block).
+fn fast_nibble_blocks(
+    packed: &[u8],
+    sizes: &[u16],
+    palette: &[u16],
+    base: usize,
+    out: &mut [u8],
+) -> Option<(usize, usize)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::simd::has_avx512() && super::simd::cpu_has_avx512vl() {
+            // SAFETY: features checked.
+            return unsafe { super::simd::palette_nibble_blocks(packed, sizes, palette, base, out) };
+        }
+    }
+    let _ = (packed, sizes, palette, out);
     Some((0, base))
 }
 
@@ -233,6 +348,21 @@ mod tests {
                 .collect::<Vec<u16>>()
         };
         assert_eq!(decode_all(), words);
+        let nib = encode_nibbles(&words, &[4, 5, 6, 7]).unwrap();
+        assert_eq!(nib[0], tag::PALETTE16_NIBBLES);
+        let decode_nib = || {
+            let mut out = vec![0u8; words.len() * 2];
+            let mut r = Reader::new(&nib[1..]);
+            decode_nibbles(&mut r, words.len(), &mut out).unwrap();
+            assert!(r.is_empty());
+            out.chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect::<Vec<u16>>()
+        };
+        assert_eq!(decode_nib(), words);
+        // 17 distinct values in a block cannot be nibble-indexed.
+        let wide: Vec<u16> = (0..64).map(|i| i % 17).collect();
+        assert!(encode_nibbles(&wide, &[7]).is_none());
         #[cfg(target_arch = "x86_64")]
         {
             let _guard = crate::codec::SIMD_SWITCH
@@ -240,8 +370,10 @@ mod tests {
                 .unwrap_or_else(|e| e.into_inner());
             crate::codec::simd::force_portable(true);
             let portable = decode_all();
+            let portable_nib = decode_nib();
             crate::codec::simd::force_portable(false);
             assert_eq!(portable, words);
+            assert_eq!(portable_nib, words);
         }
     }
 }

@@ -281,3 +281,38 @@ pub unsafe fn palette_blocks(
     }
     Some((blocks * 32, base))
 }
+
+/// `palette_blocks` with the indices packed two per byte (element 2i in the low nibble): each
+/// block's 16 bytes are split into nibbles, interleaved back into order, widened and looked up.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW (and VL for the 256-bit compare).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn palette_nibble_blocks(
+    packed: &[u8],
+    sizes: &[u16],
+    palette: &[u16],
+    mut base: usize,
+    out: &mut [u8],
+) -> Option<(usize, usize)> {
+    let blocks = (packed.len() / 16).min(sizes.len()).min(out.len() / 64);
+    let low = _mm_set1_epi8(0x0f);
+    for (b, &size) in sizes.iter().enumerate().take(blocks) {
+        let k = usize::from(size);
+        if base + 32 > palette.len() {
+            return Some((b * 32, base));
+        }
+        let x = _mm_loadu_si128(packed.as_ptr().add(b * 16) as *const __m128i);
+        let lo = _mm_and_si128(x, low);
+        let hi = _mm_and_si128(_mm_srli_epi16(x, 4), low);
+        let ix = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+        if _mm256_cmpge_epu8_mask(ix, _mm256_set1_epi8(k as i8)) != 0 {
+            return None;
+        }
+        let pal = _mm512_loadu_si512(palette.as_ptr().add(base) as *const _);
+        let words = _mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(ix), pal);
+        _mm512_storeu_si512(out.as_mut_ptr().add(b * 64) as *mut _, words);
+        base += k;
+    }
+    Some((blocks * 32, base))
+}

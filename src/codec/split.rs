@@ -30,7 +30,7 @@ pub enum Float16 {
 /// inference mode's choice because its rest unpacks as plain bytes.
 pub(super) fn candidates(flavour: Float16, effort: Effort) -> &'static [u32] {
     match (flavour, effort) {
-        (_, Effort::Inference) => &[7],
+        (_, Effort::Inference | Effort::Speed) => &[7],
         (Float16::Bf16, Effort::Balanced) => &[4, 5, 6, 7],
         (Float16::Bf16, Effort::Storage) => &[2, 3, 4, 5, 6, 7],
         (Float16::F16, Effort::Balanced) => &[4, 5, 6, 7, 8],
@@ -397,12 +397,21 @@ pub fn encode16(data: &[u8], flavour: Float16, effort: Effort) -> Vec<u8> {
     let words = as_words(data);
     // The biased-LSB pattern comes from rounding wider floats to BF16; inference mode keeps
     // the rest byte-aligned.
-    let try_lsb = flavour == Float16::Bf16 && effort != Effort::Inference;
+    let try_lsb = flavour == Float16::Bf16 && matches!(effort, Effort::Storage | Effort::Balanced);
     let rs = candidates(flavour, effort);
     let split = plan_split(&words, rs, try_lsb);
+    if effort == Effort::Speed && super::palette::worth_trying(&words) {
+        // The palette values are under half the words, so their finer split costs little
+        // decode time; the indices are the nibbles that make this fast.
+        if let Some(p) = super::palette::encode_nibbles(&words, candidates(flavour, Effort::Balanced)) {
+            if p.len() < split.bytes + 1 {
+                return p;
+            }
+        }
+    }
     // The split's size is known (to a few bytes: the rANS payload is its exact entropy cost
     // rounded up) before it is written, so a palette that wins spares the split's coding.
-    if effort != Effort::Inference && super::palette::worth_trying(&words) {
+    if matches!(effort, Effort::Storage | Effort::Balanced) && super::palette::worth_trying(&words) {
         if let Some(p) = super::palette::encode(&words, rs, try_lsb) {
             if p.len() < split.bytes + 1 {
                 return p;

@@ -80,7 +80,7 @@ pub fn fingerprint(path: &Path) -> Result<Fingerprint> {
     let containers: Vec<PathBuf> = if path.is_dir() && path.join(DIR_INDEX).is_file() {
         let idx = read_dir_index(path)?;
         idx.shards.iter().map(|s| path.join(&s.file)).collect()
-    } else if path.extension().is_some_and(|e| e == "bs") && path.is_file() {
+    } else if path.is_file() && crate::format::is_container(path) {
         vec![path.to_path_buf()]
     } else {
         Vec::new()
@@ -192,7 +192,7 @@ fn candidates(dir: &Path) -> Result<Vec<PathBuf>> {
             if p.join(DIR_INDEX).is_file() || scan_dir(&p).is_ok() {
                 out.push(p);
             }
-        } else if name.ends_with(".safetensors") || name.ends_with(".bs") {
+        } else if name.ends_with(".safetensors") || name.ends_with(".bs") || name.ends_with(".bsr") {
             out.push(p);
         }
     }

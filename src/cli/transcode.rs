@@ -1,0 +1,128 @@
+//! `bigsmall transcode`: re-encode a container for decode speed (`.bsr`) or back toward size.
+
+use std::path::PathBuf;
+
+use bigsmall::layout::transcode::{
+    transcode, Mode, TranscodeOptions, DEFAULT_SPEED_STREAMS, RAW_BUDGET_PCT,
+};
+
+use super::{emit, emit_json, thousands, Bar};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    /// Hot and small tensors raw (usable in place), big ones in many fast streams
+    Speed,
+    /// The balanced codecs, source chunks kept where smaller
+    Balanced,
+    /// The smallest codecs, source chunks kept where smaller: never larger than the source
+    Ratio,
+}
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  bigsmall transcode model.bs model.bsr                 # speed mode\n  bigsmall transcode model.bsr small.bs --mode ratio\n  bigsmall transcode model.bs model.bsr --n-streams 64 --workers 8"
+)]
+pub struct Args {
+    /// The .bs (or .bsr) file to re-encode
+    src: PathBuf,
+    /// Output file (.bsr by convention for speed mode)
+    dst: PathBuf,
+    /// What the output is tuned for
+    #[arg(long, value_enum, default_value = "speed")]
+    mode: ModeArg,
+    /// Independently decodable streams per big tensor [default: 16 in speed mode; balanced
+    /// and ratio keep the source's 1 MiB chunks]
+    #[arg(long, value_name = "N")]
+    n_streams: Option<usize>,
+    /// Threads to re-encode (and measure decode) with [default: all cores]
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Replace DST if it exists
+    #[arg(short, long)]
+    force: bool,
+    /// Skip measuring the decode speed of source and output
+    #[arg(long)]
+    no_measure: bool,
+    /// Hide the progress bar
+    #[arg(long)]
+    no_progress: bool,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    if a.n_streams == Some(0) {
+        anyhow::bail!("--n-streams must be at least 1");
+    }
+    if a.workers == Some(0) {
+        anyhow::bail!("--workers must be at least 1");
+    }
+    let mode = match a.mode {
+        ModeArg::Speed => Mode::Speed,
+        ModeArg::Balanced => Mode::Balanced,
+        ModeArg::Ratio => Mode::Ratio,
+    };
+    let opts = TranscodeOptions {
+        mode,
+        n_streams: a.n_streams,
+        overwrite: a.force,
+        measure: !a.no_measure,
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(a.workers.unwrap_or(0))
+        .build()?;
+    let bar = Bar::new(a.no_progress);
+    let r = pool.install(|| transcode(&a.src, &a.dst, &opts, &bar))?;
+    if a.json {
+        emit_json(&r);
+        return Ok(0);
+    }
+    let pct = |b: u64| b as f64 * 100.0 / r.raw_bytes.max(1) as f64;
+    let streams = match (mode, a.n_streams) {
+        (_, Some(n)) => format!("{n} streams per big tensor"),
+        (Mode::Speed, None) => format!("{DEFAULT_SPEED_STREAMS} streams per big tensor"),
+        _ => "1 MiB chunks".into(),
+    };
+    let mut s = format!(
+        "transcode[{}]: {} -> {}\n{} -> {} bytes ({:.2}% -> {:.2}% of raw, {:+.2} pp; {:+.2}% vs source)\n",
+        mode.name(),
+        r.source,
+        r.output,
+        thousands(r.before_bytes),
+        thousands(r.after_bytes),
+        pct(r.before_bytes),
+        pct(r.after_bytes),
+        pct(r.after_bytes) - pct(r.before_bytes),
+        (r.after_bytes as f64 / r.before_bytes.max(1) as f64 - 1.0) * 100.0,
+    );
+    s += &format!(
+        "tensors: {} ({} re-encoded{}, all md5-verified, every new chunk decoded back); chunks {} -> {} ({streams}){}\n",
+        r.tensors,
+        r.reencoded_tensors,
+        if mode == Mode::Speed {
+            format!(", {} kept raw for in-place use (budget {RAW_BUDGET_PCT} pp)", r.raw_tensors)
+        } else {
+            String::new()
+        },
+        r.chunks_before,
+        r.chunks_after,
+        if r.source_chunks_kept > 0 {
+            format!(", {} source chunks kept (smaller)", r.source_chunks_kept)
+        } else {
+            String::new()
+        },
+    );
+    if let (Some(b), Some(after)) = (r.decode_before_mb_s, r.decode_after_mb_s) {
+        s += &format!(
+            "decode to memory ({} threads, best of 3): {:.0} MB/s -> {:.0} MB/s ({:.2}x)\n",
+            r.threads,
+            b,
+            after,
+            after / b.max(1e-9)
+        );
+    }
+    s += &format!("wall: {:.1}s\n", r.seconds);
+    emit(&s);
+    Ok(0)
+}
