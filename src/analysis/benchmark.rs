@@ -239,7 +239,12 @@ pub fn benchmark(
     let compressed_bytes = c.file_size();
     Ok(BenchReport {
         source: src.display().to_string(),
-        input: if container_input { "container" } else { "safetensors" }.into(),
+        input: if container_input {
+            "container"
+        } else {
+            "safetensors"
+        }
+        .into(),
         mode: c.index.mode.name().to_string(),
         threads: rayon::current_num_threads(),
         source_bytes,

@@ -333,7 +333,12 @@ mod tests {
     }
 
     fn roundtrip(kind: ElemKind, data: &[u8]) {
-        for effort in [Effort::Storage, Effort::Balanced, Effort::Inference, Effort::Speed] {
+        for effort in [
+            Effort::Storage,
+            Effort::Balanced,
+            Effort::Inference,
+            Effort::Speed,
+        ] {
             let blob = encode_chunk(kind, data, effort);
             assert!(blob.len() <= data.len() + 1, "{kind:?} grew");
             let mut back = vec![0u8; data.len()];
@@ -467,7 +472,12 @@ mod simd_tests {
                 .flat_map(|&f| half::f16::from_f32(f).to_bits().to_le_bytes())
                 .collect();
             let f32b: Vec<u8> = v.iter().flat_map(|&f| f.to_le_bytes()).collect();
-            for effort in [Effort::Storage, Effort::Balanced, Effort::Inference, Effort::Speed] {
+            for effort in [
+                Effort::Storage,
+                Effort::Balanced,
+                Effort::Inference,
+                Effort::Speed,
+            ] {
                 both_paths(ElemKind::Bf16, &bf, effort);
                 both_paths(ElemKind::F16, &f16, effort);
                 both_paths(ElemKind::F32, &f32b, effort);

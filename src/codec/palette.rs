@@ -174,7 +174,8 @@ fn decode_with(
 
 /// Where the per-element indices come from.
 enum Indices<'a> {
-    Rans(stream::SymbolBytes<'a>),
+    // Boxed: the rANS reader is large and the nibble variant is the hot one.
+    Rans(Box<stream::SymbolBytes<'a>>),
     Nibbles(&'a [u8]),
 }
 
@@ -223,7 +224,7 @@ fn decode_into(
         Indices::Nibbles(r.bytes(n.div_ceil(2))?)
     } else {
         s = stream::read_symbols(r, BLOCK_LOG2)?;
-        Indices::Rans(stream::SymbolBytes::new(&s)?)
+        Indices::Rans(Box::new(stream::SymbolBytes::new(&s)?))
     };
     // Indices are decoded a stretch at a time (a multiple of the block) and expanded at once.
     const STRETCH: usize = 8192;
@@ -236,9 +237,13 @@ fn decode_into(
         let out_all = &mut out[2 * done..2 * (done + len)];
         let first_block = done / BLOCK;
         let fast = match &reader {
-            Indices::Nibbles(packed) => {
-                fast_nibble_blocks(&packed[done / 2..], &sizes[first_block..], palette, base, out_all)
-            }
+            Indices::Nibbles(packed) => fast_nibble_blocks(
+                &packed[done / 2..],
+                &sizes[first_block..],
+                palette,
+                base,
+                out_all,
+            ),
             Indices::Rans(_) => {
                 reader.read(done, idx_all)?;
                 fast_blocks(idx_all, &sizes[first_block..], palette, base, out_all)
@@ -306,7 +311,9 @@ fn fast_nibble_blocks(
     {
         if super::simd::has_avx512() && super::simd::cpu_has_avx512vl() {
             // SAFETY: features checked.
-            return unsafe { super::simd::palette_nibble_blocks(packed, sizes, palette, base, out) };
+            return unsafe {
+                super::simd::palette_nibble_blocks(packed, sizes, palette, base, out)
+            };
         }
     }
     let _ = (packed, sizes, palette, out);

@@ -403,7 +403,9 @@ pub fn encode16(data: &[u8], flavour: Float16, effort: Effort) -> Vec<u8> {
     if effort == Effort::Speed && super::palette::worth_trying(&words) {
         // The palette values are under half the words, so their finer split costs little
         // decode time; the indices are the nibbles that make this fast.
-        if let Some(p) = super::palette::encode_nibbles(&words, candidates(flavour, Effort::Balanced)) {
+        if let Some(p) =
+            super::palette::encode_nibbles(&words, candidates(flavour, Effort::Balanced))
+        {
             if p.len() < split.bytes + 1 {
                 return p;
             }
@@ -411,7 +413,8 @@ pub fn encode16(data: &[u8], flavour: Float16, effort: Effort) -> Vec<u8> {
     }
     // The split's size is known (to a few bytes: the rANS payload is its exact entropy cost
     // rounded up) before it is written, so a palette that wins spares the split's coding.
-    if matches!(effort, Effort::Storage | Effort::Balanced) && super::palette::worth_trying(&words) {
+    if matches!(effort, Effort::Storage | Effort::Balanced) && super::palette::worth_trying(&words)
+    {
         if let Some(p) = super::palette::encode(&words, rs, try_lsb) {
             if p.len() < split.bytes + 1 {
                 return p;

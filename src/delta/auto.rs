@@ -192,7 +192,8 @@ fn candidates(dir: &Path) -> Result<Vec<PathBuf>> {
             if p.join(DIR_INDEX).is_file() || scan_dir(&p).is_ok() {
                 out.push(p);
             }
-        } else if name.ends_with(".safetensors") || name.ends_with(".bs") || name.ends_with(".bsr") {
+        } else if name.ends_with(".safetensors") || name.ends_with(".bs") || name.ends_with(".bsr")
+        {
             out.push(p);
         }
     }

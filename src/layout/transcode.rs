@@ -454,12 +454,18 @@ pub fn transcode(
         raw_tensors += usize::from(keep_raw[t]);
         te.chunks = chunks;
     }
-    index.chunk_bytes = pieces
-        .iter()
-        .filter(|p| !p.raw)
-        .map(|p| p.end - p.start)
-        .max()
-        .unwrap_or(CHUNK_BYTES as u64);
+    if opts.mode == Mode::Speed || opts.n_streams.is_some() {
+        index.chunk_bytes = pieces
+            .iter()
+            .filter(|p| !p.raw)
+            .map(|p| p.end - p.start)
+            .max()
+            .unwrap_or(CHUNK_BYTES as u64);
+    }
+    if kept == pieces.len() && opts.mode != Mode::Speed {
+        // Nothing was re-coded: the file is still what its source's mode made.
+        index.mode = c.index.mode;
+    }
     let chunks_after = index.tensors.iter().map(|t| t.chunks.len()).sum();
     let after_bytes = writer.finish(&index)?;
     progress.finish();
@@ -495,7 +501,11 @@ pub fn transcode(
 }
 
 /// Decodes `blob` and compares it with `data`.
-fn check_roundtrip(kind: crate::codec::ElemKind, blob: &[u8], data: &[u8]) -> std::result::Result<(), ()> {
+fn check_roundtrip(
+    kind: crate::codec::ElemKind,
+    blob: &[u8],
+    data: &[u8],
+) -> std::result::Result<(), ()> {
     thread_local! {
         static BACK: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }

@@ -1,0 +1,358 @@
+//! `transcode` end to end: every mode round-trips every fixture bit-exactly, speed mode lays out
+//! what it promises (raw hot tensors aligned for in-place use, big tensors in many
+//! nibble-palette streams), balanced and ratio never grow a file, and bad input is refused
+//! without leaving anything behind.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+fn compress(src: &Path, dst: &Path) {
+    ok(&run([
+        "compress".as_ref(),
+        src.as_os_str(),
+        "-o".as_ref(),
+        dst.as_os_str(),
+        "--no-progress".as_ref(),
+    ]));
+}
+
+fn transcode(src: &Path, dst: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "transcode".into(),
+        src.into(),
+        dst.into(),
+        "--no-progress".into(),
+        "--no-measure".into(),
+        "--json".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.into()));
+    serde_json::from_str(&ok(&run(&args))).expect("json report")
+}
+
+fn decompress(src: &Path, dst: &Path) {
+    ok(&run([
+        "decompress".as_ref(),
+        src.as_os_str(),
+        "-o".as_ref(),
+        dst.as_os_str(),
+        "--no-progress".as_ref(),
+    ]));
+}
+
+/// Chunk entries of the tensor called `name`: (offset, len, raw_len, codec).
+fn chunks_of(bs: &Path, name: &str) -> Vec<(u64, u64, u64, u64)> {
+    let idx = index_value(&fs::read(bs).unwrap());
+    let t = idx["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no tensor {name}"));
+    t["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["o"].as_u64().unwrap(),
+                c["l"].as_u64().unwrap(),
+                c["n"].as_u64().unwrap(),
+                c["c"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A small "model" shaped like a 4-bit group-quantized checkpoint dequantized to BF16: a big
+/// MLP weight (every 32-value block has at most 16 levels), a norm and a small bias.
+fn quantized_model(dir: &Path) -> PathBuf {
+    let mut rng = Rng(0x4b1d);
+    let n = 1 << 20; // 2 MiB of BF16
+    let mut words = Vec::with_capacity(2 * n);
+    for _ in 0..n / 32 {
+        let scale = 0.001 + 0.004 * rng.unit();
+        let min = -8.0 * scale;
+        for _ in 0..32 {
+            let level = (rng.next_u64() >> 60) as f32;
+            words.extend_from_slice(&half::bf16::from_f32(min + level * scale).to_le_bytes());
+        }
+    }
+    let norm: Vec<u8> = (0..576)
+        .flat_map(|i| half::bf16::from_f32(1.0 + i as f32 * 1e-3).to_le_bytes())
+        .collect();
+    let bias = bf16_weights(&mut rng, 64, 0.1);
+    let bytes = safetensors(
+        &[
+            t(
+                "model.layers.0.mlp.up_proj.weight",
+                "BF16",
+                &[1024, 1024],
+                words,
+            ),
+            t(
+                "model.layers.0.post_attention_layernorm.weight",
+                "BF16",
+                &[576],
+                norm,
+            ),
+            t("model.layers.0.mlp.up_proj.bias", "BF16", &[64], bias),
+        ],
+        None,
+    );
+    let p = dir.join("quant.safetensors");
+    fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn every_mode_round_trips_every_fixture() {
+    let d = tmp();
+    for src in fixture_files() {
+        let name = file_name(&src);
+        let bs = d.path().join(format!("{name}.bs"));
+        compress(&src, &bs);
+        let bs_len = fs::metadata(&bs).unwrap().len();
+        for mode in ["speed", "balanced", "ratio"] {
+            let out = d.path().join(format!("{name}.{mode}.bsr"));
+            let r = transcode(&bs, &out, &["--mode", mode]);
+            assert_eq!(r["mode"], mode);
+            assert_eq!(
+                r["after_bytes"].as_u64().unwrap(),
+                fs::metadata(&out).unwrap().len()
+            );
+            if mode != "speed" {
+                assert!(
+                    fs::metadata(&out).unwrap().len() <= bs_len,
+                    "{name}: {mode} grew the file"
+                );
+            }
+            let back = d.path().join(format!("{name}.{mode}.safetensors"));
+            decompress(&out, &back);
+            assert_eq!(sha256_file(&back), sha256_file(&src), "{name} {mode}");
+            ok(&run(["verify".as_ref(), out.as_os_str()]));
+            if mode == "speed" {
+                assert!(ok(&run(["info".as_ref(), out.as_os_str()])).contains("speed"));
+            }
+        }
+    }
+    assert_no_leftovers(d.path());
+}
+
+#[test]
+fn speed_mode_lays_out_hot_tensors_raw_and_big_ones_in_streams() {
+    let d = tmp();
+    let src = quantized_model(d.path());
+    let bs = d.path().join("q.bs");
+    compress(&src, &bs);
+    let bsr = d.path().join("q.bsr");
+    let r = transcode(&bs, &bsr, &[]);
+    assert_eq!(r["raw_tensors"], 2, "{r}");
+
+    let big = chunks_of(&bsr, "model.layers.0.mlp.up_proj.weight");
+    // 2 MiB in 16 streams of 128 KiB, each a nibble palette (tag 9).
+    assert_eq!(big.len(), 16, "{big:?}");
+    assert!(big.iter().all(|c| c.2 == 128 << 10 && c.3 == 9), "{big:?}");
+    let coded: u64 = big.iter().map(|c| c.1).sum();
+    assert!(
+        coded < (2 << 20) * 60 / 100,
+        "nibble palettes: {coded} bytes"
+    );
+
+    // Hot tensors: one raw chunk whose payload (after the tag byte) is 64-byte aligned, so it
+    // is the tensor itself, usable in place from a mapping.
+    let file = fs::read(&bsr).unwrap();
+    let raw_src = fs::read(&src).unwrap();
+    for name in [
+        "model.layers.0.post_attention_layernorm.weight",
+        "model.layers.0.mlp.up_proj.bias",
+    ] {
+        let c = chunks_of(&bsr, name);
+        assert_eq!(c.len(), 1);
+        let (o, l, n, codec) = c[0];
+        assert_eq!(codec, 0, "{name} raw");
+        assert_eq!((o + 1) % 64, 0, "{name} payload aligned");
+        assert_eq!(l, n + 1);
+        let payload = &file[(o + 1) as usize..(o + l) as usize];
+        assert!(
+            raw_src.windows(payload.len()).any(|w| w == payload),
+            "{name} payload is the tensor"
+        );
+    }
+
+    // More streams on request.
+    let more = d.path().join("q64.bsr");
+    transcode(&bs, &more, &["--n-streams", "32"]);
+    assert_eq!(
+        chunks_of(&more, "model.layers.0.mlp.up_proj.weight").len(),
+        32
+    );
+
+    // Bit-exact, with and without the AVX-512 kernels.
+    for simd in [true, false] {
+        let back = d.path().join(format!("back-{simd}.safetensors"));
+        let mut cmd = bigsmall();
+        if !simd {
+            cmd.env("BIGSMALL_NO_SIMD", "1");
+        }
+        ok(&cmd
+            .args([
+                "decompress".as_ref(),
+                bsr.as_os_str(),
+                "-o".as_ref(),
+                back.as_os_str(),
+            ])
+            .arg("--no-progress")
+            .output()
+            .unwrap());
+        assert_eq!(sha256_file(&back), sha256_file(&src));
+    }
+
+    // Back to ratio: the size of the original .bs at most.
+    let again = d.path().join("again.bs");
+    transcode(&bsr, &again, &["--mode", "ratio"]);
+    let back = d.path().join("again.safetensors");
+    decompress(&again, &back);
+    assert_eq!(sha256_file(&back), sha256_file(&src));
+}
+
+#[test]
+fn report_measures_decode_speed_of_both_files() {
+    let d = tmp();
+    let bs = d.path().join("m.bs");
+    compress(&fixture("smollm-bf16.safetensors"), &bs);
+    let out = d.path().join("m.bsr");
+    let text = ok(&run([
+        "transcode".as_ref(),
+        bs.as_os_str(),
+        out.as_os_str(),
+        "--no-progress".as_ref(),
+        "--workers".as_ref(),
+        "1".as_ref(),
+    ]));
+    assert!(text.starts_with("transcode[speed]: "), "{text}");
+    assert!(text.contains("decode to memory (1 threads"), "{text}");
+    assert!(text.contains("all md5-verified"), "{text}");
+
+    // benchmark reads the .bsr directly and reports decode-to-memory apart from whole files.
+    let j: serde_json::Value = serde_json::from_str(&ok(&run([
+        "benchmark".as_ref(),
+        out.as_os_str(),
+        "--json".as_ref(),
+        "--no-progress".as_ref(),
+    ])))
+    .unwrap();
+    assert_eq!(j["input"], "container");
+    assert_eq!(j["mode"], "speed");
+    assert!(j["compress_mb_s"].is_null());
+    assert!(j["decode_memory_mb_s"].as_f64().unwrap() > 0.0);
+    assert!(j["decompress_file_mb_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(j["byte_identical"], true);
+}
+
+#[test]
+fn bad_input_is_refused_and_nothing_is_left() {
+    let d = tmp();
+    let src = fixture("minilm-bf16.safetensors");
+    let bs = d.path().join("m.bs");
+    compress(&src, &bs);
+    let out = d.path().join("m.bsr");
+
+    // Existing output without -f: refused, untouched.
+    fs::write(&out, b"keep me").unwrap();
+    let e = fails(
+        &run(["transcode".as_ref(), bs.as_os_str(), out.as_os_str()]),
+        1,
+    );
+    assert!(e.contains("exists"), "{e}");
+    assert_eq!(fs::read(&out).unwrap(), b"keep me");
+    transcode(&bs, &out, &["-f"]);
+
+    // The source as its own output.
+    let e = fails(
+        &run([
+            "transcode".as_ref(),
+            bs.as_os_str(),
+            bs.as_os_str(),
+            "-f".as_ref(),
+        ]),
+        1,
+    );
+    assert!(e.contains("source itself"), "{e}");
+
+    for bad in [["--n-streams", "0"], ["--workers", "0"]] {
+        let o = run([
+            "transcode".as_ref(),
+            bs.as_os_str(),
+            d.path().join("x.bsr").as_os_str(),
+            bad[0].as_ref(),
+            bad[1].as_ref(),
+        ]);
+        assert_ne!(code(&o), 0, "{bad:?}");
+    }
+    usage_error(&run([
+        "transcode".as_ref(),
+        bs.as_os_str(),
+        d.path().join("x.bsr").as_os_str(),
+        "--mode".as_ref(),
+        "fastest".as_ref(),
+    ]));
+
+    // A flipped byte in a blob: an integrity failure (exit 3), no output.
+    let damaged = d.path().join("damaged.bs");
+    fs::copy(&bs, &damaged).unwrap();
+    xor_byte(&damaged, 200, 0x55);
+    let o = run([
+        "transcode".as_ref(),
+        damaged.as_os_str(),
+        d.path().join("d.bsr").as_os_str(),
+    ]);
+    let e = fails(&o, 3);
+    assert!(e.contains("damaged.bs"), "{e}");
+    assert!(!d.path().join("d.bsr").exists());
+
+    // A patch needs its base first.
+    let fine = d.path().join("fine.safetensors");
+    let mut bytes = fs::read(&src).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 1;
+    fs::write(&fine, bytes).unwrap();
+    let patch = d.path().join("patch.bs");
+    ok(&run([
+        "compress".as_ref(),
+        fine.as_os_str(),
+        "-o".as_ref(),
+        patch.as_os_str(),
+        "--delta-from".as_ref(),
+        src.as_os_str(),
+        "--no-progress".as_ref(),
+    ]));
+    let e = fails(
+        &run([
+            "transcode".as_ref(),
+            patch.as_os_str(),
+            d.path().join("p.bsr").as_os_str(),
+        ]),
+        1,
+    );
+    assert!(e.contains("patch"), "{e}");
+
+    // Not a container at all.
+    let e = fails(
+        &run([
+            "transcode".as_ref(),
+            src.as_os_str(),
+            d.path().join("s.bsr").as_os_str(),
+        ]),
+        1,
+    );
+    assert!(e.contains("minilm-bf16.safetensors"), "{e}");
+    assert_no_leftovers(d.path());
+}
