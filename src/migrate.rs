@@ -77,6 +77,8 @@ pub fn migrate(
     let mut writer = ContainerWriter::create(&new_path)?;
     let mut index = c.index.clone();
     index.created_by = created_by();
+    // Re-encoded tensors get chunks of their own: grouped streams are not kept.
+    index.groups.clear();
     progress.start(c.raw_data_len(), "migrate");
     for t in 0..c.index.tensors.len() {
         let te = &c.index.tensors[t];
@@ -131,6 +133,9 @@ pub fn migrate(
                 offset,
                 len: blob.len() as u64,
                 codec: blob[0],
+                // A grouped member now has a blob of its own.
+                skip: 0,
+                total: 0,
                 ..*ch
             });
             progress.advance(ch.raw_len);

@@ -33,6 +33,8 @@ pub struct CompressOptions {
     pub overwrite: bool,
     /// Checkpoint after every window in `<OUT>.progress/` and continue from there.
     pub resume: bool,
+    /// Code small same-role tensors across layers as one stream where that measures smaller.
+    pub group_streams: bool,
 }
 
 impl Default for CompressOptions {
@@ -41,6 +43,7 @@ impl Default for CompressOptions {
             effort: Effort::Balanced,
             overwrite: false,
             resume: false,
+            group_streams: false,
         }
     }
 }
@@ -62,6 +65,8 @@ struct ResumeKey {
     effort: Effort,
     base_fingerprint: String,
     window_bytes: usize,
+    #[serde(default)]
+    group_streams: bool,
 }
 
 /// The checkpoint written after every window.
@@ -115,6 +120,9 @@ pub struct CompressReport {
     /// Present when the output is a patch against a base.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta: Option<DeltaStats>,
+    /// `--group-streams`: every candidate group and its measured decision.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<crate::format::GroupInfo>,
 }
 
 /// How a patch relates to its base, measured while it was written.
@@ -312,9 +320,19 @@ pub fn compress_file_against(
             .collect();
     }
 
+    // Grouped streams are decided (coded both ways, measured) before the main pass; their
+    // members are not coded again there.
+    let groups = if opts.group_streams {
+        crate::layout::groups::plan(&src, &kinds, &dup, |i| matched[i].is_none(), opts.effort)
+    } else {
+        crate::layout::groups::Groups::default()
+    };
     let mut jobs = Vec::new();
     for (i, t) in src.tensors.iter().enumerate() {
-        if dup[i].is_some() || matched[i].as_ref().is_some_and(|m| m.same) {
+        if dup[i].is_some()
+            || matched[i].as_ref().is_some_and(|m| m.same)
+            || groups.md5[i].is_some()
+        {
             continue;
         }
         let step = chunk_len(kinds[i]);
@@ -350,6 +368,7 @@ pub fn compress_file_against(
             .map(|s| s.base_fingerprint.clone())
             .unwrap_or_default(),
         window_bytes: window_limit,
+        group_streams: opts.group_streams,
     };
     let checkpoint: Option<Checkpoint> = if opts.resume {
         std::fs::create_dir_all(&pdir).map_err(|e| Error::io(&pdir, e))?;
@@ -394,6 +413,13 @@ pub fn compress_file_against(
         st.standalone_chunks = c.standalone_chunks;
     }
     let mut hashers: Vec<Option<Md5>> = src.tensors.iter().map(|_| Some(Md5::new())).collect();
+    if checkpoint.is_none() {
+        // A resumed run has the group blobs (and their entries) from the checkpoint.
+        for (member, entry) in groups.write(&mut writer)? {
+            chunks[member].push(entry);
+        }
+    }
+    progress.advance(groups.raw_bytes());
 
     let mut next = 0;
     let mut window_no = 0usize;
@@ -528,6 +554,8 @@ pub fn compress_file_against(
                 hash: c.hash,
                 codec: c.blob[0],
                 delta: c.delta,
+                skip: 0,
+                total: 0,
             });
         }
         let first = &window[0];
@@ -564,6 +592,7 @@ pub fn compress_file_against(
         let digest = hex(&h.expect("hasher returned").finalize());
         md5s.push(match (dup[i], &matched[i]) {
             (Some(j), _) => md5s[j].clone(),
+            _ if groups.md5[i].is_some() => groups.md5[i].clone().expect("checked"),
             (None, Some(m)) if m.same => m.md5.clone(),
             _ => digest,
         });
@@ -608,6 +637,7 @@ pub fn compress_file_against(
             }),
             _ => None,
         },
+        groups: groups.infos.clone(),
     };
     abort_if("before-index", 1);
     let output_bytes = writer.finish(&index)?;
@@ -622,6 +652,7 @@ pub fn compress_file_against(
         duplicates: dup.iter().filter(|d| d.is_some()).count(),
         seconds: started.elapsed().as_secs_f64(),
         delta: stats,
+        groups: groups.infos,
     })
 }
 

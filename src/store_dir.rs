@@ -211,6 +211,7 @@ pub fn compress_dir_against(
         duplicates: 0,
         seconds: 0.0,
         delta: None,
+        groups: Vec::new(),
     };
     let inner = CompressOptions {
         overwrite: true,
@@ -239,6 +240,7 @@ pub fn compress_dir_against(
                     .count(),
                 seconds: 0.0,
                 delta: None,
+                groups: c.index.groups.clone(),
             }
         } else {
             crate::store::compress_file_against(
@@ -253,6 +255,7 @@ pub fn compress_dir_against(
         if let Some(d) = r.delta {
             merge_stats(total.delta.get_or_insert_with(Default::default), d);
         }
+        total.groups.extend(r.groups);
         let c = Container::open(&out)?;
         for t in &c.index.tensors {
             weight_map.insert(t.name.clone(), rel_str(&out_rel));

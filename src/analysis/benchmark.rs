@@ -162,6 +162,7 @@ pub fn benchmark(
         effort,
         overwrite: true,
         resume: false,
+        group_streams: false,
     };
     let (cr, bs) = if container_input {
         (None, src.to_path_buf())

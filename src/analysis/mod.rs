@@ -131,6 +131,9 @@ pub struct Info {
     pub worst: Vec<TensorStat>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patch: Option<PatchInfo>,
+    /// `--group-streams` decisions (empty when the file was written without it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<crate::format::GroupInfo>,
 }
 
 pub fn info(c: &Container) -> Info {
@@ -207,6 +210,7 @@ pub fn info(c: &Container) -> Info {
             .iter()
             .filter(|t| t.dup_of.is_some())
             .count(),
+        groups: c.index.groups.clone(),
         layer_count: layers.len(),
         non_layer_raw_bytes: non_layer,
         largest_layer_raw_bytes: largest_layer,

@@ -40,6 +40,11 @@ pub struct Args {
     /// Silence the warning printed when most matched weights changed
     #[arg(long)]
     force_delta: bool,
+    /// Code small same-role tensors across layers (norm/bias chains, small k/v projections,
+    /// routers) as one stream per group where that measures smaller; every decision is
+    /// recorded and reported
+    #[arg(long)]
+    group_streams: bool,
     /// Also write a Reed-Solomon sidecar (OUT.ecc, about 15% extra) for `bigsmall repair`
     #[arg(long)]
     ecc: bool,
@@ -82,6 +87,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         effort,
         overwrite: a.force,
         resume: a.resume,
+        group_streams: a.group_streams,
     };
     let mut notes = String::new();
     let base_path = if a.auto_delta {
@@ -183,6 +189,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         if r.duplicates > 0 {
             s += &format!("duplicates: {} tensors stored once\n", r.duplicates);
         }
+        if a.group_streams {
+            s += &group_report(&r.groups);
+        }
         if let Some(d) = &r.delta {
             s += &format!(
                 "base:       {} (fingerprint {})\n",
@@ -216,4 +225,39 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         emit(&s);
     }
     Ok(0)
+}
+
+/// The per-group decisions of `--group-streams`, with the gain of each.
+fn group_report(groups: &[bigsmall::format::GroupInfo]) -> String {
+    let kept: Vec<_> = groups.iter().filter(|g| g.grouped).collect();
+    let gain: i64 = kept
+        .iter()
+        .map(|g| g.separate_bytes as i64 - g.grouped_bytes as i64)
+        .sum();
+    let mut s = format!(
+        "groups:     {} of {} candidate groups coded as one stream ({} tensors), {} bytes saved\n",
+        kept.len(),
+        groups.len(),
+        kept.iter().map(|g| g.members).sum::<usize>(),
+        thousands(gain.max(0) as u64)
+    );
+    for g in groups {
+        s += &format!(
+            "  {:<48} {:>3} x {:<4} {:>10} -> {:>10} bytes  {}\n",
+            g.key,
+            g.members,
+            g.dtype,
+            thousands(g.separate_bytes),
+            thousands(g.grouped_bytes),
+            if g.grouped {
+                format!(
+                    "grouped ({:+.1}%)",
+                    (g.grouped_bytes as f64 / g.separate_bytes.max(1) as f64 - 1.0) * 100.0
+                )
+            } else {
+                "kept separate (grouping did not pay)".into()
+            }
+        );
+    }
+    s
 }

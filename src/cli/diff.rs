@@ -49,6 +49,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             effort: Effort::Balanced,
             overwrite: a.force,
             resume: false,
+            group_streams: false,
         };
         let bar = Bar::new(a.no_progress);
         let rep = if a.b.is_dir() {

@@ -82,6 +82,32 @@ fn render(i: &Info) -> String {
             format!("{} tensors stored once (tied/shared)", i.duplicates),
         );
     }
+    if !i.groups.is_empty() {
+        let kept: Vec<_> = i.groups.iter().filter(|g| g.grouped).collect();
+        s += &kv(
+            "grouped_streams",
+            format!(
+                "{} groups ({} tensors) coded as one stream each, {} bytes saved; {} candidates kept separate",
+                kept.len(),
+                kept.iter().map(|g| g.members).sum::<usize>(),
+                thousands(
+                    kept.iter()
+                        .map(|g| g.separate_bytes.saturating_sub(g.grouped_bytes))
+                        .sum()
+                ),
+                i.groups.len() - kept.len()
+            ),
+        );
+        for g in &kept {
+            s += &format!(
+                "    {:<48} {:>3} tensors {:>10} -> {:>10} bytes\n",
+                g.key,
+                g.members,
+                thousands(g.separate_bytes),
+                thousands(g.grouped_bytes)
+            );
+        }
+    }
     if let Some(p) = &i.patch {
         s += &kv(
             "patch_of",

@@ -22,7 +22,8 @@ use crate::codec::Effort;
 pub const MAGIC: &[u8; 8] = b"BIGSMALL";
 pub const TRAILER_MAGIC: &[u8; 8] = b"BSINDEX1";
 pub const MAJOR: u16 = 1;
-pub const MINOR: u16 = 0;
+/// 1.1 added the speed mode, PALETTE16_NIBBLES and grouped streams (optional index fields).
+pub const MINOR: u16 = 1;
 pub const PREAMBLE_LEN: usize = 16;
 pub const DATA_START: u64 = 64;
 pub const TRAILER_LEN: usize = 40;
@@ -48,6 +49,26 @@ pub struct Index {
     /// Present when this container is a patch against a base model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<BaseRef>,
+    /// `--group-streams`: every candidate group and what was measured for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupInfo>,
+}
+
+/// A set of small same-role tensors across layers (same name once the layer index is taken
+/// out, same dtype) considered for coding as one stream, and the measured decision.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// The shared name with the layer index replaced by `*`.
+    pub key: String,
+    pub dtype: String,
+    pub members: usize,
+    pub raw_bytes: u64,
+    /// Blob bytes when each member is coded on its own.
+    pub separate_bytes: u64,
+    /// Blob bytes when the members are coded as one stream.
+    pub grouped_bytes: u64,
+    /// Whether the grouped coding was kept (it measured smaller, index cost included).
+    pub grouped: bool,
 }
 
 /// The base a patch was made against.
@@ -112,9 +133,10 @@ impl TensorEntry {
         self.offsets[1] - self.offsets[0]
     }
 
-    /// Bytes this tensor occupies in the container (blobs only).
+    /// Bytes this tensor occupies in the container (blobs only; a shared group blob is
+    /// attributed to its members in proportion to their raw bytes, so shares add up).
     pub fn stored_len(&self) -> u64 {
-        self.chunks.iter().map(|c| c.len).sum()
+        self.chunks.iter().map(ChunkEntry::stored_share).sum()
     }
 }
 
@@ -140,6 +162,32 @@ pub struct ChunkEntry {
     /// the bytes themselves.
     #[serde(rename = "d", default, skip_serializing_if = "std::ops::Not::not")]
     pub delta: bool,
+    /// Grouped streams: the blob decodes to `total` bytes shared by several tensors, of which
+    /// this chunk is `raw_len` bytes starting at `skip`. Zero when the blob is this chunk's own.
+    #[serde(rename = "s", default, skip_serializing_if = "is_zero")]
+    pub skip: u64,
+    #[serde(rename = "t", default, skip_serializing_if = "is_zero")]
+    pub total: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl ChunkEntry {
+    /// Part of a shared group blob?
+    pub fn grouped(&self) -> bool {
+        self.total > 0
+    }
+
+    /// This chunk's part of its blob's bytes (see `TensorEntry::stored_len`).
+    pub fn stored_share(&self) -> u64 {
+        if !self.grouped() {
+            return self.len;
+        }
+        let at = |x: u64| (u128::from(self.len) * u128::from(x) / u128::from(self.total)) as u64;
+        at(self.skip.saturating_add(self.raw_len).min(self.total)) - at(self.skip.min(self.total))
+    }
 }
 
 /// Codec value of the virtual chunks of a tensor that equals its base: copied, not decoded.

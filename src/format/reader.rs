@@ -31,7 +31,11 @@ pub struct Container {
     virtual_chunks: Vec<Option<Vec<ChunkEntry>>>,
     /// The base a patch is applied to, once attached and verified.
     base: Option<std::sync::Arc<dyn BaseSource>>,
+    /// Unique per opened container in this process (keys the group-blob cache).
+    id: u64,
 }
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Container {
     pub fn open(path: &Path) -> Result<Container> {
@@ -121,6 +125,8 @@ impl Container {
                             hash: 0,
                             codec: BASE_COPY,
                             delta: true,
+                            skip: 0,
+                            total: 0,
                         });
                         s = e;
                     }
@@ -129,6 +135,7 @@ impl Container {
             })
             .collect();
         Ok(Container {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             path: path.to_path_buf(),
             mmap,
             index,
@@ -239,7 +246,12 @@ impl Container {
             }
             return Ok(());
         }
-        decode_chunk(self.kinds[s], self.blob(c), out).map_err(|source| Error::Decode {
+        let decoded = if c.grouped() {
+            group_blob(self, self.kinds[s], c, out)
+        } else {
+            decode_chunk(self.kinds[s], self.blob(c), out)
+        };
+        decoded.map_err(|source| Error::Decode {
             path: self.path.clone(),
             tensor: t.name.clone(),
             chunk,
@@ -319,6 +331,47 @@ impl Container {
 
 /// Checks every number in the index against the file and against itself; returns each
 /// tensor's element kind. Errors are sentences about the file.
+/// Decodes this chunk's part of a shared group blob. The last few decoded blobs are kept per
+/// thread: members of a group are decoded one after another, each needing the whole blob.
+fn group_blob(
+    c: &Container,
+    kind: ElemKind,
+    ch: &ChunkEntry,
+    out: &mut [u8],
+) -> std::result::Result<(), crate::codec::CodecError> {
+    use std::cell::RefCell;
+    const KEEP: usize = 4;
+    const CACHE_MAX: usize = 4 << 20;
+    type Cache = Vec<((u64, u64), Vec<u8>)>;
+    thread_local! {
+        static CACHE: RefCell<Cache> = const { RefCell::new(Vec::new()) };
+    }
+    let key = (c.id, ch.offset);
+    let part = ch.skip as usize..(ch.skip + ch.raw_len) as usize;
+    CACHE.with_borrow_mut(|cache| {
+        if let Some(i) = cache.iter().position(|(k, b)| *k == key && b.len() == ch.total as usize) {
+            let hit = cache.remove(i);
+            out.copy_from_slice(&hit.1[part.clone()]);
+            cache.push(hit);
+            return Ok(());
+        }
+        let mut buf = if cache.len() >= KEEP {
+            cache.remove(0).1
+        } else {
+            Vec::new()
+        };
+        buf.clear();
+        buf.resize(ch.total as usize, 0);
+        decode_chunk(kind, c.blob(ch), &mut buf)?;
+        out.copy_from_slice(&buf[part]);
+        // Blobs the writer makes are at most 1 MiB; a hostile file's huge ones are not kept.
+        if buf.len() <= CACHE_MAX {
+            cache.push((key, buf));
+        }
+        Ok(())
+    })
+}
+
 fn validate(index: &Index, data_end: u64) -> std::result::Result<Vec<ElemKind>, String> {
     if index.format != "bigsmall" {
         return Err(format!("index format is '{}', not bigsmall", index.format));
@@ -397,6 +450,18 @@ fn validate(index: &Index, data_end: u64) -> std::result::Result<Vec<ElemKind>, 
                         t.name
                     ));
                 }
+                if c.grouped()
+                    && (c.delta
+                        || c.total > MAX_CHUNK_RAW
+                        || c.total % w != 0
+                        || c.skip % w != 0
+                        || c.skip.checked_add(c.raw_len).is_none_or(|e| e > c.total))
+                {
+                    return Err(format!(
+                        "tensor '{}' has an impossible grouped chunk",
+                        t.name
+                    ));
+                }
                 sum += c.raw_len;
             }
             if sum != t.raw_len() {
@@ -419,9 +484,26 @@ fn validate(index: &Index, data_end: u64) -> std::result::Result<Vec<ElemKind>, 
         kinds.push(elem_kind(dtype));
     }
     check_header(index)?;
+    // A tensor's own blobs come in file order; a shared group blob is referenced by each of
+    // its members, who must agree about it. No two distinct blobs overlap.
     let mut last_end = 0u64;
+    let mut shared: std::collections::HashMap<u64, (u64, u64)> = Default::default();
+    let mut spans = Vec::new();
     for t in index.tensors.iter() {
         for c in &t.chunks {
+            if c.grouped() {
+                match shared.insert(c.offset, (c.len, c.total)) {
+                    Some(prev) if prev != (c.len, c.total) => {
+                        return Err(format!(
+                            "tensor '{}' disagrees with another about a shared blob",
+                            t.name
+                        ))
+                    }
+                    Some(_) => {}
+                    None => spans.push((c.offset, c.len)),
+                }
+                continue;
+            }
             if c.offset < last_end {
                 return Err(format!(
                     "tensor '{}' has a chunk overlapping another",
@@ -429,6 +511,13 @@ fn validate(index: &Index, data_end: u64) -> std::result::Result<Vec<ElemKind>, 
                 ));
             }
             last_end = c.offset + c.len;
+            spans.push((c.offset, c.len));
+        }
+    }
+    if !shared.is_empty() {
+        spans.sort_unstable();
+        if spans.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0) {
+            return Err("a shared group blob overlaps another chunk".to_string());
         }
     }
     let expect_size = 8 + header_len + expect_start;

@@ -185,10 +185,11 @@ fn plan(c: &Container, opts: &TranscodeOptions, keep_raw: &[bool]) -> Vec<Piece>
                 .clamp(MIN_STREAM_BYTES, CHUNK_BYTES as u64)
                 .div_ceil(w)
                 * w
-        } else if te
-            .chunks
-            .split_last()
-            .is_some_and(|(_, rest)| rest.iter().all(|c| c.raw_len == standard))
+        } else if te.chunks.iter().all(|c| !c.grouped())
+            && te
+                .chunks
+                .split_last()
+                .is_some_and(|(_, rest)| rest.iter().all(|c| c.raw_len == standard))
         {
             // Balanced and ratio keep a source in the standard chunking chunk for chunk, so
             // each new chunk can be compared with the one it replaces.
@@ -314,6 +315,8 @@ pub fn transcode(
     let mut index = c.index.clone();
     index.created_by = format!("bigsmall {}", env!("CARGO_PKG_VERSION"));
     index.mode = effort;
+    // Every tensor gets chunks of its own: the output has no grouped streams.
+    index.groups.clear();
     let mut new_chunks: Vec<Vec<ChunkEntry>> = vec![Vec::new(); index.tensors.len()];
     let mut hashers: HashMap<usize, Md5> = HashMap::new();
     let mut kept = 0usize;
@@ -432,6 +435,8 @@ pub fn transcode(
                 hash,
                 codec: blob[0],
                 delta: false,
+                skip: 0,
+                total: 0,
             });
             done += p.end - p.start;
         }

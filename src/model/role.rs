@@ -35,6 +35,19 @@ pub fn layer_index(name: &str) -> Option<usize> {
     })
 }
 
+/// The name with its layer index replaced by `*` (`model.layers.*.input_layernorm.weight`):
+/// the same weight across layers shares this key. `None` outside the layers.
+pub fn layer_key(name: &str) -> Option<String> {
+    let parts: Vec<&str> = name.split('.').collect();
+    let at = parts.windows(2).position(|w| {
+        matches!(w[0], "layers" | "layer" | "h" | "blk" | "blocks" | "block")
+            && w[1].parse::<usize>().is_ok()
+    })?;
+    let mut key: Vec<&str> = parts.clone();
+    key[at + 1] = "*";
+    Some(key.join("."))
+}
+
 pub fn role(name: &str) -> Role {
     let n = name.to_ascii_lowercase();
     if n.contains("norm") || n.ends_with("ln_f.weight") || n.contains(".ln_") {
@@ -66,6 +79,20 @@ pub fn role(name: &str) -> Role {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layer_keys_take_out_the_index() {
+        assert_eq!(
+            layer_key("model.layers.12.input_layernorm.weight").as_deref(),
+            Some("model.layers.*.input_layernorm.weight")
+        );
+        assert_eq!(
+            layer_key("encoder.layer.3.output.LayerNorm.bias").as_deref(),
+            Some("encoder.layer.*.output.LayerNorm.bias")
+        );
+        assert_eq!(layer_key("model.norm.weight"), None);
+        assert_eq!(layer_key("model.layers.x.w"), None);
+    }
 
     #[test]
     fn layers_and_roles_from_names() {

@@ -399,6 +399,7 @@ pub fn compress_lib(src: &Path, dst: &Path, effort: Effort) -> CompressReport {
             effort,
             overwrite: true,
             resume: false,
+            group_streams: false,
         },
         &Silent,
     )
