@@ -331,7 +331,7 @@ pub fn compress_file_against(
     for (i, t) in src.tensors.iter().enumerate() {
         if dup[i].is_some()
             || matched[i].as_ref().is_some_and(|m| m.same)
-            || groups.md5[i].is_some()
+            || groups.member_md5(i).is_some()
         {
             continue;
         }
@@ -592,7 +592,7 @@ pub fn compress_file_against(
         let digest = hex(&h.expect("hasher returned").finalize());
         md5s.push(match (dup[i], &matched[i]) {
             (Some(j), _) => md5s[j].clone(),
-            _ if groups.md5[i].is_some() => groups.md5[i].clone().expect("checked"),
+            _ if groups.member_md5(i).is_some() => groups.member_md5(i).cloned().expect("checked"),
             (None, Some(m)) if m.same => m.md5.clone(),
             _ => digest,
         });

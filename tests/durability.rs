@@ -33,11 +33,17 @@ fn migrate_leaves_a_current_file_alone_and_reencodes_on_request() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("m.bs");
     fs::copy(frozen(), &f).unwrap();
+    let frozen_bytes = fs::read(&f).unwrap();
+    // A format-1.0 file is older than this build: migrated, with a backup.
+    let text = ok(&run(["migrate".as_ref(), f.as_os_str()]));
+    assert!(text.contains("format 1.0"), "{text}");
+    assert_eq!(fs::read(dir.path().join("m.bs.bak")).unwrap(), frozen_bytes);
+    fs::remove_file(dir.path().join("m.bs.bak")).unwrap();
+    // Now current: left alone.
     let before = fs::read(&f).unwrap();
     let text = ok(&run(["migrate".as_ref(), f.as_os_str()]));
-    if text.contains("already current") {
-        assert_eq!(fs::read(&f).unwrap(), before);
-    }
+    assert!(text.contains("already current"), "{text}");
+    assert_eq!(fs::read(&f).unwrap(), before);
     // Dry run: nothing changes on disk, no leftovers.
     ok(&run([
         "migrate".as_ref(),

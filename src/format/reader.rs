@@ -349,7 +349,10 @@ fn group_blob(
     let key = (c.id, ch.offset);
     let part = ch.skip as usize..(ch.skip + ch.raw_len) as usize;
     CACHE.with_borrow_mut(|cache| {
-        if let Some(i) = cache.iter().position(|(k, b)| *k == key && b.len() == ch.total as usize) {
+        if let Some(i) = cache
+            .iter()
+            .position(|(k, b)| *k == key && b.len() == ch.total as usize)
+        {
             let hit = cache.remove(i);
             out.copy_from_slice(&hit.1[part.clone()]);
             cache.push(hit);

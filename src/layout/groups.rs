@@ -39,7 +39,7 @@ pub struct Groups {
     /// Every candidate group with its measurement and decision.
     pub infos: Vec<GroupInfo>,
     /// The md5 receipt of each grouped tensor (`None`: coded on its own).
-    pub md5: Vec<Option<String>>,
+    md5: Vec<Option<String>>,
     blobs: Vec<Blob>,
 }
 
@@ -51,6 +51,11 @@ struct Blob {
 }
 
 impl Groups {
+    /// The md5 receipt of tensor `i` when it is a grouped member.
+    pub fn member_md5(&self, i: usize) -> Option<&String> {
+        self.md5.get(i).and_then(Option::as_ref)
+    }
+
     /// Raw bytes of the grouped tensors.
     pub fn raw_bytes(&self) -> u64 {
         self.blobs.iter().map(|b| b.total).sum()
@@ -92,7 +97,7 @@ pub fn plan(
 ) -> Groups {
     let mut candidates: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
     for (i, t) in src.tensors.iter().enumerate() {
-        if dup[i].is_some() || t.len() == 0 || t.len() > MEMBER_MAX || !eligible(i) {
+        if dup[i].is_some() || t.is_empty() || t.len() > MEMBER_MAX || !eligible(i) {
             continue;
         }
         if let Some(key) = layer_key(&t.name) {
@@ -149,9 +154,8 @@ pub fn plan(
             let grouped_bytes: u64 = blobs
                 .as_ref()
                 .map_or(u64::MAX, |b| b.iter().map(|b| b.coded.len() as u64).sum());
-            let grouped = grouped_bytes
-                .saturating_add(ENTRY_COST * members.len() as u64)
-                < separate;
+            let grouped =
+                grouped_bytes.saturating_add(ENTRY_COST * members.len() as u64) < separate;
             let info = GroupInfo {
                 key,
                 dtype,
