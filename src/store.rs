@@ -637,7 +637,7 @@ pub fn compress_file_against(
             }),
             _ => None,
         },
-        groups: groups.infos.clone(),
+        groups: groups.recorded.clone(),
     };
     abort_if("before-index", 1);
     let output_bytes = writer.finish(&index)?;

@@ -197,6 +197,23 @@ fn grouped_is_never_larger_and_round_trips_bit_exactly() {
 }
 
 #[test]
+fn never_larger_on_any_fixture() {
+    let d = tmp();
+    for src in fixture_files() {
+        let plain = d.path().join("p.bs");
+        let grouped = d.path().join("g.bs");
+        compress_json(&src, &plain, &["-f"]);
+        compress_json(&src, &grouped, &["-f", "--group-streams"]);
+        let (p, g) = (
+            fs::metadata(&plain).unwrap().len(),
+            fs::metadata(&grouped).unwrap().len(),
+        );
+        assert!(g <= p, "{}: grouped {g} > plain {p}", file_name(&src));
+        assert_eq!(decompress_sha(&grouped, d.path()), sha256_file(&src));
+    }
+}
+
+#[test]
 fn other_commands_read_grouped_files() {
     let d = tmp();
     let src = layered_model(d.path(), 8);

@@ -36,8 +36,11 @@ const ENTRY_COST: u64 = 8;
 /// The grouped streams of one file, decided and coded, waiting to be written.
 #[derive(Default)]
 pub struct Groups {
-    /// Every candidate group with its measurement and decision.
+    /// Every candidate group with its measurement and decision (for the report).
     pub infos: Vec<GroupInfo>,
+    /// The decisions the index records: all of them, or only the grouped ones when recording
+    /// the rest would cost more than grouping saved (the file is never larger for the flag).
+    pub recorded: Vec<GroupInfo>,
     /// The md5 receipt of each grouped tensor (`None`: coded on its own).
     md5: Vec<Option<String>>,
     blobs: Vec<Blob>,
@@ -176,14 +179,47 @@ pub fn plan(
         md5: vec![None; src.tensors.len()],
         ..Default::default()
     };
-    for (info, blobs) in decided {
-        groups.infos.push(info);
-        for b in blobs.into_iter().flatten() {
-            for &(i, ..) in &b.members {
-                groups.md5[i] = Some(hex(&Md5::digest(src.tensor_bytes(&src.tensors[i]))));
+    let gain: i64 = decided
+        .iter()
+        .filter(|(g, _)| g.grouped)
+        .map(|(g, _)| {
+            g.separate_bytes as i64
+                - g.grouped_bytes as i64
+                - (ENTRY_COST * g.members as u64) as i64
+        })
+        .sum();
+    let all: Vec<GroupInfo> = decided.iter().map(|(g, _)| g.clone()).collect();
+    let kept: Vec<GroupInfo> = all.iter().filter(|g| g.grouped).cloned().collect();
+    groups.recorded = if gain > record_cost(&all) {
+        all
+    } else if gain > record_cost(&kept) {
+        kept
+    } else {
+        Vec::new()
+    };
+    for (mut info, blobs) in decided {
+        if groups.recorded.is_empty() {
+            // Not even the record of the grouped ones would be paid for.
+            info.grouped = false;
+        } else {
+            for b in blobs.into_iter().flatten() {
+                for &(i, ..) in &b.members {
+                    groups.md5[i] = Some(hex(&Md5::digest(src.tensor_bytes(&src.tensors[i]))));
+                }
+                groups.blobs.push(b);
             }
-            groups.blobs.push(b);
         }
+        groups.infos.push(info);
     }
     groups
+}
+
+/// Index bytes the record of these decisions costs (compressed like the index, plus the
+/// field name and a margin for the compressor's framing).
+fn record_cost(infos: &[GroupInfo]) -> i64 {
+    if infos.is_empty() {
+        return 0;
+    }
+    let json = serde_json::to_vec(infos).expect("group infos serialise");
+    zstd::bulk::compress(&json, 19).map_or(json.len(), |z| z.len()) as i64 + 32
 }
