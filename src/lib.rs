@@ -18,6 +18,7 @@ pub mod error;
 pub mod format;
 pub mod fsutil;
 pub mod integrity;
+pub mod layout;
 pub mod migrate;
 pub mod model;
 pub mod progress;

@@ -10,6 +10,7 @@ mod info;
 mod migrate;
 mod mode;
 mod repair;
+mod reshard;
 mod scan;
 mod stat;
 mod verify;
@@ -58,6 +59,8 @@ enum Command {
     Repair(repair::Args),
     /// Rewrite an older .bs with the current codecs (verified before it replaces the file)
     Migrate(migrate::Args),
+    /// Split, join or rebalance .bs shards along layer boundaries (blobs copied, verified)
+    Reshard(reshard::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -73,6 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Diff(a) => diff::run(a),
         Command::Repair(a) => repair::run(a),
         Command::Migrate(a) => migrate::run(a),
+        Command::Reshard(a) => reshard::run(a),
     }
 }
 
