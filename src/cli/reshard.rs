@@ -22,8 +22,8 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 2.0, value_parser = positive_gb)]
     size_gb: f64,
     /// Exactly N shards, the largest as small as possible (overrides --size-gb)
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    shards: Option<u64>,
+    #[arg(long, value_name = "N", value_parser = shard_count)]
+    shards: Option<usize>,
     /// Everything in one model.bs (overrides --shards and --size-gb)
     #[arg(long)]
     join: bool,
@@ -41,6 +41,14 @@ pub struct Args {
     json: bool,
 }
 
+fn shard_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn positive_gb(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v * 1e9 >= 1.0 => Ok(v),
@@ -53,7 +61,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let layout = if a.join {
         Layout::Join
     } else if let Some(n) = a.shards {
-        Layout::Shards(usize::try_from(n).unwrap_or(usize::MAX))
+        Layout::Shards(n)
     } else {
         Layout::MaxBytes((a.size_gb * 1e9) as u64)
     };

@@ -236,6 +236,12 @@ fn open_inputs(paths: &[PathBuf]) -> Result<Inputs> {
     let mut origins: Vec<Source> = Vec::new();
     for p in paths {
         if !p.is_dir() {
+            if p.is_file() && !crate::format::is_container(p) {
+                return Err(Error::invalid(
+                    p,
+                    "is not a bigsmall container; reshard takes .bs files (compress a .safetensors first)",
+                ));
+            }
             files.push((p.clone(), false));
             continue;
         }
@@ -809,6 +815,7 @@ pub fn reshard(
         }
     }
     let plans = plan_shards(&inputs_opened, opts.layout)?;
+    if std::env::var_os("TIMES").is_some() { eprintln!("planned {:.3}", started.elapsed().as_secs_f64()); }
     let hf_index = plans.len() > 1;
     let mut taken: HashSet<&str> = plans.iter().map(|p| p.file.as_str()).collect();
     taken.insert(DIR_INDEX);
@@ -839,8 +846,11 @@ pub fn reshard(
     let (mut bytes_copied, mut verified, mut output_bytes, mut raw_bytes) = (0, 0, 0, 0);
     for plan in &plans {
         let path = staged.tmp.join(&plan.file);
+        let t0 = Instant::now();
         bytes_copied += write_shard(plan, containers, &path, progress)?;
+        let t1 = Instant::now();
         verified += verify_shard(plan, containers, &path, opts.check_md5, progress)?;
+        if std::env::var_os("TIMES").is_some() { eprintln!("write {:.3} verify {:.3} (at {:.3})", (t1-t0).as_secs_f64(), t1.elapsed().as_secs_f64(), started.elapsed().as_secs_f64()); }
         let size = fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
         let raw = plan.source.file_size - 8 - plan.source.header.len() as u64;
         for it in &plan.items {
@@ -916,6 +926,7 @@ pub fn reshard(
     .expect("index serialises");
     let ipath = staged.tmp.join(DIR_INDEX);
     fs::write(&ipath, json).map_err(|e| Error::io(&ipath, e))?;
+    if std::env::var_os("TIMES").is_some() { eprintln!("before commit {:.3}", started.elapsed().as_secs_f64()); }
     staged.commit()?;
 
     let seconds = started.elapsed().as_secs_f64();
