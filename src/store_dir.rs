@@ -51,7 +51,7 @@ pub struct DirTotals {
     pub total_size: u64,
 }
 
-pub(crate) fn rel_str(p: &Path) -> String {
+fn rel_str(p: &Path) -> String {
     p.components()
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect::<Vec<_>>()
@@ -59,7 +59,7 @@ pub(crate) fn rel_str(p: &Path) -> String {
 }
 
 /// A relative path from an index: refuses anything that could escape the directory.
-pub(crate) fn safe_rel(index_path: &Path, s: &str) -> Result<PathBuf> {
+fn safe_rel(index_path: &Path, s: &str) -> Result<PathBuf> {
     let p = PathBuf::from(s);
     let ok = !s.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
     if !ok {

@@ -143,7 +143,12 @@ fn check_layout(dir: &Path) -> Vec<String> {
 fn llm(layers: usize, rows: usize) -> Vec<u8> {
     let mut rng = Rng(7);
     let embed = bf16_weights(&mut rng, 64 * 32, 0.02);
-    let mut v = vec![t("model.embed_tokens.weight", "BF16", &[64, 32], embed.clone())];
+    let mut v = vec![t(
+        "model.embed_tokens.weight",
+        "BF16",
+        &[64, 32],
+        embed.clone(),
+    )];
     for l in 0..layers {
         v.push(t(
             &format!("model.layers.{l}.self_attn.q_proj.weight"),
@@ -280,10 +285,7 @@ fn size_target_makes_several_shards_without_splitting_layers() {
     assert_eq!(r["shards"][0]["file"], "model.bs");
     assert!(!single.join("model.safetensors.index.json").exists());
     // One shard of exactly one input's tensors: its container comes back unchanged.
-    assert_eq!(
-        sha256_file(&single.join("model.bs")),
-        sha256_file(&bs)
-    );
+    assert_eq!(sha256_file(&single.join("model.bs")), sha256_file(&bs));
 }
 
 #[test]
@@ -301,7 +303,11 @@ fn duplicates_empty_tensors_and_metadata_survive() {
     let lm = c.find("lm_head.weight").expect("lm_head in shard 0");
     assert!(c.index.tensors[lm].dup_of.is_some());
     // The synthesized header carries the source's metadata.
-    assert!(c.index.source.header.starts_with("{\"__metadata__\":{\"format\":\"pt\"},"));
+    assert!(c
+        .index
+        .source
+        .header
+        .starts_with("{\"__metadata__\":{\"format\":\"pt\"},"));
     drop(c);
     let out = dir.path().join("two.out");
     decompress(&two, &out);
@@ -430,7 +436,10 @@ fn overlapping_tensor_names_are_refused() {
     let e5 = dir.path().join("e5m2.bs");
     compress(&fixture("smollm-e5m2.safetensors"), &e5);
     let err = reshard_fails(&[&bs, &e5], &out, &["--join"], 1);
-    assert!(err.contains("'model.layers.0.input_layernorm.weight'"), "{err}");
+    assert!(
+        err.contains("'model.layers.0.input_layernorm.weight'"),
+        "{err}"
+    );
     assert!(err.contains("smol.bs") && err.contains("e5m2.bs"), "{err}");
     assert!(!out.exists());
     assert_no_leftovers(dir.path());

@@ -120,13 +120,10 @@ pub struct OutputShard {
 /// Cuts a sequence of group sizes into contiguous, non-empty runs (the shards), as ranges of
 /// group indices. Group 0 therefore always lands in shard 0. With no groups, `Join` and
 /// `MaxBytes` give one empty shard.
-pub fn partition(
-    sizes: &[u64],
-    layout: Layout,
-) -> std::result::Result<Vec<Range<usize>>, String> {
+pub fn partition(sizes: &[u64], layout: Layout) -> std::result::Result<Vec<Range<usize>>, String> {
     let k = sizes.len();
     match layout {
-        Layout::Join => Ok(vec![0..k]),
+        Layout::Join => Ok(std::iter::once(0..k).collect()),
         Layout::MaxBytes(0) => Err("the shard size must be above 0".into()),
         Layout::MaxBytes(cap) => {
             let mut parts = Vec::new();
@@ -257,9 +254,8 @@ fn open_inputs(paths: &[PathBuf]) -> Result<Inputs> {
         let extra: DirOrigins = serde_json::from_slice(&bytes).map_err(|e| {
             Error::container(&ipath, format!("malformed origins in directory index: {e}"))
         })?;
-        let missing = |f: &Path| {
-            Error::invalid(f, format!("is listed in {} but missing", ipath.display()))
-        };
+        let missing =
+            |f: &Path| Error::invalid(f, format!("is listed in {} but missing", ipath.display()));
         for s in &idx.shards {
             let f = p.join(&s.file);
             if !f.is_file() {
@@ -402,7 +398,10 @@ impl<'de> Deserialize<'de> for ParsedHeader {
 /// A safetensors header for `tensors` (with their new data offsets) in the layout the
 /// reference writer uses: compact JSON, `__metadata__` first, tensors in data order, padded
 /// with spaces to a multiple of 8 bytes.
-fn synth_header(metadata: Option<&[(String, String)]>, tensors: &[(&TensorEntry, [u64; 2])]) -> String {
+fn synth_header(
+    metadata: Option<&[(String, String)]>,
+    tensors: &[(&TensorEntry, [u64; 2])],
+) -> String {
     let mut h = String::from("{");
     if let Some(m) = metadata {
         h.push_str("\"__metadata__\":{");
@@ -464,11 +463,21 @@ fn matches_origin(
     }
     let by_name: HashMap<&str, Item> = items
         .iter()
-        .map(|&it| (containers[it.input].index.tensors[it.tensor].name.as_str(), it))
+        .map(|&it| {
+            (
+                containers[it.input].index.tensors[it.tensor].name.as_str(),
+                it,
+            )
+        })
         .collect();
     let mut order = Vec::with_capacity(items.len());
+    let mut used = HashSet::with_capacity(items.len());
     let mut expect = 0u64;
     for h in &origin.tensors {
+        // A name listed twice (duplicate JSON keys) would leave another tensor out.
+        if !used.insert(h.name.as_str()) {
+            return None;
+        }
         let &it = by_name.get(h.name.as_str())?;
         let t = &containers[it.input].index.tensors[it.tensor];
         let [s, e] = h.data_offsets;
@@ -482,20 +491,17 @@ fn matches_origin(
     Some(order)
 }
 
-fn plan_shards(
-    inputs: &Inputs,
-    layout: Layout,
-) -> Result<Vec<ShardPlan>> {
+fn plan_shards(inputs: &Inputs, layout: Layout) -> Result<Vec<ShardPlan>> {
     let containers = &inputs.containers;
     let first = &containers[0].path;
     // None (no layer) sorts before every layer: the non-layer group comes first.
     let mut groups: BTreeMap<Option<usize>, Vec<Item>> = BTreeMap::new();
     for (i, c) in containers.iter().enumerate() {
         for (t, te) in c.index.tensors.iter().enumerate() {
-            groups
-                .entry(layer_index(&te.name))
-                .or_default()
-                .push(Item { input: i, tensor: t });
+            groups.entry(layer_index(&te.name)).or_default().push(Item {
+                input: i,
+                tensor: t,
+            });
         }
     }
     let groups: Vec<(Option<usize>, Vec<Item>)> = groups.into_iter().collect();
@@ -526,8 +532,7 @@ fn plan_shards(
         }
     }
     let parts = partition(&sizes, layout).map_err(|why| Error::invalid(first, why))?;
-    let metadata = parse(&containers[0].index.source.header)
-        .and_then(|h| h.metadata);
+    let metadata = parse(&containers[0].index.source.header).and_then(|h| h.metadata);
     let origins: Vec<(Source, ParsedHeader)> = inputs
         .origins
         .iter()
@@ -546,7 +551,10 @@ fn plan_shards(
             .iter()
             .flat_map(|(_, items)| items.iter().copied())
             .collect();
-        let layer_ids: Vec<usize> = groups[range.clone()].iter().filter_map(|(l, _)| *l).collect();
+        let layer_ids: Vec<usize> = groups[range.clone()]
+            .iter()
+            .filter_map(|(l, _)| *l)
+            .collect();
         let non_layer = groups[range]
             .iter()
             .filter(|(l, _)| l.is_none())
@@ -604,6 +612,9 @@ fn parse(header: &str) -> Option<ParsedHeader> {
     serde_json::from_str(header).ok()
 }
 
+/// (dtype, raw length, md5) -> output tensors already holding such bytes, with their input.
+type ByContent<'a> = HashMap<(&'a str, u64, &'a str), Vec<(usize, Item)>>;
+
 /// Writes one planned shard: blobs copied in output order, duplicates stored once.
 fn write_shard(
     plan: &ShardPlan,
@@ -616,8 +627,7 @@ fn write_shard(
     let mut tensors: Vec<TensorEntry> = Vec::with_capacity(plan.items.len());
     // (input, tensor holding the bytes) -> output tensor holding them
     let mut stored_at: HashMap<(usize, usize), usize> = HashMap::new();
-    // (dtype, raw length, md5) -> output tensors holding such bytes
-    let mut by_content: HashMap<(&str, u64, &str), Vec<(usize, Item)>> = HashMap::new();
+    let mut by_content: ByContent = HashMap::new();
     let mut offset = 0u64;
     let mut copied = 0u64;
     for (j, &it) in plan.items.iter().enumerate() {
@@ -640,9 +650,10 @@ fn write_shard(
             if t.raw_len() < DUP_MIN_BYTES {
                 return None;
             }
-            by_content.get(&key)?.iter().find_map(|&(k, other)| {
-                same_blobs(containers, other, it).then_some(k)
-            })
+            by_content
+                .get(&key)?
+                .iter()
+                .find_map(|&(k, other)| same_blobs(containers, other, it).then_some(k))
         };
         if let Some(k) = stored_at.get(&storage).copied().or_else(same_bytes) {
             e.dup_of = Some(k);
@@ -652,12 +663,11 @@ fn write_shard(
             e.chunks.reserve(chunks.len());
             for ch in chunks {
                 let at = w.write_blob(c.blob(ch))?;
+                // The blob is in the writer now: its input pages can leave our memory.
+                c.release(ch.offset, ch.offset + ch.len);
                 e.chunks.push(ChunkEntry { offset: at, ..*ch });
                 copied += ch.len;
                 progress.advance(ch.len);
-            }
-            if let (Some(a), Some(b)) = (chunks.first(), chunks.last()) {
-                c.release(a.offset, b.offset + b.len);
             }
             stored_at.insert(storage, j);
             if t.raw_len() >= DUP_MIN_BYTES {
@@ -686,10 +696,7 @@ fn same_blobs(containers: &[Container], a: Item, b: Item) -> bool {
     let (xa, xb) = (ca.chunks(a.tensor), cb.chunks(b.tensor));
     xa.len() == xb.len()
         && xa.iter().zip(xb).all(|(p, q)| {
-            p.raw_len == q.raw_len
-                && p.hash == q.hash
-                && p.len == q.len
-                && ca.blob(p) == cb.blob(q)
+            p.raw_len == q.raw_len && p.hash == q.hash && p.len == q.len && ca.blob(p) == cb.blob(q)
         })
 }
 
@@ -748,39 +755,38 @@ fn verify_shard(
         let mut order = stored;
         // Biggest first, so the last tensors to finish are small ones.
         order.sort_by_key(|&j| std::cmp::Reverse(out.index.tensors[j].raw_len()));
-        order
-            .par_iter()
-            .try_for_each_init(Vec::new, |buf, &j| {
-                let mut h = Md5::new();
-                for (k, ch) in out.chunks(j).iter().enumerate() {
-                    buf.resize(ch.raw_len as usize, 0);
-                    if let Err(e) = out.decode_chunk_into(j, k, buf) {
-                        return Err(blame(j, k, e, buf));
-                    }
-                    h.update(&buf[..]);
-                    out.release(ch.offset, ch.offset + ch.len);
-                    progress.advance(ch.len);
+        order.par_iter().try_for_each_init(Vec::new, |buf, &j| {
+            let mut h = Md5::new();
+            for (k, ch) in out.chunks(j).iter().enumerate() {
+                buf.resize(ch.raw_len as usize, 0);
+                if let Err(e) = out.decode_chunk_into(j, k, buf) {
+                    return Err(blame(j, k, e, buf));
                 }
-                if hex(&h.finalize()) != out.index.tensors[j].md5 {
-                    return Err(wrong(&out.index.tensors[j].name, "md5 receipt"));
-                }
-                Ok(())
-            })?;
+                h.update(&buf[..]);
+                out.release(ch.offset, ch.offset + ch.len);
+                progress.advance(ch.len);
+            }
+            if hex(&h.finalize()) != out.index.tensors[j].md5 {
+                return Err(wrong(&out.index.tensors[j].name, "md5 receipt"));
+            }
+            Ok(())
+        })?;
     } else {
         let jobs: Vec<(usize, usize)> = stored
             .iter()
             .flat_map(|&j| (0..out.chunks(j).len()).map(move |k| (j, k)))
             .collect();
-        jobs.par_iter().try_for_each_init(Vec::new, |buf, &(j, k)| {
-            let ch = &out.chunks(j)[k];
-            buf.resize(ch.raw_len as usize, 0);
-            if let Err(e) = out.decode_chunk_into(j, k, buf) {
-                return Err(blame(j, k, e, buf));
-            }
-            out.release(ch.offset, ch.offset + ch.len);
-            progress.advance(ch.len);
-            Ok(())
-        })?;
+        jobs.par_iter()
+            .try_for_each_init(Vec::new, |buf, &(j, k)| {
+                let ch = &out.chunks(j)[k];
+                buf.resize(ch.raw_len as usize, 0);
+                if let Err(e) = out.decode_chunk_into(j, k, buf) {
+                    return Err(blame(j, k, e, buf));
+                }
+                out.release(ch.offset, ch.offset + ch.len);
+                progress.advance(ch.len);
+                Ok(())
+            })?;
     }
     Ok(plan.items.len())
 }
@@ -815,7 +821,6 @@ pub fn reshard(
         }
     }
     let plans = plan_shards(&inputs_opened, opts.layout)?;
-    if std::env::var_os("TIMES").is_some() { eprintln!("planned {:.3}", started.elapsed().as_secs_f64()); }
     let hf_index = plans.len() > 1;
     let mut taken: HashSet<&str> = plans.iter().map(|p| p.file.as_str()).collect();
     taken.insert(DIR_INDEX);
@@ -844,39 +849,55 @@ pub fn reshard(
     let mut reports = Vec::with_capacity(plans.len());
     let mut weight_map = BTreeMap::new();
     let (mut bytes_copied, mut verified, mut output_bytes, mut raw_bytes) = (0, 0, 0, 0);
-    for plan in &plans {
-        let path = staged.tmp.join(&plan.file);
-        let t0 = Instant::now();
-        bytes_copied += write_shard(plan, containers, &path, progress)?;
-        let t1 = Instant::now();
-        verified += verify_shard(plan, containers, &path, opts.check_md5, progress)?;
-        if std::env::var_os("TIMES").is_some() { eprintln!("write {:.3} verify {:.3} (at {:.3})", (t1-t0).as_secs_f64(), t1.elapsed().as_secs_f64(), started.elapsed().as_secs_f64()); }
-        let size = fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
-        let raw = plan.source.file_size - 8 - plan.source.header.len() as u64;
-        for it in &plan.items {
-            let name = &containers[it.input].index.tensors[it.tensor].name;
-            weight_map.insert(name.clone(), plan.file.clone());
+    // Shard k is checked on the thread pool while shard k + 1 is written: copying is kernel
+    // time, checking is decoding, and the two overlap on separate cores.
+    std::thread::scope(|scope| -> Result<()> {
+        let mut pending: Option<std::thread::ScopedJoinHandle<'_, Result<usize>>> = None;
+        let finish = |h: std::thread::ScopedJoinHandle<'_, Result<usize>>| {
+            h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        };
+        for plan in &plans {
+            let path = staged.tmp.join(&plan.file);
+            let copied = write_shard(plan, containers, &path, progress);
+            if let Some(h) = pending.take() {
+                verified += finish(h)?;
+            }
+            bytes_copied += copied?;
+            let size = fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
+            let check_md5 = opts.check_md5;
+            pending = Some(
+                scope.spawn(move || verify_shard(plan, containers, &path, check_md5, progress)),
+            );
+            let raw = plan.source.file_size - 8 - plan.source.header.len() as u64;
+            for it in &plan.items {
+                let name = &containers[it.input].index.tensors[it.tensor].name;
+                weight_map.insert(name.clone(), plan.file.clone());
+            }
+            shards.push(Shard {
+                file: plan.file.clone(),
+                source: plan.safetensors.clone(),
+                source_size: plan.source.file_size,
+                size,
+                tensors: plan.items.len(),
+            });
+            reports.push(OutputShard {
+                file: plan.file.clone(),
+                source: plan.safetensors.clone(),
+                tensors: plan.items.len(),
+                bytes: size,
+                raw_bytes: raw,
+                layers: plan.layers,
+                non_layer_tensors: plan.non_layer,
+                original_header: plan.original_header,
+            });
+            output_bytes += size;
+            raw_bytes += raw;
         }
-        shards.push(Shard {
-            file: plan.file.clone(),
-            source: plan.safetensors.clone(),
-            source_size: plan.source.file_size,
-            size,
-            tensors: plan.items.len(),
-        });
-        reports.push(OutputShard {
-            file: plan.file.clone(),
-            source: plan.safetensors.clone(),
-            tensors: plan.items.len(),
-            bytes: size,
-            raw_bytes: raw,
-            layers: plan.layers,
-            non_layer_tensors: plan.non_layer,
-            original_header: plan.original_header,
-        });
-        output_bytes += size;
-        raw_bytes += raw;
-    }
+        if let Some(h) = pending.take() {
+            verified += finish(h)?;
+        }
+        Ok(())
+    })?;
     progress.finish();
 
     let mut side_files = Vec::new();
@@ -926,7 +947,6 @@ pub fn reshard(
     .expect("index serialises");
     let ipath = staged.tmp.join(DIR_INDEX);
     fs::write(&ipath, json).map_err(|e| Error::io(&ipath, e))?;
-    if std::env::var_os("TIMES").is_some() { eprintln!("before commit {:.3}", started.elapsed().as_secs_f64()); }
     staged.commit()?;
 
     let seconds = started.elapsed().as_secs_f64();
@@ -968,7 +988,12 @@ mod tests {
                 return sizes.iter().sum();
             }
             (1..=sizes.len() - (n - 1))
-                .map(|cut| sizes[..cut].iter().sum::<u64>().max(go(&sizes[cut..], n - 1)))
+                .map(|cut| {
+                    sizes[..cut]
+                        .iter()
+                        .sum::<u64>()
+                        .max(go(&sizes[cut..], n - 1))
+                })
                 .min()
                 .expect("at least one cut")
         }
@@ -976,7 +1001,11 @@ mod tests {
     }
 
     fn check_runs(parts: &[Range<usize>], k: usize) {
-        assert_eq!(parts.first().map(|r| r.start), Some(0), "group 0 in shard 0");
+        assert_eq!(
+            parts.first().map(|r| r.start),
+            Some(0),
+            "group 0 in shard 0"
+        );
         assert_eq!(parts.last().map(|r| r.end), Some(k), "every group placed");
         for w in parts.windows(2) {
             assert_eq!(w[0].end, w[1].start, "contiguous: {parts:?}");
@@ -1024,9 +1053,14 @@ mod tests {
         assert!(partition(&[1, 2], Layout::Shards(3)).is_err());
         assert!(partition(&[1, 2], Layout::MaxBytes(0)).is_err());
         assert!(partition(&[], Layout::Shards(1)).is_err());
-        assert_eq!(partition(&[], Layout::Join), Ok(vec![0..0]));
-        assert_eq!(partition(&[], Layout::MaxBytes(5)), Ok(vec![0..0]));
-        assert_eq!(partition(&[5, 1, 1], Layout::Join), Ok(vec![0..3]));
+        // One run holding everything (empty when there is nothing).
+        let one = |r: Range<usize>| vec![r];
+        assert_eq!(partition(&[], Layout::Join).expect("joins"), one(0..0));
+        assert_eq!(partition(&[], Layout::MaxBytes(5)).expect("cap"), one(0..0));
+        assert_eq!(
+            partition(&[5, 1, 1], Layout::Join).expect("joins"),
+            one(0..3)
+        );
         assert_eq!(
             partition(&[4, 4, 4, 4], Layout::Shards(4)),
             Ok(vec![0..1, 1..2, 2..3, 3..4])
@@ -1052,7 +1086,10 @@ mod tests {
         };
         let a = t("w \"quoted\"", "BF16", vec![2, 3], 12);
         let b = t("empty", "F32", vec![0, 4], 0);
-        let meta = vec![("format".to_string(), "pt".to_string()), ("a".into(), "b".into())];
+        let meta = vec![
+            ("format".to_string(), "pt".to_string()),
+            ("a".into(), "b".into()),
+        ];
         let h = synth_header(Some(&meta), &[(&a, [0, 12]), (&b, [12, 12])]);
         assert_eq!(h.len() % 8, 0);
         assert!(h.starts_with(
