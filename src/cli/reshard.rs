@@ -76,10 +76,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         emit_json(&r);
         return Ok(0);
     }
+    let inputs = match r.inputs.as_slice() {
+        [one] => one.file.clone(),
+        many => format!("{} input files", many.len()),
+    };
     let mut s = format!(
-        "resharded {} input file{} ({} bytes) -> {}: {} shard{}\n",
-        r.inputs.len(),
-        if r.inputs.len() == 1 { "" } else { "s" },
+        "resharded {inputs} ({} bytes) -> {}: {} shard{}\n",
         thousands(r.input_bytes),
         r.output_dir,
         r.shards.len(),

@@ -612,6 +612,53 @@ fn parse(header: &str) -> Option<ParsedHeader> {
     serde_json::from_str(header).ok()
 }
 
+/// Mapped bytes read since the last release, released in batches of this size.
+const RELEASE_BATCH: u64 = 16 << 20;
+
+/// Drops a mapping's pages behind a read position that moves forward through it. Releasing
+/// each blob as soon as it is read leaves most pages mapped all the same: the kernel maps the
+/// pages around every fault (64 KiB), re-mapping the tail of the blob just released. Batches
+/// re-map at most that much per batch.
+struct ReleaseBehind<'a> {
+    c: &'a Container,
+    /// Read and not yet released.
+    span: Option<(u64, u64)>,
+}
+
+impl<'a> ReleaseBehind<'a> {
+    fn new(c: &'a Container) -> ReleaseBehind<'a> {
+        ReleaseBehind { c, span: None }
+    }
+
+    /// Notes that `[start, end)` has been read.
+    fn read(&mut self, start: u64, end: u64) {
+        // Blobs follow each other, up to the alignment padding before a raw one.
+        let span = match self.span {
+            Some((lo, hi)) if start >= hi && start - hi < crate::format::ALIGN => (lo, end),
+            _ => {
+                self.flush();
+                (start, end)
+            }
+        };
+        self.span = Some(span);
+        if span.1 - span.0 >= RELEASE_BATCH {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some((lo, hi)) = self.span.take() {
+            self.c.release(lo, hi);
+        }
+    }
+}
+
+impl Drop for ReleaseBehind<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 /// (dtype, raw length, md5) -> output tensors already holding such bytes, with their input.
 type ByContent<'a> = HashMap<(&'a str, u64, &'a str), Vec<(usize, Item)>>;
 
@@ -628,6 +675,7 @@ fn write_shard(
     // (input, tensor holding the bytes) -> output tensor holding them
     let mut stored_at: HashMap<(usize, usize), usize> = HashMap::new();
     let mut by_content: ByContent = HashMap::new();
+    let mut behind: Vec<ReleaseBehind> = containers.iter().map(ReleaseBehind::new).collect();
     let mut offset = 0u64;
     let mut copied = 0u64;
     for (j, &it) in plan.items.iter().enumerate() {
@@ -663,8 +711,7 @@ fn write_shard(
             e.chunks.reserve(chunks.len());
             for ch in chunks {
                 let at = w.write_blob(c.blob(ch))?;
-                // The blob is in the writer now: its input pages can leave our memory.
-                c.release(ch.offset, ch.offset + ch.len);
+                behind[it.input].read(ch.offset, ch.offset + ch.len);
                 e.chunks.push(ChunkEntry { offset: at, ..*ch });
                 copied += ch.len;
                 progress.advance(ch.len);
@@ -757,13 +804,14 @@ fn verify_shard(
         order.sort_by_key(|&j| std::cmp::Reverse(out.index.tensors[j].raw_len()));
         order.par_iter().try_for_each_init(Vec::new, |buf, &j| {
             let mut h = Md5::new();
+            let mut behind = ReleaseBehind::new(&out);
             for (k, ch) in out.chunks(j).iter().enumerate() {
                 buf.resize(ch.raw_len as usize, 0);
                 if let Err(e) = out.decode_chunk_into(j, k, buf) {
                     return Err(blame(j, k, e, buf));
                 }
                 h.update(&buf[..]);
-                out.release(ch.offset, ch.offset + ch.len);
+                behind.read(ch.offset, ch.offset + ch.len);
                 progress.advance(ch.len);
             }
             if hex(&h.finalize()) != out.index.tensors[j].md5 {
@@ -776,17 +824,33 @@ fn verify_shard(
             .iter()
             .flat_map(|&j| (0..out.chunks(j).len()).map(move |k| (j, k)))
             .collect();
-        jobs.par_iter()
-            .try_for_each_init(Vec::new, |buf, &(j, k)| {
-                let ch = &out.chunks(j)[k];
-                buf.resize(ch.raw_len as usize, 0);
-                if let Err(e) = out.decode_chunk_into(j, k, buf) {
-                    return Err(blame(j, k, e, buf));
-                }
-                out.release(ch.offset, ch.offset + ch.len);
-                progress.advance(ch.len);
-                Ok(())
-            })?;
+        // Windows of the file, each decoded on all cores and then released, keep the mapped
+        // part of the output to about one window.
+        let mut start = 0;
+        while start < jobs.len() {
+            let first = out.chunks(jobs[start].0)[jobs[start].1].offset;
+            let mut end = start + 1;
+            while end < jobs.len()
+                && out.chunks(jobs[end].0)[jobs[end].1].offset - first < RELEASE_BATCH
+            {
+                end += 1;
+            }
+            jobs[start..end]
+                .par_iter()
+                .try_for_each_init(Vec::new, |buf, &(j, k)| {
+                    let ch = &out.chunks(j)[k];
+                    buf.resize(ch.raw_len as usize, 0);
+                    if let Err(e) = out.decode_chunk_into(j, k, buf) {
+                        return Err(blame(j, k, e, buf));
+                    }
+                    progress.advance(ch.len);
+                    Ok(())
+                })?;
+            let (j, k) = jobs[end - 1];
+            let last = out.chunks(j)[k];
+            out.release(first, last.offset + last.len);
+            start = end;
+        }
     }
     Ok(plan.items.len())
 }
