@@ -319,6 +319,26 @@ fn duplicates_empty_tensors_and_metadata_survive() {
 }
 
 #[test]
+fn a_model_without_tensors_still_reshards() {
+    let dir = tmp();
+    let src = dir.path().join("empty.safetensors");
+    fs::write(&src, safetensors(&[], Some("{\"format\":\"pt\"}"))).expect("write");
+    let bs = dir.path().join("empty.bs");
+    compress(&src, &bs);
+    let out = dir.path().join("out");
+    let r = reshard(&[&bs], &out, &[]);
+    assert_eq!(r["tensors"], 0);
+    let back = dir.path().join("back");
+    decompress(&out, &back);
+    assert_eq!(
+        sha256_file(&back.join("model.safetensors")),
+        sha256_file(&src)
+    );
+    let err = reshard_fails(&[&bs], &dir.path().join("two"), &["--shards", "2"], 1);
+    assert!(err.contains("no tensors"), "{err}");
+}
+
+#[test]
 fn a_duplicate_whose_original_lands_elsewhere_is_copied_and_relinked_on_join() {
     let dir = tmp();
     let mut rng = Rng(3);
@@ -607,7 +627,7 @@ fn text_report_names_shards_and_checks() {
         "--no-progress",
     ]));
     assert!(text.contains("model-00001-of-00002.bs"), "{text}");
-    assert!(text.contains("layers 0-0"), "{text}");
+    assert!(text.contains("2 non-layer tensors + layer 0)"), "{text}");
     assert!(text.contains("MB/s"), "{text}");
     assert!(
         text.contains("verified: 20 tensors (chunk checksums, md5)"),

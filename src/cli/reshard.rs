@@ -88,10 +88,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         if r.shards.len() == 1 { "" } else { "s" },
     );
     for sh in &r.shards {
-        let what = match (sh.non_layer_tensors, sh.layers) {
-            (0, Some([a, b])) => format!("layers {a}-{b}"),
-            (n, Some([a, b])) => format!("{n} non-layer tensors + layers {a}-{b}"),
-            (n, None) => format!("{n} non-layer tensors"),
+        let layers = match sh.layers {
+            Some([a, b]) if a == b => format!("layer {a}"),
+            Some([a, b]) => format!("layers {a}-{b}"),
+            None => String::new(),
+        };
+        let what = match (sh.non_layer_tensors, layers.is_empty()) {
+            (0, true) => "no tensors".to_string(),
+            (0, false) => layers,
+            (n, true) => format!("{n} non-layer tensors"),
+            (n, false) => format!("{n} non-layer tensors + {layers}"),
         };
         s += &format!(
             "  {}  {} tensors  {} bytes  ({what}{})\n",

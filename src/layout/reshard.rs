@@ -515,6 +515,12 @@ fn plan_shards(inputs: &Inputs, layout: Layout) -> Result<Vec<ShardPlan>> {
         })
         .collect();
     if let Layout::Shards(n) = layout {
+        if groups.is_empty() {
+            return Err(Error::invalid(
+                first,
+                format!("has no tensors; cannot make {n} shards (--join or --size-gb make one)"),
+            ));
+        }
         if n > groups.len() {
             let layers = groups.iter().filter(|(l, _)| l.is_some()).count();
             let extra = if layers < groups.len() {
