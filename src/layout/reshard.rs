@@ -9,9 +9,9 @@
 //! so `decompress` of the output directory gives an HF-style sharded model.
 //!
 //! The output directory's index also records `origins`: the safetensors files the inputs were
-//! compressed from. A shard that ends up holding exactly the tensors of one of them keeps that
-//! file's name, header and tensor order, which is what makes split-then-join byte-identical
-//! down to the container.
+//! compressed from. A shard that ends up holding exactly the tensors of one of them gets that
+//! file's header, tensor order and name (in its index), which is what makes split-then-join
+//! byte-identical down to the container.
 //!
 //! Nothing appears under the output name until every shard has been read back from disk and
 //! every chunk decoded against its checksum (with `check_md5`, every tensor against its md5
@@ -120,6 +120,13 @@ pub struct OutputShard {
 /// Cuts a sequence of group sizes into contiguous, non-empty runs (the shards), as ranges of
 /// group indices. Group 0 therefore always lands in shard 0. With no groups, `Join` and
 /// `MaxBytes` give one empty shard.
+///
+/// ```
+/// use bigsmall::layout::reshard::{partition, Layout};
+/// // The non-layer tensors (5 bytes stored), then three layers of 3: the best two shards.
+/// assert_eq!(partition(&[5, 3, 3, 3], Layout::Shards(2)), Ok(vec![0..2, 2..4]));
+/// assert_eq!(partition(&[5, 3, 3, 3], Layout::MaxBytes(6)), Ok(vec![0..1, 1..3, 3..4]));
+/// ```
 pub fn partition(sizes: &[u64], layout: Layout) -> std::result::Result<Vec<Range<usize>>, String> {
     let k = sizes.len();
     match layout {
@@ -863,6 +870,15 @@ fn verify_shard(
 
 /// Reshards `inputs` (`.bs` files, or directories made by bigsmall) into `out_dir`: one
 /// container per shard plus `bigsmall.index.json`, side files carried over.
+///
+/// ```no_run
+/// use bigsmall::layout::reshard::{reshard, Layout, ReshardOptions};
+/// use bigsmall::progress::Silent;
+/// let opts = ReshardOptions { layout: Layout::Shards(4), overwrite: false, check_md5: false };
+/// let r = reshard(&["model.bs".into()], "four".as_ref(), &opts, &Silent)?;
+/// println!("{} shards, {:.0} MB/s of model data", r.shards.len(), r.raw_mb_per_s);
+/// # Ok::<(), bigsmall::error::Error>(())
+/// ```
 pub fn reshard(
     inputs: &[PathBuf],
     out_dir: &Path,
