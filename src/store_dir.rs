@@ -72,16 +72,16 @@ fn safe_rel(index_path: &Path, s: &str) -> Result<PathBuf> {
 }
 
 /// A directory being built under a temporary name beside its destination.
-struct StagedDir {
+pub(crate) struct StagedDir {
     final_path: PathBuf,
-    tmp: PathBuf,
+    pub(crate) tmp: PathBuf,
     done: bool,
     /// Resumable staging (`<dst>.progress/`) survives an interrupted run.
     keep: bool,
 }
 
 impl StagedDir {
-    fn create(dst: &Path, overwrite: bool) -> Result<StagedDir> {
+    pub(crate) fn create(dst: &Path, overwrite: bool) -> Result<StagedDir> {
         if let Ok(meta) = fs::symlink_metadata(dst) {
             let empty_dir = meta.is_dir()
                 && fs::read_dir(dst)
@@ -121,7 +121,7 @@ impl StagedDir {
         })
     }
 
-    fn commit(mut self) -> Result<()> {
+    pub(crate) fn commit(mut self) -> Result<()> {
         let dst = &self.final_path;
         if fs::symlink_metadata(dst).is_ok() {
             let old = crate::fsutil::temp_name(dst).with_extension("old");
@@ -148,7 +148,7 @@ impl Drop for StagedDir {
     }
 }
 
-fn copy_side_file(src_root: &Path, dst_root: &Path, rel: &Path) -> Result<()> {
+pub(crate) fn copy_side_file(src_root: &Path, dst_root: &Path, rel: &Path) -> Result<()> {
     let to = dst_root.join(rel);
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;

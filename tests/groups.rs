@@ -381,6 +381,57 @@ fn directories_and_resume_group_too() {
 }
 
 #[test]
+fn reshard_refuses_grouped_files_until_they_are_transcoded() {
+    let d = tmp();
+    let src = layered_model(d.path(), 6);
+    let grouped = d.path().join("g.bs");
+    compress_json(&src, &grouped, &["--group-streams"]);
+    let out = d.path().join("shards");
+    let o = run([
+        "reshard".as_ref(),
+        grouped.as_os_str(),
+        "--output-dir".as_ref(),
+        out.as_os_str(),
+        "--shards".as_ref(),
+        "2".as_ref(),
+    ]);
+    let e = fails(&o, 1);
+    assert!(
+        e.contains("grouped streams") && e.contains("transcode"),
+        "{e}"
+    );
+    assert!(!out.exists());
+    // The way out the message names works.
+    let plain = d.path().join("plain.bs");
+    ok(&run([
+        "transcode".as_ref(),
+        grouped.as_os_str(),
+        plain.as_os_str(),
+        "--mode".as_ref(),
+        "balanced".as_ref(),
+        "--no-progress".as_ref(),
+        "--no-measure".as_ref(),
+    ]));
+    ok(&run([
+        "reshard".as_ref(),
+        plain.as_os_str(),
+        "--output-dir".as_ref(),
+        out.as_os_str(),
+        "--shards".as_ref(),
+        "2".as_ref(),
+        "--no-progress".as_ref(),
+    ]));
+    let back = d.path().join("back");
+    ok(&run([
+        "decompress".as_ref(),
+        out.as_os_str(),
+        "-o".as_ref(),
+        back.as_os_str(),
+        "--no-progress".as_ref(),
+    ]));
+}
+
+#[test]
 fn lying_group_entries_are_refused() {
     let d = tmp();
     let src = layered_model(d.path(), 4);

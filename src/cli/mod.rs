@@ -10,6 +10,7 @@ mod info;
 mod migrate;
 mod mode;
 mod repair;
+mod reshard;
 mod scan;
 mod stat;
 mod transcode;
@@ -61,6 +62,8 @@ enum Command {
     Migrate(migrate::Args),
     /// Re-encode a .bs into a .bsr tuned for decode speed (or back toward size), verified
     Transcode(transcode::Args),
+    /// Split, join or rebalance .bs shards along layer boundaries (blobs copied, verified)
+    Reshard(reshard::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -77,6 +80,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Repair(a) => repair::run(a),
         Command::Migrate(a) => migrate::run(a),
         Command::Transcode(a) => transcode::run(a),
+        Command::Reshard(a) => reshard::run(a),
     }
 }
 
