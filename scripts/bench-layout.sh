@@ -2,7 +2,7 @@
 # Measures the speed layouts and grouped streams on the corpus and prints the BENCHMARKS.md
 # tables. For each file: the balanced .bs, its `transcode --mode speed` .bsr and
 # `--mode ratio` .bs, with sizes in % of the source and decode-to-memory MB/s from
-# `bigsmall benchmark FILE --json` (all cores, best of 5, checksums verified); then
+# `bigsmall benchmark FILE --json` (all cores, best of 25, checksums verified); then
 # `compress --group-streams` against plain compress. Exits non-zero when an acceptance check
 # fails (speed >= 1.5x balanced decode at <= +6 pp, ratio never larger, groups never larger).
 #   scripts/bench-layout.sh [CORPUS_DIR]   (default: corpus)
@@ -19,7 +19,7 @@ for f in minilm-bf16.safetensors minilm-f16.safetensors minilm-f32/model.safeten
   [ -f "$CORPUS/$f" ] && FILES+=("$CORPUS/$f")
 done
 [ ${#FILES[@]} -gt 0 ] || { echo "no corpus files under $CORPUS (run scripts/fetch-corpus.sh)" >&2; exit 1; }
-decode() { $B benchmark "$1" --json --runs 5 --no-progress | python3 -c 'import json,sys; print("%.0f" % json.load(sys.stdin)["decode_memory_mb_s"])'; }
+decode() { $B benchmark "$1" --json --runs 25 --no-progress | python3 -c 'import json,sys; print("%.0f" % json.load(sys.stdin)["decode_memory_mb_s"])'; }
 fail=0
 echo "| file | .bs balanced | decode MB/s | .bsr speed | decode MB/s | speed-up | size delta | ratio mode | transcode speed s |"
 echo "|---|---|---|---|---|---|---|---|---|"
