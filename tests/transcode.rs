@@ -224,6 +224,67 @@ fn speed_mode_lays_out_hot_tensors_raw_and_big_ones_in_streams() {
 }
 
 #[test]
+fn a_compressed_directory_is_transcoded_shard_by_shard() {
+    let d = tmp();
+    let src = fixture("sharded");
+    let bs = d.path().join("sharded.bs");
+    ok(&run([
+        "compress".as_ref(),
+        src.as_os_str(),
+        "-o".as_ref(),
+        bs.as_os_str(),
+        "--no-progress".as_ref(),
+    ]));
+    let bsr = d.path().join("sharded.bsr");
+    let r = transcode(&bs, &bsr, &[]);
+    assert_eq!(r["tensors"], 20, "{r}");
+    let idx: serde_json::Value =
+        serde_json::from_slice(&fs::read(bsr.join("bigsmall.index.json")).unwrap()).unwrap();
+    for sh in idx["shards"].as_array().unwrap() {
+        let f = sh["file"].as_str().unwrap();
+        assert!(f.ends_with(".bsr"), "{f}");
+        assert_eq!(
+            sh["size"].as_u64(),
+            Some(fs::metadata(bsr.join(f)).unwrap().len())
+        );
+    }
+    assert!(idx["weight_map"]
+        .as_object()
+        .unwrap()
+        .values()
+        .all(|v| v.as_str().unwrap().ends_with(".bsr")));
+    // Side files carried; decompress gives the original directory back.
+    let back = d.path().join("back");
+    decompress(&bsr, &back);
+    for entry in fs::read_dir(&src).unwrap() {
+        let p = entry.unwrap().path();
+        assert_eq!(
+            sha256_file(&back.join(p.file_name().unwrap())),
+            sha256_file(&p),
+            "{}",
+            p.display()
+        );
+    }
+    ok(&run(["verify".as_ref(), bsr.as_os_str()]));
+    // And back to ratio, as a directory again.
+    let small = d.path().join("small.bs");
+    transcode(&bsr, &small, &["--mode", "ratio"]);
+    let back2 = d.path().join("back2");
+    decompress(&small, &back2);
+    assert_eq!(
+        sha256_file(&back2.join("model-00001-of-00002.safetensors")),
+        sha256_file(&src.join("model-00001-of-00002.safetensors"))
+    );
+    // An existing non-empty output directory is refused without -f.
+    let e = fails(
+        &run(["transcode".as_ref(), bs.as_os_str(), bsr.as_os_str()]),
+        1,
+    );
+    assert!(e.contains("exists"), "{e}");
+    assert_no_leftovers(d.path());
+}
+
+#[test]
 fn report_measures_decode_speed_of_both_files() {
     let d = tmp();
     let bs = d.path().join("m.bs");

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use bigsmall::layout::transcode::{
-    transcode, Mode, TranscodeOptions, DEFAULT_SPEED_STREAMS, RAW_BUDGET_PCT,
+    transcode, transcode_dir, Mode, TranscodeOptions, DEFAULT_SPEED_STREAMS, RAW_BUDGET_PCT,
 };
 
 use super::{emit, emit_json, thousands, Bar};
@@ -20,12 +20,12 @@ enum ModeArg {
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  bigsmall transcode model.bs model.bsr                 # speed mode\n  bigsmall transcode model.bsr small.bs --mode ratio\n  bigsmall transcode model.bs model.bsr --n-streams 64 --workers 8"
+    after_help = "Examples:\n  bigsmall transcode model.bs model.bsr                 # speed mode\n  bigsmall transcode model.bsr small.bs --mode ratio\n  bigsmall transcode model.bs model.bsr --n-streams 64 --workers 8\n  bigsmall transcode llama.bs/ llama.bsr/               # a compressed directory, shard by shard"
 )]
 pub struct Args {
-    /// The .bs (or .bsr) file to re-encode
+    /// The .bs (or .bsr) file to re-encode, or a directory made by compress or reshard
     src: PathBuf,
-    /// Output file (.bsr by convention for speed mode)
+    /// Output file (.bsr by convention for speed mode), or directory for a directory
     dst: PathBuf,
     /// What the output is tuned for
     #[arg(long, value_enum, default_value = "speed")]
@@ -73,7 +73,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .num_threads(a.workers.unwrap_or(0))
         .build()?;
     let bar = Bar::new(a.no_progress);
-    let r = pool.install(|| transcode(&a.src, &a.dst, &opts, &bar))?;
+    let r = if super::is_bs_dir(&a.src) {
+        pool.install(|| transcode_dir(&a.src, &a.dst, &opts, &bar))?
+    } else {
+        pool.install(|| transcode(&a.src, &a.dst, &opts, &bar))?
+    };
     if a.json {
         emit_json(&r);
         return Ok(0);

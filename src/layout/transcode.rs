@@ -505,6 +505,128 @@ pub fn transcode(
     })
 }
 
+/// Transcodes every shard of a directory made by `compress` (or `reshard`) into `dst`: the same
+/// layout, shards renamed `.bsr` in speed mode, side files carried, a new
+/// `bigsmall.index.json`. The directory appears only when every shard is done.
+pub fn transcode_dir(
+    src: &Path,
+    dst: &Path,
+    opts: &TranscodeOptions,
+    progress: &dyn Progress,
+) -> Result<TranscodeReport> {
+    use crate::store_dir::{copy_side_file, read_dir_index, StagedDir, DIR_INDEX};
+    let started = Instant::now();
+    let mut index = read_dir_index(src)?;
+    if same_file(src, dst) {
+        return Err(Error::invalid(
+            dst,
+            "is the source itself: transcode writes a new directory",
+        ));
+    }
+    // Open everything first: a missing or damaged shard fails before anything is written.
+    for sh in &index.shards {
+        Container::open(&src.join(&sh.file))?;
+    }
+    let staged = StagedDir::create(dst, opts.overwrite)?;
+    let ext = if opts.mode == Mode::Speed {
+        "bsr"
+    } else {
+        "bs"
+    };
+    let per_shard = TranscodeOptions {
+        measure: false,
+        overwrite: true,
+        ..opts.clone()
+    };
+    let mut total: Option<TranscodeReport> = None;
+    let mut renamed = HashMap::new();
+    for sh in &mut index.shards {
+        let rel = Path::new(&sh.file).with_extension(ext);
+        let out = staged.tmp.join(&rel);
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        let r = transcode(&src.join(&sh.file), &out, &per_shard, progress)?;
+        let new_name = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/");
+        renamed.insert(sh.file.clone(), new_name.clone());
+        sh.file = new_name;
+        sh.size = r.after_bytes;
+        total = Some(match total {
+            None => r,
+            Some(t) => TranscodeReport {
+                raw_bytes: t.raw_bytes + r.raw_bytes,
+                before_bytes: t.before_bytes + r.before_bytes,
+                after_bytes: t.after_bytes + r.after_bytes,
+                tensors: t.tensors + r.tensors,
+                reencoded_tensors: t.reencoded_tensors + r.reencoded_tensors,
+                raw_tensors: t.raw_tensors + r.raw_tensors,
+                verified_tensors: t.verified_tensors + r.verified_tensors,
+                chunks_before: t.chunks_before + r.chunks_before,
+                chunks_after: t.chunks_after + r.chunks_after,
+                source_chunks_kept: t.source_chunks_kept + r.source_chunks_kept,
+                ..t
+            },
+        });
+    }
+    for side in &index.side_files {
+        copy_side_file(src, &staged.tmp, Path::new(side))?;
+    }
+    for file in index.weight_map.values_mut() {
+        if let Some(n) = renamed.get(file) {
+            *file = n.clone();
+        }
+    }
+    index.created_by = format!("bigsmall {}", env!("CARGO_PKG_VERSION"));
+    index.metadata.total_size = index.shards.iter().map(|s| s.size).sum();
+    let json = serde_json::to_vec_pretty(&index).expect("index serialises");
+    let ipath = staged.tmp.join(DIR_INDEX);
+    std::fs::write(&ipath, json).map_err(|e| Error::io(&ipath, e))?;
+    staged.commit()?;
+
+    let mut r = total.unwrap_or(TranscodeReport {
+        source: String::new(),
+        output: String::new(),
+        mode: opts.mode,
+        raw_bytes: 0,
+        before_bytes: 0,
+        after_bytes: 0,
+        tensors: 0,
+        reencoded_tensors: 0,
+        raw_tensors: 0,
+        verified_tensors: 0,
+        chunks_before: 0,
+        chunks_after: 0,
+        source_chunks_kept: 0,
+        seconds: 0.0,
+        decode_before_mb_s: None,
+        decode_after_mb_s: None,
+        threads: rayon::current_num_threads(),
+    });
+    r.source = src.display().to_string();
+    r.output = dst.display().to_string();
+    r.seconds = started.elapsed().as_secs_f64();
+    if opts.measure {
+        // Decode time of every shard, summed, against the whole model's bytes.
+        let speed = |dir: &Path, files: Vec<String>| -> Result<f64> {
+            let (mut bytes, mut secs) = (0u64, 0f64);
+            for f in files {
+                let c = Container::open(&dir.join(f))?;
+                let raw = c.raw_data_len();
+                secs += raw as f64 / 1e6 / crate::analysis::benchmark::decode_mb_s(&c, 3)?;
+                bytes += raw;
+            }
+            Ok(bytes as f64 / 1e6 / secs.max(1e-9))
+        };
+        r.decode_before_mb_s = Some(speed(src, renamed.keys().cloned().collect())?);
+        r.decode_after_mb_s = Some(speed(dst, renamed.values().cloned().collect())?);
+    }
+    Ok(r)
+}
+
 /// Decodes `blob` and compares it with `data`.
 fn check_roundtrip(
     kind: crate::codec::ElemKind,
