@@ -292,7 +292,9 @@ pub enum SymbolBytes<'a> {
     Rans {
         decoder: rans::Decoder<'a>,
         table: &'a [u32; PROB_SCALE as usize],
-        map: [u8; 256],
+        /// Symbol index -> value; `None` when every value is its own index (the usual case for
+        /// palette indices), which spares a pass over the output.
+        map: Option<[u8; 256]>,
     },
 }
 
@@ -304,11 +306,15 @@ impl<'a> SymbolBytes<'a> {
                 table,
                 values,
                 coded,
-                ..
+                alphabet,
             } => SymbolBytes::Rans {
                 decoder: rans::Decoder::new(coded)?,
                 table,
-                map: std::array::from_fn(|i| values[i] as u8),
+                map: (!values[..*alphabet]
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &v)| usize::from(v) == i))
+                .then(|| std::array::from_fn(|i| values[i] as u8)),
             },
         })
     }
@@ -322,8 +328,10 @@ impl<'a> SymbolBytes<'a> {
                 map,
             } => {
                 decoder.decode_block(table, out)?;
-                for b in out.iter_mut() {
-                    *b = map[*b as usize];
+                if let Some(map) = map {
+                    for b in out.iter_mut() {
+                        *b = map[*b as usize];
+                    }
                 }
             }
         }
@@ -437,4 +445,31 @@ pub fn zstd_exact(z: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
         return Err(CodecError::Corrupt("zstd frame has the wrong length"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Byte symbols through `SymbolBytes`, with values that are and are not their own index.
+    #[test]
+    fn symbol_bytes_map_values() {
+        for alphabet in [vec![0u16, 1, 2, 3], vec![0, 5, 9, 200]] {
+            let data: Vec<u16> = (0..5000u32)
+                .map(|i| alphabet[(i.wrapping_mul(2654435761) >> 30) as usize])
+                .collect();
+            let plan = plan_symbols(&Histogram::of(data.iter().copied(), 8)).expect("plan");
+            let mut blob = Vec::new();
+            write_symbols(&plan, &data, &mut blob);
+            let mut r = Reader::new(&blob);
+            let s = read_symbols(&mut r, 8).unwrap();
+            let mut reader = SymbolBytes::new(&s).unwrap();
+            let mut out = vec![0u8; data.len()];
+            // Blocks a multiple of the rANS group, then the rest.
+            reader.read(&mut out[..4096]).unwrap();
+            reader.read(&mut out[4096..]).unwrap();
+            reader.finish().unwrap();
+            assert!(out.iter().zip(&data).all(|(&o, &d)| u16::from(o) == d));
+        }
+    }
 }
