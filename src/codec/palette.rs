@@ -237,7 +237,7 @@ fn decode_into(
         let out_all = &mut out[2 * done..2 * (done + len)];
         let first_block = done / BLOCK;
         let fast = match &reader {
-            Indices::Nibbles(packed) => fast_nibble_blocks(
+            Indices::Nibbles(packed) => fast_blocks::<true>(
                 &packed[done / 2..],
                 &sizes[first_block..],
                 palette,
@@ -246,7 +246,7 @@ fn decode_into(
             ),
             Indices::Rans(_) => {
                 reader.read(done, idx_all)?;
-                fast_blocks(idx_all, &sizes[first_block..], palette, base, out_all)
+                fast_blocks::<false>(idx_all, &sizes[first_block..], palette, base, out_all)
             }
         };
         let (fast, new_base) = fast.ok_or(CodecError::Corrupt("palette index out of range"))?;
@@ -279,9 +279,9 @@ fn decode_into(
     }
 }
 
-/// The AVX-512 expansion of whole blocks where available: (elements done, new base), or
-/// `None` on an out-of-range index.
-fn fast_blocks(
+/// The AVX-512 expansion of whole blocks where available (indices one per byte, or two per
+/// byte with `NIBBLES`): (elements done, new base), or `None` on an out-of-range index.
+fn fast_blocks<const NIBBLES: bool>(
     idx: &[u8],
     sizes: &[u16],
     palette: &[u16],
@@ -292,31 +292,12 @@ fn fast_blocks(
     {
         if super::simd::has_avx512() && super::simd::cpu_has_avx512vl() {
             // SAFETY: features checked.
-            return unsafe { super::simd::palette_blocks(idx, sizes, palette, base, out) };
-        }
-    }
-    let _ = (idx, sizes, palette, out);
-    Some((0, base))
-}
-
-/// `fast_blocks` for nibble-packed indices (16 bytes per block).
-fn fast_nibble_blocks(
-    packed: &[u8],
-    sizes: &[u16],
-    palette: &[u16],
-    base: usize,
-    out: &mut [u8],
-) -> Option<(usize, usize)> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::simd::has_avx512() && super::simd::cpu_has_avx512vl() {
-            // SAFETY: features checked.
             return unsafe {
-                super::simd::palette_nibble_blocks(packed, sizes, palette, base, out)
+                super::simd::palette_blocks::<NIBBLES>(idx, sizes, palette, base, out)
             };
         }
     }
-    let _ = (packed, sizes, palette, out);
+    let _ = (idx, sizes, palette, out);
     Some((0, base))
 }
 

@@ -250,62 +250,38 @@ pub unsafe fn rans_encode_groups(
 }
 
 /// Expands whole 32-element palette blocks: `out[j] = palette[base + idx[j]]`, one permute per
-/// block. `palette` must have 32 readable entries past every block's start (the caller pads
+/// block. The indices are one byte each or, with `NIBBLES`, packed two per byte (element 2i in
+/// the low nibble: each block's 16 bytes are split into nibbles and interleaved back into
+/// order). `palette` must have 32 readable entries past every block's start (the caller pads
 /// it). Returns `None` if an index is not below its block's size, else the number of elements
 /// done and the new base.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F and BW (and VL for the 256-bit compare).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub unsafe fn palette_blocks(
+pub unsafe fn palette_blocks<const NIBBLES: bool>(
     idx: &[u8],
     sizes: &[u16],
     palette: &[u16],
     mut base: usize,
     out: &mut [u8],
 ) -> Option<(usize, usize)> {
-    let blocks = (idx.len() / 32).min(sizes.len()).min(out.len() / 64);
-    for (b, &size) in sizes.iter().enumerate().take(blocks) {
-        let k = usize::from(size);
-        if base + 32 > palette.len() {
-            return Some((b * 32, base));
-        }
-        let ix = _mm256_loadu_si256(idx.as_ptr().add(b * 32) as *const __m256i);
-        if _mm256_cmpge_epu8_mask(ix, _mm256_set1_epi8(k as i8)) != 0 {
-            return None;
-        }
-        let pal = _mm512_loadu_si512(palette.as_ptr().add(base) as *const _);
-        let words = _mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(ix), pal);
-        _mm512_storeu_si512(out.as_mut_ptr().add(b * 64) as *mut _, words);
-        base += k;
-    }
-    Some((blocks * 32, base))
-}
-
-/// `palette_blocks` with the indices packed two per byte (element 2i in the low nibble): each
-/// block's 16 bytes are split into nibbles, interleaved back into order, widened and looked up.
-///
-/// # Safety
-/// The CPU must support AVX-512 F and BW (and VL for the 256-bit compare).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub unsafe fn palette_nibble_blocks(
-    packed: &[u8],
-    sizes: &[u16],
-    palette: &[u16],
-    mut base: usize,
-    out: &mut [u8],
-) -> Option<(usize, usize)> {
-    let blocks = (packed.len() / 16).min(sizes.len()).min(out.len() / 64);
+    let per_block = if NIBBLES { 16 } else { 32 };
+    let blocks = (idx.len() / per_block).min(sizes.len()).min(out.len() / 64);
     let low = _mm_set1_epi8(0x0f);
     for (b, &size) in sizes.iter().enumerate().take(blocks) {
         let k = usize::from(size);
         if base + 32 > palette.len() {
             return Some((b * 32, base));
         }
-        let x = _mm_loadu_si128(packed.as_ptr().add(b * 16) as *const __m128i);
-        let lo = _mm_and_si128(x, low);
-        let hi = _mm_and_si128(_mm_srli_epi16(x, 4), low);
-        let ix = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+        let ix = if NIBBLES {
+            let x = _mm_loadu_si128(idx.as_ptr().add(b * 16) as *const __m128i);
+            let lo = _mm_and_si128(x, low);
+            let hi = _mm_and_si128(_mm_srli_epi16(x, 4), low);
+            _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi))
+        } else {
+            _mm256_loadu_si256(idx.as_ptr().add(b * 32) as *const __m256i)
+        };
         if _mm256_cmpge_epu8_mask(ix, _mm256_set1_epi8(k as i8)) != 0 {
             return None;
         }
