@@ -285,6 +285,43 @@ fn a_compressed_directory_is_transcoded_shard_by_shard() {
 }
 
 #[test]
+fn the_raw_budget_decides_how_many_hot_tensors_stay_raw() {
+    let d = tmp();
+    let bs = d.path().join("m.bs");
+    compress(&fixture("smollm-bf16.safetensors"), &bs);
+    let raw = |budget: &str| -> (u64, u64) {
+        let out = d.path().join(format!("m{budget}.bsr"));
+        let r = transcode(&bs, &out, &["--raw-budget", budget]);
+        let back = d.path().join(format!("m{budget}.safetensors"));
+        decompress(&out, &back);
+        assert_eq!(
+            sha256_file(&back),
+            sha256_file(&fixture("smollm-bf16.safetensors"))
+        );
+        (
+            r["raw_tensors"].as_u64().unwrap(),
+            r["after_bytes"].as_u64().unwrap(),
+        )
+    };
+    let (none, default, all) = (raw("0"), raw("2"), raw("100"));
+    assert!(
+        none.0 <= default.0 && default.0 < all.0,
+        "{none:?} {default:?} {all:?}"
+    );
+    assert!(none.1 <= default.1 && default.1 < all.1);
+    // Every tensor of this small model is hot (under 1 MiB): all raw with the whole budget.
+    assert_eq!(all.0, 20);
+    let o = run([
+        "transcode".as_ref(),
+        bs.as_os_str(),
+        d.path().join("x.bsr").as_os_str(),
+        "--raw-budget".as_ref(),
+        "-1".as_ref(),
+    ]);
+    assert_ne!(code(&o), 0);
+}
+
+#[test]
 fn report_measures_decode_speed_of_both_files() {
     let d = tmp();
     let bs = d.path().join("m.bs");

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use bigsmall::layout::transcode::{
-    transcode, transcode_dir, Mode, TranscodeOptions, DEFAULT_SPEED_STREAMS, RAW_BUDGET_PCT,
+    transcode, transcode_dir, Mode, TranscodeOptions, DEFAULT_RAW_BUDGET_PP, DEFAULT_SPEED_STREAMS,
 };
 
 use super::{emit, emit_json, thousands, Bar};
@@ -34,6 +34,12 @@ pub struct Args {
     /// and ratio keep the source's 1 MiB chunks]
     #[arg(long, value_name = "N")]
     n_streams: Option<usize>,
+    /// Speed mode: how many percentage points of the raw model may go to keeping hot tensors
+    /// (embeddings, tensors under 1 MiB) raw, least compressible first, estimated from the
+    /// source's sizes; norms, biases and tensors under 64 KiB are raw regardless (0 keeps only
+    /// those; 100 makes every hot tensor raw)
+    #[arg(long, value_name = "PP", default_value_t = DEFAULT_RAW_BUDGET_PP)]
+    raw_budget: f64,
     /// Threads to re-encode (and measure decode) with [default: all cores]
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
@@ -55,6 +61,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if a.n_streams == Some(0) {
         anyhow::bail!("--n-streams must be at least 1");
     }
+    if !(0.0..=100.0).contains(&a.raw_budget) {
+        anyhow::bail!(
+            "--raw-budget must be between 0 and 100 (percentage points of the raw model)"
+        );
+    }
     if a.workers == Some(0) {
         anyhow::bail!("--workers must be at least 1");
     }
@@ -66,6 +77,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let opts = TranscodeOptions {
         mode,
         n_streams: a.n_streams,
+        raw_budget_pp: a.raw_budget,
         overwrite: a.force,
         measure: !a.no_measure,
     };
@@ -105,7 +117,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         r.tensors,
         r.reencoded_tensors,
         if mode == Mode::Speed {
-            format!(", {} kept raw for in-place use (budget {RAW_BUDGET_PCT} pp)", r.raw_tensors)
+            format!(
+                ", {} kept raw for in-place use (budget {} pp)",
+                r.raw_tensors, a.raw_budget
+            )
         } else {
             String::new()
         },

@@ -57,9 +57,10 @@ impl Mode {
 /// nothing to store raw and are read whole on every forward pass.
 pub const SMALL_BYTES: u64 = 64 << 10;
 /// Hot tensors (embeddings, and anything under this size) are kept raw in speed mode too, the
-/// least compressible first, as long as that costs at most `RAW_BUDGET_PCT` of the raw model.
+/// least compressible first, as long as that costs at most `raw_budget_pp` percentage points
+/// of the raw model (`--raw-budget`, default `DEFAULT_RAW_BUDGET_PP`).
 pub const HOT_BYTES: u64 = 1 << 20;
-pub const RAW_BUDGET_PCT: f64 = 2.0;
+pub const DEFAULT_RAW_BUDGET_PP: f64 = 2.0;
 /// Streams per big tensor in speed mode unless asked otherwise.
 pub const DEFAULT_SPEED_STREAMS: usize = 16;
 /// Smallest stream: below this the per-stream tables start to cost more than 0.5%.
@@ -75,6 +76,8 @@ pub struct TranscodeOptions {
     /// Streams (independently decodable chunks) per big tensor; `None`: the mode's default
     /// (speed: 16; balanced and ratio keep the source's chunks).
     pub n_streams: Option<usize>,
+    /// Speed mode: percentage points of the raw model that hot tensors kept raw may cost.
+    pub raw_budget_pp: f64,
     pub overwrite: bool,
     /// Measure decode-to-memory speed of the source and the output after writing.
     pub measure: bool,
@@ -121,7 +124,7 @@ struct Piece {
 
 /// The tensors speed mode keeps raw: the small ones always, then hot ones (embeddings, under
 /// 1 MiB) in order of how little coding saves (from the source's sizes) within the budget.
-fn raw_set(c: &Container) -> Vec<bool> {
+fn raw_set(c: &Container, budget_pp: f64) -> Vec<bool> {
     let tensors = &c.index.tensors;
     let small = |t: &crate::format::TensorEntry| {
         t.raw_len() < SMALL_BYTES || role(&t.name) == Role::Norm || t.name.ends_with("bias")
@@ -141,7 +144,7 @@ fn raw_set(c: &Container) -> Vec<bool> {
         let fb = saved(b) as f64 / tensors[b].raw_len().max(1) as f64;
         fa.total_cmp(&fb).then(a.cmp(&b))
     });
-    let mut budget = (c.raw_data_len() as f64 * RAW_BUDGET_PCT / 100.0) as u64;
+    let mut budget = (c.raw_data_len() as f64 * budget_pp.max(0.0) / 100.0) as u64;
     for i in hot {
         if saved(i) > budget {
             continue;
@@ -299,7 +302,7 @@ pub fn transcode(
     }
     let effort = opts.mode.effort();
     let keep_raw = if opts.mode == Mode::Speed {
-        raw_set(&c)
+        raw_set(&c, opts.raw_budget_pp)
     } else {
         vec![false; c.index.tensors.len()]
     };
