@@ -132,3 +132,48 @@ pub fn release_pages(m: &memmap2::Mmap, start: usize, end: usize) {
     // fault them back in from the file, so no data visible through the map changes.
     let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, s, e - s) };
 }
+
+/// `p` made absolute through its nearest existing ancestor (symlinks there resolved), for
+/// comparing an output that may not exist yet with an input.
+fn resolved(p: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut at = p.to_path_buf();
+    loop {
+        if let Ok(c) = fs::canonicalize(&at) {
+            return rest.into_iter().rev().fold(c, |acc, part| acc.join(part));
+        }
+        match (at.file_name().map(|n| n.to_os_string()), at.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                at = if parent.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    parent.to_path_buf()
+                };
+            }
+            _ => return p.to_path_buf(),
+        }
+    }
+}
+
+/// Refuses an output directory that holds the input (replacing it would delete the input) or
+/// lies inside it.
+pub fn check_apart(input: &Path, output: &Path) -> Result<()> {
+    let (i, o) = (resolved(input), resolved(output));
+    if i.starts_with(&o) {
+        return Err(Error::invalid(
+            output,
+            format!("holds the input {}; choose another output", input.display()),
+        ));
+    }
+    if o.starts_with(&i) {
+        return Err(Error::invalid(
+            output,
+            format!(
+                "is inside the input {}; choose another output",
+                input.display()
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -689,7 +689,7 @@ pub struct DecompressOptions {
     pub check_md5: bool,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct DecompressReport {
     pub output_bytes: u64,
     pub tensors: usize,

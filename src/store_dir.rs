@@ -197,6 +197,7 @@ pub fn compress_dir_against(
             "has the name of a compressed output (a shard's .bs or bigsmall.index.json); rename it",
         ));
     }
+    crate::fsutil::check_apart(src, dst)?;
     let staged = if opts.resume {
         StagedDir::resumable(dst, opts.overwrite)?
     } else {
@@ -363,6 +364,7 @@ pub fn decompress_dir_with(
     progress: &dyn Progress,
 ) -> Result<DecompressReport> {
     let index = read_dir_index(src)?;
+    crate::fsutil::check_apart(src, dst)?;
     let staged = StagedDir::create(dst, opts.overwrite)?;
     let mut total = DecompressReport {
         output_bytes: 0,

@@ -488,7 +488,7 @@ fn lying_group_entries_are_refused() {
             one_line_error(&stderr(&o));
         }
     }
-    // A member pointing at the wrong slice of a real blob: caught by its checksum (exit 3).
+    // A member pointing at the wrong slice of a real blob: the members no longer tile it.
     let f = d.path().join("shifted.bs");
     fs::write(
         &f,
@@ -502,5 +502,25 @@ fn lying_group_entries_are_refused() {
         }),
     )
     .unwrap();
-    assert_eq!(code(&run(["verify".as_ref(), f.as_os_str()])), 3);
+    let e = fails(&run(["verify".as_ref(), f.as_os_str()]), 1);
+    assert!(e.contains("tiled"), "{e}");
+    // A slice offset on a chunk of its own.
+    let f = d.path().join("skip.bs");
+    fs::write(
+        &f,
+        edit_index(&bytes, |v| {
+            let i = v["tensors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .position(|t| {
+                    t["chunks"].as_array().is_some_and(|c| !c.is_empty())
+                        && t["chunks"][0]["t"].is_null()
+                })
+                .unwrap();
+            v["tensors"][i]["chunks"][0]["s"] = 2.into();
+        }),
+    )
+    .unwrap();
+    fails(&run(["verify".as_ref(), f.as_os_str()]), 1);
 }

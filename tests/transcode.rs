@@ -275,6 +275,59 @@ fn a_compressed_directory_is_transcoded_shard_by_shard() {
         sha256_file(&back2.join("model-00001-of-00002.safetensors")),
         sha256_file(&src.join("model-00001-of-00002.safetensors"))
     );
+    // An output that holds the input, or lies inside it, is refused even with -f, and the
+    // input survives.
+    let models = d.path().join("models");
+    fs::create_dir(&models).unwrap();
+    let inner = models.join("m.bs");
+    fs::rename(&bs, &inner).unwrap();
+    fs::write(models.join("precious.txt"), b"keep").unwrap();
+    for out in [models.clone(), d.path().to_path_buf(), inner.join("sub")] {
+        let e = fails(
+            &run([
+                "transcode".as_ref(),
+                inner.as_os_str(),
+                out.as_os_str(),
+                "-f".as_ref(),
+            ]),
+            1,
+        );
+        assert!(e.contains("input"), "{e}");
+    }
+    assert_eq!(fs::read(models.join("precious.txt")).unwrap(), b"keep");
+    ok(&run(["verify".as_ref(), inner.as_os_str()]));
+    // compress and decompress of directories refuse the same (on a copy: a regression here
+    // must not be able to delete the fixtures).
+    let copy = models.join("sharded");
+    fs::create_dir(&copy).unwrap();
+    for entry in fs::read_dir(&src).unwrap() {
+        let p = entry.unwrap().path();
+        fs::copy(&p, copy.join(p.file_name().unwrap())).unwrap();
+    }
+    let e = fails(
+        &run([
+            "compress".as_ref(),
+            copy.as_os_str(),
+            "-o".as_ref(),
+            models.as_os_str(),
+            "-f".as_ref(),
+        ]),
+        1,
+    );
+    assert!(e.contains("holds the input"), "{e}");
+    assert!(copy.join("config.json").exists());
+    let e = fails(
+        &run([
+            "decompress".as_ref(),
+            inner.as_os_str(),
+            "-o".as_ref(),
+            models.as_os_str(),
+            "-f".as_ref(),
+        ]),
+        1,
+    );
+    assert!(e.contains("holds the input"), "{e}");
+    fs::rename(&inner, &bs).unwrap();
     // An existing non-empty output directory is refused without -f.
     let e = fails(
         &run(["transcode".as_ref(), bs.as_os_str(), bsr.as_os_str()]),
@@ -415,6 +468,35 @@ fn bad_input_is_refused_and_nothing_is_left() {
     let e = fails(&o, 3);
     assert!(e.contains("damaged.bs"), "{e}");
     assert!(!d.path().join("d.bsr").exists());
+
+    // A duplicate whose receipt disagrees with its original's is refused on open.
+    let zoo = d.path().join("zoo.safetensors");
+    fs::write(&zoo, common::zoo()).unwrap();
+    let zbs = d.path().join("zoo.bs");
+    compress(&zoo, &zbs);
+    let lying = d.path().join("lying.bs");
+    fs::write(
+        &lying,
+        edit_index(&fs::read(&zbs).unwrap(), |v| {
+            let t = v["tensors"]
+                .as_array_mut()
+                .unwrap()
+                .iter_mut()
+                .find(|t| !t["dup_of"].is_null())
+                .expect("the zoo has a duplicate");
+            t["md5"] = "0".repeat(32).into();
+        }),
+    )
+    .unwrap();
+    let e = fails(
+        &run([
+            "transcode".as_ref(),
+            lying.as_os_str(),
+            d.path().join("l.bsr").as_os_str(),
+        ]),
+        1,
+    );
+    assert!(e.contains("duplicate"), "{e}");
 
     // A patch needs its base first.
     let fine = d.path().join("fine.safetensors");

@@ -38,8 +38,9 @@ pub struct Args {
     /// (embeddings, tensors under 1 MiB) raw, least compressible first, estimated from the
     /// source's sizes; norms, biases and tensors under 64 KiB are raw regardless (0 keeps only
     /// those; 100 makes every hot tensor raw)
-    #[arg(long, value_name = "PP", default_value_t = DEFAULT_RAW_BUDGET_PP)]
-    raw_budget: f64,
+    /// [default: 2; per shard for a directory]
+    #[arg(long, value_name = "PP")]
+    raw_budget: Option<f64>,
     /// Threads to re-encode (and measure decode) with [default: all cores]
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
@@ -61,7 +62,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if a.n_streams == Some(0) {
         anyhow::bail!("--n-streams must be at least 1");
     }
-    if !(0.0..=100.0).contains(&a.raw_budget) {
+    if a.raw_budget.is_some() && !matches!(a.mode, ModeArg::Speed) {
+        anyhow::bail!("--raw-budget applies to --mode speed only");
+    }
+    let raw_budget = a.raw_budget.unwrap_or(DEFAULT_RAW_BUDGET_PP);
+    if !(0.0..=100.0).contains(&raw_budget) {
         anyhow::bail!(
             "--raw-budget must be between 0 and 100 (percentage points of the raw model)"
         );
@@ -77,7 +82,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let opts = TranscodeOptions {
         mode,
         n_streams: a.n_streams,
-        raw_budget_pp: a.raw_budget,
+        raw_budget_pp: raw_budget,
         overwrite: a.force,
         measure: !a.no_measure,
     };
@@ -95,9 +100,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let pct = |b: u64| b as f64 * 100.0 / r.raw_bytes.max(1) as f64;
+    // The setting, not a count: streams are 64 KiB to 1 MiB, so small tensors get fewer and
+    // very large ones more.
     let streams = match (mode, a.n_streams) {
-        (_, Some(n)) => format!("{n} streams per big tensor"),
-        (Mode::Speed, None) => format!("{DEFAULT_SPEED_STREAMS} streams per big tensor"),
+        (_, Some(n)) => format!("--n-streams {n}"),
+        (Mode::Speed, None) => format!("--n-streams {DEFAULT_SPEED_STREAMS}"),
         _ => "1 MiB chunks".into(),
     };
     let mut s = format!(
@@ -119,7 +126,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         if mode == Mode::Speed {
             format!(
                 ", {} kept raw for in-place use (budget {} pp)",
-                r.raw_tensors, a.raw_budget
+                r.raw_tensors, raw_budget
             )
         } else {
             String::new()

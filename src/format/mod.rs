@@ -190,6 +190,10 @@ impl ChunkEntry {
     }
 }
 
+/// Largest shared group blob a reader accepts (raw bytes). The writer makes them at most 1 MiB
+/// (`layout::groups::BLOB_MAX`); the cap bounds what a lying index can make a reader decode.
+pub const MAX_GROUP_BLOB: u64 = 4 << 20;
+
 /// Codec value of the virtual chunks of a tensor that equals its base: copied, not decoded.
 pub const BASE_COPY: u8 = 255;
 

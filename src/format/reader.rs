@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use super::{
-    fast_hash, ChunkEntry, Index, TensorEntry, Trailer, BASE_COPY, DATA_START, MAGIC, MAJOR,
-    MAX_INDEX_JSON, PREAMBLE_LEN, TRAILER_LEN,
+    fast_hash, ChunkEntry, Index, TensorEntry, Trailer, BASE_COPY, CHUNK_BYTES, DATA_START, MAGIC,
+    MAJOR, MAX_GROUP_BLOB, MAX_INDEX_JSON, PREAMBLE_LEN, TRAILER_LEN,
 };
 use crate::codec::{decode_chunk, ElemKind};
 use crate::delta::BaseSource;
@@ -107,13 +107,27 @@ impl Container {
         let index: Index =
             serde_json::from_slice(&json).map_err(|e| bad(format!("index is malformed: {e}")))?;
         let kinds = validate(&index, trailer.index_offset).map_err(bad)?;
+        // Unchanged patch tensors get virtual chunks of at least 1 MiB, and few enough that
+        // claimed sizes cannot make this allocation large (about a million entries at most).
+        let same_bytes: u64 = index
+            .tensors
+            .iter()
+            .filter(|t| t.delta.as_ref().is_some_and(|d| d.same))
+            .map(TensorEntry::raw_len)
+            .fold(0u64, u64::saturating_add);
+        let virtual_step = (CHUNK_BYTES as u64).max(same_bytes.div_ceil(1 << 20));
+        if virtual_step > MAX_CHUNK_RAW {
+            return Err(bad(
+                "claims implausibly large tensors equal to its base".into()
+            ));
+        }
         let virtual_chunks = index
             .tensors
             .iter()
             .zip(&kinds)
             .map(|(t, k)| {
                 t.delta.as_ref().filter(|d| d.same).map(|_| {
-                    let step = (index.chunk_bytes as usize / k.width()).max(1) * k.width();
+                    let step = (virtual_step as usize / k.width()).max(1) * k.width();
                     let mut v = Vec::new();
                     let mut s = 0u64;
                     while s < t.raw_len() {
@@ -329,10 +343,8 @@ impl Container {
     }
 }
 
-/// Checks every number in the index against the file and against itself; returns each
-/// tensor's element kind. Errors are sentences about the file.
-/// Decodes this chunk's part of a shared group blob. The last few decoded blobs are kept per
-/// thread: members of a group are decoded one after another, each needing the whole blob.
+/// Decodes this chunk's part of a shared group blob. Recently decoded blobs are kept per thread:
+/// every member needs its whole blob, and members of several groups alternate in tensor order.
 fn group_blob(
     c: &Container,
     kind: ElemKind,
@@ -340,9 +352,11 @@ fn group_blob(
     out: &mut [u8],
 ) -> std::result::Result<(), crate::codec::CodecError> {
     use std::cell::RefCell;
-    const KEEP: usize = 4;
-    const CACHE_MAX: usize = 4 << 20;
+    // Enough blobs for the groups of several layers; bounded in bytes per thread.
+    const KEEP: usize = 64;
+    const CACHE_BYTES: usize = 16 << 20;
     type Cache = Vec<((u64, u64), Vec<u8>)>;
+    // The key holds the container and blob; members of one blob share a dtype (validated).
     thread_local! {
         static CACHE: RefCell<Cache> = const { RefCell::new(Vec::new()) };
     }
@@ -358,7 +372,8 @@ fn group_blob(
             cache.push(hit);
             return Ok(());
         }
-        let mut buf = if cache.len() >= KEEP {
+        let held: usize = cache.iter().map(|(_, b)| b.len()).sum();
+        let mut buf = if cache.len() >= KEEP || held + ch.total as usize > CACHE_BYTES {
             cache.remove(0).1
         } else {
             Vec::new()
@@ -367,14 +382,13 @@ fn group_blob(
         buf.resize(ch.total as usize, 0);
         decode_chunk(kind, c.blob(ch), &mut buf)?;
         out.copy_from_slice(&buf[part]);
-        // Blobs the writer makes are at most 1 MiB; a hostile file's huge ones are not kept.
-        if buf.len() <= CACHE_MAX {
-            cache.push((key, buf));
-        }
+        cache.push((key, buf));
         Ok(())
     })
 }
 
+/// Checks every number in the index against the file and against itself; returns each
+/// tensor's element kind. Errors are sentences about the file.
 fn validate(index: &Index, data_end: u64) -> std::result::Result<Vec<ElemKind>, String> {
     if index.format != "bigsmall" {
         return Err(format!("index format is '{}', not bigsmall", index.format));
@@ -429,6 +443,7 @@ fn validate(index: &Index, data_end: u64) -> std::result::Result<Vec<ElemKind>, 
             let ok = d < i
                 && index.tensors[d].dup_of.is_none()
                 && index.tensors[d].raw_len() == t.raw_len()
+                && index.tensors[d].md5 == t.md5
                 && t.chunks.is_empty();
             if !ok {
                 return Err(format!(
@@ -453,12 +468,13 @@ fn validate(index: &Index, data_end: u64) -> std::result::Result<Vec<ElemKind>, 
                         t.name
                     ));
                 }
-                if c.grouped()
-                    && (c.delta
-                        || c.total > MAX_CHUNK_RAW
-                        || c.total % w != 0
-                        || c.skip % w != 0
-                        || c.skip.checked_add(c.raw_len).is_none_or(|e| e > c.total))
+                if (c.skip > 0 && !c.grouped())
+                    || c.grouped()
+                        && (c.delta
+                            || c.total > MAX_GROUP_BLOB
+                            || c.total % w != 0
+                            || c.skip % w != 0
+                            || c.skip.checked_add(c.raw_len).is_none_or(|e| e > c.total))
                 {
                     return Err(format!(
                         "tensor '{}' has an impossible grouped chunk",
@@ -490,21 +506,24 @@ fn validate(index: &Index, data_end: u64) -> std::result::Result<Vec<ElemKind>, 
     // A tensor's own blobs come in file order; a shared group blob is referenced by each of
     // its members, who must agree about it. No two distinct blobs overlap.
     let mut last_end = 0u64;
-    let mut shared: std::collections::HashMap<u64, (u64, u64)> = Default::default();
+    // Shared blob offset -> (len, total, dtype, its members' (skip, raw_len)).
+    type Shared<'a> = (u64, u64, &'a str, Vec<(u64, u64)>);
+    let mut shared: std::collections::HashMap<u64, Shared<'_>> = Default::default();
     let mut spans = Vec::new();
     for t in index.tensors.iter() {
         for c in &t.chunks {
             if c.grouped() {
-                match shared.insert(c.offset, (c.len, c.total)) {
-                    Some(prev) if prev != (c.len, c.total) => {
-                        return Err(format!(
-                            "tensor '{}' disagrees with another about a shared blob",
-                            t.name
-                        ))
-                    }
-                    Some(_) => {}
-                    None => spans.push((c.offset, c.len)),
+                let e = shared.entry(c.offset).or_insert_with(|| {
+                    spans.push((c.offset, c.len));
+                    (c.len, c.total, t.dtype.as_str(), Vec::new())
+                });
+                if (e.0, e.1, e.2) != (c.len, c.total, t.dtype.as_str()) {
+                    return Err(format!(
+                        "tensor '{}' disagrees with another about a shared blob",
+                        t.name
+                    ));
                 }
+                e.3.push((c.skip, c.raw_len));
                 continue;
             }
             if c.offset < last_end {
@@ -515,6 +534,20 @@ fn validate(index: &Index, data_end: u64) -> std::result::Result<Vec<ElemKind>, 
             }
             last_end = c.offset + c.len;
             spans.push((c.offset, c.len));
+        }
+    }
+    // A shared blob's members tile it exactly, so decoding it serves each byte once.
+    for (_, total, _, parts) in shared.values_mut() {
+        parts.sort_unstable();
+        let mut at = 0;
+        for &(skip, len) in parts.iter() {
+            if skip != at {
+                return Err("a shared group blob is not tiled by its members".to_string());
+            }
+            at += len;
+        }
+        if at != *total {
+            return Err("a shared group blob is not tiled by its members".to_string());
         }
     }
     if !shared.is_empty() {

@@ -27,8 +27,9 @@ use crate::store::hex;
 /// Largest member: beyond this a tensor's own tables cost well under 0.1% and grouping only
 /// makes single-tensor reads decode more.
 pub const MEMBER_MAX: usize = 256 << 10;
-/// Raw bytes per shared blob (whole members).
+/// Raw bytes per shared blob (whole members); readers accept up to `format::MAX_GROUP_BLOB`.
 pub const BLOB_MAX: usize = 1 << 20;
+const _: () = assert!(BLOB_MAX as u64 <= crate::format::MAX_GROUP_BLOB);
 /// What a grouped member's entry adds to the index (two fields, after zstd), charged against
 /// the grouped coding so the index cannot eat the gain.
 const ENTRY_COST: u64 = 8;

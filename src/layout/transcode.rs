@@ -188,7 +188,10 @@ fn plan(c: &Container, opts: &TranscodeOptions, keep_raw: &[bool]) -> Vec<Piece>
                 .clamp(MIN_STREAM_BYTES, CHUNK_BYTES as u64)
                 .div_ceil(w)
                 * w
-        } else if te.chunks.iter().all(|c| !c.grouped())
+        } else if te
+            .chunks
+            .iter()
+            .all(|c| !c.grouped() && c.raw_len <= standard)
             && te
                 .chunks
                 .split_last()
@@ -298,7 +301,10 @@ pub fn transcode(
         ));
     }
     if opts.n_streams == Some(0) {
-        return Err(Error::invalid(dst, "--n-streams must be at least 1"));
+        return Err(Error::invalid(
+            src,
+            "cannot be cut into 0 streams (--n-streams)",
+        ));
     }
     let effort = opts.mode.effort();
     let keep_raw = if opts.mode == Mode::Speed {
@@ -413,14 +419,14 @@ pub fn transcode(
                     })?;
                     return Ok((new, hash, false));
                 }
-                let blob = if p.raw {
+                if p.raw {
+                    // A copy of bytes just checked against their receipt: nothing to decode.
                     let mut b = Vec::with_capacity(data.len() + 1);
                     b.push(tag::RAW);
                     b.extend_from_slice(data);
-                    b
-                } else {
-                    encode_chunk(kind, data, effort)
-                };
+                    return Ok((b, hash, false));
+                }
+                let blob = encode_chunk(kind, data, effort);
                 check_roundtrip(kind, &blob, data).map_err(|_| {
                     integrity(dst, name, "re-encoded chunk does not decode to its source")
                 })?;
@@ -462,14 +468,16 @@ pub fn transcode(
         raw_tensors += usize::from(keep_raw[t]);
         te.chunks = chunks;
     }
-    if opts.mode == Mode::Speed || opts.n_streams.is_some() {
-        index.chunk_bytes = pieces
+    index.chunk_bytes = if opts.mode == Mode::Speed || opts.n_streams.is_some() {
+        pieces
             .iter()
             .filter(|p| !p.raw)
             .map(|p| p.end - p.start)
             .max()
-            .unwrap_or(CHUNK_BYTES as u64);
-    }
+            .unwrap_or(CHUNK_BYTES as u64)
+    } else {
+        CHUNK_BYTES as u64
+    };
     if kept == pieces.len() && opts.mode != Mode::Speed {
         // Nothing was re-coded: the file is still what its source's mode made.
         index.mode = c.index.mode;
@@ -520,12 +528,7 @@ pub fn transcode_dir(
     use crate::store_dir::{copy_side_file, read_dir_index, StagedDir, DIR_INDEX};
     let started = Instant::now();
     let mut index = read_dir_index(src)?;
-    if same_file(src, dst) {
-        return Err(Error::invalid(
-            dst,
-            "is the source itself: transcode writes a new directory",
-        ));
-    }
+    crate::fsutil::check_apart(src, dst)?;
     // Open everything first: a missing or damaged shard fails before anything is written.
     for sh in &index.shards {
         Container::open(&src.join(&sh.file))?;
@@ -642,9 +645,15 @@ fn check_roundtrip(
     BACK.with_borrow_mut(|back| {
         back.clear();
         back.resize(data.len(), 0);
-        match decode_chunk(kind, blob, back) {
-            Ok(()) if back[..] == *data => Ok(()),
-            _ => Err(()),
+        let ok = matches!(decode_chunk(kind, blob, back), Ok(()) if back[..] == *data);
+        if back.capacity() > 2 * CHUNK_BYTES {
+            // Kept per thread for the whole run: only chunk-sized.
+            *back = Vec::new();
+        }
+        if ok {
+            Ok(())
+        } else {
+            Err(())
         }
     })
 }
