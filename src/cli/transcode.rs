@@ -15,6 +15,7 @@ enum ModeArg {
     /// The balanced codecs, source chunks kept where smaller
     Balanced,
     /// The smallest codecs, source chunks kept where smaller: never larger than the source
+    /// (unless the source has grouped streams, which are undone, or --n-streams re-cuts it)
     Ratio,
 }
 

@@ -215,6 +215,23 @@ pub fn encode_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u8> {
     best
 }
 
+/// The bit-exact gate: does `blob` decode to exactly `data`? (Scratch kept per thread, only
+/// up to two chunks' worth.)
+pub fn decodes_to(kind: ElemKind, blob: &[u8], data: &[u8]) -> bool {
+    thread_local! {
+        static BACK: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BACK.with_borrow_mut(|back| {
+        back.clear();
+        back.resize(data.len(), 0);
+        let ok = matches!(decode_chunk(kind, blob, back), Ok(()) if back[..] == *data);
+        if back.capacity() > 2 * crate::format::CHUNK_BYTES {
+            *back = Vec::new();
+        }
+        ok
+    })
+}
+
 fn encode_planes(data: &[u8], w: usize, effort: Effort) -> Vec<u8> {
     let mut out = vec![tag::PLANES];
     if w == 1 {

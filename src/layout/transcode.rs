@@ -3,7 +3,8 @@
 //! aligned so they can be used in place from a mapping, big tensors cut into many streams
 //! coded with the fastest codecs (byte-aligned fields, nibble-indexed palettes, no zstd).
 //! `balanced` and `ratio` re-encode toward size and keep a source chunk wherever it is
-//! smaller, so they never grow a file.
+//! smaller, so they never grow a file — except one with grouped streams (every tensor gets
+//! chunks of its own again) or one re-cut with `--n-streams`.
 //!
 //! Nothing is trusted: every source chunk is decoded against its checksum and every tensor
 //! against its md5 receipt, and every new blob is decoded again and compared with the bytes
@@ -17,7 +18,7 @@ use std::time::Instant;
 use md5::{Digest, Md5};
 use rayon::prelude::*;
 
-use crate::codec::{decode_chunk, encode_chunk, tag, Effort};
+use crate::codec::{decodes_to, encode_chunk, tag, Effort};
 use crate::error::{Error, Result};
 use crate::format::reader::{Container, MAX_CHUNK_RAW};
 use crate::format::writer::ContainerWriter;
@@ -414,9 +415,13 @@ pub fn transcode(
                         // Already decoded against its checksum above.
                         return Ok((old.to_vec(), hash, true));
                     }
-                    check_roundtrip(kind, &new, data).map_err(|_| {
-                        integrity(dst, name, "re-encoded chunk does not decode to its source")
-                    })?;
+                    if !decodes_to(kind, &new, data) {
+                        return Err(integrity(
+                            dst,
+                            name,
+                            "re-encoded chunk does not decode to its source",
+                        ));
+                    }
                     return Ok((new, hash, false));
                 }
                 if p.raw {
@@ -427,9 +432,13 @@ pub fn transcode(
                     return Ok((b, hash, false));
                 }
                 let blob = encode_chunk(kind, data, effort);
-                check_roundtrip(kind, &blob, data).map_err(|_| {
-                    integrity(dst, name, "re-encoded chunk does not decode to its source")
-                })?;
+                if !decodes_to(kind, &blob, data) {
+                    return Err(integrity(
+                        dst,
+                        name,
+                        "re-encoded chunk does not decode to its source",
+                    ));
+                }
                 Ok((blob, hash, false))
             })
             .collect::<Result<_>>()?;
@@ -631,31 +640,6 @@ pub fn transcode_dir(
         r.decode_after_mb_s = Some(speed(dst, renamed.values().cloned().collect())?);
     }
     Ok(r)
-}
-
-/// Decodes `blob` and compares it with `data`.
-fn check_roundtrip(
-    kind: crate::codec::ElemKind,
-    blob: &[u8],
-    data: &[u8],
-) -> std::result::Result<(), ()> {
-    thread_local! {
-        static BACK: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    BACK.with_borrow_mut(|back| {
-        back.clear();
-        back.resize(data.len(), 0);
-        let ok = matches!(decode_chunk(kind, blob, back), Ok(()) if back[..] == *data);
-        if back.capacity() > 2 * CHUNK_BYTES {
-            // Kept per thread for the whole run: only chunk-sized.
-            *back = Vec::new();
-        }
-        if ok {
-            Ok(())
-        } else {
-            Err(())
-        }
-    })
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
