@@ -98,6 +98,17 @@ impl AtomicFile {
         out.flush().map_err(|e| Error::io(&self.final_path, e))
     }
 
+    /// Writes `bytes` at `offset` (after what is buffered has been flushed), from any thread:
+    /// parts decoded in parallel go straight to their place.
+    pub fn write_at(&self, bytes: &[u8], offset: u64) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let out = self.out.as_ref().expect("not committed");
+        debug_assert!(out.buffer().is_empty(), "flush before positional writes");
+        out.get_ref()
+            .write_all_at(bytes, offset)
+            .map_err(|e| Error::io(&self.final_path, e))
+    }
+
     /// Flushes and renames into place.
     pub fn commit(mut self) -> Result<()> {
         let out = self.out.take().expect("commit once");
