@@ -74,7 +74,8 @@ impl ContainerWriter {
         let json = serde_json::to_vec(index).map_err(|e| {
             Error::container(self.out.path(), format!("cannot serialise index: {e}"))
         })?;
-        let packed = zstd::bulk::compress(&json, super::INDEX_ZSTD_LEVEL).map_err(|e| Error::io(self.out.path(), e))?;
+        let packed = zstd::bulk::compress(&json, super::INDEX_ZSTD_LEVEL)
+            .map_err(|e| Error::io(self.out.path(), e))?;
         let trailer = Trailer {
             index_offset: self.pos,
             index_len: packed.len() as u64,

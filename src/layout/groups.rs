@@ -220,7 +220,9 @@ fn record_cost(infos: &[GroupInfo]) -> i64 {
         return 0;
     }
     let json = serde_json::to_vec(infos).expect("group infos serialise");
-    zstd::bulk::compress(&json, crate::format::INDEX_ZSTD_LEVEL).map_or(json.len(), |z| z.len()) as i64 + 32
+    zstd::bulk::compress(&json, crate::format::INDEX_ZSTD_LEVEL).map_or(json.len(), |z| z.len())
+        as i64
+        + 32
 }
 
 /// Taken from the gain too: moving blobs shifts where the next RAW blob lands, and its

@@ -28,9 +28,10 @@ use crate::progress::Progress;
 use crate::store::hex;
 
 /// What the output is tuned for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
+    #[default]
     Speed,
     Balanced,
     Ratio,
@@ -84,7 +85,7 @@ pub struct TranscodeOptions {
     pub measure: bool,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct TranscodeReport {
     pub source: String,
     pub output: String,
@@ -110,6 +111,22 @@ pub struct TranscodeReport {
     pub decode_before_mb_s: Option<f64>,
     pub decode_after_mb_s: Option<f64>,
     pub threads: usize,
+}
+
+impl TranscodeReport {
+    /// Adds one shard's counts (a directory's report is the sum of its shards').
+    fn add(&mut self, r: &TranscodeReport) {
+        self.raw_bytes += r.raw_bytes;
+        self.before_bytes += r.before_bytes;
+        self.after_bytes += r.after_bytes;
+        self.tensors += r.tensors;
+        self.reencoded_tensors += r.reencoded_tensors;
+        self.raw_tensors += r.raw_tensors;
+        self.verified_tensors += r.verified_tensors;
+        self.chunks_before += r.chunks_before;
+        self.chunks_after += r.chunks_after;
+        self.source_chunks_kept += r.source_chunks_kept;
+    }
 }
 
 /// One new chunk: a byte range of a tensor and how to store it.
@@ -553,7 +570,10 @@ pub fn transcode_dir(
         overwrite: true,
         ..opts.clone()
     };
-    let mut total: Option<TranscodeReport> = None;
+    let mut total = TranscodeReport {
+        mode: opts.mode,
+        ..Default::default()
+    };
     let mut renamed = HashMap::new();
     for sh in &mut index.shards {
         let rel = Path::new(&sh.file).with_extension(ext);
@@ -570,22 +590,7 @@ pub fn transcode_dir(
         renamed.insert(sh.file.clone(), new_name.clone());
         sh.file = new_name;
         sh.size = r.after_bytes;
-        total = Some(match total {
-            None => r,
-            Some(t) => TranscodeReport {
-                raw_bytes: t.raw_bytes + r.raw_bytes,
-                before_bytes: t.before_bytes + r.before_bytes,
-                after_bytes: t.after_bytes + r.after_bytes,
-                tensors: t.tensors + r.tensors,
-                reencoded_tensors: t.reencoded_tensors + r.reencoded_tensors,
-                raw_tensors: t.raw_tensors + r.raw_tensors,
-                verified_tensors: t.verified_tensors + r.verified_tensors,
-                chunks_before: t.chunks_before + r.chunks_before,
-                chunks_after: t.chunks_after + r.chunks_after,
-                source_chunks_kept: t.source_chunks_kept + r.source_chunks_kept,
-                ..t
-            },
-        });
+        total.add(&r);
     }
     for side in &index.side_files {
         copy_side_file(src, &staged.tmp, Path::new(side))?;
@@ -602,25 +607,10 @@ pub fn transcode_dir(
     std::fs::write(&ipath, json).map_err(|e| Error::io(&ipath, e))?;
     staged.commit()?;
 
-    let mut r = total.unwrap_or(TranscodeReport {
-        source: String::new(),
-        output: String::new(),
-        mode: opts.mode,
-        raw_bytes: 0,
-        before_bytes: 0,
-        after_bytes: 0,
-        tensors: 0,
-        reencoded_tensors: 0,
-        raw_tensors: 0,
-        verified_tensors: 0,
-        chunks_before: 0,
-        chunks_after: 0,
-        source_chunks_kept: 0,
-        seconds: 0.0,
-        decode_before_mb_s: None,
-        decode_after_mb_s: None,
+    let mut r = TranscodeReport {
         threads: rayon::current_num_threads(),
-    });
+        ..total
+    };
     r.source = src.display().to_string();
     r.output = dst.display().to_string();
     r.seconds = started.elapsed().as_secs_f64();
