@@ -730,13 +730,23 @@ pub fn decode_jobs(c: &Container) -> Vec<DecodeJob> {
 
 /// Splits `jobs` into windows of about `limit` raw bytes.
 pub fn windows(jobs: &[DecodeJob], limit: usize) -> Vec<std::ops::Range<usize>> {
+    windows_of(jobs, limit as u64, |j| j.len as u64)
+}
+
+/// Consecutive runs of `items` of about `limit` bytes each (`len` of each item; an item larger
+/// than the limit is a run of its own).
+pub fn windows_of<T>(
+    items: &[T],
+    limit: u64,
+    len: impl Fn(&T) -> u64,
+) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
-    while start < jobs.len() {
+    while start < items.len() {
         let mut end = start;
         let mut bytes = 0;
-        while end < jobs.len() && (bytes < limit || end == start) {
-            bytes += jobs[end].len;
+        while end < items.len() && (bytes < limit || end == start) {
+            bytes += len(&items[end]);
             end += 1;
         }
         out.push(start..end);

@@ -233,12 +233,7 @@ pub fn compress_dir_against(
                 source_bytes: c.index.source.file_size,
                 output_bytes: c.file_size(),
                 tensors: c.index.tensors.len(),
-                duplicates: c
-                    .index
-                    .tensors
-                    .iter()
-                    .filter(|t| t.dup_of.is_some())
-                    .count(),
+                duplicates: c.index.duplicates(),
                 seconds: 0.0,
                 delta: None,
                 groups: c.index.groups.clone(),
@@ -311,6 +306,19 @@ fn merge_stats(total: &mut crate::store::DeltaStats, d: crate::store::DeltaStats
 }
 
 /// Reads and checks a directory's `bigsmall.index.json`.
+/// The containers at `path`: every shard of a compressed directory, the file itself if it is a
+/// container, else none (a safetensors file or a model directory).
+pub fn containers_at(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_dir() && path.join(DIR_INDEX).is_file() {
+        let idx = read_dir_index(path)?;
+        Ok(idx.shards.iter().map(|s| path.join(&s.file)).collect())
+    } else if path.is_file() && crate::format::is_container(path) {
+        Ok(vec![path.to_path_buf()])
+    } else {
+        Ok(Vec::new())
+    }
+}
+
 pub fn read_dir_index(dir: &Path) -> Result<DirIndex> {
     let path = dir.join(DIR_INDEX);
     let meta = fs::metadata(&path).map_err(|e| Error::io(&path, e))?;

@@ -204,12 +204,7 @@ pub fn info(c: &Container) -> Info {
         ratio_pct: c.file_size() as f64 * 100.0 / source_size.max(1) as f64,
         tensor_count: stats.len(),
         chunk_count: stats.iter().map(|s| s.chunks).sum(),
-        duplicates: c
-            .index
-            .tensors
-            .iter()
-            .filter(|t| t.dup_of.is_some())
-            .count(),
+        duplicates: c.index.duplicates(),
         groups: c.index.groups.clone(),
         layer_count: layers.len(),
         non_layer_raw_bytes: non_layer,

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::format::reader::Container;
 use crate::model::dir::scan_dir;
 use crate::model::safetensors::{dtype_name, SafetensorsFile};
-use crate::store_dir::{read_dir_index, DIR_INDEX};
+use crate::store_dir::DIR_INDEX;
 
 /// Above this distance a candidate is not considered a base of the input.
 pub const MAX_DISTANCE: f64 = 0.25;
@@ -77,14 +77,7 @@ pub fn fingerprint(path: &Path) -> Result<Fingerprint> {
         tensors: BTreeMap::new(),
         hist: BTreeMap::new(),
     };
-    let containers: Vec<PathBuf> = if path.is_dir() && path.join(DIR_INDEX).is_file() {
-        let idx = read_dir_index(path)?;
-        idx.shards.iter().map(|s| path.join(&s.file)).collect()
-    } else if path.is_file() && crate::format::is_container(path) {
-        vec![path.to_path_buf()]
-    } else {
-        Vec::new()
-    };
+    let containers = crate::store_dir::containers_at(path)?;
     if !containers.is_empty() {
         let opened: Vec<Container> = containers
             .iter()

@@ -11,7 +11,6 @@ use crate::error::Result;
 use crate::format::reader::Container;
 use crate::model::safetensors::{dtype_name, SafetensorsFile};
 use crate::store::md5_hex;
-use crate::store_dir::{read_dir_index, DIR_INDEX};
 
 /// One tensor as `diff` sees it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -26,14 +25,7 @@ pub struct TensorSig {
 /// a model directory.
 pub fn signatures(path: &Path) -> Result<BTreeMap<String, TensorSig>> {
     let mut out = BTreeMap::new();
-    let containers: Vec<std::path::PathBuf> = if path.is_dir() && path.join(DIR_INDEX).is_file() {
-        let idx = read_dir_index(path)?;
-        idx.shards.iter().map(|s| path.join(&s.file)).collect()
-    } else if path.is_file() && crate::format::is_container(path) {
-        vec![path.to_path_buf()]
-    } else {
-        Vec::new()
-    };
+    let containers = crate::store_dir::containers_at(path)?;
     if !containers.is_empty() {
         for f in containers {
             let c = Container::open(&f)?;

@@ -24,7 +24,6 @@ use crate::format::reader::Container;
 use crate::model::dir::scan_dir;
 use crate::model::safetensors::{dtype_name, SafetensorsFile};
 use crate::store::md5_hex;
-use crate::store_dir::{read_dir_index, DIR_INDEX};
 
 /// What a base knows about one of its tensors.
 #[derive(Debug, Clone)]
@@ -56,27 +55,17 @@ pub fn open_base(path: &Path) -> Result<Arc<dyn BaseSource>> {
     if !path.exists() {
         return Err(Error::invalid(path, "base not found"));
     }
-    if path.is_dir() {
-        if path.join(DIR_INDEX).is_file() {
-            let idx = read_dir_index(path)?;
-            let files = idx.shards.iter().map(|s| path.join(&s.file)).collect();
-            return Ok(Arc::new(ContainerBase::open(path, files)?));
-        }
+    let containers = crate::store_dir::containers_at(path)?;
+    if !containers.is_empty() {
+        return Ok(Arc::new(ContainerBase::open(path, containers)?));
+    }
+    let files = if path.is_dir() {
         let listing = scan_dir(path)?;
-        let files = listing.weights.iter().map(|p| path.join(p)).collect();
-        return Ok(Arc::new(SafetensorsBase::open(path, files)?));
-    }
-    if crate::format::is_container(path) {
-        Ok(Arc::new(ContainerBase::open(
-            path,
-            vec![path.to_path_buf()],
-        )?))
+        listing.weights.iter().map(|p| path.join(p)).collect()
     } else {
-        Ok(Arc::new(SafetensorsBase::open(
-            path,
-            vec![path.to_path_buf()],
-        )?))
-    }
+        vec![path.to_path_buf()]
+    };
+    Ok(Arc::new(SafetensorsBase::open(path, files)?))
 }
 
 /// A base made of safetensors files.

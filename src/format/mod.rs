@@ -74,6 +74,13 @@ pub struct GroupInfo {
     pub grouped: bool,
 }
 
+impl Index {
+    /// Tensors stored once for several names (`dup_of`).
+    pub fn duplicates(&self) -> usize {
+        self.tensors.iter().filter(|t| t.dup_of.is_some()).count()
+    }
+}
+
 /// The base a patch was made against.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BaseRef {

@@ -252,21 +252,7 @@ fn plan(c: &Container, opts: &TranscodeOptions, keep_raw: &[bool]) -> Vec<Piece>
 
 /// Consecutive pieces of about `WINDOW_BYTES`.
 fn windows(pieces: &[Piece]) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let mut first = 0;
-    let mut bytes = 0;
-    for (i, p) in pieces.iter().enumerate() {
-        bytes += p.end - p.start;
-        if bytes >= WINDOW_BYTES {
-            out.push(first..i + 1);
-            first = i + 1;
-            bytes = 0;
-        }
-    }
-    if first < pieces.len() {
-        out.push(first..pieces.len());
-    }
-    out
+    crate::store::windows_of(pieces, WINDOW_BYTES, |p| p.end - p.start)
 }
 
 /// The decoded bytes of one tensor's part of a window.
