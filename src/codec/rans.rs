@@ -137,8 +137,68 @@ impl EncSym {
     }
 }
 
-/// Encodes symbol indices (each `< table.freqs.len()`) into a coded stream appended to `out`.
-pub fn encode(symbols: &[u8], table: &FreqTable, out: &mut Vec<u8>) {
+/// Which 16-bit value of a word is its symbol's value:
+/// `((w & mask) >> shift) << lsb | (w & lsb)`. The codecs' fields are all of this form, so the
+/// encoder can read words directly instead of a symbol array written first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WordKey {
+    pub mask: u16,
+    pub shift: u32,
+    pub lsb: bool,
+}
+
+impl WordKey {
+    /// The word itself.
+    pub const WHOLE: WordKey = WordKey {
+        mask: 0xffff,
+        shift: 0,
+        lsb: false,
+    };
+
+    #[inline(always)]
+    pub fn value(self, w: u16) -> u16 {
+        let l = u16::from(self.lsb);
+        (((w & self.mask) >> self.shift) << l) | (w & l)
+    }
+}
+
+/// The symbols to encode: indices, or words mapped to indices through their key's value
+/// (`index[key.value(w)]`, every value of the stream below `index.len()`, a power of two).
+#[derive(Clone, Copy)]
+pub enum Symbols<'a> {
+    Indices(&'a [u8]),
+    Words {
+        words: &'a [u16],
+        key: WordKey,
+        index: &'a [u8],
+    },
+}
+
+impl Symbols<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Symbols::Indices(s) => s.len(),
+            Symbols::Words { words, .. } => words.len(),
+        }
+    }
+
+    #[inline(always)]
+    fn at(&self, i: usize) -> usize {
+        match self {
+            Symbols::Indices(s) => usize::from(s[i]),
+            Symbols::Words { words, key, index } => {
+                usize::from(index[usize::from(key.value(words[i]))])
+            }
+        }
+    }
+}
+
+/// Encodes symbol indices (each `< table.freqs.len()`) and appends the coded stream to `out`.
+pub fn encode(symbols: Symbols<'_>, table: &FreqTable, out: &mut Vec<u8>) {
+    thread_local! {
+        // Renormalisation words, reused: a fresh megabyte per chunk costs page faults and zeroing.
+        static WORDS: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     let cum = table.cumulative();
     let mut syms = [EncSym::new(1, 0); 256];
     for (i, (&f, &c)) in table.freqs.iter().zip(&cum).enumerate() {
@@ -149,44 +209,40 @@ pub fn encode(symbols: &[u8], table: &FreqTable, out: &mut Vec<u8>) {
     // buffer backwards and come out in decoding order. A word is stored unconditionally and
     // the cursor moves only when it was really emitted: no unpredictable branch per symbol.
     let n = symbols.len();
-    let mut words = vec![0u16; n + 1];
-    let mut at = words.len();
-    #[inline(always)]
-    fn put(es: &EncSym, x: &mut u32, words: &mut [u16], at: &mut usize) {
-        let emit = *x >= es.x_max;
-        words[*at - 1] = *x as u16;
-        *at -= emit as usize;
-        let y = if emit { *x >> 16 } else { *x };
-        let q = es.div(y);
-        *x = (q << PROB_BITS) + (y - q * es.freq) + es.cum;
-    }
-    let full = n / LANES * LANES;
-    for i in (full..n).rev() {
-        put(
-            &syms[symbols[i] as usize],
-            &mut state[i % LANES],
-            &mut words,
-            &mut at,
-        );
-    }
-    if !simd_encode(&mut state, &symbols[..full], &syms, &mut words, &mut at) {
-        for group in symbols[..full].chunks_exact(LANES).rev() {
-            for lane in (0..LANES).rev() {
-                put(
-                    &syms[group[lane] as usize],
-                    &mut state[lane],
-                    &mut words,
-                    &mut at,
-                );
+    WORDS.with_borrow_mut(|words| {
+        if words.len() < n + 1 {
+            words.resize(n + 1, 0);
+        }
+        let words = &mut words[..n + 1];
+        let mut at = words.len();
+        #[inline(always)]
+        fn put(es: &EncSym, x: &mut u32, words: &mut [u16], at: &mut usize) {
+            let emit = *x >= es.x_max;
+            words[*at - 1] = *x as u16;
+            *at -= emit as usize;
+            let y = if emit { *x >> 16 } else { *x };
+            let q = es.div(y);
+            *x = (q << PROB_BITS) + (y - q * es.freq) + es.cum;
+        }
+        let full = n / LANES * LANES;
+        for i in (full..n).rev() {
+            put(&syms[symbols.at(i)], &mut state[i % LANES], words, &mut at);
+        }
+        if !simd_encode(&mut state, symbols, full, &syms, words, &mut at) {
+            for g in (0..full / LANES).rev() {
+                for lane in (0..LANES).rev() {
+                    let i = g * LANES + lane;
+                    put(&syms[symbols.at(i)], &mut state[lane], words, &mut at);
+                }
             }
         }
-    }
-    let words = &words[at..];
-    out.reserve(HEADER_BYTES + words.len() * 2);
-    for s in state {
-        out.extend_from_slice(&s.to_le_bytes());
-    }
-    out.extend_from_slice(&words_as_le_bytes(words));
+        let words = &words[at..];
+        out.reserve(HEADER_BYTES + words.len() * 2);
+        for s in state {
+            out.extend_from_slice(&s.to_le_bytes());
+        }
+        out.extend_from_slice(&words_as_le_bytes(words));
+    });
 }
 
 /// The words as little-endian bytes: a plain view on little-endian machines.
@@ -205,10 +261,12 @@ fn words_as_le_bytes(words: &[u16]) -> std::borrow::Cow<'_, [u8]> {
     }
 }
 
-/// The AVX-512 encoder for whole groups where available; false if it did not run.
+/// The AVX-512 encoder for the first `full` symbols (whole groups) where available; false if
+/// it did not run.
 fn simd_encode(
     state: &mut [u32; LANES],
-    full_groups: &[u8],
+    symbols: Symbols<'_>,
+    full: usize,
     syms: &[EncSym; 256],
     words: &mut [u16],
     at: &mut usize,
@@ -216,19 +274,45 @@ fn simd_encode(
     #[cfg(target_arch = "x86_64")]
     {
         if super::simd::has_avx512() && super::simd::cpu_has_avx512vl() {
-            let freq_cum: [u32; 256] = std::array::from_fn(|i| (syms[i].freq << 16) | syms[i].cum);
-            let rcp: [f64; 256] = std::array::from_fn(|i| {
-                // 1/freq rounded up: floor(x * rcp) is then the exact quotient for x < 2^32.
-                f64::from_bits((1.0 / f64::from(syms[i].freq)).to_bits() + 1)
-            });
-            // SAFETY: features checked; `words` holds one slot per symbol below `at`.
-            unsafe {
-                super::simd::rans_encode_groups(state, full_groups, &freq_cum, &rcp, words, at)
-            };
+            let freq_cum = |s: usize| (syms[s].freq << 16) | syms[s].cum;
+            // 1/freq rounded up: floor(x * rcp) is then the exact quotient for x < 2^32.
+            let rcp = |s: usize| f64::from_bits((1.0 / f64::from(syms[s].freq)).to_bits() + 1);
+            match symbols {
+                Symbols::Indices(s) => {
+                    let fc: [u32; 256] = std::array::from_fn(freq_cum);
+                    let rc: [f64; 256] = std::array::from_fn(rcp);
+                    // SAFETY: features checked; `words` holds one slot per symbol below `at`.
+                    unsafe {
+                        super::simd::rans_encode_groups(state, &s[..full], &fc, &rc, words, at)
+                    };
+                }
+                Symbols::Words {
+                    words: w,
+                    key,
+                    index,
+                } => {
+                    // Tables indexed by value, so the kernel skips the index lookup.
+                    let fc: Vec<u32> = index.iter().map(|&s| freq_cum(usize::from(s))).collect();
+                    let rc: Vec<f64> = index.iter().map(|&s| rcp(usize::from(s))).collect();
+                    // SAFETY: features checked; `words` holds one slot per symbol below `at`;
+                    // the tables' length is a power of two (the kernel masks values into it).
+                    unsafe {
+                        super::simd::rans_encode_word_groups(
+                            state,
+                            &w[..full],
+                            key,
+                            &fc,
+                            &rc,
+                            words,
+                            at,
+                        )
+                    };
+                }
+            }
             return true;
         }
     }
-    let _ = (state, full_groups, syms, words, at);
+    let _ = (state, symbols, full, syms, words, at);
     false
 }
 
@@ -480,7 +564,7 @@ mod tests {
             .collect();
         let table = normalize(&counts);
         let mut coded = Vec::new();
-        encode(syms, &table, &mut coded);
+        encode(Symbols::Indices(syms), &table, &mut coded);
         let mut back = vec![0u8; syms.len()];
         decode(&coded, &table, &mut back).unwrap();
         assert_eq!(back, syms);
@@ -492,7 +576,7 @@ mod tests {
                 .unwrap_or_else(|e| e.into_inner());
             crate::codec::simd::force_portable(true);
             let mut scalar = Vec::new();
-            encode(syms, &table, &mut scalar);
+            encode(Symbols::Indices(syms), &table, &mut scalar);
             crate::codec::simd::force_portable(false);
             assert_eq!(scalar, coded, "SIMD and scalar encoders disagree");
         }
@@ -579,7 +663,7 @@ mod tests {
         let syms: Vec<u8> = (0..10_000u32).map(|i| (i % 5) as u8).collect();
         let table = normalize(&[3, 3, 3, 3, 3]);
         let mut coded = Vec::new();
-        encode(&syms, &table, &mut coded);
+        encode(Symbols::Indices(&syms), &table, &mut coded);
         let mut back = vec![0u8; syms.len()];
         for cut in [0, 10, HEADER_BYTES, coded.len() / 2, coded.len() - 1] {
             assert!(decode(&coded[..cut], &table, &mut back).is_err());
@@ -599,6 +683,36 @@ mod tests {
         #[test]
         fn roundtrip_full_alphabet(syms in proptest::collection::vec(any::<u8>(), 0..3000)) {
             roundtrip(&syms, 256);
+        }
+
+        /// Words read through a key encode exactly as the indices they map to, on both
+        /// encoders.
+        #[test]
+        fn word_symbols_encode_as_their_indices(
+            words in proptest::collection::vec(any::<u16>(), 0..3000),
+            shift in 4u32..9,
+            lsb in any::<bool>(),
+        ) {
+            let key = WordKey { mask: 0x7fff, shift, lsb };
+            let bits = 15 - shift + u32::from(lsb);
+            // Fold the values into an alphabet of at most 256 symbols.
+            let index: Vec<u8> = (0..1u32 << bits).map(|v| (v.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+            let syms: Vec<u8> = words.iter().map(|&w| index[usize::from(key.value(w))]).collect();
+            let counts: Vec<u64> = counts_of(&syms, 256).into_iter().map(|c| c + 1).collect();
+            let table = normalize(&counts);
+            let mut want = Vec::new();
+            encode(Symbols::Indices(&syms), &table, &mut want);
+            #[cfg(target_arch = "x86_64")]
+            let _guard = crate::codec::SIMD_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+            for portable in [false, true] {
+                #[cfg(target_arch = "x86_64")]
+                crate::codec::simd::force_portable(portable);
+                let mut got = Vec::new();
+                encode(Symbols::Words { words: &words, key, index: &index }, &table, &mut got);
+                prop_assert!(got == want, "portable={}", portable);
+            }
+            #[cfg(target_arch = "x86_64")]
+            crate::codec::simd::force_portable(false);
         }
 
         #[test]

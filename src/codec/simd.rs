@@ -184,14 +184,44 @@ pub unsafe fn combine16(
     i
 }
 
+/// One encoder step for 16 lanes whose symbols (as u32 lanes indexing the tables) are `$s`:
+/// renormalise (emitting words), then encode. `$fc[s] = freq << 16 | cum`, `$rp[s]` = 1/freq
+/// rounded up, so that `floor(x * rcp)` is the exact quotient for every 32-bit `x` (see
+/// `rans::EncSym`).
+macro_rules! encode_step {
+    ($x:ident, $s:expr, $fc:expr, $rp:expr, $wp:expr, $a:ident) => {{
+        let s = $s;
+        let e = _mm512_i32gather_epi32::<4>(s, $fc);
+        let f = _mm512_srli_epi32::<16>(e);
+        let cum = _mm512_and_si512(e, _mm512_set1_epi32(0xffff));
+        let x_max = _mm512_slli_epi32::<20>(f);
+        let m = _mm512_cmpge_epu32_mask($x, x_max);
+        let cnt = m.count_ones() as usize;
+        let packed = _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(m, $x));
+        $a -= cnt;
+        _mm256_mask_storeu_epi16($wp.add($a) as *mut i16, ((1u32 << cnt) - 1) as u16, packed);
+        $x = _mm512_mask_srli_epi32($x, m, $x, 16);
+        let s_lo = _mm512_castsi512_si256(s);
+        let s_hi = _mm512_extracti64x4_epi64::<1>(s);
+        let r_lo = _mm512_i32gather_pd::<8>(s_lo, $rp);
+        let r_hi = _mm512_i32gather_pd::<8>(s_hi, $rp);
+        let xd_lo = _mm512_cvtepu32_pd(_mm512_castsi512_si256($x));
+        let xd_hi = _mm512_cvtepu32_pd(_mm512_extracti64x4_epi64::<1>($x));
+        let q_lo = _mm512_cvttpd_epu32(_mm512_mul_pd(xd_lo, r_lo));
+        let q_hi = _mm512_cvttpd_epu32(_mm512_mul_pd(xd_hi, r_hi));
+        let q = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q_lo), q_hi);
+        let r = _mm512_sub_epi32($x, _mm512_mullo_epi32(q, f));
+        $x = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32::<12>(q), r), cum);
+    }};
+}
+
 /// Encodes whole 32-symbol groups (in reverse, as the scalar encoder does) for `syms`, whose
 /// length is a multiple of 32. Emitted words are written downwards ending at `*at`; lanes that
 /// emit in one step store their words in lane order, which is the order the decoder reads.
-/// `freq_cum[s] = freq << 16 | cum`, `rcp[s]` = 1/freq rounded up, so that
-/// `floor(x * rcp)` is the exact quotient for every 32-bit `x` (see `rans::EncSym`).
+/// Tables as in `encode_step`, indexed by symbol.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F and BW; `words` must have room for one word per symbol
+/// The CPU must support AVX-512 F, BW and VL; `words` must have room for one word per symbol
 /// below `*at`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub unsafe fn rans_encode_groups(
@@ -204,45 +234,60 @@ pub unsafe fn rans_encode_groups(
 ) {
     let mut x0 = _mm512_loadu_si512(state.as_ptr() as *const _);
     let mut x1 = _mm512_loadu_si512(state.as_ptr().add(16) as *const _);
-    let fc = freq_cum.as_ptr() as *const i32;
-    let rp = rcp.as_ptr();
-    let low16 = _mm512_set1_epi32(0xffff);
+    let (fc, rp) = (freq_cum.as_ptr() as *const i32, rcp.as_ptr());
     let mut a = *at;
     let wp = words.as_mut_ptr();
-
-    // One register of 16 lanes: renormalise (emitting words), then encode.
-    macro_rules! step {
-        ($x:ident, $s:expr) => {{
-            let s = _mm512_cvtepu8_epi32(_mm_loadu_si128($s as *const __m128i));
-            let e = _mm512_i32gather_epi32::<4>(s, fc);
-            let f = _mm512_srli_epi32::<16>(e);
-            let cum = _mm512_and_si512(e, low16);
-            let x_max = _mm512_slli_epi32::<20>(f);
-            let m = _mm512_cmpge_epu32_mask($x, x_max);
-            let cnt = m.count_ones() as usize;
-            let packed = _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(m, $x));
-            a -= cnt;
-            _mm256_mask_storeu_epi16(wp.add(a) as *mut i16, ((1u32 << cnt) - 1) as u16, packed);
-            $x = _mm512_mask_srli_epi32($x, m, $x, 16);
-            let s_lo = _mm512_castsi512_si256(s);
-            let s_hi = _mm512_extracti64x4_epi64::<1>(s);
-            let r_lo = _mm512_i32gather_pd::<8>(s_lo, rp);
-            let r_hi = _mm512_i32gather_pd::<8>(s_hi, rp);
-            let xd_lo = _mm512_cvtepu32_pd(_mm512_castsi512_si256($x));
-            let xd_hi = _mm512_cvtepu32_pd(_mm512_extracti64x4_epi64::<1>($x));
-            let q_lo = _mm512_cvttpd_epu32(_mm512_mul_pd(xd_lo, r_lo));
-            let q_hi = _mm512_cvttpd_epu32(_mm512_mul_pd(xd_hi, r_hi));
-            let q = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q_lo), q_hi);
-            let r = _mm512_sub_epi32($x, _mm512_mullo_epi32(q, f));
-            $x = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32::<12>(q), r), cum);
-        }};
-    }
-
-    let groups = syms.len() / LANES;
-    for g in (0..groups).rev() {
+    let load = |p: *const u8| _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
+    for g in (0..syms.len() / LANES).rev() {
         let base = syms.as_ptr().add(g * LANES);
-        step!(x1, base.add(16));
-        step!(x0, base);
+        encode_step!(x1, load(base.add(16)), fc, rp, wp, a);
+        encode_step!(x0, load(base), fc, rp, wp, a);
+    }
+    _mm512_storeu_si512(state.as_mut_ptr() as *mut _, x0);
+    _mm512_storeu_si512(state.as_mut_ptr().add(16) as *mut _, x1);
+    *at = a;
+}
+
+/// `rans_encode_groups` for words mapped by `key` (see `rans::WordKey`), with the tables
+/// indexed by the key's value instead of the symbol.
+///
+/// # Safety
+/// As `rans_encode_groups`; the tables' common length must be a power of two (values are
+/// masked into it).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn rans_encode_word_groups(
+    state: &mut [u32; LANES],
+    syms: &[u16],
+    key: super::rans::WordKey,
+    freq_cum: &[u32],
+    rcp: &[f64],
+    words: &mut [u16],
+    at: &mut usize,
+) {
+    debug_assert!(freq_cum.len().is_power_of_two() && rcp.len() == freq_cum.len());
+    let mut x0 = _mm512_loadu_si512(state.as_ptr() as *const _);
+    let mut x1 = _mm512_loadu_si512(state.as_ptr().add(16) as *const _);
+    let (fc, rp) = (freq_cum.as_ptr() as *const i32, rcp.as_ptr());
+    let mut a = *at;
+    let wp = words.as_mut_ptr();
+    let mask = _mm512_set1_epi32(i32::from(key.mask));
+    let shift = _mm_cvtsi32_si128(key.shift as i32);
+    let l = i32::from(key.lsb);
+    let lsb = _mm512_set1_epi32(l);
+    let lsb_shift = _mm_cvtsi32_si128(l);
+    let in_table = _mm512_set1_epi32(freq_cum.len() as i32 - 1);
+    let load = |p: *const u16| {
+        let w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
+        let v = _mm512_sll_epi32(
+            _mm512_srl_epi32(_mm512_and_si512(w, mask), shift),
+            lsb_shift,
+        );
+        _mm512_and_si512(_mm512_or_si512(v, _mm512_and_si512(w, lsb)), in_table)
+    };
+    for g in (0..syms.len() / LANES).rev() {
+        let base = syms.as_ptr().add(g * LANES);
+        encode_step!(x1, load(base.add(16)), fc, rp, wp, a);
+        encode_step!(x0, load(base), fc, rp, wp, a);
     }
     _mm512_storeu_si512(state.as_mut_ptr() as *mut _, x0);
     _mm512_storeu_si512(state.as_mut_ptr().add(16) as *mut _, x1);

@@ -17,6 +17,7 @@
 //! ```
 
 use super::bits::{pack, packed_len, put_varint, unpack_at, Reader};
+use super::rans::WordKey;
 use super::stream::{self, Histogram};
 use super::{rans, tag, CodecError, Effort};
 
@@ -75,13 +76,16 @@ impl Layout {
         self.mid() + 1
     }
 
-    fn value(self, w: u16) -> u16 {
-        let top = (w & 0x7fff) >> self.r;
-        if self.lsb {
-            (top << 1) | (w & 1)
-        } else {
-            top
+    fn key(self) -> WordKey {
+        WordKey {
+            mask: 0x7fff,
+            shift: self.r,
+            lsb: self.lsb,
         }
+    }
+
+    fn value(self, w: u16) -> u16 {
+        self.key().value(w)
     }
 
     fn rest(self, w: u16) -> u16 {
@@ -211,12 +215,8 @@ impl SplitPlan {
     pub(super) fn write(&self, words: &[u16], out: &mut Vec<u8>) {
         let (layout, plan, n) = (self.layout, &self.plan, words.len());
         out.push(layout.to_byte());
-        let map = plan.index_map(layout.value_bits());
-        let syms: Vec<u8> = words
-            .iter()
-            .map(|&w| map[layout.value(w) as usize])
-            .collect();
-        stream::write_symbol_indices(plan, &syms, out);
+        let index = plan.index_map(layout.value_bits());
+        stream::write_word_symbols(plan, words, layout.key(), &index, out);
         match layout.width() {
             8 => out.extend(words.iter().map(|&w| layout.rest(w) as u8)),
             7 => pack_const::<7>(words, layout, out),

@@ -131,13 +131,38 @@ impl SymPlan {
 
 /// Writes a planned symbol stream. `values` yields the stream in order.
 pub fn write_symbols(plan: &SymPlan, values: &[u16], out: &mut Vec<u8>) {
-    let index = plan.index_map(16);
-    let syms: Vec<u8> = values.iter().map(|&v| index[v as usize]).collect();
-    write_symbol_indices(plan, &syms, out);
+    // The index table only needs to cover the largest value of the alphabet.
+    let bits = match &plan.kind {
+        SymKind::Rans(_, alphabet) => 16 - alphabet.last().map_or(0, |&v| v).leading_zeros(),
+        SymKind::Const(_) => 0,
+    };
+    write_word_symbols(
+        plan,
+        values,
+        rans::WordKey::WHOLE,
+        &plan.index_map(bits),
+        out,
+    );
+}
+
+/// Writes a planned symbol stream of the values `key` selects from `words`; `index` is the
+/// plan's `index_map` for the key's value width.
+pub fn write_word_symbols(
+    plan: &SymPlan,
+    words: &[u16],
+    key: rans::WordKey,
+    index: &[u8],
+    out: &mut Vec<u8>,
+) {
+    write_symbols_from(plan, rans::Symbols::Words { words, key, index }, out);
 }
 
 /// Writes a planned symbol stream from symbol indices (see `SymPlan::index_map`).
 pub fn write_symbol_indices(plan: &SymPlan, syms: &[u8], out: &mut Vec<u8>) {
+    write_symbols_from(plan, rans::Symbols::Indices(syms), out);
+}
+
+fn write_symbols_from(plan: &SymPlan, syms: rans::Symbols<'_>, out: &mut Vec<u8>) {
     match &plan.kind {
         SymKind::Const(v) => {
             out.push(KIND_CONST);
@@ -146,10 +171,13 @@ pub fn write_symbol_indices(plan: &SymPlan, syms: &[u8], out: &mut Vec<u8>) {
         SymKind::Rans(table, alphabet) => {
             out.push(KIND_RANS);
             write_table(out, alphabet, table);
-            let mut coded = Vec::new();
-            rans::encode(syms, table, &mut coded);
-            put_varint(out, coded.len() as u64);
-            out.extend_from_slice(&coded);
+            // The coded length goes first: code in place, then slide the stream over by the
+            // length's few bytes.
+            let start = out.len();
+            rans::encode(syms, table, out);
+            let mut len = Vec::with_capacity(10);
+            put_varint(&mut len, (out.len() - start) as u64);
+            out.splice(start..start, len);
         }
     }
 }
