@@ -136,7 +136,7 @@ fn fill_blob(data: &[u8], w: usize) -> Option<Vec<u8>> {
 fn zstd_or_raw(data: &[u8], effort: Effort, level: Option<i32>, mut best: Vec<u8>) -> Vec<u8> {
     if let Some(level) = level {
         if effort.zstd_always() || stream::worth_trying_zstd(data, best.len()) {
-            if let Ok(z) = zstd::bulk::compress(data, level) {
+            if let Some(z) = stream::zstd_compress(data, level) {
                 if z.len() + 1 < best.len() {
                     best = Vec::with_capacity(z.len() + 1);
                     best.push(tag::ZSTD);

@@ -80,15 +80,15 @@ pub fn worth_trying(words: &[u16]) -> bool {
     let step = (words.len() / BLOCK / SAMPLE_BLOCKS).max(1);
     let mut distinct = 0usize;
     let mut blocks = 0usize;
+    // seen[w] == block number + 1 when w already occurred in the current block.
+    let mut seen = vec![0u16; 1 << 16];
     for block in words.chunks_exact(BLOCK).step_by(step).take(SAMPLE_BLOCKS) {
-        let mut seen: Vec<u16> = Vec::with_capacity(BLOCK);
-        for &w in block {
-            if !seen.contains(&w) {
-                seen.push(w);
-            }
-        }
-        distinct += seen.len();
         blocks += 1;
+        for &w in block {
+            let s = &mut seen[usize::from(w)];
+            distinct += usize::from(*s != blocks as u16);
+            *s = blocks as u16;
+        }
     }
     // Break-even is near 24 of 32 for weights; leave a margin for the measurement to decide.
     blocks > 0 && distinct * 4 < blocks * BLOCK * 3

@@ -275,37 +275,23 @@ fn simd_encode(
     {
         if super::simd::has_avx512() && super::simd::cpu_has_avx512vl() {
             let freq_cum = |s: usize| (syms[s].freq << 16) | syms[s].cum;
-            // 1/freq rounded up: floor(x * rcp) is then the exact quotient for x < 2^32.
-            let rcp = |s: usize| f64::from_bits((1.0 / f64::from(syms[s].freq)).to_bits() + 1);
             match symbols {
                 Symbols::Indices(s) => {
                     let fc: [u32; 256] = std::array::from_fn(freq_cum);
-                    let rc: [f64; 256] = std::array::from_fn(rcp);
                     // SAFETY: features checked; `words` holds one slot per symbol below `at`.
-                    unsafe {
-                        super::simd::rans_encode_groups(state, &s[..full], &fc, &rc, words, at)
-                    };
+                    unsafe { super::simd::rans_encode_groups(state, &s[..full], &fc, words, at) };
                 }
                 Symbols::Words {
                     words: w,
                     key,
                     index,
                 } => {
-                    // Tables indexed by value, so the kernel skips the index lookup.
+                    // A table indexed by value, so the kernel skips the index lookup.
                     let fc: Vec<u32> = index.iter().map(|&s| freq_cum(usize::from(s))).collect();
-                    let rc: Vec<f64> = index.iter().map(|&s| rcp(usize::from(s))).collect();
                     // SAFETY: features checked; `words` holds one slot per symbol below `at`;
-                    // the tables' length is a power of two (the kernel masks values into it).
+                    // the table's length is a power of two (the kernel masks values into it).
                     unsafe {
-                        super::simd::rans_encode_word_groups(
-                            state,
-                            &w[..full],
-                            key,
-                            &fc,
-                            &rc,
-                            words,
-                            at,
-                        )
+                        super::simd::rans_encode_word_groups(state, &w[..full], key, &fc, words, at)
                     };
                 }
             }
@@ -507,40 +493,61 @@ pub fn normalize(counts: &[u64]) -> FreqTable {
         .iter()
         .map(|&c| ((c as f64 * scale / total as f64).round() as u32).clamp(1, PROB_SCALE - 1))
         .collect();
-    let mut sum: i64 = freqs.iter().map(|&f| i64::from(f)).sum();
+    let sum: i64 = freqs.iter().map(|&f| i64::from(f)).sum();
     let target = i64::from(PROB_SCALE);
-    // Each move changes the cost by c * log2(f / f'); pick the cheapest one each time.
-    while sum != target {
-        let grow = sum < target;
-        let mut best = usize::MAX;
-        let mut best_delta = f64::INFINITY;
-        for (s, (&c, &f)) in counts.iter().zip(&freqs).enumerate() {
-            let delta = if grow {
-                if f + 1 >= PROB_SCALE {
-                    continue;
-                }
-                -(c as f64) * ((f64::from(f) + 1.0) / f64::from(f)).log2()
-            } else {
-                if f <= 1 {
-                    continue;
-                }
-                c as f64 * (f64::from(f) / (f64::from(f) - 1.0)).log2()
-            };
-            if delta < best_delta {
-                best_delta = delta;
-                best = s;
-            }
-        }
+    // Each move changes the cost by c * log2(f / f'); take the cheapest one each time (the
+    // lowest symbol among equals). Only the moved symbol's cost changes, so the candidates
+    // wait in a heap instead of being rescanned per move.
+    let grow = sum < target;
+    let cost = |c: u64, f: u32| -> Option<f64> {
         if grow {
-            freqs[best] += 1;
-            sum += 1;
+            (f + 1 < PROB_SCALE).then(|| -(c as f64) * ((f64::from(f) + 1.0) / f64::from(f)).log2())
         } else {
-            freqs[best] -= 1;
-            sum -= 1;
+            (f > 1).then(|| c as f64 * (f64::from(f) / (f64::from(f) - 1.0)).log2())
+        }
+    };
+    let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(OrdF64, usize)>> = counts
+        .iter()
+        .zip(&freqs)
+        .enumerate()
+        .filter_map(|(s, (&c, &f))| cost(c, f).map(|d| std::cmp::Reverse((OrdF64(d), s))))
+        .collect();
+    for _ in 0..(target - sum).unsigned_abs() {
+        let std::cmp::Reverse((_, s)) = heap.pop().expect("a symbol can always move");
+        if grow {
+            freqs[s] += 1;
+        } else {
+            freqs[s] -= 1;
+        }
+        if let Some(d) = cost(counts[s], freqs[s]) {
+            heap.push(std::cmp::Reverse((OrdF64(d), s)));
         }
     }
     FreqTable {
         freqs: freqs.into_iter().map(|f| f as u16).collect(),
+    }
+}
+
+/// An f64 ordered by `total_cmp`, for the heap in `normalize`.
+struct OrdF64(f64);
+
+impl PartialEq for OrdF64 {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for OrdF64 {}
+
+impl PartialOrd for OrdF64 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrdF64 {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
     }
 }
 

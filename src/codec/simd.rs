@@ -184,14 +184,17 @@ pub unsafe fn combine16(
     i
 }
 
-/// One encoder step for 16 lanes whose symbols (as u32 lanes indexing the tables) are `$s`:
-/// renormalise (emitting words), then encode. `$fc[s] = freq << 16 | cum`, `$rp[s]` = 1/freq
-/// rounded up, so that `floor(x * rcp)` is the exact quotient for every 32-bit `x` (see
-/// `rans::EncSym`).
+/// One encoder step for 16 lanes whose symbols (as u32 lanes indexing the table) are `$s`:
+/// renormalise (emitting words), then encode. `$fc[s] = freq << 16 | cum`.
+///
+/// The quotient `x / freq` comes from single precision and is then corrected: after
+/// renormalisation `x < freq << 20`, so the quotient is below 2^20, and the estimate (relative
+/// error ~2^-22: x rounded to 24 bits, a refined reciprocal, one product) is off by less than
+/// one, so its truncation is the exact quotient or one off either way — one fix-up each way
+/// makes it exact, with the remainder as a by-product.
 macro_rules! encode_step {
-    ($x:ident, $s:expr, $fc:expr, $rp:expr, $wp:expr, $a:ident) => {{
-        let s = $s;
-        let e = _mm512_i32gather_epi32::<4>(s, $fc);
+    ($x:ident, $s:expr, $fc:expr, $wp:expr, $a:ident) => {{
+        let e = _mm512_i32gather_epi32::<4>($s, $fc);
         let f = _mm512_srli_epi32::<16>(e);
         let cum = _mm512_and_si512(e, _mm512_set1_epi32(0xffff));
         let x_max = _mm512_slli_epi32::<20>(f);
@@ -201,17 +204,20 @@ macro_rules! encode_step {
         $a -= cnt;
         _mm256_mask_storeu_epi16($wp.add($a) as *mut i16, ((1u32 << cnt) - 1) as u16, packed);
         $x = _mm512_mask_srli_epi32($x, m, $x, 16);
-        let s_lo = _mm512_castsi512_si256(s);
-        let s_hi = _mm512_extracti64x4_epi64::<1>(s);
-        let r_lo = _mm512_i32gather_pd::<8>(s_lo, $rp);
-        let r_hi = _mm512_i32gather_pd::<8>(s_hi, $rp);
-        let xd_lo = _mm512_cvtepu32_pd(_mm512_castsi512_si256($x));
-        let xd_hi = _mm512_cvtepu32_pd(_mm512_extracti64x4_epi64::<1>($x));
-        let q_lo = _mm512_cvttpd_epu32(_mm512_mul_pd(xd_lo, r_lo));
-        let q_hi = _mm512_cvttpd_epu32(_mm512_mul_pd(xd_hi, r_hi));
-        let q = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q_lo), q_hi);
-        let r = _mm512_sub_epi32($x, _mm512_mullo_epi32(q, f));
-        $x = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32::<12>(q), r), cum);
+        let ff = _mm512_cvtepi32_ps(f);
+        let r0 = _mm512_rcp14_ps(ff);
+        // One Newton step: r = r0 * (2 - f * r0).
+        let r = _mm512_mul_ps(r0, _mm512_fnmadd_ps(ff, r0, _mm512_set1_ps(2.0)));
+        let mut q = _mm512_cvttps_epu32(_mm512_mul_ps(_mm512_cvtepu32_ps($x), r));
+        let mut rem = _mm512_sub_epi32($x, _mm512_mullo_epi32(q, f));
+        let zero = _mm512_setzero_si512();
+        let low = _mm512_cmplt_epi32_mask(rem, zero);
+        q = _mm512_mask_sub_epi32(q, low, q, _mm512_set1_epi32(1));
+        rem = _mm512_mask_add_epi32(rem, low, rem, f);
+        let high = _mm512_cmpge_epi32_mask(rem, f);
+        q = _mm512_mask_add_epi32(q, high, q, _mm512_set1_epi32(1));
+        rem = _mm512_mask_sub_epi32(rem, high, rem, f);
+        $x = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32::<12>(q), rem), cum);
     }};
 }
 
@@ -228,46 +234,44 @@ pub unsafe fn rans_encode_groups(
     state: &mut [u32; LANES],
     syms: &[u8],
     freq_cum: &[u32; 256],
-    rcp: &[f64; 256],
     words: &mut [u16],
     at: &mut usize,
 ) {
     let mut x0 = _mm512_loadu_si512(state.as_ptr() as *const _);
     let mut x1 = _mm512_loadu_si512(state.as_ptr().add(16) as *const _);
-    let (fc, rp) = (freq_cum.as_ptr() as *const i32, rcp.as_ptr());
+    let fc = freq_cum.as_ptr() as *const i32;
     let mut a = *at;
     let wp = words.as_mut_ptr();
     let load = |p: *const u8| _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
     for g in (0..syms.len() / LANES).rev() {
         let base = syms.as_ptr().add(g * LANES);
-        encode_step!(x1, load(base.add(16)), fc, rp, wp, a);
-        encode_step!(x0, load(base), fc, rp, wp, a);
+        encode_step!(x1, load(base.add(16)), fc, wp, a);
+        encode_step!(x0, load(base), fc, wp, a);
     }
     _mm512_storeu_si512(state.as_mut_ptr() as *mut _, x0);
     _mm512_storeu_si512(state.as_mut_ptr().add(16) as *mut _, x1);
     *at = a;
 }
 
-/// `rans_encode_groups` for words mapped by `key` (see `rans::WordKey`), with the tables
+/// `rans_encode_groups` for words mapped by `key` (see `rans::WordKey`), with the table
 /// indexed by the key's value instead of the symbol.
 ///
 /// # Safety
-/// As `rans_encode_groups`; the tables' common length must be a power of two (values are
-/// masked into it).
+/// As `rans_encode_groups`; the table's length must be a power of two (values are masked
+/// into it).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub unsafe fn rans_encode_word_groups(
     state: &mut [u32; LANES],
     syms: &[u16],
     key: super::rans::WordKey,
     freq_cum: &[u32],
-    rcp: &[f64],
     words: &mut [u16],
     at: &mut usize,
 ) {
-    debug_assert!(freq_cum.len().is_power_of_two() && rcp.len() == freq_cum.len());
+    debug_assert!(freq_cum.len().is_power_of_two());
     let mut x0 = _mm512_loadu_si512(state.as_ptr() as *const _);
     let mut x1 = _mm512_loadu_si512(state.as_ptr().add(16) as *const _);
-    let (fc, rp) = (freq_cum.as_ptr() as *const i32, rcp.as_ptr());
+    let fc = freq_cum.as_ptr() as *const i32;
     let mut a = *at;
     let wp = words.as_mut_ptr();
     let mask = _mm512_set1_epi32(i32::from(key.mask));
@@ -286,8 +290,8 @@ pub unsafe fn rans_encode_word_groups(
     };
     for g in (0..syms.len() / LANES).rev() {
         let base = syms.as_ptr().add(g * LANES);
-        encode_step!(x1, load(base.add(16)), fc, rp, wp, a);
-        encode_step!(x0, load(base), fc, rp, wp, a);
+        encode_step!(x1, load(base.add(16)), fc, wp, a);
+        encode_step!(x0, load(base), fc, wp, a);
     }
     _mm512_storeu_si512(state.as_mut_ptr() as *mut _, x0);
     _mm512_storeu_si512(state.as_mut_ptr().add(16) as *mut _, x1);

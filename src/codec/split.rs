@@ -108,18 +108,25 @@ impl Layout {
     }
 }
 
-/// Packs the rest fields eight at a time with a constant width, so the shifts unroll. Same
-/// bytes as `bits::pack`.
+/// Packs the rest fields eight at a time with a constant width, so the shifts unroll; each
+/// group is stored as a whole u64 into room made beforehand, then the cursor moves by `W`
+/// bytes. Same bytes as `bits::pack`.
 fn pack_const<const W: usize>(words: &[u16], layout: Layout, out: &mut Vec<u8>) {
+    let (mid, shift) = (layout.mid(), u32::from(layout.lsb));
+    let low = (1u16 << mid) - 1;
+    let rest = |w: u16| u64::from(((w >> 15) << mid) | ((w >> shift) & low));
     let mut groups = words.chunks_exact(8);
-    out.reserve(words.len() * W / 8 + 8);
+    let mut at = out.len();
+    out.resize(at + groups.len() * W + 8, 0);
     for g in &mut groups {
-        let mut acc = 0u64;
-        for (j, &w) in g.iter().enumerate() {
-            acc |= u64::from(layout.rest(w)) << (j * W);
-        }
-        out.extend_from_slice(&acc.to_le_bytes()[..W]);
+        let acc = g
+            .iter()
+            .enumerate()
+            .fold(0u64, |acc, (j, &w)| acc | rest(w) << (j * W));
+        out[at..at + 8].copy_from_slice(&acc.to_le_bytes());
+        at += W;
     }
+    out.truncate(at);
     let rem = groups.remainder();
     pack(
         rem.iter().map(|&w| u32::from(layout.rest(w))),
@@ -130,11 +137,26 @@ fn pack_const<const W: usize>(words: &[u16], layout: Layout, out: &mut Vec<u8>) 
 }
 
 /// Counts `(mag >> shift) << 1 | lsb` over the words with four sub-histograms, so runs of
-/// equal exponents do not serialise on one counter.
-fn joint_histogram(words: &[u16], shift: u32) -> Vec<u64> {
-    let bins = 1usize << (16 - shift);
-    let mut h = vec![[0u32; 4]; bins];
-    let bin = |w: u16| ((((w & 0x7fff) >> shift) << 1) | (w & 1)) as usize;
+/// equal exponents do not serialise on one counter. Returns the nonzero bins, ascending.
+fn joint_histogram(words: &[u16], shift: u32) -> Vec<(usize, u64)> {
+    match shift {
+        0 => joint_histogram_in::<{ 1 << 16 }>(words, shift),
+        1 => joint_histogram_in::<{ 1 << 15 }>(words, shift),
+        2 => joint_histogram_in::<{ 1 << 14 }>(words, shift),
+        3 => joint_histogram_in::<{ 1 << 13 }>(words, shift),
+        4 => joint_histogram_in::<{ 1 << 12 }>(words, shift),
+        5 => joint_histogram_in::<{ 1 << 11 }>(words, shift),
+        6 => joint_histogram_in::<{ 1 << 10 }>(words, shift),
+        _ => joint_histogram_in::<{ 1 << 9 }>(words, shift),
+    }
+}
+
+/// `joint_histogram` with `BINS >= 1 << (16 - shift)` bins: a table of fixed size lets the
+/// compiler drop the bounds checks.
+fn joint_histogram_in<const BINS: usize>(words: &[u16], shift: u32) -> Vec<(usize, u64)> {
+    let mut h = vec![[0u32; 4]; BINS];
+    let h: &mut [[u32; 4]; BINS] = h.as_mut_slice().try_into().expect("fixed size");
+    let bin = |w: u16| (((((w & 0x7fff) >> shift) << 1) | (w & 1)) as usize) & (BINS - 1);
     let mut quads = words.chunks_exact(4);
     for q in &mut quads {
         for (k, &w) in q.iter().enumerate() {
@@ -145,7 +167,11 @@ fn joint_histogram(words: &[u16], shift: u32) -> Vec<u64> {
         h[bin(w)][0] += 1;
     }
     h.iter()
-        .map(|c| c.iter().map(|&x| u64::from(x)).sum())
+        .enumerate()
+        .filter_map(|(j, c)| {
+            let n: u64 = c.iter().map(|&x| u64::from(x)).sum();
+            (n > 0).then_some((j, n))
+        })
         .collect()
 }
 
@@ -175,13 +201,27 @@ pub(super) fn plan_split(words: &[u16], rs: &[u32], try_lsb: bool) -> SplitPlan 
             }
             let layout = Layout { r, lsb };
             let shift = r - r_min;
-            let mut dense = vec![0u64; 1 << layout.value_bits()];
-            for (j, &c) in fine.iter().enumerate() {
-                let top = (j >> 1) >> shift;
-                let v = if lsb { (top << 1) | (j & 1) } else { top };
-                dense[v] += c;
+            let mut pairs: Vec<(u16, u64)> = fine
+                .iter()
+                .map(|&(j, c)| {
+                    let top = (j >> 1) >> shift;
+                    let v = if lsb { (top << 1) | (j & 1) } else { top };
+                    (v as u16, c)
+                })
+                .collect();
+            pairs.sort_unstable_by_key(|p| p.0);
+            let mut h = Histogram {
+                values: Vec::with_capacity(pairs.len()),
+                counts: Vec::with_capacity(pairs.len()),
+            };
+            for (v, c) in pairs {
+                if h.values.last() == Some(&v) {
+                    *h.counts.last_mut().expect("paired") += c;
+                } else {
+                    h.values.push(v);
+                    h.counts.push(c);
+                }
             }
-            let h = Histogram::from_dense(&dense);
             if let Some(plan) = stream::plan_symbols(&h) {
                 let total = plan.bytes + packed_len(n, layout.width());
                 if best.as_ref().is_none_or(|b| total < b.0) {
@@ -458,7 +498,7 @@ pub fn encode32(data: &[u8], effort: Effort) -> Vec<u8> {
     let zstd_pairs = effort.zstd_level().and_then(|level| {
         let lo = pairs();
         if effort.zstd_always() || stream::worth_trying_zstd(&lo, planes.len()) {
-            zstd::bulk::compress(&lo, level).ok()
+            stream::zstd_compress(&lo, level)
         } else {
             None
         }

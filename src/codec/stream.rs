@@ -393,7 +393,7 @@ pub fn write_bytes(data: &[u8], effort: Effort, out: &mut Vec<u8>) {
     let zstd = effort.zstd_level().and_then(|level| {
         // Only worth a try where zero-order coding leaves something: structure beyond order 0.
         if effort.zstd_always() || worth_trying_zstd(data, plan.bytes) {
-            zstd::bulk::compress(data, level).ok()
+            zstd_compress(data, level)
         } else {
             None
         }
@@ -421,6 +421,23 @@ pub fn write_bytes(data: &[u8], effort: Effort, out: &mut Vec<u8>) {
     }
 }
 
+/// zstd at `level`, with a context kept per thread: creating one per chunk cost more than a
+/// probe's compression.
+pub fn zstd_compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    thread_local! {
+        static CTX: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    CTX.with_borrow_mut(|ctx| {
+        if ctx.is_none() {
+            *ctx = zstd::bulk::Compressor::new(level).ok();
+        }
+        let c = ctx.as_mut()?;
+        c.set_compression_level(level).ok()?;
+        c.compress(data).ok()
+    })
+}
+
 /// A cheap probe: compress a slice with a fast zstd level and compare with the order-0 estimate.
 pub fn worth_trying_zstd(data: &[u8], order0_bytes: usize) -> bool {
     const PROBE: usize = 64 * 1024;
@@ -428,9 +445,9 @@ pub fn worth_trying_zstd(data: &[u8], order0_bytes: usize) -> bool {
         return true;
     }
     let probe = &data[..PROBE];
-    match zstd::bulk::compress(probe, 1) {
-        Ok(z) => (z.len() as f64) < 1.02 * order0_bytes as f64 * PROBE as f64 / data.len() as f64,
-        Err(_) => false,
+    match zstd_compress(probe, 1) {
+        Some(z) => (z.len() as f64) < 1.02 * order0_bytes as f64 * PROBE as f64 / data.len() as f64,
+        None => false,
     }
 }
 
