@@ -34,32 +34,47 @@ const BLOCK_LOG2: u32 = 5;
 const BLOCK: usize = 1 << BLOCK_LOG2;
 
 /// Palette entries and per-element indices of the words, block by block.
-fn build(words: &[u16]) -> (Vec<u16>, Vec<u16>, Vec<u16>) {
-    let mut palette = vec![0u16; words.len()];
-    let mut sizes = Vec::with_capacity(words.len().div_ceil(BLOCK));
-    let mut index = vec![0u16; words.len()];
-    let mut count = 0usize;
+fn build<R>(words: &[u16], then: impl FnOnce(&[u16], &[u16], &[u16]) -> R) -> R {
     // seen[w] = block stamp << 5 | index of w in that block's palette. The table lives per
     // thread and stamps keep counting across calls, so it is never cleared (except on wrap).
+    // The output buffers live there too: fresh megabytes per chunk cost page faults.
     // The loop is branch-free: a value's slot and palette entry are written whether or not it
     // was new, and the palette only grows when it was.
-    thread_local! {
-        static SEEN: std::cell::RefCell<(Vec<u32>, u32)> = const { std::cell::RefCell::new((Vec::new(), 0)) };
+    #[derive(Default)]
+    struct Scratch {
+        seen: Vec<u32>,
+        stamp: u32,
+        palette: Vec<u16>,
+        sizes: Vec<u16>,
+        index: Vec<u16>,
     }
-    SEEN.with_borrow_mut(|(seen, stamp)| {
-        let blocks = words.len().div_ceil(BLOCK) as u32;
-        if seen.is_empty() || *stamp > (u32::MAX >> BLOCK_LOG2) - blocks - 2 {
-            *seen = vec![0u32; 1 << 16];
-            *stamp = 0;
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+    }
+    SCRATCH.with_borrow_mut(|sc| {
+        let n = words.len();
+        let blocks = n.div_ceil(BLOCK);
+        if sc.seen.is_empty() || sc.stamp > (u32::MAX >> BLOCK_LOG2) - blocks as u32 - 2 {
+            sc.seen = vec![0u32; 1 << 16];
+            sc.stamp = 0;
         }
-        let seen: &mut [u32; 1 << 16] = seen.as_mut_slice().try_into().expect("64K table");
+        for v in [&mut sc.palette, &mut sc.index] {
+            if v.len() < n {
+                v.resize(n, 0);
+            }
+        }
+        sc.sizes.clear();
+        let seen: &mut [u32; 1 << 16] = sc.seen.as_mut_slice().try_into().expect("64K table");
+        let (palette, index) = (&mut sc.palette[..n], &mut sc.index[..n]);
+        let mut count = 0usize;
         for (block, idx) in words.chunks(BLOCK).zip(index.chunks_mut(BLOCK)) {
-            *stamp += 1;
-            let tag = *stamp << BLOCK_LOG2;
+            sc.stamp += 1;
+            let stamp = sc.stamp;
+            let tag = stamp << BLOCK_LOG2;
             let start = count;
             for (&w, ix) in block.iter().zip(idx.iter_mut()) {
                 let s = seen[w as usize];
-                let hit = s >> BLOCK_LOG2 == *stamp;
+                let hit = s >> BLOCK_LOG2 == stamp;
                 let fresh = (count - start) as u32;
                 let i = if hit { s & (BLOCK as u32 - 1) } else { fresh };
                 seen[w as usize] = tag | i;
@@ -67,11 +82,10 @@ fn build(words: &[u16]) -> (Vec<u16>, Vec<u16>, Vec<u16>) {
                 count += usize::from(!hit);
                 *ix = i as u16;
             }
-            sizes.push((count - start - 1) as u16);
+            sc.sizes.push((count - start - 1) as u16);
         }
-    });
-    palette.truncate(count);
-    (palette, sizes, index)
+        then(&sc.palette[..count], &sc.sizes, &sc.index[..n])
+    })
 }
 
 /// Distinct values per block on a sample: cheap test whether a palette can pay at all.
@@ -99,18 +113,19 @@ pub fn encode(words: &[u16], rs: &[u32], try_lsb: bool) -> Option<Vec<u8>> {
     if words.is_empty() {
         return None;
     }
-    let (palette, sizes, index) = build(words);
-    let mut out = Vec::with_capacity(words.len());
-    out.push(tag::PALETTE16);
-    out.push(BLOCK_LOG2 as u8);
-    put_varint(&mut out, palette.len() as u64);
-    write_split(&palette, rs, try_lsb, &mut out);
-    for s in [&sizes, &index] {
-        let h = Histogram::of(s.iter().copied(), BLOCK_LOG2);
-        let plan = stream::plan_symbols(&h)?;
-        stream::write_symbols(&plan, s, &mut out);
-    }
-    Some(out)
+    build(words, |palette, sizes, index| {
+        let mut out = Vec::with_capacity(words.len());
+        out.push(tag::PALETTE16);
+        out.push(BLOCK_LOG2 as u8);
+        put_varint(&mut out, palette.len() as u64);
+        write_split(palette, rs, try_lsb, &mut out);
+        for s in [sizes, index] {
+            let h = Histogram::of(s.iter().copied(), BLOCK_LOG2);
+            let plan = stream::plan_symbols(&h)?;
+            stream::write_symbols(&plan, s, &mut out);
+        }
+        Some(out)
+    })
 }
 
 /// Codes the words as a nibble-index palette chunk, or `None` when a block has more than 16
@@ -119,24 +134,25 @@ pub fn encode_nibbles(words: &[u16], rs: &[u32]) -> Option<Vec<u8>> {
     if words.is_empty() {
         return None;
     }
-    let (palette, sizes, index) = build(words);
-    if sizes.iter().any(|&s| s >= 16) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(words.len());
-    out.push(tag::PALETTE16_NIBBLES);
-    out.push(BLOCK_LOG2 as u8);
-    put_varint(&mut out, palette.len() as u64);
-    write_split(&palette, rs, false, &mut out);
-    let h = Histogram::of(sizes.iter().copied(), 4);
-    let plan = stream::plan_symbols(&h)?;
-    stream::write_symbols(&plan, &sizes, &mut out);
-    out.extend(
-        index
-            .chunks(2)
-            .map(|p| p[0] as u8 | (p.get(1).copied().unwrap_or(0) as u8) << 4),
-    );
-    Some(out)
+    build(words, |palette, sizes, index| {
+        if sizes.iter().any(|&s| s >= 16) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(words.len());
+        out.push(tag::PALETTE16_NIBBLES);
+        out.push(BLOCK_LOG2 as u8);
+        put_varint(&mut out, palette.len() as u64);
+        write_split(palette, rs, false, &mut out);
+        let h = Histogram::of(sizes.iter().copied(), 4);
+        let plan = stream::plan_symbols(&h)?;
+        stream::write_symbols(&plan, sizes, &mut out);
+        out.extend(
+            index
+                .chunks(2)
+                .map(|p| p[0] as u8 | (p.get(1).copied().unwrap_or(0) as u8) << 4),
+        );
+        Some(out)
+    })
 }
 
 /// Decodes a palette body (tag already read) into `out` (`n` little-endian 16-bit words).

@@ -22,10 +22,20 @@ pub struct Histogram {
 impl Histogram {
     /// Counts values below `1 << bits` (bits <= 16).
     pub fn of(values: impl Iterator<Item = u16>, bits: u32) -> Histogram {
-        let mut dense = vec![0u64; 1 << bits];
-        for v in values {
-            dense[v as usize] += 1;
+        if bits > 12 {
+            let mut dense = vec![0u64; 1 << bits];
+            for v in values {
+                dense[v as usize] += 1;
+            }
+            return Histogram::from_dense(&dense);
         }
+        // Small alphabets: four counters per value, so runs of one value do not serialise
+        // on one counter.
+        let mut quads = vec![[0u64; 4]; 1 << bits];
+        for (i, v) in values.enumerate() {
+            quads[v as usize][i & 3] += 1;
+        }
+        let dense: Vec<u64> = quads.iter().map(|q| q.iter().sum()).collect();
         Histogram::from_dense(&dense)
     }
 
