@@ -496,9 +496,8 @@ pub fn compress_file_against(
                     };
                     let base_bytes = b.range(&t.name, j.start as u64, j.end as u64)?;
                     let w = kind.width();
-                    let changed = crate::delta::changed_elements(raw, &base_bytes, w) * w as u64;
                     let mut diff = Vec::new();
-                    crate::delta::subtract(raw, &base_bytes, w, &mut diff);
+                    let changed = crate::delta::subtract(raw, &base_bytes, w, &mut diff) * w as u64;
                     drop(base_bytes);
                     b.release(&t.name, j.start as u64, j.end as u64);
                     let d = crate::codec::encode_sparse_chunk(kind, &diff, opts.effort);
@@ -506,8 +505,8 @@ pub fn compress_file_against(
                     // under an eighth of the raw size: no standalone codec gets there on
                     // non-constant floats (the densest, a palette, needs >= ~2 bits/element).
                     let floats = matches!(kind, ElemKind::Bf16 | ElemKind::F16 | ElemKind::F32);
-                    let constant = raw.chunks_exact(w).all(|e| e == &raw[..w]);
-                    let skip_alone = floats && !constant && d.len() * 8 < raw.len();
+                    let constant = || raw.chunks_exact(w).all(|e| e == &raw[..w]);
+                    let skip_alone = floats && d.len() * 8 < raw.len() && !constant();
                     let alone = (!skip_alone).then(|| encode_chunk(kind, raw, opts.effort));
                     Ok(match alone {
                         Some(a) if a.len() <= d.len() => Coded {

@@ -162,21 +162,26 @@ pub fn encode_sparse_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u
     if let Some(fill) = fill_blob(data, w) {
         return fill;
     }
-    let mut best = encode_planes(data, w, effort);
-    if w == 2 {
-        let values: Vec<u16> = data
-            .chunks_exact(2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-            .collect();
-        let h = stream::Histogram::of(values.iter().copied(), 16);
-        if let Some(plan) = stream::plan_symbols(&h) {
-            if plan.bytes + 1 < best.len() {
-                let mut out = vec![tag::SYM16];
-                stream::write_symbols(&plan, &values, &mut out);
-                best = out;
-            }
+    // Whole 16-bit values are planned first; when their stream is no larger than the byte
+    // planes' order-0 plans (from the same histogram), the planes are never coded.
+    let sym16 = (w == 2).then(|| {
+        let values = split::as_words(data);
+        let h = stream::Histogram::of_words(&values);
+        let planes: usize = h
+            .byte_planes()
+            .iter()
+            .map(|p| stream::plan_symbols(p).map_or(values.len() + 6, |plan| plan.bytes))
+            .sum();
+        (values, stream::plan_symbols(&h), planes + 1)
+    });
+    let best = match sym16 {
+        Some((values, Some(plan), planes)) if plan.bytes < planes => {
+            let mut out = vec![tag::SYM16];
+            stream::write_symbols(&plan, &values, &mut out);
+            out
         }
-    }
+        _ => encode_planes(data, w, effort),
+    };
     // Long zero runs are where an LZ coder beats order-0 coding, even in inference mode.
     let level = Some(effort.zstd_level().unwrap_or(1).max(3));
     zstd_or_raw(data, effort, level, best)

@@ -417,7 +417,7 @@ fn fast_combine(
 }
 
 /// The chunk's bytes as 16-bit words: borrowed when aligned on a little-endian machine.
-fn as_words(data: &[u8]) -> std::borrow::Cow<'_, [u16]> {
+pub(super) fn as_words(data: &[u8]) -> std::borrow::Cow<'_, [u16]> {
     #[cfg(target_endian = "little")]
     {
         // SAFETY: every bit pattern is a valid u16; align_to only yields the aligned middle.

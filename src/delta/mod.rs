@@ -295,39 +295,43 @@ pub fn base_hash(base: &dyn BaseSource, name: &str, len: u64) -> Result<u64> {
     Ok(h)
 }
 
-/// `fine − base` element-wise (wrapping, little-endian words of `width` bytes) into `out`.
-pub fn subtract(fine: &[u8], base: &[u8], width: usize, out: &mut Vec<u8>) {
+/// `fine − base` element-wise (wrapping, little-endian words of `width` bytes) into `out`;
+/// returns the number of elements that differ (the nonzero differences).
+pub fn subtract(fine: &[u8], base: &[u8], width: usize, out: &mut Vec<u8>) -> u64 {
     out.clear();
-    out.reserve(fine.len());
+    out.resize(fine.len().min(base.len()), 0);
+    // Fixed-size words in plain loops, so the compiler vectorises them.
+    macro_rules! words {
+        ($t:ty, $w:expr) => {{
+            let mut changed = 0u64;
+            for ((d, f), b) in out
+                .chunks_exact_mut($w)
+                .zip(fine.chunks_exact($w))
+                .zip(base.chunks_exact($w))
+            {
+                let v = <$t>::from_le_bytes(f.try_into().expect("word"))
+                    .wrapping_sub(<$t>::from_le_bytes(b.try_into().expect("word")));
+                changed += u64::from(v != 0);
+                d.copy_from_slice(&v.to_le_bytes());
+            }
+            changed
+        }};
+    }
     match width {
-        2 => out.extend(
-            fine.chunks_exact(2)
-                .zip(base.chunks_exact(2))
-                .flat_map(|(f, b)| {
-                    u16::from_le_bytes([f[0], f[1]])
-                        .wrapping_sub(u16::from_le_bytes([b[0], b[1]]))
-                        .to_le_bytes()
-                }),
-        ),
-        4 => out.extend(
-            fine.chunks_exact(4)
-                .zip(base.chunks_exact(4))
-                .flat_map(|(f, b)| {
-                    u32::from_le_bytes(f.try_into().expect("4"))
-                        .wrapping_sub(u32::from_le_bytes(b.try_into().expect("4")))
-                        .to_le_bytes()
-                }),
-        ),
-        8 => out.extend(
-            fine.chunks_exact(8)
-                .zip(base.chunks_exact(8))
-                .flat_map(|(f, b)| {
-                    u64::from_le_bytes(f.try_into().expect("8"))
-                        .wrapping_sub(u64::from_le_bytes(b.try_into().expect("8")))
-                        .to_le_bytes()
-                }),
-        ),
-        _ => out.extend(fine.iter().zip(base).map(|(f, b)| f.wrapping_sub(*b))),
+        2 => words!(u16, 2),
+        4 => words!(u32, 4),
+        8 => words!(u64, 8),
+        _ => {
+            let mut changed = 0u64;
+            for ((d, f), b) in out.iter_mut().zip(fine).zip(base) {
+                *d = f.wrapping_sub(*b);
+            }
+            // Elements of any other width differ where any of their bytes does.
+            for e in out.chunks_exact(width.max(1)) {
+                changed += u64::from(e.iter().any(|&x| x != 0));
+            }
+            changed
+        }
     }
 }
 
@@ -363,14 +367,6 @@ pub fn add_in_place(data: &mut [u8], base: &[u8], width: usize) {
     }
 }
 
-/// Number of elements that differ.
-pub fn changed_elements(fine: &[u8], base: &[u8], width: usize) -> u64 {
-    fine.chunks_exact(width)
-        .zip(base.chunks_exact(width))
-        .filter(|(a, b)| a != b)
-        .count() as u64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,7 +380,9 @@ mod tests {
             let fine: Vec<u8> = (0..n * w).map(|_| gen()).collect();
             let base: Vec<u8> = (0..n * w).map(|_| gen()).collect();
             let mut d = Vec::new();
-            subtract(&fine, &base, w, &mut d);
+            let changed = subtract(&fine, &base, w, &mut d);
+            let differ = fine.chunks_exact(w).zip(base.chunks_exact(w)).filter(|(f, b)| f != b).count();
+            prop_assert_eq!(changed, differ as u64);
             add_in_place(&mut d, &base, w);
             prop_assert_eq!(d, fine);
         }
