@@ -3,7 +3,8 @@
 //!
 //! Data: the largest tensor of each fixture, or of the corpus file named by
 //! `BIGSMALL_BENCH_FILE` (e.g. `corpus/minilm-bf16.safetensors`), cut into 1 MiB chunks.
-//! Run: `cargo bench --bench codecs`.
+//! Run: `cargo bench --bench codecs`. The `md5` group (tensor receipts, multi-buffer MD5 against
+//! md-5) runs alone with `cargo bench --bench codecs -- md5`.
 
 use std::hint::black_box;
 
@@ -94,5 +95,36 @@ fn codecs(c: &mut Criterion) {
     bench_file(c, "fp8", &format!("{root}/fixtures/minilm-fp8.safetensors"));
 }
 
-criterion_group!(benches, codecs);
+/// Tensor receipts: md-5 on one 64 MiB stream against `md5x::update_many` hashing the same
+/// 64 MiB as many jobs, in AVX-512 lanes where the CPU has them. Content does not matter.
+fn md5(c: &mut Criterion) {
+    use bigsmall::integrity::md5x;
+    use md5::Digest;
+
+    const TOTAL: usize = 64 << 20;
+    let data: Vec<u8> = (0..TOTAL as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let mut g = c.benchmark_group("md5");
+    g.throughput(Throughput::Bytes(TOTAL as u64));
+    g.sample_size(10);
+    g.bench_function("md-5/1x64MiB", |b| {
+        b.iter(|| black_box(md5::Md5::digest(black_box(&data))))
+    });
+    for jobs in [64, 16] {
+        let msgs: Vec<&[u8]> = data.chunks(TOTAL / jobs).collect();
+        g.bench_function(format!("update_many/{jobs}x{}MiB", 64 / jobs), |b| {
+            b.iter(|| {
+                let mut hashers = vec![md5x::Md5::new(); jobs];
+                let mut work: Vec<(&mut md5x::Md5, &[u8])> =
+                    hashers.iter_mut().zip(msgs.iter().copied()).collect();
+                md5x::update_many(black_box(&mut work));
+                black_box(hashers.into_iter().map(md5x::Md5::finalize).count())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, codecs, md5);
 criterion_main!(benches);

@@ -3,6 +3,7 @@
 //! `ecc` hold the Reed-Solomon sidecar.
 
 pub mod ecc;
+pub mod md5x;
 pub mod rs;
 
 use std::path::{Path, PathBuf};
