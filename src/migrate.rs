@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use md5::{Digest, Md5};
+use crate::integrity::md5x::Md5;
 use rayon::prelude::*;
 
 use crate::codec::encode_chunk;

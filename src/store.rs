@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use md5::{Digest, Md5};
+use crate::integrity::md5x::{self, Md5};
 use rayon::prelude::*;
 
 use crate::codec::{encode_chunk, Effort, ElemKind};
@@ -168,7 +168,9 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 pub fn md5_hex(bytes: &[u8]) -> String {
-    hex(&Md5::digest(bytes))
+    let mut h = Md5::new();
+    h.update(bytes);
+    h.hex()
 }
 
 /// One chunk of work: tensor, byte range within the tensor.
@@ -263,6 +265,9 @@ pub fn compress_file_against(
     let dup = find_duplicates(&src);
     let kinds: Vec<ElemKind> = src.tensors.iter().map(|t| elem_kind(t.dtype)).collect();
 
+    if let Some(b) = base {
+        b.md5_all();
+    }
     // Match tensors with the base by name, dtype and shape.
     let matched: Vec<Option<Matched>> = match base {
         None => src.tensors.iter().map(|_| None).collect(),
@@ -445,11 +450,12 @@ pub fn compress_file_against(
                 .iter()
                 .map(|s| (s.0, hashers[s.0].take().expect("hashed in order")))
                 .collect();
-            hs.par_iter_mut()
-                .zip(segs.par_iter())
-                .for_each(|((_, h), s)| {
-                    h.update(&src.tensor_bytes(&src.tensors[s.0])[s.1..s.2]);
-                });
+            let mut jobs: Vec<(&mut Md5, &[u8])> = hs
+                .iter_mut()
+                .zip(&segs)
+                .map(|((_, h), s)| (h, &src.tensor_bytes(&src.tensors[s.0])[s.1..s.2]))
+                .collect();
+            md5x::update_many(&mut jobs);
             for (t, h) in hs {
                 hashers[t] = Some(h);
             }
@@ -458,8 +464,8 @@ pub fn compress_file_against(
             window_no += 1;
             continue;
         }
-        // md5 runs per tensor segment beside the chunk coding: different tensors hash on
-        // different threads, and the slowest part of compression overlaps the coder.
+        // md5 receipts run beside the chunk coding, one task for the whole window: the
+        // tensors' segments hash side by side in SIMD lanes (md5x).
         let mut segments: Vec<(usize, usize, usize, Md5)> = Vec::new();
         for j in window {
             match segments.last_mut() {
@@ -474,11 +480,16 @@ pub fn compress_file_against(
         }
         let mut coded: Vec<Result<Coded>> = Vec::new();
         rayon::scope(|s| {
-            for seg in segments.iter_mut() {
-                let bytes = &src.tensor_bytes(&src.tensors[seg.0])[seg.1..seg.2];
-                let h = &mut seg.3;
-                s.spawn(move |_| h.update(bytes));
-            }
+            let mut jobs: Vec<(&mut Md5, &[u8])> = segments
+                .iter_mut()
+                .map(|seg| {
+                    (
+                        &mut seg.3,
+                        &src.tensor_bytes(&src.tensors[seg.0])[seg.1..seg.2],
+                    )
+                })
+                .collect();
+            s.spawn(move |_| md5x::update_many(&mut jobs));
             window
                 .par_iter()
                 .map(|j| {
@@ -865,8 +876,20 @@ pub fn decompress_file_with(
             for d in rx {
                 out.write_all(&d.buf)?;
                 if check_md5 {
-                    for &(t, s, e) in &d.segments {
-                        hashers[t].get_or_insert_with(Md5::new).update(&d.buf[s..e]);
+                    // Each tensor appears once per window (its chunks are contiguous).
+                    let mut hs: Vec<Md5> = d
+                        .segments
+                        .iter()
+                        .map(|&(t, _, _)| hashers[t].take().unwrap_or_default())
+                        .collect();
+                    let mut jobs: Vec<(&mut Md5, &[u8])> = hs
+                        .iter_mut()
+                        .zip(&d.segments)
+                        .map(|(h, &(_, s, e))| (h, &d.buf[s..e]))
+                        .collect();
+                    md5x::update_many(&mut jobs);
+                    for (h, &(t, _, _)) in hs.into_iter().zip(&d.segments) {
+                        hashers[t] = Some(h);
                     }
                 }
                 progress.advance(d.buf.len() as u64);
@@ -874,9 +897,7 @@ pub fn decompress_file_with(
             }
             if check_md5 {
                 for (t, h) in hashers.into_iter().enumerate() {
-                    let got = h
-                        .map(|h| hex(&h.finalize()))
-                        .unwrap_or_else(|| md5_hex(&[]));
+                    let got = h.unwrap_or_default().hex();
                     let te = &c.index.tensors[t];
                     if got != te.md5 {
                         return Err(Error::Integrity {

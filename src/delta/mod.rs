@@ -44,6 +44,9 @@ pub trait BaseSource: Send + Sync {
     fn range(&self, name: &str, start: u64, end: u64) -> Result<Cow<'_, [u8]>>;
     /// md5 receipt of a tensor (stored for containers, computed for safetensors).
     fn md5(&self, name: &str) -> Result<String>;
+    /// Computes every tensor's receipt at once where they are not stored (the fingerprint
+    /// needs them all): the tensors hash side by side on all cores.
+    fn md5_all(&self) {}
     /// Bytes `start..end` of a tensor are done with: a mapped base drops those pages, so
     /// resident memory stays bounded by the working window.
     fn release(&self, _name: &str, _start: u64, _end: u64) {}
@@ -148,6 +151,36 @@ impl BaseSource for SafetensorsBase {
             let base = file.data_offset() + file.tensors[t].start;
             file.release(base + start as usize, base + end as usize);
         }
+    }
+
+    fn md5_all(&self) {
+        // In batches of up to 64 MiB, released as they are done: resident memory stays
+        // bounded by the batch, not the model.
+        const BATCH: u64 = 64 << 20;
+        let mut batch: Vec<(&str, &[u8])> = Vec::new();
+        let mut size = 0u64;
+        let flush = |batch: &mut Vec<(&str, &[u8])>| {
+            let bytes: Vec<&[u8]> = batch.iter().map(|b| b.1).collect();
+            let digests = crate::integrity::md5x::digest_many_par(&bytes);
+            let mut md5s = self.md5s.lock().expect("no poisoned lock");
+            for ((name, b), d) in batch.drain(..).zip(digests) {
+                md5s.insert(name.to_string(), crate::store::hex(&d));
+                self.release(name, 0, b.len() as u64);
+            }
+        };
+        for t in &self.tensors {
+            // A tensor the file cannot hold is left to `md5`, which names it.
+            let Some(b) = self.bytes(&t.name) else {
+                continue;
+            };
+            batch.push((&t.name, b));
+            size += b.len() as u64;
+            if size >= BATCH {
+                flush(&mut batch);
+                size = 0;
+            }
+        }
+        flush(&mut batch);
     }
 
     fn md5(&self, name: &str) -> Result<String> {

@@ -9,7 +9,7 @@ pub mod rs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use md5::{Digest, Md5};
+use md5x::Md5;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};

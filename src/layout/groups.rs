@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 
-use md5::{Digest, Md5};
 use rayon::prelude::*;
 
 use crate::codec::{decodes_to, encode_chunk, Effort, ElemKind};
@@ -22,7 +21,6 @@ use crate::format::writer::ContainerWriter;
 use crate::format::{fast_hash, ChunkEntry, GroupInfo};
 use crate::model::role::layer_key;
 use crate::model::safetensors::{dtype_name, SafetensorsFile};
-use crate::store::hex;
 
 /// Largest member: beyond this a tensor's own tables cost well under 0.1% and grouping only
 /// makes single-tensor reads decode more.
@@ -203,7 +201,7 @@ pub fn plan(
         } else {
             for b in blobs.into_iter().flatten() {
                 for &(i, ..) in &b.members {
-                    groups.md5[i] = Some(hex(&Md5::digest(src.tensor_bytes(&src.tensors[i]))));
+                    groups.md5[i] = Some(crate::store::md5_hex(src.tensor_bytes(&src.tensors[i])));
                 }
                 groups.blobs.push(b);
             }
