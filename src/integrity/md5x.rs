@@ -1,10 +1,10 @@
-//! Multi-buffer MD5: one message per AVX-512 lane, sixteen at a time.
+//! Multi-buffer MD5: one message per SIMD lane, sixteen at a time with AVX-512, eight with AVX2.
 //!
 //! A single MD5 stream is a serial chain of dependent steps, so one core hashes one tensor at
 //! about 640 MB/s however wide its vectors are. The receipts are many independent streams,
 //! though: laying sixteen of them side by side in the 32-bit lanes of a zmm register runs the
 //! same chain for all sixteen at once. Digests are bit-identical to the `md-5` crate's (tests
-//! compare them); without AVX-512 every job goes through `md-5`'s compress function.
+//! compare them); without AVX2 every job goes through `md-5`'s compress function.
 
 use md5::block_api::compress;
 use rayon::prelude::*;
@@ -85,15 +85,16 @@ impl Md5 {
 }
 
 /// Feeds each job's bytes into its hasher, as if `job.0.update(job.1)` were called for each,
-/// but hashing up to 16 jobs at once in AVX-512 lanes when the CPU has AVX-512 F, one by one
-/// otherwise. Single-threaded: callers split the jobs across threads themselves.
+/// but hashing up to 16 jobs at once in AVX-512 lanes when the CPU has AVX-512 F (8 in AVX2
+/// lanes when it has AVX2), one by one otherwise. Single-threaded: callers split the jobs
+/// across threads themselves.
 pub fn update_many(jobs: &mut [(&mut Md5, &[u8])]) {
-    update_many_with(jobs, true);
+    update_many_with(jobs, Widest::Avx512);
 }
 
 /// Digests of whole messages.
 pub fn digest_many(msgs: &[&[u8]]) -> Vec<[u8; 16]> {
-    digest_many_with(msgs, true)
+    digest_many_with(msgs, Widest::Avx512)
 }
 
 /// Digests of whole messages on all of rayon's threads: the messages are dealt out longest
@@ -127,7 +128,7 @@ pub fn digest_many_par(msgs: &[&[u8]]) -> Vec<[u8; 16]> {
     out
 }
 
-fn digest_many_with(msgs: &[&[u8]], simd: bool) -> Vec<[u8; 16]> {
+fn digest_many_with(msgs: &[&[u8]], widest: Widest) -> Vec<[u8; 16]> {
     // The padding goes through the lanes too: one scalar block per message would cost as much
     // as hashing a 1 KiB message in the lanes. It only depends on the tail and the length.
     let pads: Vec<_> = msgs
@@ -144,7 +145,7 @@ fn digest_many_with(msgs: &[&[u8]], simd: bool) -> Vec<[u8; 16]> {
             blocks: m.as_chunks::<BLOCK>().0,
         })
         .collect();
-    hash_streams(&mut streams, simd);
+    hash_streams(&mut streams, widest);
     let mut streams: Vec<Stream<'_>> = states
         .iter_mut()
         .zip(&pads)
@@ -153,7 +154,7 @@ fn digest_many_with(msgs: &[&[u8]], simd: bool) -> Vec<[u8; 16]> {
             blocks: &last[..*blocks],
         })
         .collect();
-    hash_streams(&mut streams, simd);
+    hash_streams(&mut streams, widest);
     states.iter().map(digest).collect()
 }
 
@@ -187,8 +188,19 @@ struct Stream<'a> {
     blocks: &'a [[u8; BLOCK]],
 }
 
-/// `simd: false` keeps to the scalar path (tests compare both).
-fn update_many_with(jobs: &mut [(&mut Md5, &[u8])], simd: bool) {
+/// The widest kernel a call may use, when the CPU has it; tests force each in turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "only tests ask for narrower kernels")
+)]
+enum Widest {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+fn update_many_with(jobs: &mut [(&mut Md5, &[u8])], widest: Widest) {
     let mut streams = Vec::with_capacity(jobs.len());
     for (h, data) in jobs.iter_mut() {
         let rest = h.top_up(data);
@@ -202,18 +214,18 @@ fn update_many_with(jobs: &mut [(&mut Md5, &[u8])], simd: bool) {
             });
         }
     }
-    hash_streams(&mut streams, simd);
+    hash_streams(&mut streams, widest);
 }
 
-fn hash_streams(streams: &mut [Stream<'_>], simd: bool) {
+fn hash_streams(streams: &mut [Stream<'_>], widest: Widest) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(cpu) = lanes::Avx512::detect() {
-        if simd && streams.len() >= lanes::MIN_ACTIVE {
-            lanes::run(streams, cpu);
+    if let Some(kernel) = lanes::Kernel::pick(widest) {
+        if streams.len() >= lanes::MIN_ACTIVE {
+            lanes::run(streams, kernel);
             return;
         }
     }
-    let _ = simd;
+    let _ = widest;
     for s in streams {
         compress(s.state, s.blocks);
     }
@@ -224,22 +236,55 @@ mod lanes {
     use std::arch::x86_64::*;
     use std::sync::OnceLock;
 
-    use super::{compress, Stream, BLOCK};
+    use super::{compress, Stream, Widest, BLOCK};
 
     /// With fewer busy lanes than this, the rest is hashed one stream at a time: one lane's
-    /// share of the vector rate (measured 0.61 GB/s) is below a scalar stream's (0.64 GB/s),
-    /// two lanes' is well above it.
+    /// share of the vector rate is below a scalar stream's (measured on Zen 4: AVX-512 0.61
+    /// GB/s, AVX2 0.58, md-5 0.64), two lanes' is well above it (1.2 GB/s both).
     pub(super) const MIN_ACTIVE: usize = 2;
 
-    /// Proof that the CPU has AVX-512 F: only `detect` makes one.
+    /// A lane kernel the CPU supports: the private field leaves `pick` the only way to get one.
     #[derive(Clone, Copy)]
-    pub(super) struct Avx512(());
+    pub(super) struct Kernel {
+        avx512: bool,
+    }
 
-    impl Avx512 {
-        pub(super) fn detect() -> Option<Self> {
-            static HAS: OnceLock<bool> = OnceLock::new();
-            HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
-                .then_some(Avx512(()))
+    impl Kernel {
+        /// The widest kernel the CPU has, up to `widest`.
+        pub(super) fn pick(widest: Widest) -> Option<Kernel> {
+            static HAS: OnceLock<(bool, bool)> = OnceLock::new();
+            let &(avx512, avx2) = HAS.get_or_init(|| {
+                (
+                    is_x86_feature_detected!("avx512f"),
+                    is_x86_feature_detected!("avx2"),
+                )
+            });
+            match widest {
+                Widest::Avx512 if avx512 => Some(Kernel { avx512: true }),
+                Widest::Avx512 | Widest::Avx2 if avx2 => Some(Kernel { avx512: false }),
+                _ => None,
+            }
+        }
+
+        fn lanes(self) -> usize {
+            if self.avx512 {
+                16
+            } else {
+                8
+            }
+        }
+
+        /// Hashes `n` blocks of each lane's row into `state` (word `w` of lane `l` in
+        /// `state[w][l]`), `n` being the shortest row's length among the kernel's lanes, and
+        /// returns `n`.
+        fn blocks(self, state: &mut [[u32; 16]; 4], rows: &[&[[u8; BLOCK]]; 16]) -> usize {
+            if self.avx512 {
+                // SAFETY: `pick` found AVX-512 F.
+                unsafe { blocks16(state, rows) }
+            } else {
+                // SAFETY: `pick` found AVX2.
+                unsafe { blocks8(state, rows) }
+            }
         }
     }
 
@@ -251,17 +296,18 @@ mod lanes {
         pub(super) end: usize,
     }
 
-    /// Lays the streams out on the lanes with McNaughton's wrap-around rule. The lanes move in
-    /// lockstep, so a block is a unit of time and no schedule is shorter than `span`: the
-    /// longest stream, or the total spread evenly. Lane 0 takes streams until it is `span`
-    /// long, then lane 1, and so on; a stream that overflows a lane is cut in two: its tail
-    /// ends that lane and its head starts the next one at time 0, finishing before the tail
-    /// starts, since no stream is longer than `span`. At most 15 streams are cut, and all
-    /// lanes but the last run until the end. Lane `l` gets `pieces[bounds[l]..bounds[l + 1]]`.
-    pub(super) fn plan(streams: &[Stream<'_>]) -> (Vec<Piece>, [usize; 17]) {
+    /// Lays the streams out on `lanes` (at most 16) lanes with McNaughton's wrap-around rule.
+    /// The lanes move in lockstep, so a block is a unit of time and no schedule is shorter
+    /// than `span`: the longest stream, or the total spread evenly. Lane 0 takes streams until
+    /// it is `span` long, then lane 1, and so on; a stream that overflows a lane is cut in
+    /// two: its tail ends that lane and its head starts the next one at time 0, finishing
+    /// before the tail starts, since no stream is longer than `span`. At most `lanes - 1`
+    /// streams are cut, and all lanes but the last run until the end. Lane `l` gets
+    /// `pieces[bounds[l]..bounds[l + 1]]`; lanes past `lanes` get nothing.
+    pub(super) fn plan(streams: &[Stream<'_>], lanes: usize) -> (Vec<Piece>, [usize; 17]) {
         let total: usize = streams.iter().map(|s| s.blocks.len()).sum();
         let longest = streams.iter().map(|s| s.blocks.len()).max().unwrap_or(0);
-        let span = longest.max(total.div_ceil(16));
+        let span = longest.max(total.div_ceil(lanes.clamp(1, 16)));
         let mut pieces = Vec::with_capacity(streams.len() + 16);
         let mut bounds = [0; 17];
         let (mut lane, mut t) = (0, 0);
@@ -296,7 +342,7 @@ mod lanes {
                 t = 0;
             }
         }
-        // Total <= 16 * span keeps `lane` <= 16 above, so this slice exists.
+        // Total <= lanes * span keeps `lane` <= lanes <= 16 above, so this slice exists.
         for b in &mut bounds[lane + 1..] {
             *b = pieces.len();
         }
@@ -307,9 +353,9 @@ mod lanes {
         [state[0][l], state[1][l], state[2][l], state[3][l]]
     }
 
-    /// Hashes every stream, sixteen lanes at a time, following `plan`.
-    pub(super) fn run(streams: &mut [Stream<'_>], _cpu: Avx512) {
-        let (pieces, bounds) = plan(streams);
+    /// Hashes every stream on the kernel's lanes, following `plan`.
+    pub(super) fn run(streams: &mut [Stream<'_>], kernel: Kernel) {
+        let (pieces, bounds) = plan(streams, kernel.lanes());
         let mut state = [[0u32; 16]; 4];
         // Lane `l` is on `pieces[at[l]]`, at block `pos[l]`, until `at[l] == bounds[l + 1]`.
         let mut at: [usize; 16] = std::array::from_fn(|l| bounds[l]);
@@ -353,8 +399,7 @@ mod lanes {
                 let p = pieces[at[l]];
                 &streams[p.stream].blocks[pos[l]..p.end]
             });
-            // SAFETY: `_cpu` proves the CPU has AVX-512 F.
-            let n = unsafe { blocks16(&mut state, &rows) };
+            let n = kernel.blocks(&mut state, &rows);
             for l in (0..16).filter(|&l| busy[l]) {
                 let p = pieces[at[l]];
                 pos[l] += n;
@@ -367,25 +412,78 @@ mod lanes {
         }
     }
 
-    /// Hashes `n` blocks of each of the sixteen rows into `state` (word `w` of lane `l` in
-    /// `state[w][l]`), `n` being the shortest row's length, and returns `n`.
+    /// RFC 1321's sine constants.
+    const K: [u32; 64] = [
+        0xd76aa478, 0xe8c7b756, 0x242070db, 0xc1bdceee, 0xf57c0faf, 0x4787c62a, 0xa8304613,
+        0xfd469501, 0x698098d8, 0x8b44f7af, 0xffff5bb1, 0x895cd7be, 0x6b901122, 0xfd987193,
+        0xa679438e, 0x49b40821, 0xf61e2562, 0xc040b340, 0x265e5a51, 0xe9b6c7aa, 0xd62f105d,
+        0x02441453, 0xd8a1e681, 0xe7d3fbc8, 0x21e1cde6, 0xc33707d6, 0xf4d50d87, 0x455a14ed,
+        0xa9e3e905, 0xfcefa3f8, 0x676f02d9, 0x8d2a4c8a, 0xfffa3942, 0x8771f681, 0x6d9d6122,
+        0xfde5380c, 0xa4beea44, 0x4bdecfa9, 0xf6bb4b60, 0xbebfbc70, 0x289b7ec6, 0xeaa127fa,
+        0xd4ef3085, 0x04881d05, 0xd9d4d039, 0xe6db99e5, 0x1fa27cf8, 0xc4ac5665, 0xf4292244,
+        0x432aff97, 0xab9423a7, 0xfc93a039, 0x655b59c3, 0x8f0ccc92, 0xffeff47d, 0x85845dd1,
+        0x6fa87e4f, 0xfe2ce6e0, 0xa3014314, 0x4e0811a1, 0xf7537e82, 0xbd3af235, 0x2ad7d2bb,
+        0xeb86d391,
+    ];
+
+    /// The 64 steps of a block, as `$step!(round, a, b, c, d, i, g, s)`: step `i`, of round
+    /// F, G, H or I, updates `a` with message word `g` and rotation `s`. The state variables
+    /// come in as arguments so that the steps can name the caller's locals.
+    macro_rules! md5_steps {
+        ($step:ident, $a:ident, $b:ident, $c:ident, $d:ident) => {
+            md5_steps!(@4 $step, $a, $b, $c, $d, F, 0, [0, 1, 2, 3], [7, 12, 17, 22]);
+            md5_steps!(@4 $step, $a, $b, $c, $d, F, 4, [4, 5, 6, 7], [7, 12, 17, 22]);
+            md5_steps!(@4 $step, $a, $b, $c, $d, F, 8, [8, 9, 10, 11], [7, 12, 17, 22]);
+            md5_steps!(@4 $step, $a, $b, $c, $d, F, 12, [12, 13, 14, 15], [7, 12, 17, 22]);
+            md5_steps!(@4 $step, $a, $b, $c, $d, G, 16, [1, 6, 11, 0], [5, 9, 14, 20]);
+            md5_steps!(@4 $step, $a, $b, $c, $d, G, 20, [5, 10, 15, 4], [5, 9, 14, 20]);
+            md5_steps!(@4 $step, $a, $b, $c, $d, G, 24, [9, 14, 3, 8], [5, 9, 14, 20]);
+            md5_steps!(@4 $step, $a, $b, $c, $d, G, 28, [13, 2, 7, 12], [5, 9, 14, 20]);
+            md5_steps!(@4 $step, $a, $b, $c, $d, H, 32, [5, 8, 11, 14], [4, 11, 16, 23]);
+            md5_steps!(@4 $step, $a, $b, $c, $d, H, 36, [1, 4, 7, 10], [4, 11, 16, 23]);
+            md5_steps!(@4 $step, $a, $b, $c, $d, H, 40, [13, 0, 3, 6], [4, 11, 16, 23]);
+            md5_steps!(@4 $step, $a, $b, $c, $d, H, 44, [9, 12, 15, 2], [4, 11, 16, 23]);
+            md5_steps!(@4 $step, $a, $b, $c, $d, I, 48, [0, 7, 14, 5], [6, 10, 15, 21]);
+            md5_steps!(@4 $step, $a, $b, $c, $d, I, 52, [12, 3, 10, 1], [6, 10, 15, 21]);
+            md5_steps!(@4 $step, $a, $b, $c, $d, I, 56, [8, 15, 6, 13], [6, 10, 15, 21]);
+            md5_steps!(@4 $step, $a, $b, $c, $d, I, 60, [4, 11, 2, 9], [6, 10, 15, 21]);
+        };
+        (@4 $step:ident, $a:ident, $b:ident, $c:ident, $d:ident, $r:ident, $i:expr,
+            [$g0:literal, $g1:literal, $g2:literal, $g3:literal],
+            [$s0:literal, $s1:literal, $s2:literal, $s3:literal]) => {
+            $step!($r, $a, $b, $c, $d, $i, $g0, $s0);
+            $step!($r, $d, $a, $b, $c, $i + 1, $g1, $s1);
+            $step!($r, $c, $d, $a, $b, $i + 2, $g2, $s2);
+            $step!($r, $b, $c, $d, $a, $i + 3, $g3, $s3);
+        };
+    }
+
+    /// `a + m + k` of a step does not wait for the step before, only `f` and what follows do.
+    /// Left alone, LLVM folds `f` into the front of that sum, and a step then waits on f,
+    /// three adds, the rotate and an add instead of f, one add, the rotate and an add: that
+    /// cost 17% (7.9 against 9.5 GB/s with AVX-512 on Zen 4). An empty asm fences the sum off.
+    macro_rules! fence {
+        ($class:ident, $x:ident) => {
+            // SAFETY: no instructions; the register comes out as it went in.
+            unsafe {
+                std::arch::asm!("/* {x} */", x = inout($class) $x,
+                    options(pure, nomem, nostack, preserves_flags));
+            }
+        };
+    }
+
+    /// `n` blocks on 16 lanes, see [`Kernel::blocks`].
     ///
     /// # Safety
     /// The CPU must support AVX-512 F.
     #[target_feature(enable = "avx512f")]
     unsafe fn blocks16(state: &mut [[u32; 16]; 4], rows: &[&[[u8; BLOCK]]; 16]) -> usize {
         let n = rows.iter().map(|r| r.len()).min().unwrap_or(0);
-        // SAFETY: each row of `state` is 64 bytes; unaligned loads.
-        let (mut a, mut b, mut c, mut d) = unsafe {
-            (
-                _mm512_loadu_si512(state[0].as_ptr().cast()),
-                _mm512_loadu_si512(state[1].as_ptr().cast()),
-                _mm512_loadu_si512(state[2].as_ptr().cast()),
-                _mm512_loadu_si512(state[3].as_ptr().cast()),
-            )
-        };
         // Cut to `n` so the indexing below needs no bounds checks.
         let rows: [&[[u8; BLOCK]]; 16] = std::array::from_fn(|l| &rows[l][..n]);
+        // SAFETY: each row of `state` is 64 bytes; unaligned loads.
+        let [mut a, mut b, mut c, mut d] =
+            std::array::from_fn(|i| unsafe { _mm512_loadu_si512(state[i].as_ptr().cast()) });
         #[expect(
             clippy::needless_range_loop,
             reason = "k picks a block in each of 16 rows"
@@ -394,27 +492,60 @@ mod lanes {
             // SAFETY: each load reads one whole block, rows[l][k].
             let m: [__m512i; 16] =
                 std::array::from_fn(|l| unsafe { _mm512_loadu_si512(rows[l][k].as_ptr().cast()) });
-            let w = transpose(m);
+            let w = transpose16(m);
             let (a0, b0, c0, d0) = (a, b, c, d);
-            rounds(&mut a, &mut b, &mut c, &mut d, &w);
+            // Each round's function is one ternary-logic op; its truth table is the function
+            // evaluated on the operand patterns b = 0xf0, c = 0xcc, d = 0xaa.
+            macro_rules! f {
+                // b ? c : d
+                (F, $b:ident, $c:ident, $d:ident) => {
+                    _mm512_ternarylogic_epi32::<0xca>($b, $c, $d)
+                };
+                // d ? b : c
+                (G, $b:ident, $c:ident, $d:ident) => {
+                    _mm512_ternarylogic_epi32::<0xe4>($b, $c, $d)
+                };
+                // b ^ c ^ d
+                (H, $b:ident, $c:ident, $d:ident) => {
+                    _mm512_ternarylogic_epi32::<0x96>($b, $c, $d)
+                };
+                // c ^ (b | !d)
+                (I, $b:ident, $c:ident, $d:ident) => {
+                    _mm512_ternarylogic_epi32::<0x39>($b, $c, $d)
+                };
+            }
+            macro_rules! step {
+                (
+                    $r:ident, $a:ident, $b:ident, $c:ident, $d:ident,
+                    $i:expr, $g:literal, $s:literal
+                ) => {
+                    let mut t = _mm512_add_epi32(
+                        $a,
+                        _mm512_add_epi32(w[$g], _mm512_set1_epi32(K[$i] as i32)),
+                    );
+                    fence!(zmm_reg, t);
+                    $a = _mm512_add_epi32(
+                        $b,
+                        _mm512_rol_epi32::<$s>(_mm512_add_epi32(t, f!($r, $b, $c, $d))),
+                    );
+                };
+            }
+            md5_steps!(step, a, b, c, d);
             a = _mm512_add_epi32(a, a0);
             b = _mm512_add_epi32(b, b0);
             c = _mm512_add_epi32(c, c0);
             d = _mm512_add_epi32(d, d0);
         }
-        // SAFETY: as for the loads.
-        unsafe {
-            _mm512_storeu_si512(state[0].as_mut_ptr().cast(), a);
-            _mm512_storeu_si512(state[1].as_mut_ptr().cast(), b);
-            _mm512_storeu_si512(state[2].as_mut_ptr().cast(), c);
-            _mm512_storeu_si512(state[3].as_mut_ptr().cast(), d);
+        for (row, v) in state.iter_mut().zip([a, b, c, d]) {
+            // SAFETY: as for the loads.
+            unsafe { _mm512_storeu_si512(row.as_mut_ptr().cast(), v) };
         }
         n
     }
 
     /// Rows are lanes' blocks; the result's vector `j` holds word `j` of every lane's block.
     #[target_feature(enable = "avx512f")]
-    fn transpose(r: [__m512i; 16]) -> [__m512i; 16] {
+    fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
         // Interleave dwords, then qwords: each 128-bit part of `q[4g + j]` is word `4p + j` of
         // rows 4g..4g+4, `p` being the part's position.
         let mut t = [_mm512_setzero_si512(); 16];
@@ -445,73 +576,101 @@ mod lanes {
         w
     }
 
-    /// RFC 1321's sine constants.
-    const K: [u32; 64] = [
-        0xd76aa478, 0xe8c7b756, 0x242070db, 0xc1bdceee, 0xf57c0faf, 0x4787c62a, 0xa8304613,
-        0xfd469501, 0x698098d8, 0x8b44f7af, 0xffff5bb1, 0x895cd7be, 0x6b901122, 0xfd987193,
-        0xa679438e, 0x49b40821, 0xf61e2562, 0xc040b340, 0x265e5a51, 0xe9b6c7aa, 0xd62f105d,
-        0x02441453, 0xd8a1e681, 0xe7d3fbc8, 0x21e1cde6, 0xc33707d6, 0xf4d50d87, 0x455a14ed,
-        0xa9e3e905, 0xfcefa3f8, 0x676f02d9, 0x8d2a4c8a, 0xfffa3942, 0x8771f681, 0x6d9d6122,
-        0xfde5380c, 0xa4beea44, 0x4bdecfa9, 0xf6bb4b60, 0xbebfbc70, 0x289b7ec6, 0xeaa127fa,
-        0xd4ef3085, 0x04881d05, 0xd9d4d039, 0xe6db99e5, 0x1fa27cf8, 0xc4ac5665, 0xf4292244,
-        0x432aff97, 0xab9423a7, 0xfc93a039, 0x655b59c3, 0x8f0ccc92, 0xffeff47d, 0x85845dd1,
-        0x6fa87e4f, 0xfe2ce6e0, 0xa3014314, 0x4e0811a1, 0xf7537e82, 0xbd3af235, 0x2ad7d2bb,
-        0xeb86d391,
-    ];
+    /// `n` blocks on lanes 0..8, see [`Kernel::blocks`]; rows 8..16 are not read.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    unsafe fn blocks8(state: &mut [[u32; 16]; 4], rows: &[&[[u8; BLOCK]]; 16]) -> usize {
+        let n = rows[..8].iter().map(|r| r.len()).min().unwrap_or(0);
+        let rows: [&[[u8; BLOCK]]; 8] = std::array::from_fn(|l| &rows[l][..n]);
+        // SAFETY: the first 8 words of each row of `state`; unaligned loads.
+        let [mut a, mut b, mut c, mut d] =
+            std::array::from_fn(|i| unsafe { _mm256_loadu_si256(state[i].as_ptr().cast()) });
+        let ones = _mm256_set1_epi32(-1);
+        #[expect(
+            clippy::needless_range_loop,
+            reason = "k picks a block in each of 8 rows"
+        )]
+        for k in 0..n {
+            // SAFETY: each load reads half of one whole block, rows[l][k].
+            let lo: [__m256i; 8] =
+                std::array::from_fn(|l| unsafe { _mm256_loadu_si256(rows[l][k].as_ptr().cast()) });
+            let hi: [__m256i; 8] = std::array::from_fn(|l| unsafe {
+                _mm256_loadu_si256(rows[l][k][32..].as_ptr().cast())
+            });
+            let (lo, hi) = (transpose8(lo), transpose8(hi));
+            let w: [__m256i; 16] = std::array::from_fn(|j| if j < 8 { lo[j] } else { hi[j - 8] });
+            let (a0, b0, c0, d0) = (a, b, c, d);
+            // F and G as the select forms that take 3 ops without a ternary-logic op.
+            macro_rules! f {
+                (F, $b:ident, $c:ident, $d:ident) => {
+                    _mm256_xor_si256($d, _mm256_and_si256($b, _mm256_xor_si256($c, $d)))
+                };
+                (G, $b:ident, $c:ident, $d:ident) => {
+                    _mm256_xor_si256($c, _mm256_and_si256($d, _mm256_xor_si256($b, $c)))
+                };
+                (H, $b:ident, $c:ident, $d:ident) => {
+                    _mm256_xor_si256(_mm256_xor_si256($b, $c), $d)
+                };
+                (I, $b:ident, $c:ident, $d:ident) => {
+                    _mm256_xor_si256($c, _mm256_or_si256($b, _mm256_xor_si256($d, ones)))
+                };
+            }
+            macro_rules! step {
+                (
+                    $r:ident, $a:ident, $b:ident, $c:ident, $d:ident,
+                    $i:expr, $g:literal, $s:literal
+                ) => {
+                    let mut t = _mm256_add_epi32(
+                        $a,
+                        _mm256_add_epi32(w[$g], _mm256_set1_epi32(K[$i] as i32)),
+                    );
+                    fence!(ymm_reg, t);
+                    let x = _mm256_add_epi32(t, f!($r, $b, $c, $d));
+                    let x = _mm256_or_si256(
+                        _mm256_slli_epi32::<$s>(x),
+                        _mm256_srli_epi32::<{ 32 - $s }>(x),
+                    );
+                    $a = _mm256_add_epi32($b, x);
+                };
+            }
+            md5_steps!(step, a, b, c, d);
+            a = _mm256_add_epi32(a, a0);
+            b = _mm256_add_epi32(b, b0);
+            c = _mm256_add_epi32(c, c0);
+            d = _mm256_add_epi32(d, d0);
+        }
+        for (row, v) in state.iter_mut().zip([a, b, c, d]) {
+            // SAFETY: as for the loads.
+            unsafe { _mm256_storeu_si256(row.as_mut_ptr().cast(), v) };
+        }
+        n
+    }
 
-    /// The 64 steps. Each round's boolean function is one ternary-logic op; its truth table is
-    /// the function evaluated on the operand patterns 0xf0 (b), 0xcc (c), 0xaa (d):
-    /// F = b ? c : d = 0xca, G = d ? b : c = 0xe4, H = b ^ c ^ d = 0x96, I = c ^ (b | !d) = 0x39.
-    #[target_feature(enable = "avx512f")]
-    fn rounds(
-        a: &mut __m512i,
-        b: &mut __m512i,
-        c: &mut __m512i,
-        d: &mut __m512i,
-        w: &[__m512i; 16],
-    ) {
-        macro_rules! step {
-            ($f:literal, $a:ident, $b:ident, $c:ident, $d:ident, $i:expr, $g:literal, $s:literal) => {
-                // a + m + k does not wait for the previous step; only f and what follows do.
-                let mut t = _mm512_add_epi32(
-                    *$a,
-                    _mm512_add_epi32(w[$g], _mm512_set1_epi32(K[$i] as i32)),
-                );
-                // An empty asm fence: without it LLVM folds f into the front of this sum,
-                // so a step waits on f, three adds, the rotate and an add (6 ops) instead of 4;
-                // that cost 17% (7.9 vs 9.5 GB/s on Zen 4).
-                // SAFETY: no instructions; the register comes out as it went in.
-                unsafe {
-                    std::arch::asm!("/* {t} */", t = inout(zmm_reg) t, options(pure, nomem, nostack, preserves_flags));
-                }
-                let f = _mm512_ternarylogic_epi32::<$f>(*$b, *$c, *$d);
-                *$a = _mm512_add_epi32(*$b, _mm512_rol_epi32::<$s>(_mm512_add_epi32(t, f)));
-            };
+    /// The 8x8 version of `transpose16`: vector `j` of the result is word `j` of each row.
+    #[target_feature(enable = "avx2")]
+    fn transpose8(r: [__m256i; 8]) -> [__m256i; 8] {
+        let mut t = [_mm256_setzero_si256(); 8];
+        for i in 0..4 {
+            t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
         }
-        macro_rules! four {
-            ($f:literal, $i:expr, $g0:literal, $g1:literal, $g2:literal, $g3:literal, $s0:literal, $s1:literal, $s2:literal, $s3:literal) => {
-                step!($f, a, b, c, d, $i, $g0, $s0);
-                step!($f, d, a, b, c, { $i + 1 }, $g1, $s1);
-                step!($f, c, d, a, b, { $i + 2 }, $g2, $s2);
-                step!($f, b, c, d, a, { $i + 3 }, $g3, $s3);
-            };
+        // Each 128-bit half of `q[4g + j]` is word `4h + j` of rows 4g..4g+4, `h` the half.
+        let mut q = [_mm256_setzero_si256(); 8];
+        for g in 0..2 {
+            let (x, y) = (4 * g, 4 * g + 2);
+            q[4 * g] = _mm256_unpacklo_epi64(t[x], t[y]);
+            q[4 * g + 1] = _mm256_unpackhi_epi64(t[x], t[y]);
+            q[4 * g + 2] = _mm256_unpacklo_epi64(t[x + 1], t[y + 1]);
+            q[4 * g + 3] = _mm256_unpackhi_epi64(t[x + 1], t[y + 1]);
         }
-        four!(0xca, 0, 0, 1, 2, 3, 7, 12, 17, 22);
-        four!(0xca, 4, 4, 5, 6, 7, 7, 12, 17, 22);
-        four!(0xca, 8, 8, 9, 10, 11, 7, 12, 17, 22);
-        four!(0xca, 12, 12, 13, 14, 15, 7, 12, 17, 22);
-        four!(0xe4, 16, 1, 6, 11, 0, 5, 9, 14, 20);
-        four!(0xe4, 20, 5, 10, 15, 4, 5, 9, 14, 20);
-        four!(0xe4, 24, 9, 14, 3, 8, 5, 9, 14, 20);
-        four!(0xe4, 28, 13, 2, 7, 12, 5, 9, 14, 20);
-        four!(0x96, 32, 5, 8, 11, 14, 4, 11, 16, 23);
-        four!(0x96, 36, 1, 4, 7, 10, 4, 11, 16, 23);
-        four!(0x96, 40, 13, 0, 3, 6, 4, 11, 16, 23);
-        four!(0x96, 44, 9, 12, 15, 2, 4, 11, 16, 23);
-        four!(0x39, 48, 0, 7, 14, 5, 6, 10, 15, 21);
-        four!(0x39, 52, 12, 3, 10, 1, 6, 10, 15, 21);
-        four!(0x39, 56, 8, 15, 6, 13, 6, 10, 15, 21);
-        four!(0x39, 60, 4, 11, 2, 9, 6, 10, 15, 21);
+        let mut w = [_mm256_setzero_si256(); 8];
+        for j in 0..4 {
+            w[j] = _mm256_permute2x128_si256::<0x20>(q[j], q[4 + j]);
+            w[4 + j] = _mm256_permute2x128_si256::<0x31>(q[j], q[4 + j]);
+        }
+        w
     }
 }
 
@@ -550,37 +709,37 @@ mod tests {
             .collect()
     }
 
-    /// Scalar only, and lanes where the CPU has them (scalar again where it does not).
-    fn paths() -> [bool; 2] {
-        [false, true]
+    /// Each kernel where the CPU has it (a narrower one where it does not).
+    fn paths() -> [Widest; 3] {
+        [Widest::Scalar, Widest::Avx2, Widest::Avx512]
     }
 
-    fn many(msgs: &[Vec<u8>], simd: bool) -> Vec<[u8; 16]> {
+    fn many(msgs: &[Vec<u8>], widest: Widest) -> Vec<[u8; 16]> {
         let mut hashers = vec![Md5::new(); msgs.len()];
         let mut jobs: Vec<(&mut Md5, &[u8])> = hashers
             .iter_mut()
             .zip(msgs.iter().map(Vec::as_slice))
             .collect();
-        update_many_with(&mut jobs, simd);
+        update_many_with(&mut jobs, widest);
         hashers.into_iter().map(Md5::finalize).collect()
     }
 
     fn check(msgs: &[Vec<u8>]) {
         let want: Vec<[u8; 16]> = msgs.iter().map(|m| reference(m)).collect();
-        for simd in paths() {
+        for widest in paths() {
             assert_eq!(
-                many(msgs, simd),
+                many(msgs, widest),
                 want,
-                "simd {simd}, lengths {:?}",
+                "{widest:?}, lengths {:?}",
                 lens(msgs)
             );
         }
         let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
-        for simd in paths() {
+        for widest in paths() {
             assert_eq!(
-                digest_many_with(&refs, simd),
+                digest_many_with(&refs, widest),
                 want,
-                "digest_many, simd {simd}"
+                "digest_many, {widest:?}"
             );
         }
         assert_eq!(digest_many(&refs), want);
@@ -660,7 +819,7 @@ mod tests {
     #[test]
     fn streaming_matches_md5() {
         let msgs: Vec<Vec<u8>> = (0..21).map(|i| bytes(3000 + 997 * i, i as u64)).collect();
-        for simd in paths() {
+        for widest in paths() {
             let mut hashers = vec![Md5::new(); msgs.len()];
             let mut at = vec![0usize; msgs.len()];
             let mut x = 12345u64;
@@ -680,7 +839,7 @@ mod tests {
                         jobs.push((h, part));
                     }
                 }
-                update_many_with(&mut jobs, simd);
+                update_many_with(&mut jobs, widest);
             }
             let mut jobs: Vec<(&mut Md5, &[u8])> = hashers
                 .iter_mut()
@@ -688,14 +847,9 @@ mod tests {
                 .zip(&at)
                 .map(|((h, m), &a)| (h, &m[a..]))
                 .collect();
-            update_many_with(&mut jobs, simd);
+            update_many_with(&mut jobs, widest);
             for (h, m) in hashers.into_iter().zip(&msgs) {
-                assert_eq!(
-                    h.finalize(),
-                    reference(m),
-                    "simd {simd}, length {}",
-                    m.len()
-                );
+                assert_eq!(h.finalize(), reference(m), "{widest:?}, length {}", m.len());
             }
         }
     }
@@ -704,6 +858,13 @@ mod tests {
     /// it in time, and no lane runs past the shortest possible schedule.
     #[cfg(target_arch = "x86_64")]
     fn check_plan(lens: &[usize]) {
+        for lanes in [8, 16] {
+            check_plan_on(lens, lanes);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn check_plan_on(lens: &[usize], lanes: usize) {
         let blocks = vec![[0u8; BLOCK]; lens.iter().copied().max().unwrap_or(0)];
         let mut states = vec![INIT; lens.len()];
         let streams: Vec<Stream<'_>> = states
@@ -714,13 +875,13 @@ mod tests {
                 blocks: &blocks[..n],
             })
             .collect();
-        let (pieces, bounds) = lanes::plan(&streams);
-        let span = lens
+        let (pieces, bounds) = lanes::plan(&streams, lanes);
+        let span: usize = lens
             .iter()
             .copied()
             .max()
             .unwrap_or(0)
-            .max(lens.iter().sum::<usize>().div_ceil(16));
+            .max(lens.iter().sum::<usize>().div_ceil(lanes));
         // Per stream: (first block, end block, start time, end time) of each piece.
         let mut seen = vec![Vec::new(); lens.len()];
         for l in 0..16 {
@@ -732,6 +893,7 @@ mod tests {
                 t += dt;
             }
             assert!(t <= span, "lane {l} runs {t} > {span}, lengths {lens:?}");
+            assert!(l < lanes || t == 0, "lane {l} of {lanes} used");
         }
         assert_eq!(bounds[16], pieces.len());
         for (i, mut s) in seen.into_iter().enumerate() {
