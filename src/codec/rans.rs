@@ -349,24 +349,57 @@ impl<'a> Decoder<'a> {
     ) -> Result<(), RansError> {
         let mut i = 0;
         if self.done.is_multiple_of(LANES) {
-            let groups = simd_groups(&mut self.state, self.words, &mut self.pos, table, out);
-            i = groups * LANES;
+            i = simd_groups(&mut self.state, self.words, &mut self.pos, table, out) * LANES;
             i += portable_groups(
                 &mut self.state,
                 self.words,
                 &mut self.pos,
-                table,
                 &mut out[i..],
+                |slot| (table[slot] >> 20, (table[slot] >> 8) & 0xfff),
+                |slot| table[slot] as u8,
             ) * LANES;
         }
-        // Careful tail: checked reads.
+        let fb = |slot: usize| (table[slot] >> 20, (table[slot] >> 8) & 0xfff);
+        self.decode_tail(&mut out[i..], fb, |slot| table[slot] as u8)
+    }
+
+    /// Decodes `out.len()` symbols straight into 16-bit values, each symbol's value from
+    /// `table` (see `SlotTable`), which spares the caller a pass mapping indices to values.
+    /// Portable code only; blocks as for `decode_block`.
+    pub fn decode_block_values(
+        &mut self,
+        table: &SlotTable,
+        out: &mut [u16],
+    ) -> Result<(), RansError> {
+        let t = &*table.0;
+        let mut i = 0;
+        if self.done.is_multiple_of(LANES) {
+            i = value_groups(&mut self.state, self.words, &mut self.pos, t, out) * LANES;
+        }
+        self.decode_tail(
+            &mut out[i..],
+            |slot| slot_freq_bias(t[slot]),
+            |slot| (t[slot] >> 32) as u16,
+        )
+    }
+
+    /// Symbol-at-a-time decoding with checked reads: the tail after the group loops.
+    /// `freq_bias(slot)` gives a slot's frequency and bias, `sym(slot)` what is stored.
+    #[inline(always)]
+    fn decode_tail<T>(
+        &mut self,
+        out: &mut [T],
+        freq_bias: impl Fn(usize) -> (u32, u32),
+        sym: impl Fn(usize) -> T,
+    ) -> Result<(), RansError> {
         let mask = PROB_SCALE - 1;
-        while i < out.len() {
+        for (i, o) in out.iter_mut().enumerate() {
             let lane = (self.done + i) % LANES;
             let x = self.state[lane];
-            let e = table[(x & mask) as usize];
-            out[i] = e as u8;
-            let mut y = (e >> 20) * (x >> PROB_BITS) + ((e >> 8) & 0xfff);
+            let slot = (x & mask) as usize;
+            *o = sym(slot);
+            let (f, b) = freq_bias(slot);
+            let mut y = f * (x >> PROB_BITS) + b;
             if y < STATE_LOW {
                 let w = self
                     .words
@@ -376,7 +409,6 @@ impl<'a> Decoder<'a> {
                 self.pos += 2;
             }
             self.state[lane] = y;
-            i += 1;
         }
         self.done += out.len();
         Ok(())
@@ -391,44 +423,108 @@ impl<'a> Decoder<'a> {
     }
 }
 
-/// Portable decoding of whole groups while at least one group's worth of words remains.
-/// Returns the number of groups decoded.
-fn portable_groups(
+/// Portable decoding of whole groups while at least one group's worth of words remains;
+/// returns the number of groups decoded. Generic in the table layout (`freq_bias(slot)`) and
+/// in what is stored per symbol (`sym(slot)`). One pass per group: each lane decodes its
+/// symbol and refills at once, lane by lane, so the only chain between lanes is the add that
+/// moves the word cursor; the group is written out eight lanes a step so that it unrolls.
+#[inline(always)]
+fn portable_groups<T>(
     state: &mut [u32; LANES],
     words: &[u8],
     pos: &mut usize,
-    table: &[u32; PROB_SCALE as usize],
-    out: &mut [u8],
+    out: &mut [T],
+    freq_bias: impl Fn(usize) -> (u32, u32),
+    sym: impl Fn(usize) -> T,
 ) -> usize {
     let mask = PROB_SCALE - 1;
+    let mut st = *state;
     let mut p = *pos;
     let mut g = 0;
     for group in out.chunks_exact_mut(LANES) {
-        if p + 2 * LANES > words.len() {
+        let Some(w) = words.get(p..p + 2 * LANES) else {
             break;
-        }
-        let w: &[u8; 2 * LANES] = words[p..p + 2 * LANES].try_into().expect("64 bytes");
-        // Pass 1: every lane's symbol and new state, independent of the others.
-        let mut need = [0usize; LANES];
-        for ((x, o), nd) in state.iter_mut().zip(group.iter_mut()).zip(&mut need) {
-            let e = table[(*x & mask) as usize];
-            *o = e as u8;
-            *x = (e >> 20) * (*x >> PROB_BITS) + ((e >> 8) & 0xfff);
-            *nd = usize::from(*x < STATE_LOW);
-        }
-        // Pass 2: refills in lane order; the only chain between lanes is one add.
+        };
+        let w: &[u8; 2 * LANES] = w.try_into().expect("64 bytes");
+        let group: &mut [T; LANES] = group.try_into().expect("one group");
+        // Words taken so far in this group.
         let mut at = 0usize;
-        for (x, &nd) in state.iter_mut().zip(&need) {
-            let word = u32::from(u16::from_le_bytes([w[at & 63], w[(at + 1) & 63]]));
-            let refilled = (*x << 16) | word;
-            *x = if nd == 1 { refilled } else { *x };
-            at += 2 * nd;
+        let mut lane = |k: usize| {
+            let x = st[k];
+            let slot = (x & mask) as usize;
+            group[k] = sym(slot);
+            let (f, b) = freq_bias(slot);
+            let y = f * (x >> PROB_BITS) + b;
+            let need = y < STATE_LOW;
+            // SAFETY: `at` grows by at most 1 per lane before this one, so `at <= 31` and the
+            // two bytes read lie inside the 64-byte array `w`.
+            let word =
+                unsafe { std::ptr::read_unaligned(w.as_ptr().add(2 * at) as *const [u8; 2]) };
+            let refilled = (y << 16) | u32::from(u16::from_le_bytes(word));
+            st[k] = if need { refilled } else { y };
+            at += usize::from(need);
+        };
+        for k in (0..LANES).step_by(8) {
+            lane(k);
+            lane(k + 1);
+            lane(k + 2);
+            lane(k + 3);
+            lane(k + 4);
+            lane(k + 5);
+            lane(k + 6);
+            lane(k + 7);
         }
-        p += at;
+        p += 2 * at;
         g += 1;
     }
+    *state = st;
     *pos = p;
     g
+}
+
+/// A decode table for `Decoder::decode_block_values`: per probability slot its symbol's
+/// frequency, the slot's bias (`slot - cum`) and the 16-bit value to store, in one 8-byte
+/// entry so that a symbol costs one cache line.
+pub struct SlotTable(Box<[u64; PROB_SCALE as usize]>);
+
+impl SlotTable {
+    /// From a packed decode table (`FreqTable::decode_table`) and the value of each symbol
+    /// index.
+    pub fn new(table: &[u32; PROB_SCALE as usize], values: &[u16; 256]) -> SlotTable {
+        let mut t = Box::new([0u64; PROB_SCALE as usize]);
+        for (o, &e) in t.iter_mut().zip(table.iter()) {
+            *o = u64::from(e >> 20)
+                | (u64::from((e >> 8) & 0xfff) << 16)
+                | (u64::from(values[(e & 0xff) as usize]) << 32);
+        }
+        SlotTable(t)
+    }
+}
+
+/// `portable_groups` for `SlotTable`s, kept out of line so that its code does not depend on
+/// the caller's.
+#[inline(never)]
+fn value_groups(
+    state: &mut [u32; LANES],
+    words: &[u8],
+    pos: &mut usize,
+    t: &[u64; PROB_SCALE as usize],
+    out: &mut [u16],
+) -> usize {
+    portable_groups(
+        state,
+        words,
+        pos,
+        out,
+        |slot| slot_freq_bias(t[slot]),
+        |slot| (t[slot] >> 32) as u16,
+    )
+}
+
+/// A `SlotTable` entry's frequency and bias.
+#[inline(always)]
+fn slot_freq_bias(e: u64) -> (u32, u32) {
+    (u32::from(e as u16), u32::from((e >> 16) as u16))
 }
 
 /// The AVX-512 decoder where the CPU has it (checked once, at run time).
@@ -602,7 +698,33 @@ mod tests {
         }
         d.finish().unwrap();
         assert_eq!(blocks, syms);
+        // The value decoder, in odd blocks too.
+        let values: [u16; 256] = std::array::from_fn(|i| (i as u16).wrapping_mul(641) ^ 0x5a5a);
+        for block in [syms.len().max(1), LANES * 3, LANES * 5 + 7] {
+            let mut words = vec![0u16; syms.len()];
+            decode_values(&coded, &table, &values, block, &mut words).unwrap();
+            assert!(words
+                .iter()
+                .zip(syms)
+                .all(|(&w, &s)| w == values[s as usize]));
+        }
         coded.len()
+    }
+
+    /// `Decoder::decode_block_values` over a whole stream in blocks of `block` symbols.
+    fn decode_values(
+        stream: &[u8],
+        table: &FreqTable,
+        values: &[u16; 256],
+        block: usize,
+        out: &mut [u16],
+    ) -> Result<(), RansError> {
+        let slots = SlotTable::new(&table.decode_table(), values);
+        let mut d = Decoder::new(stream)?;
+        for chunk in out.chunks_mut(block) {
+            d.decode_block_values(&slots, chunk)?;
+        }
+        d.finish()
     }
 
     #[test]
@@ -734,6 +856,52 @@ mod tests {
             let table = normalize(&[5, 1, 9, 2]);
             let mut out = vec![0u8; n];
             let _ = decode(&bytes, &table, &mut out);
+        }
+
+        /// On any input the value decoder agrees with the reference: same verdict, and the
+        /// same symbols where both succeed.
+        #[test]
+        fn value_decoder_matches_reference_on_garbage(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2000),
+            n in 0usize..1500,
+            block in 1usize..300,
+        ) {
+            let table = normalize(&[5, 1, 9, 2, 40, 3]);
+            let values: [u16; 256] = std::array::from_fn(|i| 1000 + i as u16);
+            let mut oracle = vec![0u8; n];
+            let want = decode_reference(&bytes, &table, &mut oracle);
+            let mut words = vec![0u16; n];
+            let got = decode_values(&bytes, &table, &values, block * LANES, &mut words);
+            prop_assert_eq!(&got, &want);
+            if got.is_ok() {
+                prop_assert!(words.iter().zip(&oracle).all(|(&w, &s)| w == values[s as usize]));
+            }
+        }
+
+        /// Corrupted real streams: the same verdict as the reference, never a panic.
+        #[test]
+        fn value_decoder_matches_reference_on_corrupt(
+            syms in proptest::collection::vec(0u8..6, 1..4000),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+            cut in any::<usize>(),
+        ) {
+            let table = normalize(&[5, 1, 9, 2, 40, 3]);
+            let mut coded = Vec::new();
+            encode(&syms, &table, &mut coded);
+            for (at, x) in flips {
+                let i = at % coded.len();
+                coded[i] ^= x;
+            }
+            coded.truncate(coded.len() - cut % 3);
+            let values: [u16; 256] = std::array::from_fn(|i| 7 * i as u16);
+            let mut oracle = vec![0u8; syms.len()];
+            let want = decode_reference(&coded, &table, &mut oracle);
+            let mut words = vec![0u16; syms.len()];
+            let got = decode_values(&coded, &table, &values, 4096, &mut words);
+            prop_assert_eq!(&got, &want);
+            if got.is_ok() {
+                prop_assert!(words.iter().zip(&oracle).all(|(&w, &s)| w == values[s as usize]));
+            }
         }
     }
 }

@@ -333,19 +333,35 @@ const BLOCK: usize = 4096;
 pub(super) fn read_split<F: FnMut(usize, &[u16])>(
     r: &mut Reader<'_>,
     n: usize,
-    mut put: F,
+    put: F,
 ) -> Result<(), CodecError> {
     let layout =
         Layout::from_byte(r.u8()?).ok_or(CodecError::Corrupt("split field layout out of range"))?;
     let syms = stream::read_symbols(r, layout.value_bits())?;
+    let raw = r.bytes(packed_len(n, layout.width()))?;
+    if simd_combine() || layout.width() > 8 {
+        read_split_indices(&syms, raw, layout, n, put)
+    } else {
+        read_split_values(&syms, raw, layout, n, put)
+    }
+}
+
+/// The split decoder around the AVX-512 kernels (and for rest fields wider than a byte):
+/// symbol indices per block, then a pass that maps them and merges the rest bits.
+fn read_split_indices<F: FnMut(usize, &[u16])>(
+    syms: &stream::SymStream<'_>,
+    raw: &[u8],
+    layout: Layout,
+    n: usize,
+    mut put: F,
+) -> Result<(), CodecError> {
     let width = layout.width();
-    let raw = r.bytes(packed_len(n, width))?;
     let mut lut = [0u16; 256];
     let mut alphabet = 1;
     let mut idx = vec![0u8; BLOCK.min(n)];
     let mut rest = vec![0u16; BLOCK.min(n)];
     let mut words = vec![0u16; BLOCK.min(n)];
-    let mut decoder = match &syms {
+    let mut decoder = match syms {
         stream::SymStream::Const(v) => {
             lut[0] = layout.placed(*v);
             None
@@ -390,6 +406,133 @@ pub(super) fn read_split<F: FnMut(usize, &[u16])>(
         d.finish()?;
     }
     Ok(())
+}
+
+/// The portable split decoder for rest fields of at most 8 bits. The rANS decoder stores each
+/// symbol's value already in place in its word; the rest fields are spread to one byte each
+/// (eight at a time, in a u64) and merged in by a loop the compiler vectorises.
+fn read_split_values<F: FnMut(usize, &[u16])>(
+    syms: &stream::SymStream<'_>,
+    raw: &[u8],
+    layout: Layout,
+    n: usize,
+    mut put: F,
+) -> Result<(), CodecError> {
+    let mut words = vec![0u16; BLOCK.min(n)];
+    let mut spread = vec![0u8; BLOCK.min(n)];
+    let mut decoder = match syms {
+        stream::SymStream::Const(v) => {
+            words.fill(layout.placed(*v));
+            None
+        }
+        stream::SymStream::Rans {
+            table,
+            values,
+            coded,
+            ..
+        } => {
+            let placed: [u16; 256] = std::array::from_fn(|i| layout.placed(values[i]));
+            Some((
+                rans::Decoder::new(coded)?,
+                rans::SlotTable::new(table, &placed),
+            ))
+        }
+    };
+    let first_word = words.first().copied().unwrap_or(0);
+    let mut first = 0;
+    while first < n {
+        let len = BLOCK.min(n - first);
+        let words = &mut words[..len];
+        match decoder.as_mut() {
+            Some((d, t)) => d.decode_block_values(t, words)?,
+            None => words.fill(first_word),
+        }
+        let rest: &[u8] = match layout.width() {
+            8 => &raw[first..first + len],
+            w => {
+                let spread = &mut spread[..len];
+                match w {
+                    1 => spread_block::<1>(raw, first, spread),
+                    2 => spread_block::<2>(raw, first, spread),
+                    3 => spread_block::<3>(raw, first, spread),
+                    4 => spread_block::<4>(raw, first, spread),
+                    5 => spread_block::<5>(raw, first, spread),
+                    6 => spread_block::<6>(raw, first, spread),
+                    _ => spread_block::<7>(raw, first, spread),
+                }
+                spread
+            }
+        };
+        merge_rest(words, rest, layout);
+        put(first, words);
+        first += len;
+    }
+    if let Some((d, _)) = decoder {
+        d.finish()?;
+    }
+    Ok(())
+}
+
+/// Eight `W`-bit fields (field `j` at bit `j * W`) moved to one byte each (field `j` in byte
+/// `j`), by halving the distance three times.
+#[inline(always)]
+fn spread8<const W: u32>(v: u64) -> u64 {
+    let m4 = (1u64 << (4 * W)) - 1;
+    let a = (v & m4) | ((v << (32 - 4 * W)) & (m4 << 32));
+    let m2 = ((1u64 << (2 * W)) - 1) * 0x1_0000_0001;
+    let a = (a & m2) | ((a << (16 - 2 * W)) & (m2 << 16));
+    let m1 = ((1u64 << W) - 1) * 0x0001_0001_0001_0001;
+    (a & m1) | ((a << (8 - W)) & (m1 << 8))
+}
+
+/// Unpacks `out.len()` fields of `W < 8` bits from element `first` (a multiple of 8) on, one
+/// byte each.
+fn spread_block<const W: u32>(packed: &[u8], first: usize, out: &mut [u8]) {
+    let w = W as usize;
+    let total = out.len();
+    let mut byte = first / 8 * w;
+    let mut groups = out.chunks_exact_mut(8);
+    for g in &mut groups {
+        let v = match packed.get(byte..byte + 8) {
+            Some(b) => u64::from_le_bytes(b.try_into().expect("8 bytes")),
+            None => {
+                let mut buf = [0u8; 8];
+                let avail = packed.len().saturating_sub(byte).min(8);
+                buf[..avail].copy_from_slice(&packed[byte..byte + avail]);
+                u64::from_le_bytes(buf)
+            }
+        };
+        g.copy_from_slice(&spread8::<W>(v & ((1u64 << (8 * W)) - 1)).to_le_bytes());
+        byte += w;
+    }
+    let rem = groups.into_remainder();
+    let base = first + total - rem.len();
+    for (j, o) in rem.iter_mut().enumerate() {
+        *o = unpack_at(packed, base + j, W) as u8;
+    }
+}
+
+/// Merges rest fields (one per byte: the sign above the middle bits) into words that already
+/// hold their symbol's bits.
+fn merge_rest(words: &mut [u16], rest: &[u8], layout: Layout) {
+    let (mid, shift) = (layout.mid(), u32::from(layout.lsb));
+    let low = (1u16 << mid) - 1;
+    for (o, &r) in words.iter_mut().zip(rest) {
+        let r = u16::from(r);
+        *o |= ((r >> mid) << 15) | ((r & low) << shift);
+    }
+}
+
+/// Whether `fast_combine` will run the AVX-512 reassembly.
+fn simd_combine() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::simd::has_avx512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// The AVX-512 reassembly where available; returns how many leading elements it did.
@@ -547,4 +690,121 @@ pub fn decode32(r: &mut Reader<'_>, out: &mut [u8]) -> Result<(), CodecError> {
         _ => return Err(CodecError::Corrupt("unknown F32 low-half mode")),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A split body with a chosen layout; `None` if its symbols need more than 256 values.
+    fn body(words: &[u16], layout: Layout) -> Option<Vec<u8>> {
+        let h = Histogram::of(words.iter().map(|&w| layout.value(w)), layout.value_bits());
+        let plan = stream::plan_symbols(&h)?;
+        let mut out = Vec::new();
+        SplitPlan {
+            bytes: 0,
+            layout,
+            plan,
+        }
+        .write(words, &mut out);
+        Some(out)
+    }
+
+    /// Every layout's body through both split decoders (and the dispatching one).
+    fn decoders(body: &[u8], n: usize) -> [Result<Vec<u16>, CodecError>; 3] {
+        let run = |which: u8| -> Result<Vec<u16>, CodecError> {
+            let mut r = Reader::new(body);
+            let mut out = vec![0u16; n];
+            let put = |first: usize, w: &[u16]| out[first..first + w.len()].copy_from_slice(w);
+            match which {
+                0 => read_split(&mut r, n, put)?,
+                _ => {
+                    let layout = Layout::from_byte(r.u8()?)
+                        .ok_or(CodecError::Corrupt("split field layout out of range"))?;
+                    let syms = stream::read_symbols(&mut r, layout.value_bits())?;
+                    let raw = r.bytes(packed_len(n, layout.width()))?;
+                    if which == 1 {
+                        read_split_indices(&syms, raw, layout, n, put)?
+                    } else if layout.width() <= 8 {
+                        read_split_values(&syms, raw, layout, n, put)?
+                    } else {
+                        return read_split_indices(&syms, raw, layout, n, put).map(|_| out);
+                    }
+                }
+            }
+            Ok(out)
+        };
+        [run(0), run(1), run(2)]
+    }
+
+    fn layouts() -> Vec<Layout> {
+        let mut v = Vec::new();
+        for r in 1..=9 {
+            v.push(Layout { r, lsb: false });
+            if r >= 2 {
+                v.push(Layout { r, lsb: true });
+            }
+        }
+        v
+    }
+
+    /// Bell-shaped BF16-like words: few exponents, random mantissas and signs.
+    fn weights(n: usize, seed: u64) -> Vec<u16> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let e = 118 + ((x >> 60) as u16 & 7);
+                ((x >> 63) as u16) << 15 | e << 7 | ((x >> 20) as u16 & 0x7f)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn value_and_index_decoders_agree() {
+        for n in [0usize, 1, 7, 8, 31, 33, 4095, 4096, 4097, 9000] {
+            let words = weights(n, n as u64);
+            for layout in layouts() {
+                let Some(b) = body(&words, layout) else {
+                    continue;
+                };
+                for got in decoders(&b, n) {
+                    assert_eq!(got.unwrap(), words, "n={n} layout={layout:?}");
+                }
+            }
+        }
+    }
+
+    proptest! {
+        /// Corrupt bodies: the value decoder reaches the same verdict as the index decoder,
+        /// and never panics.
+        #[test]
+        fn decoders_agree_on_corrupt(
+            n in 1usize..6000,
+            seed in any::<u64>(),
+            which in 0usize..17,
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+            cut in 0usize..4,
+        ) {
+            let words = weights(n, seed);
+            let layout = layouts()[which];
+            if let Some(mut b) = body(&words, layout) {
+                for (at, x) in flips {
+                    let i = 1 + at % (b.len() - 1);
+                    b[i] ^= x;
+                }
+                b.truncate(b.len() - cut.min(b.len() - 1));
+                let [a, i, v] = decoders(&b, n);
+                prop_assert_eq!(a.is_ok(), i.is_ok());
+                prop_assert_eq!(v.is_ok(), i.is_ok());
+                if let (Ok(a), Ok(i), Ok(v)) = (a, i, v) {
+                    prop_assert_eq!(&a, &i);
+                    prop_assert_eq!(&v, &i);
+                }
+            }
+        }
+    }
 }
