@@ -335,15 +335,37 @@ pub(super) fn read_split<F: FnMut(usize, &[u16])>(
     n: usize,
     put: F,
 ) -> Result<(), CodecError> {
+    let (layout, syms, raw) = split_header(r, n)?;
+    if simd_combine() || layout.width() > 8 {
+        read_split_indices(&syms, raw, layout, n, put)
+    } else {
+        read_split_values(&syms, raw, layout, n, None, put)
+    }
+}
+
+/// Decodes a split body of `out.len()` words straight into `out`.
+pub(super) fn read_split_into(r: &mut Reader<'_>, out: &mut [u16]) -> Result<(), CodecError> {
+    let n = out.len();
+    let (layout, syms, raw) = split_header(r, n)?;
+    if simd_combine() || layout.width() > 8 {
+        read_split_indices(&syms, raw, layout, n, |first, words| {
+            out[first..first + words.len()].copy_from_slice(words)
+        })
+    } else {
+        read_split_values(&syms, raw, layout, n, Some(out), |_, _| {})
+    }
+}
+
+/// Reads a split body's layout, symbol stream and packed rest fields.
+fn split_header<'a>(
+    r: &mut Reader<'a>,
+    n: usize,
+) -> Result<(Layout, stream::SymStream<'a>, &'a [u8]), CodecError> {
     let layout =
         Layout::from_byte(r.u8()?).ok_or(CodecError::Corrupt("split field layout out of range"))?;
     let syms = stream::read_symbols(r, layout.value_bits())?;
     let raw = r.bytes(packed_len(n, layout.width()))?;
-    if simd_combine() || layout.width() > 8 {
-        read_split_indices(&syms, raw, layout, n, put)
-    } else {
-        read_split_values(&syms, raw, layout, n, put)
-    }
+    Ok((layout, syms, raw))
 }
 
 /// The split decoder around the AVX-512 kernels (and for rest fields wider than a byte):
@@ -410,19 +432,26 @@ fn read_split_indices<F: FnMut(usize, &[u16])>(
 
 /// The portable split decoder for rest fields of at most 8 bits. The rANS decoder stores each
 /// symbol's value already in place in its word; the rest fields are spread to one byte each
-/// (eight at a time, in a u64) and merged in by a loop the compiler vectorises.
+/// (eight at a time, in a u64) and merged in by a loop the compiler vectorises. The words
+/// are built in `direct` when given (`put` is then not called), else in a block buffer
+/// handed to `put`.
 fn read_split_values<F: FnMut(usize, &[u16])>(
     syms: &stream::SymStream<'_>,
     raw: &[u8],
     layout: Layout,
     n: usize,
+    mut direct: Option<&mut [u16]>,
     mut put: F,
 ) -> Result<(), CodecError> {
-    let mut words = vec![0u16; BLOCK.min(n)];
+    let mut buf = match direct {
+        Some(_) => Vec::new(),
+        None => vec![0u16; BLOCK.min(n)],
+    };
     let mut spread = vec![0u8; BLOCK.min(n)];
+    let mut constant = 0;
     let mut decoder = match syms {
         stream::SymStream::Const(v) => {
-            words.fill(layout.placed(*v));
+            constant = layout.placed(*v);
             None
         }
         stream::SymStream::Rans {
@@ -438,14 +467,17 @@ fn read_split_values<F: FnMut(usize, &[u16])>(
             ))
         }
     };
-    let first_word = words.first().copied().unwrap_or(0);
+    let to_put = direct.is_none();
     let mut first = 0;
     while first < n {
         let len = BLOCK.min(n - first);
-        let words = &mut words[..len];
+        let words = match direct.as_deref_mut() {
+            Some(out) => &mut out[first..first + len],
+            None => &mut buf[..len],
+        };
         match decoder.as_mut() {
             Some((d, t)) => d.decode_block_values(t, words)?,
-            None => words.fill(first_word),
+            None => words.fill(constant),
         }
         let rest: &[u8] = match layout.width() {
             8 => &raw[first..first + len],
@@ -464,7 +496,9 @@ fn read_split_values<F: FnMut(usize, &[u16])>(
             }
         };
         merge_rest(words, rest, layout);
-        put(first, words);
+        if to_put {
+            put(first, words);
+        }
         first += len;
     }
     if let Some((d, _)) = decoder {
@@ -490,19 +524,26 @@ fn spread8<const W: u32>(v: u64) -> u64 {
 fn spread_block<const W: u32>(packed: &[u8], first: usize, out: &mut [u8]) {
     let w = W as usize;
     let total = out.len();
-    let mut byte = first / 8 * w;
-    let mut groups = out.chunks_exact_mut(8);
-    for g in &mut groups {
-        let v = match packed.get(byte..byte + 8) {
-            Some(b) => u64::from_le_bytes(b.try_into().expect("8 bytes")),
-            None => {
-                let mut buf = [0u8; 8];
-                let avail = packed.len().saturating_sub(byte).min(8);
-                buf[..avail].copy_from_slice(&packed[byte..byte + avail]);
-                u64::from_le_bytes(buf)
-            }
-        };
-        g.copy_from_slice(&spread8::<W>(v & ((1u64 << (8 * W)) - 1)).to_le_bytes());
+    let start = first / 8 * w;
+    // Groups whose eight bytes can be read whole, then the rest through a padded copy.
+    let whole = match packed.len().checked_sub(start + 8) {
+        Some(spare) => (spare / w + 1).min(out.len() / 8),
+        None => 0,
+    };
+    let (head, tail) = out.split_at_mut(whole * 8);
+    for (g, o) in head.chunks_exact_mut(8).enumerate() {
+        let b = start + g * w;
+        let v = u64::from_le_bytes(packed[b..b + 8].try_into().expect("8 bytes"));
+        o.copy_from_slice(&spread8::<W>(v & ((1u64 << (8 * W)) - 1)).to_le_bytes());
+    }
+    let mut groups = tail.chunks_exact_mut(8);
+    let mut byte = start + whole * w;
+    for o in &mut groups {
+        let mut buf = [0u8; 8];
+        let avail = packed.len().saturating_sub(byte).min(8);
+        buf[..avail].copy_from_slice(&packed[byte..byte + avail]);
+        let v = u64::from_le_bytes(buf);
+        o.copy_from_slice(&spread8::<W>(v & ((1u64 << (8 * W)) - 1)).to_le_bytes());
         byte += w;
     }
     let rem = groups.into_remainder();
@@ -612,6 +653,15 @@ pub fn encode16(data: &[u8], flavour: Float16, effort: Effort) -> Vec<u8> {
 
 /// Decodes a SPLIT16 body (tag already read).
 pub fn decode16(r: &mut Reader<'_>, out: &mut [u8]) -> Result<(), CodecError> {
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: every bit pattern is a valid u16; align_to_mut only yields the aligned
+        // middle, which here is the whole buffer.
+        let (pre, mid, post) = unsafe { out.align_to_mut::<u16>() };
+        if pre.is_empty() && post.is_empty() {
+            return read_split_into(r, mid);
+        }
+    }
     let n = out.len() / 2;
     read_split(r, n, |first, words| {
         for (o, w) in out[2 * first..].chunks_exact_mut(2).zip(words) {
@@ -727,7 +777,7 @@ mod tests {
                     if which == 1 {
                         read_split_indices(&syms, raw, layout, n, put)?
                     } else if layout.width() <= 8 {
-                        read_split_values(&syms, raw, layout, n, put)?
+                        read_split_values(&syms, raw, layout, n, None, put)?
                     } else {
                         return read_split_indices(&syms, raw, layout, n, put).map(|_| out);
                     }
