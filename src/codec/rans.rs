@@ -483,8 +483,11 @@ fn portable_groups<T>(
 }
 
 /// A decode table for `Decoder::decode_block_values`: per probability slot its symbol's
-/// frequency, the slot's bias (`slot - cum`) and the 16-bit value to store, in one 8-byte
-/// entry so that a symbol costs one cache line.
+/// frequency (bits 0..16), the slot's bias `slot - cum` (bits 16..32) and the 16-bit value
+/// to store (bits 32..48), one 8-byte entry per slot so that a symbol costs one cache line.
+/// With this layout the compiler vectorises `freq * (x >> 12) + bias` for four lanes at a
+/// time on baseline SSE2 (measured: 1.16 ns a symbol against 1.38 for the packed u32 table,
+/// 1.32 for `[u16; 4]` entries and 1.36 for a u32 table plus a u16 value table).
 pub struct SlotTable(Box<[u64; PROB_SCALE as usize]>);
 
 impl SlotTable {
