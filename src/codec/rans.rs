@@ -890,7 +890,7 @@ mod tests {
         ) {
             let table = normalize(&[5, 1, 9, 2, 40, 3]);
             let mut coded = Vec::new();
-            encode(&syms, &table, &mut coded);
+            encode(Symbols::Indices(&syms), &table, &mut coded);
             for (at, x) in flips {
                 let i = at % coded.len();
                 coded[i] ^= x;
