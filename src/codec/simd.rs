@@ -221,6 +221,26 @@ macro_rules! encode_step {
     }};
 }
 
+/// The group loop shared by the encoders: `$load(p)` gives the 16 table indices of the symbols
+/// at `p`; groups go last to first, two registers of lanes each.
+macro_rules! encode_groups {
+    ($state:ident, $syms:ident, $load:ident, $freq_cum:ident, $words:ident, $at:ident) => {{
+        let mut x0 = _mm512_loadu_si512($state.as_ptr() as *const _);
+        let mut x1 = _mm512_loadu_si512($state.as_ptr().add(16) as *const _);
+        let fc = $freq_cum.as_ptr() as *const i32;
+        let mut a = *$at;
+        let wp = $words.as_mut_ptr();
+        for g in (0..$syms.len() / LANES).rev() {
+            let base = $syms.as_ptr().add(g * LANES);
+            encode_step!(x1, $load(base.add(16)), fc, wp, a);
+            encode_step!(x0, $load(base), fc, wp, a);
+        }
+        _mm512_storeu_si512($state.as_mut_ptr() as *mut _, x0);
+        _mm512_storeu_si512($state.as_mut_ptr().add(16) as *mut _, x1);
+        *$at = a;
+    }};
+}
+
 /// Encodes whole 32-symbol groups (in reverse, as the scalar encoder does) for `syms`, whose
 /// length is a multiple of 32. Emitted words are written downwards ending at `*at`; lanes that
 /// emit in one step store their words in lane order, which is the order the decoder reads.
@@ -237,20 +257,8 @@ pub unsafe fn rans_encode_groups(
     words: &mut [u16],
     at: &mut usize,
 ) {
-    let mut x0 = _mm512_loadu_si512(state.as_ptr() as *const _);
-    let mut x1 = _mm512_loadu_si512(state.as_ptr().add(16) as *const _);
-    let fc = freq_cum.as_ptr() as *const i32;
-    let mut a = *at;
-    let wp = words.as_mut_ptr();
     let load = |p: *const u8| _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
-    for g in (0..syms.len() / LANES).rev() {
-        let base = syms.as_ptr().add(g * LANES);
-        encode_step!(x1, load(base.add(16)), fc, wp, a);
-        encode_step!(x0, load(base), fc, wp, a);
-    }
-    _mm512_storeu_si512(state.as_mut_ptr() as *mut _, x0);
-    _mm512_storeu_si512(state.as_mut_ptr().add(16) as *mut _, x1);
-    *at = a;
+    encode_groups!(state, syms, load, freq_cum, words, at);
 }
 
 /// `rans_encode_groups` for words mapped by `key` (see `rans::WordKey`), with the table
@@ -269,11 +277,6 @@ pub unsafe fn rans_encode_word_groups(
     at: &mut usize,
 ) {
     debug_assert!(freq_cum.len().is_power_of_two());
-    let mut x0 = _mm512_loadu_si512(state.as_ptr() as *const _);
-    let mut x1 = _mm512_loadu_si512(state.as_ptr().add(16) as *const _);
-    let fc = freq_cum.as_ptr() as *const i32;
-    let mut a = *at;
-    let wp = words.as_mut_ptr();
     let mask = _mm512_set1_epi32(i32::from(key.mask));
     let shift = _mm_cvtsi32_si128(key.shift as i32);
     let l = i32::from(key.lsb);
@@ -288,14 +291,7 @@ pub unsafe fn rans_encode_word_groups(
         );
         _mm512_and_si512(_mm512_or_si512(v, _mm512_and_si512(w, lsb)), in_table)
     };
-    for g in (0..syms.len() / LANES).rev() {
-        let base = syms.as_ptr().add(g * LANES);
-        encode_step!(x1, load(base.add(16)), fc, wp, a);
-        encode_step!(x0, load(base), fc, wp, a);
-    }
-    _mm512_storeu_si512(state.as_mut_ptr() as *mut _, x0);
-    _mm512_storeu_si512(state.as_mut_ptr().add(16) as *mut _, x1);
-    *at = a;
+    encode_groups!(state, syms, load, freq_cum, words, at);
 }
 
 /// Expands whole 32-element palette blocks: `out[j] = palette[base + idx[j]]`, one permute per
