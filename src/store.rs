@@ -173,6 +173,49 @@ pub fn md5_hex(bytes: &[u8]) -> String {
     h.hex()
 }
 
+/// Writes a coded window's blobs in order and records their chunk entries (and patch
+/// statistics).
+fn write_window(
+    writer: &mut ContainerWriter,
+    window: &[ChunkJob],
+    coded: Vec<Result<Coded>>,
+    window_no: usize,
+    chunks: &mut [Vec<ChunkEntry>],
+    stats: &mut Option<DeltaStats>,
+    matched: &[Option<Matched>],
+) -> Result<()> {
+    for (k, (j, c)) in window.iter().zip(coded).enumerate() {
+        let c = c?;
+        if k == window.len() / 2 && k > 0 {
+            // Mid-window: blobs written but not yet checkpointed.
+            writer.flush()?;
+            abort_if("mid-window", window_no + 1);
+        }
+        let offset = writer.write_blob(&c.blob)?;
+        if let Some(st) = stats.as_mut() {
+            st.changed_bytes += c.changed;
+            if matched[j.tensor].is_some() {
+                if c.delta {
+                    st.delta_chunks += 1;
+                } else {
+                    st.standalone_chunks += 1;
+                }
+            }
+        }
+        chunks[j.tensor].push(ChunkEntry {
+            offset,
+            len: c.blob.len() as u64,
+            raw_len: (j.end - j.start) as u64,
+            hash: c.hash,
+            codec: c.blob[0],
+            delta: c.delta,
+            skip: 0,
+            total: 0,
+        });
+    }
+    Ok(())
+}
+
 /// One chunk of work: tensor, byte range within the tensor.
 #[derive(Clone, Copy)]
 struct ChunkJob {
@@ -428,6 +471,7 @@ pub fn compress_file_against(
 
     let mut next = 0;
     let mut window_no = 0usize;
+    let mut pending: Option<(std::ops::Range<usize>, Vec<Result<Coded>>, usize)> = None;
     while next < jobs.len() {
         let mut end = next;
         let mut bytes = 0;
@@ -479,7 +523,17 @@ pub fn compress_file_against(
             }
         }
         let mut coded: Vec<Result<Coded>> = Vec::new();
+        let mut written: Result<()> = Ok(());
         rayon::scope(|s| {
+            if let Some((range, blobs, no)) = pending.take() {
+                let (writer, chunks, stats, matched) =
+                    (&mut writer, &mut chunks, &mut stats, &matched);
+                let (jobs, written) = (&jobs, &mut written);
+                s.spawn(move |_| {
+                    *written =
+                        write_window(writer, &jobs[range], blobs, no, chunks, stats, matched);
+                });
+            }
             let mut jobs: Vec<(&mut Md5, &[u8])> = segments
                 .iter_mut()
                 .map(|seg| {
@@ -536,37 +590,24 @@ pub fn compress_file_against(
                 })
                 .collect_into_vec(&mut coded);
         });
+        written?;
         for (tensor, _, _, h) in segments {
             hashers[tensor] = Some(h);
         }
-        for (k, (j, c)) in window.iter().zip(coded).enumerate() {
-            let c = c?;
-            if k == window.len() / 2 && k > 0 {
-                // Mid-window: blobs written but not yet checkpointed.
-                writer.flush()?;
-                abort_if("mid-window", window_no + 1);
-            }
-            let offset = writer.write_blob(&c.blob)?;
-            if let Some(st) = stats.as_mut() {
-                st.changed_bytes += c.changed;
-                if matched[j.tensor].is_some() {
-                    if c.delta {
-                        st.delta_chunks += 1;
-                    } else {
-                        st.standalone_chunks += 1;
-                    }
-                }
-            }
-            chunks[j.tensor].push(ChunkEntry {
-                offset,
-                len: c.blob.len() as u64,
-                raw_len: (j.end - j.start) as u64,
-                hash: c.hash,
-                codec: c.blob[0],
-                delta: c.delta,
-                skip: 0,
-                total: 0,
-            });
+        // Without checkpoints, a window's blobs are written while the next one is coded (see
+        // the scope above); a resumable run writes and checkpoints each window before the next.
+        if opts.resume {
+            write_window(
+                &mut writer,
+                window,
+                coded,
+                window_no,
+                &mut chunks,
+                &mut stats,
+                &matched,
+            )?;
+        } else {
+            pending = Some((next..end, coded, window_no));
         }
         let first = &window[0];
         let last = &window[window.len() - 1];
@@ -595,6 +636,18 @@ pub fn compress_file_against(
             )?;
             abort_if("window", window_no);
         }
+    }
+
+    if let Some((range, blobs, no)) = pending.take() {
+        write_window(
+            &mut writer,
+            &jobs[range],
+            blobs,
+            no,
+            &mut chunks,
+            &mut stats,
+            &matched,
+        )?;
     }
 
     let mut md5s: Vec<String> = Vec::with_capacity(src.tensors.len());
