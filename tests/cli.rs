@@ -478,6 +478,32 @@ fn help_of_every_subcommand_has_examples() {
 // ---------------------------------------------------------------------------------------------
 // Hand-built inputs
 
+/// Duplicate candidates are screened by sampled pages: tensors that agree on every sample but
+/// differ elsewhere must stay two tensors.
+#[test]
+fn tensors_equal_only_where_sampled_are_not_duplicates() {
+    let dir = tmp();
+    let mut rng = Rng(7);
+    let a = bf16_weights(&mut rng, 64 * 1024, 0.02); // 128 KiB: samples at 0, 64 and 124 KiB
+    let mut b = a.clone();
+    b[20_000] ^= 0x10;
+    let bytes = safetensors(
+        &[
+            t("a.weight", "BF16", &[64, 1024], a),
+            t("b.weight", "BF16", &[64, 1024], b),
+        ],
+        None,
+    );
+    let src = dir.path().join("near.safetensors");
+    fs::write(&src, &bytes).expect("write");
+    let bs = dir.path().join("near.bs");
+    let r = compress(&src, &bs, "--balanced");
+    assert_eq!(r["duplicates"], 0);
+    let back = dir.path().join("back.safetensors");
+    decompress(&bs, &back, &["--md5"]);
+    assert_eq!(fs::read(&back).expect("read"), bytes);
+}
+
 #[test]
 fn duplicate_tensors_are_stored_once() {
     let dir = tmp();
