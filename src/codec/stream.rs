@@ -40,9 +40,8 @@ impl Histogram {
     }
 
     /// Counts 16-bit values that are mostly zero (differences against a base). Zeros are
-    /// counted in a pass of their own and, in the counting pass, spread over eight spare
-    /// counters, so that they do not queue behind one counter; the per-thread table is
-    /// cleared as it is read.
+    /// spread over eight spare counters, so that they do not queue behind one counter; the
+    /// per-thread table is cleared as it is read.
     pub fn of_words(values: &[u16]) -> Histogram {
         const SPARE: usize = 8;
         thread_local! {
@@ -52,7 +51,6 @@ impl Histogram {
             values.len() < u32::MAX as usize,
             "a chunk's worth of values"
         );
-        let zeros = values.iter().filter(|&&v| v == 0).count() as u64;
         COUNTS.with_borrow_mut(|t| {
             t.resize((1 << 16) + SPARE, 0);
             let t: &mut [u32; (1 << 16) + SPARE] = t.as_mut_slice().try_into().expect("sized");
@@ -64,7 +62,10 @@ impl Histogram {
                 };
                 t[k] += 1;
             }
-            t[1 << 16..].fill(0);
+            let zeros: u64 = t[1 << 16..]
+                .iter_mut()
+                .map(|c| u64::from(std::mem::take(c)))
+                .sum();
             let mut h = Histogram {
                 values: Vec::new(),
                 counts: Vec::new(),
