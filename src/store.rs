@@ -244,9 +244,15 @@ fn find_duplicates(src: &SafetensorsFile) -> Vec<Option<usize>> {
     let mut dup = vec![None; src.tensors.len()];
     for group in by_len.values().filter(|g| g.len() > 1) {
         // Candidates are told apart by three 4 KiB samples (start, middle, end), so telling
-        // apart the many same-shaped layer tensors reads a few pages each, not the model; a
-        // sample match is settled by comparing every byte below.
-        let hashes: Vec<u64> = group
+        // apart the many same-shaped layer tensors reads a few pages each, not the model.
+        // Those whose samples agree with another's get a hash of every byte (each read once,
+        // then released), and only a full-hash match is compared byte for byte.
+        let release = |i: usize| {
+            let t = &src.tensors[i];
+            let base = src.data_offset();
+            src.release(base + t.start, base + t.end);
+        };
+        let mut hashes: Vec<u64> = group
             .iter()
             .map(|&i| {
                 let b = src.tensor_bytes(&src.tensors[i]);
@@ -262,6 +268,26 @@ fn find_duplicates(src: &SafetensorsFile) -> Vec<Option<usize>> {
                     .fold(0u64, |h, p| h.rotate_left(21) ^ fast_hash(p))
             })
             .collect();
+        let mut seen: HashMap<u64, usize> = HashMap::new();
+        for &h in &hashes {
+            *seen.entry(h).or_default() += 1;
+        }
+        let full: Vec<Option<u64>> = group
+            .par_iter()
+            .zip(&hashes)
+            .map(|(&i, h)| {
+                (seen[h] > 1).then(|| {
+                    let f = fast_hash(src.tensor_bytes(&src.tensors[i]));
+                    release(i);
+                    f
+                })
+            })
+            .collect();
+        for (h, f) in hashes.iter_mut().zip(full) {
+            if let Some(f) = f {
+                *h = f;
+            }
+        }
         for (a, &i) in group.iter().enumerate() {
             for b in 0..a {
                 let j = group[b];
@@ -270,13 +296,13 @@ fn find_duplicates(src: &SafetensorsFile) -> Vec<Option<usize>> {
                     && src.tensor_bytes(&src.tensors[i]) == src.tensor_bytes(&src.tensors[j])
                 {
                     dup[i] = Some(j);
+                    release(i);
+                    release(j);
                     break;
                 }
             }
         }
     }
-    // The full comparisons mapped whole tensors; what coding needs it maps again per window.
-    src.release(0, src.bytes().len());
     dup
 }
 

@@ -162,8 +162,10 @@ pub fn encode_sparse_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u
     if let Some(fill) = fill_blob(data, w) {
         return fill;
     }
-    // Whole 16-bit values are planned first; when their stream is no larger than the byte
-    // planes' order-0 plans (from the same histogram), the planes are never coded.
+    // Whole 16-bit values are planned first. The byte planes' order-0 plans (from the same
+    // histogram) bound the planes from above only where a plane can also go to zstd; so the
+    // planes are skipped when the whole values win outright (no zstd) or by a tenth, and
+    // otherwise coded and measured as well (always in storage mode).
     let sym16 = (w == 2).then(|| {
         let values = split::as_words(data);
         let h = stream::Histogram::of_words(&values);
@@ -174,11 +176,26 @@ pub fn encode_sparse_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u
             .sum();
         (values, stream::plan_symbols(&h), planes + 1)
     });
+    let write_sym16 = |values: &[u16], plan: &stream::SymPlan| {
+        let mut out = vec![tag::SYM16];
+        stream::write_symbols(plan, values, &mut out);
+        out
+    };
     let best = match sym16 {
-        Some((values, Some(plan), planes)) if plan.bytes < planes => {
-            let mut out = vec![tag::SYM16];
-            stream::write_symbols(&plan, &values, &mut out);
-            out
+        Some((values, Some(plan), planes))
+            if !effort.zstd_always()
+                && (plan.bytes * 10 < planes * 9
+                    || (effort.zstd_level().is_none() && plan.bytes < planes)) =>
+        {
+            write_sym16(&values, &plan)
+        }
+        Some((values, Some(plan), _)) => {
+            let planes = encode_planes(data, w, effort);
+            if plan.bytes + 1 < planes.len() {
+                write_sym16(&values, &plan)
+            } else {
+                planes
+            }
         }
         _ => encode_planes(data, w, effort),
     };

@@ -199,6 +199,11 @@ pub fn encode(symbols: Symbols<'_>, table: &FreqTable, out: &mut Vec<u8>) {
         // Renormalisation words, reused: a fresh megabyte per chunk costs page faults and zeroing.
         static WORDS: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    if let Symbols::Words { index, .. } = symbols {
+        // The SIMD encoder masks values into the table; an empty or odd-sized one would let
+        // it read outside (or code a value other than the one asked for).
+        assert!(index.len().is_power_of_two(), "index table of 2^k entries");
+    }
     let cum = table.cumulative();
     let mut syms = [EncSym::new(1, 0); 256];
     for (i, (&f, &c)) in table.freqs.iter().zip(&cum).enumerate() {
@@ -787,6 +792,25 @@ mod tests {
         assert_eq!(
             t.freqs.iter().map(|&f| u32::from(f)).sum::<u32>(),
             PROB_SCALE
+        );
+    }
+
+    /// Words need an index table of 2^k entries; anything else is refused before the SIMD
+    /// encoder could read outside it.
+    #[test]
+    #[should_panic(expected = "index table of 2^k entries")]
+    fn word_symbols_need_a_power_of_two_table() {
+        let table = normalize(&[3, 3]);
+        let words = [0u16; 64];
+        let mut out = Vec::new();
+        encode(
+            Symbols::Words {
+                words: &words,
+                key: WordKey::WHOLE,
+                index: &[],
+            },
+            &table,
+            &mut out,
         );
     }
 

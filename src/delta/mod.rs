@@ -169,6 +169,15 @@ impl BaseSource for SafetensorsBase {
             }
         };
         for t in &self.tensors {
+            // Each shard of a directory asks again; what is known is not hashed twice.
+            if self
+                .md5s
+                .lock()
+                .expect("no poisoned lock")
+                .contains_key(&t.name)
+            {
+                continue;
+            }
             // A tensor the file cannot hold is left to `md5`, which names it.
             let Some(b) = self.bytes(&t.name) else {
                 continue;
