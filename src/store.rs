@@ -932,15 +932,21 @@ pub fn decompress_file_with(
             at.push(pos);
             pos += jobs[w.clone()].iter().map(|j| j.len as u64).sum::<u64>();
         }
+        thread_local! {
+            // One window buffer per thread for the whole run: a fresh one per rayon split
+            // cost a page fault per 4 KiB written.
+            static BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+        }
         let (cr, outr) = (&c, &out);
         wins.par_iter()
             .zip(at)
-            .try_for_each_init(Vec::new, |buf, (w, offset)| -> Result<()> {
-                let decoded = decode_window(cr, &jobs[w.clone()], std::mem::take(buf))?;
-                outr.write_at(&decoded, offset)?;
-                release_window(cr, &jobs[w.clone()]);
+            .try_for_each(|(w, offset)| -> Result<()> {
+                let decoded = decode_window(cr, &jobs[w.clone()], BUF.take())?;
+                let written = outr.write_at(&decoded, offset);
                 progress.advance(decoded.len() as u64);
-                *buf = decoded;
+                BUF.set(decoded);
+                written?;
+                release_window(cr, &jobs[w.clone()]);
                 Ok(())
             })?;
         out.commit()?;
