@@ -18,18 +18,6 @@ use common::*;
 
 const MODES: [&str; 3] = ["--storage", "--balanced", "--inference"];
 
-fn tmp() -> TempDir {
-    tempfile::tempdir().expect("temp dir")
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
 /// Compresses `src` to `dst` with the CLI; returns the `--json` report.
 fn compress(src: &Path, dst: &Path, mode: &str) -> Value {
     let out = ok(&run([

@@ -20,6 +20,7 @@ use bigsmall::format::reader::Container;
 use bigsmall::model::safetensors::{dtype_name, SafetensorsFile};
 use bigsmall::store::md5_hex;
 
+use common::path_str as s;
 use common::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -28,18 +29,6 @@ use common::*;
 /// The base every single-file pair is made from: 20 real BF16 tensors (800 KB).
 fn base_file() -> PathBuf {
     fixture("smollm-bf16.safetensors")
-}
-
-fn tmp() -> TempDir {
-    tempfile::tempdir().expect("temp dir")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 fn len(p: &Path) -> u64 {

@@ -10,10 +10,6 @@ use std::path::{Path, PathBuf};
 use common::*;
 use serde_json::Value;
 
-fn tmp() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temp dir")
-}
-
 /// A 12-layer model whose per-layer norms, biases and small k/v projections are the
 /// candidates, plus an embedding and a final norm outside the layers.
 fn layered_model(dir: &Path, layers: usize) -> PathBuf {

@@ -36,14 +36,6 @@ use bigsmall::store_dir::{compress_dir, decompress_dir, read_dir_index, DIR_INDE
 
 use common::*;
 
-fn tmp() -> TempDir {
-    tempfile::tempdir().expect("temp dir")
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
-
 /// Asserts a library error is one line and names `path`.
 fn one_line(e: &Error, path: &Path) -> String {
     let s = e.to_string();

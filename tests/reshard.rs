@@ -11,24 +11,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use tempfile::TempDir;
 
 use bigsmall::format::reader::Container;
 use bigsmall::model::role::layer_index;
 
+use common::path_str as s;
 use common::*;
-
-fn tmp() -> TempDir {
-    tempfile::tempdir().expect("temp dir")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
 
 fn compress(src: &Path, dst: &Path) {
     ok(&run(["compress", s(src), "-o", s(dst), "--no-progress"]));

@@ -10,10 +10,6 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-fn tmp() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temp dir")
-}
-
 fn compress(src: &Path, dst: &Path) {
     ok(&run([
         "compress".as_ref(),

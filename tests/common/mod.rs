@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests (`tests/cli.rs`, `tests/hostile.rs`): fixture paths,
+//! Helpers shared by the integration tests: temp dirs, paths and JSON, fixture paths,
 //! running the binary, one-line error checks, hand-built safetensors files and container
 //! surgery (rewriting the index or trailer of a `.bs` with a correct checksum).
 #![allow(dead_code)] // each test crate uses a different subset
@@ -19,6 +19,18 @@ use bigsmall::store::{compress_file, CompressOptions, CompressReport};
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
+
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
 
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
