@@ -162,34 +162,20 @@ impl WordKey {
     }
 }
 
-/// The symbols to encode: indices, or words mapped to indices through their key's value
+/// The symbols to encode: words mapped to symbol indices through their key's value
 /// (`index[key.value(w)]`, every value of the stream below `index.len()`, a power of two).
+/// The codecs' fields are read in place this way, without a symbol array written first.
 #[derive(Clone, Copy)]
-pub enum Symbols<'a> {
-    Indices(&'a [u8]),
-    Words {
-        words: &'a [u16],
-        key: WordKey,
-        index: &'a [u8],
-    },
+pub struct Symbols<'a> {
+    pub words: &'a [u16],
+    pub key: WordKey,
+    pub index: &'a [u8],
 }
 
 impl Symbols<'_> {
-    fn len(&self) -> usize {
-        match self {
-            Symbols::Indices(s) => s.len(),
-            Symbols::Words { words, .. } => words.len(),
-        }
-    }
-
     #[inline(always)]
     fn at(&self, i: usize) -> usize {
-        match self {
-            Symbols::Indices(s) => usize::from(s[i]),
-            Symbols::Words { words, key, index } => {
-                usize::from(index[usize::from(key.value(words[i]))])
-            }
-        }
+        usize::from(self.index[usize::from(self.key.value(self.words[i]))])
     }
 }
 
@@ -199,11 +185,12 @@ pub fn encode(symbols: Symbols<'_>, table: &FreqTable, out: &mut Vec<u8>) {
         // Renormalisation words, reused: a fresh megabyte per chunk costs page faults and zeroing.
         static WORDS: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    if let Symbols::Words { index, .. } = symbols {
-        // The SIMD encoder masks values into the table; an empty or odd-sized one would let
-        // it read outside (or code a value other than the one asked for).
-        assert!(index.len().is_power_of_two(), "index table of 2^k entries");
-    }
+    // The SIMD encoder masks values into the table; an empty or odd-sized one would let it
+    // read outside (or code a value other than the one asked for).
+    assert!(
+        symbols.index.len().is_power_of_two(),
+        "index table of 2^k entries"
+    );
     let cum = table.cumulative();
     let mut syms = [EncSym::new(1, 0); 256];
     for (i, (&f, &c)) in table.freqs.iter().zip(&cum).enumerate() {
@@ -213,7 +200,7 @@ pub fn encode(symbols: Symbols<'_>, table: &FreqTable, out: &mut Vec<u8>) {
     // Words are produced in reverse decoding order, so they are written from the end of the
     // buffer backwards and come out in decoding order. A word is stored unconditionally and
     // the cursor moves only when it was really emitted: no unpredictable branch per symbol.
-    let n = symbols.len();
+    let n = symbols.words.len();
     WORDS.with_borrow_mut(|words| {
         if words.len() < n + 1 {
             words.resize(n + 1, 0);
@@ -280,26 +267,25 @@ fn simd_encode(
     {
         if super::simd::has_avx512() && super::simd::cpu_has_avx512vl() {
             let freq_cum = |s: usize| (syms[s].freq << 16) | syms[s].cum;
-            match symbols {
-                Symbols::Indices(s) => {
-                    let fc: [u32; 256] = std::array::from_fn(freq_cum);
-                    // SAFETY: features checked; `words` holds one slot per symbol below `at`.
-                    unsafe { super::simd::rans_encode_groups(state, &s[..full], &fc, words, at) };
-                }
-                Symbols::Words {
-                    words: w,
-                    key,
-                    index,
-                } => {
-                    // A table indexed by value, so the kernel skips the index lookup.
-                    let fc: Vec<u32> = index.iter().map(|&s| freq_cum(usize::from(s))).collect();
-                    // SAFETY: features checked; `words` holds one slot per symbol below `at`;
-                    // the table's length is a power of two (the kernel masks values into it).
-                    unsafe {
-                        super::simd::rans_encode_word_groups(state, &w[..full], key, &fc, words, at)
-                    };
-                }
-            }
+            // A table indexed by value, so the kernel skips the index lookup.
+            let fc: Vec<u32> = symbols
+                .index
+                .iter()
+                .map(|&s| freq_cum(usize::from(s)))
+                .collect();
+            // SAFETY: features checked; `words` holds one slot per symbol below `at`; the
+            // table's length is a power of two (asserted in `encode`; the kernel masks values
+            // into it).
+            unsafe {
+                super::simd::rans_encode_word_groups(
+                    state,
+                    &symbols.words[..full],
+                    symbols.key,
+                    &fc,
+                    words,
+                    at,
+                )
+            };
             return true;
         }
     }
@@ -660,6 +646,29 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Symbol indices as words through the identity table.
+    fn as_symbols(syms: &[u8]) -> Vec<u16> {
+        syms.iter().map(|&s| u16::from(s)).collect()
+    }
+
+    const IDENTITY: [u8; 256] = {
+        let mut t = [0u8; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = i as u8;
+            i += 1;
+        }
+        t
+    };
+
+    fn indices(words: &[u16]) -> Symbols<'_> {
+        Symbols {
+            words,
+            key: WordKey::WHOLE,
+            index: &IDENTITY,
+        }
+    }
+
     fn counts_of(syms: &[u8], alphabet: usize) -> Vec<u64> {
         let mut c = vec![0u64; alphabet];
         for &s in syms {
@@ -675,7 +684,7 @@ mod tests {
             .collect();
         let table = normalize(&counts);
         let mut coded = Vec::new();
-        encode(Symbols::Indices(syms), &table, &mut coded);
+        encode(indices(&as_symbols(syms)), &table, &mut coded);
         let mut back = vec![0u8; syms.len()];
         decode(&coded, &table, &mut back).unwrap();
         assert_eq!(back, syms);
@@ -687,7 +696,7 @@ mod tests {
                 .unwrap_or_else(|e| e.into_inner());
             crate::codec::simd::force_portable(true);
             let mut scalar = Vec::new();
-            encode(Symbols::Indices(syms), &table, &mut scalar);
+            encode(indices(&as_symbols(syms)), &table, &mut scalar);
             crate::codec::simd::force_portable(false);
             assert_eq!(scalar, coded, "SIMD and scalar encoders disagree");
         }
@@ -804,7 +813,7 @@ mod tests {
         let words = [0u16; 64];
         let mut out = Vec::new();
         encode(
-            Symbols::Words {
+            Symbols {
                 words: &words,
                 key: WordKey::WHOLE,
                 index: &[],
@@ -819,7 +828,7 @@ mod tests {
         let syms: Vec<u8> = (0..10_000u32).map(|i| (i % 5) as u8).collect();
         let table = normalize(&[3, 3, 3, 3, 3]);
         let mut coded = Vec::new();
-        encode(Symbols::Indices(&syms), &table, &mut coded);
+        encode(indices(&as_symbols(&syms)), &table, &mut coded);
         let mut back = vec![0u8; syms.len()];
         for cut in [0, 10, HEADER_BYTES, coded.len() / 2, coded.len() - 1] {
             assert!(decode(&coded[..cut], &table, &mut back).is_err());
@@ -857,14 +866,14 @@ mod tests {
             let counts: Vec<u64> = counts_of(&syms, 256).into_iter().map(|c| c + 1).collect();
             let table = normalize(&counts);
             let mut want = Vec::new();
-            encode(Symbols::Indices(&syms), &table, &mut want);
+            encode(indices(&as_symbols(&syms)), &table, &mut want);
             #[cfg(target_arch = "x86_64")]
             let _guard = crate::codec::SIMD_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
             for portable in [false, true] {
                 #[cfg(target_arch = "x86_64")]
                 crate::codec::simd::force_portable(portable);
                 let mut got = Vec::new();
-                encode(Symbols::Words { words: &words, key, index: &index }, &table, &mut got);
+                encode(Symbols { words: &words, key, index: &index }, &table, &mut got);
                 prop_assert!(got == want, "portable={}", portable);
             }
             #[cfg(target_arch = "x86_64")]
@@ -914,7 +923,7 @@ mod tests {
         ) {
             let table = normalize(&[5, 1, 9, 2, 40, 3]);
             let mut coded = Vec::new();
-            encode(Symbols::Indices(&syms), &table, &mut coded);
+            encode(indices(&as_symbols(&syms)), &table, &mut coded);
             for (at, x) in flips {
                 let i = at % coded.len();
                 coded[i] ^= x;

@@ -221,52 +221,15 @@ macro_rules! encode_step {
     }};
 }
 
-/// The group loop shared by the encoders: `$load(p)` gives the 16 table indices of the symbols
-/// at `p`; groups go last to first, two registers of lanes each.
-macro_rules! encode_groups {
-    ($state:ident, $syms:ident, $load:ident, $freq_cum:ident, $words:ident, $at:ident) => {{
-        let mut x0 = _mm512_loadu_si512($state.as_ptr() as *const _);
-        let mut x1 = _mm512_loadu_si512($state.as_ptr().add(16) as *const _);
-        let fc = $freq_cum.as_ptr() as *const i32;
-        let mut a = *$at;
-        let wp = $words.as_mut_ptr();
-        for g in (0..$syms.len() / LANES).rev() {
-            let base = $syms.as_ptr().add(g * LANES);
-            encode_step!(x1, $load(base.add(16)), fc, wp, a);
-            encode_step!(x0, $load(base), fc, wp, a);
-        }
-        _mm512_storeu_si512($state.as_mut_ptr() as *mut _, x0);
-        _mm512_storeu_si512($state.as_mut_ptr().add(16) as *mut _, x1);
-        *$at = a;
-    }};
-}
-
-/// Encodes whole 32-symbol groups (in reverse, as the scalar encoder does) for `syms`, whose
-/// length is a multiple of 32. Emitted words are written downwards ending at `*at`; lanes that
-/// emit in one step store their words in lane order, which is the order the decoder reads.
-/// Tables as in `encode_step`, indexed by symbol.
+/// Encodes whole 32-symbol groups (in reverse, as the scalar encoder does) of `syms`, words
+/// mapped by `key` (see `rans::WordKey`), whose length is a multiple of 32. Emitted words
+/// are written downwards ending at `*at`; lanes that emit in one step store their words in
+/// lane order, which is the order the decoder reads. `freq_cum` (as in `encode_step`) is
+/// indexed by the key's value, so no symbol-index lookup is needed.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, BW and VL; `words` must have room for one word per symbol
-/// below `*at`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub unsafe fn rans_encode_groups(
-    state: &mut [u32; LANES],
-    syms: &[u8],
-    freq_cum: &[u32; 256],
-    words: &mut [u16],
-    at: &mut usize,
-) {
-    let load = |p: *const u8| _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
-    encode_groups!(state, syms, load, freq_cum, words, at);
-}
-
-/// `rans_encode_groups` for words mapped by `key` (see `rans::WordKey`), with the table
-/// indexed by the key's value instead of the symbol.
-///
-/// # Safety
-/// As `rans_encode_groups`; the table's length must be a power of two (values are masked
-/// into it).
+/// below `*at`; the table's length must be a power of two (values are masked into it).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub unsafe fn rans_encode_word_groups(
     state: &mut [u32; LANES],
@@ -291,7 +254,19 @@ pub unsafe fn rans_encode_word_groups(
         );
         _mm512_and_si512(_mm512_or_si512(v, _mm512_and_si512(w, lsb)), in_table)
     };
-    encode_groups!(state, syms, load, freq_cum, words, at);
+    let mut x0 = _mm512_loadu_si512(state.as_ptr() as *const _);
+    let mut x1 = _mm512_loadu_si512(state.as_ptr().add(16) as *const _);
+    let fc = freq_cum.as_ptr() as *const i32;
+    let mut a = *at;
+    let wp = words.as_mut_ptr();
+    for g in (0..syms.len() / LANES).rev() {
+        let base = syms.as_ptr().add(g * LANES);
+        encode_step!(x1, load(base.add(16)), fc, wp, a);
+        encode_step!(x0, load(base), fc, wp, a);
+    }
+    _mm512_storeu_si512(state.as_mut_ptr() as *mut _, x0);
+    _mm512_storeu_si512(state.as_mut_ptr().add(16) as *mut _, x1);
+    *at = a;
 }
 
 /// Expands whole 32-element palette blocks: `out[j] = palette[base + idx[j]]`, one permute per

@@ -219,12 +219,7 @@ pub fn write_word_symbols(
     index: &[u8],
     out: &mut Vec<u8>,
 ) {
-    write_symbols_from(plan, rans::Symbols::Words { words, key, index }, out);
-}
-
-/// Writes a planned symbol stream from symbol indices (see `SymPlan::index_map`).
-pub fn write_symbol_indices(plan: &SymPlan, syms: &[u8], out: &mut Vec<u8>) {
-    write_symbols_from(plan, rans::Symbols::Indices(syms), out);
+    write_symbols_from(plan, rans::Symbols { words, key, index }, out);
 }
 
 fn write_symbols_from(plan: &SymPlan, syms: rans::Symbols<'_>, out: &mut Vec<u8>) {
