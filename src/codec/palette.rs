@@ -58,16 +58,33 @@ fn build<R>(words: &[u16], then: impl FnOnce(&[u16], &[u16], &[u16]) -> R) -> R 
             sc.seen = vec![0u32; 1 << 16];
             sc.stamp = 0;
         }
-        for v in [&mut sc.palette, &mut sc.index] {
-            if v.len() < n {
-                v.resize(n, 0);
-            }
+        if sc.palette.len() < n + BLOCK {
+            sc.palette.resize(n + BLOCK, 0);
+        }
+        if sc.index.len() < n {
+            sc.index.resize(n, 0);
         }
         sc.sizes.clear();
         let seen: &mut [u32; 1 << 16] = sc.seen.as_mut_slice().try_into().expect("64K table");
-        let (palette, index) = (&mut sc.palette[..n], &mut sc.index[..n]);
+        let (palette, index) = (&mut sc.palette[..n + BLOCK], &mut sc.index[..n]);
         let mut count = 0usize;
-        for (block, idx) in words.chunks(BLOCK).zip(index.chunks_mut(BLOCK)) {
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::has_avx512() && super::simd::cpu_has_avx512vbmi2() {
+            done = n / BLOCK * BLOCK;
+            // SAFETY: features checked; `palette` has n + BLOCK entries, so 32 past any
+            // block's start; `index` has n.
+            unsafe {
+                super::simd::palette_build_blocks(
+                    &words[..done],
+                    palette,
+                    &mut sc.sizes,
+                    index,
+                    &mut count,
+                )
+            };
+        }
+        for (block, idx) in words[done..].chunks(BLOCK).zip(index[done..].chunks_mut(BLOCK)) {
             sc.stamp += 1;
             let stamp = sc.stamp;
             let tag = stamp << BLOCK_LOG2;
@@ -378,6 +395,41 @@ mod tests {
             crate::codec::simd::force_portable(false);
             assert_eq!(portable, words);
             assert_eq!(portable_nib, words);
+        }
+    }
+
+    /// The vector builder and the table builder agree on every block shape: one value, all
+    /// distinct, a few levels, and a partial last block.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_and_table_builders_agree() {
+        let built = |words: &[u16]| {
+            build(words, |p, s, i| (p.to_vec(), s.to_vec(), i.to_vec()))
+        };
+        let mut x = 7u64;
+        let mut next = move || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as u16
+        };
+        for levels in [1u16, 2, 5, 16, 31, 32, 0] {
+            for n in [0usize, 1, 31, 32, 33, 64, 1000, 4099] {
+                let words: Vec<u16> = (0..n)
+                    .map(|_| match levels {
+                        0 => next(),
+                        l => 0x3c00 + (next() % l) * 3,
+                    })
+                    .collect();
+                let _guard = crate::codec::SIMD_SWITCH
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let fast = built(&words);
+                crate::codec::simd::force_portable(true);
+                let slow = built(&words);
+                crate::codec::simd::force_portable(false);
+                assert_eq!(fast, slow, "{levels} levels, {n} words");
+            }
         }
     }
 }

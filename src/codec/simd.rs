@@ -312,3 +312,63 @@ pub unsafe fn palette_blocks<const NIBBLES: bool>(
     }
     Some((blocks * 32, base))
 }
+
+/// Whether the CPU has AVX-512 VBMI2 (16-bit compress and expand, used by the palette
+/// builder).
+pub fn cpu_has_avx512vbmi2() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx512vbmi2"))
+}
+
+/// Builds the palettes of whole 32-word blocks (the encoder's `palette::build`, same output):
+/// each block's distinct values in order of first appearance go to `palette` from `*count`
+/// on, its size − 1 to `sizes`, and every word's index in it to `index`. A word's first
+/// occurrence comes from comparing the block with each of its words broadcast, latest first,
+/// so no table and no chain of dependent loads is involved. `palette` needs 32 writable
+/// entries past the last block's start.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VBMI2.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi2")]
+pub unsafe fn palette_build_blocks(
+    words: &[u16],
+    palette: &mut [u16],
+    sizes: &mut Vec<u16>,
+    index: &mut [u16],
+    count: &mut usize,
+) {
+    let blocks = words.len() / 32;
+    debug_assert!(index.len() >= blocks * 32 && palette.len() >= *count + 32 * blocks);
+    let mut iota = [0u16; 32];
+    for (j, v) in iota.iter_mut().enumerate() {
+        *v = j as u16;
+    }
+    let iota = _mm512_loadu_si512(iota.as_ptr() as *const _);
+    let mut c = *count;
+    for b in 0..blocks {
+        let p = words.as_ptr().add(b * 32);
+        let v = _mm512_loadu_si512(p as *const _);
+        let mut first = iota;
+        // Latest first, so the earliest equal position is the one left standing.
+        for j in (0..32).rev() {
+            let eq = _mm512_cmpeq_epi16_mask(v, _mm512_set1_epi16(*p.add(j) as i16));
+            first = _mm512_mask_mov_epi16(first, eq, _mm512_set1_epi16(j as i16));
+        }
+        let fresh = _mm512_cmpeq_epi16_mask(first, iota);
+        let k = fresh.count_ones() as usize;
+        _mm512_storeu_si512(
+            palette.as_mut_ptr().add(c) as *mut _,
+            _mm512_maskz_compress_epi16(fresh, v),
+        );
+        // rank[j] = how many fresh positions come before j (for fresh j), so a word's index
+        // is the rank of its first occurrence.
+        let rank = _mm512_maskz_expand_epi16(fresh, iota);
+        _mm512_storeu_si512(
+            index.as_mut_ptr().add(b * 32) as *mut _,
+            _mm512_permutexvar_epi16(first, rank),
+        );
+        sizes.push(k as u16 - 1);
+        c += k;
+    }
+    *count = c;
+}
