@@ -84,7 +84,10 @@ fn build<R>(words: &[u16], then: impl FnOnce(&[u16], &[u16], &[u16]) -> R) -> R 
                 )
             };
         }
-        for (block, idx) in words[done..].chunks(BLOCK).zip(index[done..].chunks_mut(BLOCK)) {
+        for (block, idx) in words[done..]
+            .chunks(BLOCK)
+            .zip(index[done..].chunks_mut(BLOCK))
+        {
             sc.stamp += 1;
             let stamp = sc.stamp;
             let tag = stamp << BLOCK_LOG2;
@@ -403,9 +406,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn vector_and_table_builders_agree() {
-        let built = |words: &[u16]| {
-            build(words, |p, s, i| (p.to_vec(), s.to_vec(), i.to_vec()))
-        };
+        let built = |words: &[u16]| build(words, |p, s, i| (p.to_vec(), s.to_vec(), i.to_vec()));
         let mut x = 7u64;
         let mut next = move || {
             x = x

@@ -184,8 +184,8 @@ pub unsafe fn combine16(
     i
 }
 
-/// One encoder step for 16 lanes whose symbols (as u32 lanes indexing the table) are `$s`:
-/// renormalise (emitting words), then encode. `$fc[s] = freq << 16 | cum`.
+/// One encoder step for 16 lanes whose symbols' table entries (`freq << 16 | cum`) are `$e`:
+/// renormalise (emitting words), then encode.
 ///
 /// The quotient `x / freq` comes from single precision and is then corrected: after
 /// renormalisation `x < freq << 20`, so the quotient is below 2^20, and the estimate (relative
@@ -193,8 +193,8 @@ pub unsafe fn combine16(
 /// one, so its truncation is the exact quotient or one off either way — one fix-up each way
 /// makes it exact, with the remainder as a by-product.
 macro_rules! encode_step {
-    ($x:ident, $s:expr, $fc:expr, $wp:expr, $a:ident) => {{
-        let e = _mm512_i32gather_epi32::<4>($s, $fc);
+    ($x:ident, $e:expr, $wp:expr, $a:ident) => {{
+        let e = $e;
         let f = _mm512_srli_epi32::<16>(e);
         let cum = _mm512_and_si512(e, _mm512_set1_epi32(0xffff));
         let x_max = _mm512_slli_epi32::<20>(f);
@@ -225,7 +225,9 @@ macro_rules! encode_step {
 /// mapped by `key` (see `rans::WordKey`), whose length is a multiple of 32. Emitted words
 /// are written downwards ending at `*at`; lanes that emit in one step store their words in
 /// lane order, which is the order the decoder reads. `freq_cum` (as in `encode_step`) is
-/// indexed by the key's value, so no symbol-index lookup is needed.
+/// indexed by the key's value, so no symbol-index lookup is needed. A table of up to 32
+/// entries (palette indices, block sizes) is held in two registers and looked up by a permute
+/// instead of a gather, which the step would otherwise wait on.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, BW and VL; `words` must have room for one word per symbol
@@ -259,10 +261,33 @@ pub unsafe fn rans_encode_word_groups(
     let fc = freq_cum.as_ptr() as *const i32;
     let mut a = *at;
     let wp = words.as_mut_ptr();
-    for g in (0..syms.len() / LANES).rev() {
-        let base = syms.as_ptr().add(g * LANES);
-        encode_step!(x1, load(base.add(16)), fc, wp, a);
-        encode_step!(x0, load(base), fc, wp, a);
+    let groups = syms.len() / LANES;
+    if freq_cum.len() <= 32 {
+        let mut small = [0u32; 32];
+        small[..freq_cum.len()].copy_from_slice(freq_cum);
+        let t0 = _mm512_loadu_si512(small.as_ptr() as *const _);
+        let t1 = _mm512_loadu_si512(small.as_ptr().add(16) as *const _);
+        for g in (0..groups).rev() {
+            let base = syms.as_ptr().add(g * LANES);
+            encode_step!(
+                x1,
+                _mm512_permutex2var_epi32(t0, load(base.add(16)), t1),
+                wp,
+                a
+            );
+            encode_step!(x0, _mm512_permutex2var_epi32(t0, load(base), t1), wp, a);
+        }
+    } else {
+        for g in (0..groups).rev() {
+            let base = syms.as_ptr().add(g * LANES);
+            encode_step!(
+                x1,
+                _mm512_i32gather_epi32::<4>(load(base.add(16)), fc),
+                wp,
+                a
+            );
+            encode_step!(x0, _mm512_i32gather_epi32::<4>(load(base), fc), wp, a);
+        }
     }
     _mm512_storeu_si512(state.as_mut_ptr() as *mut _, x0);
     _mm512_storeu_si512(state.as_mut_ptr().add(16) as *mut _, x1);
