@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// Writes smaller than this are gathered; larger ones (most coded chunks) go straight to the
+/// file instead of being copied into the buffer first.
+const BUFFER: usize = 256 << 10;
+
 /// A file being written; becomes visible under its final name only on `commit`.
 pub struct AtomicFile {
     final_path: PathBuf,
@@ -43,7 +47,7 @@ impl AtomicFile {
         Ok(AtomicFile {
             final_path: path.to_path_buf(),
             tmp_path,
-            out: Some(BufWriter::with_capacity(1 << 20, file)),
+            out: Some(BufWriter::with_capacity(BUFFER, file)),
             keep_partial: false,
         })
     }
@@ -76,7 +80,7 @@ impl AtomicFile {
         Ok(AtomicFile {
             final_path: path.to_path_buf(),
             tmp_path: partial.to_path_buf(),
-            out: Some(BufWriter::with_capacity(1 << 20, file)),
+            out: Some(BufWriter::with_capacity(BUFFER, file)),
             keep_partial: true,
         })
     }

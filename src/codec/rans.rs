@@ -181,6 +181,17 @@ impl Symbols<'_> {
 
 /// Encodes symbol indices (each `< table.freqs.len()`) and appends the coded stream to `out`.
 pub fn encode(symbols: Symbols<'_>, table: &FreqTable, out: &mut Vec<u8>) {
+    encode_after(symbols, table, out, |_, _| {});
+}
+
+/// `encode`, with `prefix(coded_len, out)` called before the coded stream is appended (a
+/// length field ahead of the stream costs no second copy of it).
+pub fn encode_after(
+    symbols: Symbols<'_>,
+    table: &FreqTable,
+    out: &mut Vec<u8>,
+    prefix: impl FnOnce(usize, &mut Vec<u8>),
+) {
     thread_local! {
         // Renormalisation words, reused: a fresh megabyte per chunk costs page faults and zeroing.
         static WORDS: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -229,6 +240,7 @@ pub fn encode(symbols: Symbols<'_>, table: &FreqTable, out: &mut Vec<u8>) {
             }
         }
         let words = &words[at..];
+        prefix(HEADER_BYTES + words.len() * 2, out);
         out.reserve(HEADER_BYTES + words.len() * 2);
         for s in state {
             out.extend_from_slice(&s.to_le_bytes());

@@ -231,13 +231,8 @@ fn write_symbols_from(plan: &SymPlan, syms: rans::Symbols<'_>, out: &mut Vec<u8>
         SymKind::Rans(table, alphabet) => {
             out.push(KIND_RANS);
             write_table(out, alphabet, table);
-            // The coded length goes first: code in place, then slide the stream over by the
-            // length's few bytes.
-            let start = out.len();
-            rans::encode(syms, table, out);
-            let mut len = Vec::with_capacity(10);
-            put_varint(&mut len, (out.len() - start) as u64);
-            out.splice(start..start, len);
+            // The coded length goes first.
+            rans::encode_after(syms, table, out, |len, out| put_varint(out, len as u64));
         }
     }
 }
