@@ -318,7 +318,7 @@ fn info_reports_the_container() {
     assert_eq!(i["source_size"].as_u64(), Some(len(&src)));
     assert_eq!(i["source_file"], "smollm-bf16.safetensors");
     assert_eq!(i["mode"], "balanced");
-    assert_eq!(i["container_version"], "1.1");
+    assert_eq!(i["container_version"], "1.2");
     assert_eq!(i["duplicates"], 0);
     assert_eq!(i["layer_count"], 2);
     let ratio = i["ratio_pct"].as_f64().expect("ratio");

@@ -12,6 +12,7 @@ pub mod palette;
 pub mod rans;
 #[cfg(target_arch = "x86_64")]
 pub mod simd;
+pub mod sparse;
 pub mod split;
 pub mod stream;
 
@@ -103,6 +104,7 @@ pub mod tag {
     pub const PALETTE16: u8 = 7;
     pub const SYM16: u8 = 8;
     pub const PALETTE16_NIBBLES: u8 = 9;
+    pub const SPARSE16: u8 = 10;
 
     pub fn name(t: u8) -> &'static str {
         match t {
@@ -116,6 +118,7 @@ pub mod tag {
             PALETTE16 => "palette16",
             SYM16 => "sym16_rans",
             PALETTE16_NIBBLES => "palette16_nibbles",
+            SPARSE16 => "sparse16_rans",
             _ => "unknown",
         }
     }
@@ -153,9 +156,38 @@ fn zstd_or_raw(data: &[u8], effort: Effort, level: Option<i32>, mut best: Vec<u8
     best
 }
 
-/// Codes a chunk of mostly-zero data (a difference against a base tensor): whole 16-bit
-/// values as one rANS symbol stream when they have at most 256 distinct values (the
-/// zeroth-order entropy of the stream), byte planes, zstd (long zero runs), or raw — the
+/// How a chunk of 16-bit differences is coded as whole values: one symbol stream over every
+/// element, or the changed elements and the gaps between them.
+enum Whole<'a> {
+    Sym(std::borrow::Cow<'a, [u16]>, stream::SymPlan),
+    Sparse(sparse::Changes, sparse::SparsePlan),
+}
+
+impl Whole<'_> {
+    /// Planned size of the blob without its tag.
+    fn bytes(&self) -> usize {
+        match self {
+            Whole::Sym(_, plan) => plan.bytes,
+            Whole::Sparse(_, plan) => plan.bytes - 1,
+        }
+    }
+
+    fn write(&self) -> Vec<u8> {
+        match self {
+            Whole::Sym(values, plan) => {
+                let mut out = vec![tag::SYM16];
+                stream::write_symbols(plan, values, &mut out);
+                out
+            }
+            Whole::Sparse(changes, plan) => changes.write(plan),
+        }
+    }
+}
+
+/// Codes a chunk of mostly-zero data (a difference against a base tensor): 16-bit values
+/// as one rANS symbol stream when they have at most 256 distinct values (the zeroth-order
+/// entropy of the stream) or, with few changes, as the changes and their gaps (about the
+/// same size, coded in time per change); byte planes; zstd (long zero runs); or raw — the
 /// smallest measured.
 pub fn encode_sparse_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u8> {
     let w = kind.width();
@@ -166,33 +198,47 @@ pub fn encode_sparse_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u
     // histogram) bound the planes from above only where a plane can also go to zstd; so the
     // planes are skipped when the whole values win outright (no zstd) or by a tenth, and
     // otherwise coded and measured as well (always in storage mode).
-    let sym16 = (w == 2).then(|| {
+    let whole = (w == 2).then(|| {
         let values = split::as_words(data);
-        let h = stream::Histogram::of_words(&values);
+        // Up to a quarter of changes, gathering them also gives the histogram.
+        let changes = sparse::Changes::of(&values, values.len() / 4);
+        let h = match &changes {
+            Some(c) => c.dense_histogram(),
+            None => stream::Histogram::of_words(&values),
+        };
         let planes: usize = h
             .byte_planes()
             .iter()
             .map(|p| stream::plan_symbols(p).map_or(values.len() + 6, |plan| plan.bytes))
             .sum();
-        (values, stream::plan_symbols(&h), planes + 1)
+        let sym = stream::plan_symbols(&h).map(|plan| Whole::Sym(values, plan));
+        let sparse = changes.and_then(|c| c.plan(effort).map(|plan| Whole::Sparse(c, plan)));
+        // The changes are coded and decoded in time per change, the whole stream in time per
+        // element: outside storage mode they are kept when at most a 25th larger (their two
+        // symbol tables cost a few hundred bytes more per chunk).
+        let slack = |a: usize| if effort == Effort::Storage { 0 } else { a / 25 };
+        let best = match (sym, sparse) {
+            (Some(a), Some(b)) => Some(if b.bytes() <= a.bytes() + slack(a.bytes()) {
+                b
+            } else {
+                a
+            }),
+            (a, b) => a.or(b),
+        };
+        (best, planes + 1)
     });
-    let write_sym16 = |values: &[u16], plan: &stream::SymPlan| {
-        let mut out = vec![tag::SYM16];
-        stream::write_symbols(plan, values, &mut out);
-        out
-    };
-    let best = match sym16 {
-        Some((values, Some(plan), planes))
+    let best = match whole {
+        Some((Some(whole), planes))
             if !effort.zstd_always()
-                && (plan.bytes * 10 < planes * 9
-                    || (effort.zstd_level().is_none() && plan.bytes < planes)) =>
+                && (whole.bytes() * 10 < planes * 9
+                    || (effort.zstd_level().is_none() && whole.bytes() < planes)) =>
         {
-            write_sym16(&values, &plan)
+            whole.write()
         }
-        Some((values, Some(plan), _)) => {
+        Some((Some(whole), _)) => {
             let planes = encode_planes(data, w, effort);
-            if plan.bytes + 1 < planes.len() {
-                write_sym16(&values, &plan)
+            if whole.bytes() + 1 < planes.len() {
+                whole.write()
             } else {
                 planes
             }
@@ -321,6 +367,12 @@ pub fn decode_chunk(kind: ElemKind, blob: &[u8], out: &mut [u8]) -> Result<(), C
                 return Err(CodecError::Corrupt("palette codec on a non-16-bit tensor"));
             }
             palette::decode_nibbles(&mut r, out.len() / 2, out)?;
+        }
+        tag::SPARSE16 => {
+            if w != 2 {
+                return Err(CodecError::Corrupt("sparse codec on a non-16-bit tensor"));
+            }
+            sparse::decode(&mut r, out)?;
         }
         tag::SPLIT32 => {
             if kind != ElemKind::F32 {

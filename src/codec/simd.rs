@@ -397,3 +397,50 @@ pub unsafe fn palette_build_blocks(
     }
     *count = c;
 }
+
+/// The positions and values of the nonzero words of whole 32-word runs, appended to `at` and
+/// `values` by compressing each run's nonzero lanes (no branch per word). Stops with `false`
+/// as soon as more than `limit` are found; both vectors need room for `limit + 64` entries.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VBMI2; `words.len()` must be a multiple of 32 and
+/// below 2^32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi2")]
+pub unsafe fn nonzero_runs(
+    words: &[u16],
+    at: &mut Vec<u32>,
+    values: &mut Vec<u16>,
+    limit: usize,
+) -> bool {
+    debug_assert!(at.capacity() >= limit + 64 && values.capacity() >= limit + 64);
+    let mut k = at.len();
+    let (ap, vp) = (at.as_mut_ptr(), values.as_mut_ptr());
+    let lo = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let hi = _mm512_add_epi32(lo, _mm512_set1_epi32(16));
+    for r in 0..words.len() / 32 {
+        let v = _mm512_loadu_si512(words.as_ptr().add(32 * r) as *const _);
+        let m = _mm512_test_epi16_mask(v, v);
+        if m == 0 {
+            continue;
+        }
+        let first = _mm512_set1_epi32((32 * r) as i32);
+        let (m0, m1) = (m as u16, (m >> 16) as u16);
+        let c0 = m0.count_ones() as usize;
+        _mm512_storeu_si512(
+            ap.add(k) as *mut _,
+            _mm512_maskz_compress_epi32(m0, _mm512_add_epi32(lo, first)),
+        );
+        _mm512_storeu_si512(
+            ap.add(k + c0) as *mut _,
+            _mm512_maskz_compress_epi32(m1, _mm512_add_epi32(hi, first)),
+        );
+        _mm512_storeu_si512(vp.add(k) as *mut _, _mm512_maskz_compress_epi16(m, v));
+        k += m.count_ones() as usize;
+        if k > limit {
+            return false;
+        }
+    }
+    at.set_len(k);
+    values.set_len(k);
+    true
+}
