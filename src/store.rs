@@ -345,415 +345,474 @@ pub fn compress_file_against(
     let dup = find_duplicates(&src);
     let kinds: Vec<ElemKind> = src.tensors.iter().map(|t| elem_kind(t.dtype)).collect();
 
-    if let Some(b) = base {
-        b.md5_all();
-    }
-    // Match tensors with the base by name, dtype and shape.
-    let matched: Vec<Option<Matched>> = match base {
-        None => src.tensors.iter().map(|_| None).collect(),
-        Some(b) => src
-            .tensors
-            .par_iter()
-            .map(|t| -> Result<Option<Matched>> {
-                let Some(bt) = b.find(&t.name) else {
-                    return Ok(None);
-                };
-                let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
-                if bt.dtype != dtype_name(t.dtype) || bt.shape != shape {
-                    return Ok(None);
-                }
-                let bytes = b.range(&t.name, 0, bt.len)?;
-                let m = Matched {
-                    hash: fast_hash(&bytes),
-                    md5: b.md5(&t.name)?,
-                    same: *bytes == *src.tensor_bytes(t),
-                };
-                drop(bytes);
-                b.release(&t.name, 0, bt.len);
-                let start = src.data_offset() + t.start;
-                src.release(start, start + t.len());
-                Ok(Some(m))
-            })
-            .collect::<Result<_>>()?,
-    };
-    let mut stats = base.map(|b| DeltaStats {
-        base: b.path().display().to_string(),
-        ..Default::default()
-    });
-    if let (Some(b), Some(st)) = (base, stats.as_mut()) {
-        st.base_fingerprint = crate::delta::fingerprint(b)?;
-        for (t, m) in src.tensors.iter().zip(&matched) {
-            match m {
-                Some(m) => {
-                    st.matched_tensors += 1;
-                    st.matched_bytes += t.len() as u64;
-                    st.unchanged_tensors += usize::from(m.same);
-                }
-                None => st.added_tensors.push(t.name.clone()),
+    // A base's receipts are only needed for the index (and the resume key): they are hashed
+    // on a thread of their own beside the coding, except where a checkpoint needs them first.
+    std::thread::scope(|scope| {
+        let hashing = match base {
+            Some(b) if !opts.resume => Some(scope.spawn(move || b.md5_all())),
+            Some(b) => {
+                b.md5_all();
+                None
             }
-        }
-        // Removed = in the base but nowhere in the model (a shard of a directory only holds
-        // part of it, so the caller passes the whole model's names).
-        let own: std::collections::HashSet<String> =
-            src.tensors.iter().map(|t| t.name.clone()).collect();
-        let names = model_names.unwrap_or(&own);
-        st.removed_tensors = b
-            .tensors()
-            .iter()
-            .filter(|t| !names.contains(&t.name))
-            .map(|t| t.name.clone())
-            .collect();
-    }
-
-    // Grouped streams are decided (coded both ways, measured) before the main pass; their
-    // members are not coded again there.
-    let groups = if opts.group_streams {
-        crate::layout::groups::plan(&src, &kinds, &dup, |i| matched[i].is_none(), opts.effort)
-    } else {
-        crate::layout::groups::Groups::default()
-    };
-    let mut jobs = Vec::new();
-    for (i, t) in src.tensors.iter().enumerate() {
-        if dup[i].is_some()
-            || matched[i].as_ref().is_some_and(|m| m.same)
-            || groups.member_md5(i).is_some()
-        {
-            continue;
-        }
-        let step = chunk_len(kinds[i]);
-        let mut s = 0;
-        while s < t.len() {
-            let e = (s + step).min(t.len());
-            jobs.push(ChunkJob {
-                tensor: i,
-                start: s,
-                end: e,
-            });
-            s = e;
-        }
-    }
-
-    let total: u64 = src.tensors.iter().map(|t| t.len() as u64).sum();
-    progress.start(total, "compress");
-    let window_limit = window_bytes();
-    let pdir = progress_dir(dst);
-    let key = ResumeKey {
-        bigsmall: env!("CARGO_PKG_VERSION").into(),
-        source_size: src.file_size,
-        source_modified_ns: std::fs::metadata(src_path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-        source_header_hash: fast_hash(&src.header),
-        effort: opts.effort,
-        base_fingerprint: stats
-            .as_ref()
-            .map(|s| s.base_fingerprint.clone())
-            .unwrap_or_default(),
-        window_bytes: window_limit,
-        group_streams: opts.group_streams,
-    };
-    let checkpoint: Option<Checkpoint> = if opts.resume {
-        std::fs::create_dir_all(&pdir).map_err(|e| Error::io(&pdir, e))?;
-        match std::fs::read(pdir.join("state.json")) {
-            Ok(bytes) => {
-                let cp: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| {
-                    Error::invalid(
-                        &pdir,
-                        format!("checkpoint is unreadable ({e}); delete it to start again"),
-                    )
-                })?;
-                if cp.key != key || cp.chunks.len() != src.tensors.len() {
-                    return Err(Error::invalid(
-                        &pdir,
-                        "was made for a different input, bigsmall version or flags; delete it to start again",
-                    ));
-                }
-                Some(cp)
+            None => None,
+        };
+        // Match tensors with the base by name, dtype and shape.
+        let matched: Vec<Option<Matched>> = match base {
+            None => src.tensors.iter().map(|_| None).collect(),
+            Some(b) => src
+                .tensors
+                .par_iter()
+                .map(|t| -> Result<Option<Matched>> {
+                    let Some(bt) = b.find(&t.name) else {
+                        return Ok(None);
+                    };
+                    let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+                    if bt.dtype != dtype_name(t.dtype) || bt.shape != shape {
+                        return Ok(None);
+                    }
+                    let bytes = b.range(&t.name, 0, bt.len)?;
+                    // With the base hashing on its thread, only a change is looked for here
+                    // (the comparison stops at the first, so a changed tensor costs a page or
+                    // two); its hash and receipt come from that thread.
+                    let m = Matched {
+                        hash: if hashing.is_some() {
+                            0
+                        } else {
+                            fast_hash(&bytes)
+                        },
+                        // Filled in once the hashing thread is done.
+                        md5: if hashing.is_some() {
+                            String::new()
+                        } else {
+                            b.md5(&t.name)?
+                        },
+                        same: *bytes == *src.tensor_bytes(t),
+                    };
+                    drop(bytes);
+                    b.release(&t.name, 0, bt.len);
+                    let start = src.data_offset() + t.start;
+                    src.release(start, start + t.len());
+                    Ok(Some(m))
+                })
+                .collect::<Result<_>>()?,
+        };
+        let mut stats = base.map(|b| DeltaStats {
+            base: b.path().display().to_string(),
+            ..Default::default()
+        });
+        if let (Some(b), Some(st)) = (base, stats.as_mut()) {
+            if hashing.is_none() {
+                st.base_fingerprint = crate::delta::fingerprint(b)?;
             }
-            Err(_) => None,
-        }
-    } else {
-        None
-    };
-    let mut writer = if opts.resume {
-        ContainerWriter::resumable(
-            dst,
-            &pdir.join("partial.bs"),
-            checkpoint.as_ref().map(|c| c.data_end),
-        )?
-    } else {
-        ContainerWriter::create(dst)?
-    };
-    let windows_done = checkpoint.as_ref().map_or(0, |c| c.windows_done);
-    let mut chunks: Vec<Vec<ChunkEntry>> = match &checkpoint {
-        Some(c) => c.chunks.clone(),
-        None => vec![Vec::new(); src.tensors.len()],
-    };
-    if let (Some(c), Some(st)) = (&checkpoint, stats.as_mut()) {
-        st.changed_bytes = c.changed_bytes;
-        st.delta_chunks = c.delta_chunks;
-        st.standalone_chunks = c.standalone_chunks;
-    }
-    let mut hashers: Vec<Option<Md5>> = src.tensors.iter().map(|_| Some(Md5::new())).collect();
-    if checkpoint.is_none() {
-        // A resumed run has the group blobs (and their entries) from the checkpoint.
-        for (member, entry) in groups.write(&mut writer)? {
-            chunks[member].push(entry);
-        }
-    }
-    progress.advance(groups.raw_bytes());
-
-    let mut next = 0;
-    let mut window_no = 0usize;
-    let mut pending: Option<(std::ops::Range<usize>, Vec<Result<Coded>>, usize)> = None;
-    while next < jobs.len() {
-        let mut end = next;
-        let mut bytes = 0;
-        while end < jobs.len() && (bytes < window_limit || end == next) {
-            bytes += jobs[end].end - jobs[end].start;
-            end += 1;
-        }
-        let window = &jobs[next..end];
-        if window_no < windows_done {
-            // Already coded and written before the interruption: only the md5 receipts need
-            // these bytes again.
-            let mut segs: Vec<(usize, usize, usize)> = Vec::new();
-            for j in window {
-                match segs.last_mut() {
-                    Some(s) if s.0 == j.tensor => s.2 = j.end,
-                    _ => segs.push((j.tensor, j.start, j.end)),
+            for (t, m) in src.tensors.iter().zip(&matched) {
+                match m {
+                    Some(m) => {
+                        st.matched_tensors += 1;
+                        st.matched_bytes += t.len() as u64;
+                        st.unchanged_tensors += usize::from(m.same);
+                    }
+                    None => st.added_tensors.push(t.name.clone()),
                 }
             }
-            let mut hs: Vec<(usize, Md5)> = segs
+            // Removed = in the base but nowhere in the model (a shard of a directory only holds
+            // part of it, so the caller passes the whole model's names).
+            let own: std::collections::HashSet<String> =
+                src.tensors.iter().map(|t| t.name.clone()).collect();
+            let names = model_names.unwrap_or(&own);
+            st.removed_tensors = b
+                .tensors()
                 .iter()
-                .map(|s| (s.0, hashers[s.0].take().expect("hashed in order")))
+                .filter(|t| !names.contains(&t.name))
+                .map(|t| t.name.clone())
                 .collect();
-            let mut jobs: Vec<(&mut Md5, &[u8])> = hs
-                .iter_mut()
-                .zip(&segs)
-                .map(|((_, h), s)| (h, &src.tensor_bytes(&src.tensors[s.0])[s.1..s.2]))
-                .collect();
-            md5x::update_many(&mut jobs);
-            for (t, h) in hs {
-                hashers[t] = Some(h);
+        }
+
+        // Grouped streams are decided (coded both ways, measured) before the main pass; their
+        // members are not coded again there.
+        let groups = if opts.group_streams {
+            crate::layout::groups::plan(&src, &kinds, &dup, |i| matched[i].is_none(), opts.effort)
+        } else {
+            crate::layout::groups::Groups::default()
+        };
+        let mut jobs = Vec::new();
+        for (i, t) in src.tensors.iter().enumerate() {
+            if dup[i].is_some()
+                || matched[i].as_ref().is_some_and(|m| m.same)
+                || groups.member_md5(i).is_some()
+            {
+                continue;
+            }
+            let step = chunk_len(kinds[i]);
+            let mut s = 0;
+            while s < t.len() {
+                let e = (s + step).min(t.len());
+                jobs.push(ChunkJob {
+                    tensor: i,
+                    start: s,
+                    end: e,
+                });
+                s = e;
+            }
+        }
+
+        let total: u64 = src.tensors.iter().map(|t| t.len() as u64).sum();
+        progress.start(total, "compress");
+        let window_limit = window_bytes();
+        let pdir = progress_dir(dst);
+        let key = ResumeKey {
+            bigsmall: env!("CARGO_PKG_VERSION").into(),
+            source_size: src.file_size,
+            source_modified_ns: std::fs::metadata(src_path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+            source_header_hash: fast_hash(&src.header),
+            effort: opts.effort,
+            base_fingerprint: stats
+                .as_ref()
+                .map(|s| s.base_fingerprint.clone())
+                .unwrap_or_default(),
+            window_bytes: window_limit,
+            group_streams: opts.group_streams,
+        };
+        let checkpoint: Option<Checkpoint> = if opts.resume {
+            std::fs::create_dir_all(&pdir).map_err(|e| Error::io(&pdir, e))?;
+            match std::fs::read(pdir.join("state.json")) {
+                Ok(bytes) => {
+                    let cp: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| {
+                        Error::invalid(
+                            &pdir,
+                            format!("checkpoint is unreadable ({e}); delete it to start again"),
+                        )
+                    })?;
+                    if cp.key != key || cp.chunks.len() != src.tensors.len() {
+                        return Err(Error::invalid(
+                            &pdir,
+                            "was made for a different input, bigsmall version or flags; delete it to start again",
+                        ));
+                    }
+                    Some(cp)
+                }
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        let mut writer = if opts.resume {
+            ContainerWriter::resumable(
+                dst,
+                &pdir.join("partial.bs"),
+                checkpoint.as_ref().map(|c| c.data_end),
+            )?
+        } else {
+            ContainerWriter::create(dst)?
+        };
+        let windows_done = checkpoint.as_ref().map_or(0, |c| c.windows_done);
+        let mut chunks: Vec<Vec<ChunkEntry>> = match &checkpoint {
+            Some(c) => c.chunks.clone(),
+            None => vec![Vec::new(); src.tensors.len()],
+        };
+        if let (Some(c), Some(st)) = (&checkpoint, stats.as_mut()) {
+            st.changed_bytes = c.changed_bytes;
+            st.delta_chunks = c.delta_chunks;
+            st.standalone_chunks = c.standalone_chunks;
+        }
+        let mut hashers: Vec<Option<Md5>> = src.tensors.iter().map(|_| Some(Md5::new())).collect();
+        if checkpoint.is_none() {
+            // A resumed run has the group blobs (and their entries) from the checkpoint.
+            for (member, entry) in groups.write(&mut writer)? {
+                chunks[member].push(entry);
+            }
+        }
+        progress.advance(groups.raw_bytes());
+
+        let mut next = 0;
+        let mut window_no = 0usize;
+        let mut pending: Option<(std::ops::Range<usize>, Vec<Result<Coded>>, usize)> = None;
+        while next < jobs.len() {
+            let mut end = next;
+            let mut bytes = 0;
+            while end < jobs.len() && (bytes < window_limit || end == next) {
+                bytes += jobs[end].end - jobs[end].start;
+                end += 1;
+            }
+            let window = &jobs[next..end];
+            if window_no < windows_done {
+                // Already coded and written before the interruption: only the md5 receipts need
+                // these bytes again.
+                let mut segs: Vec<(usize, usize, usize)> = Vec::new();
+                for j in window {
+                    match segs.last_mut() {
+                        Some(s) if s.0 == j.tensor => s.2 = j.end,
+                        _ => segs.push((j.tensor, j.start, j.end)),
+                    }
+                }
+                let mut hs: Vec<(usize, Md5)> = segs
+                    .iter()
+                    .map(|s| (s.0, hashers[s.0].take().expect("hashed in order")))
+                    .collect();
+                let mut jobs: Vec<(&mut Md5, &[u8])> = hs
+                    .iter_mut()
+                    .zip(&segs)
+                    .map(|((_, h), s)| (h, &src.tensor_bytes(&src.tensors[s.0])[s.1..s.2]))
+                    .collect();
+                md5x::update_many(&mut jobs);
+                for (t, h) in hs {
+                    hashers[t] = Some(h);
+                }
+                progress.advance(bytes as u64);
+                next = end;
+                window_no += 1;
+                continue;
+            }
+            // md5 receipts run beside the chunk coding, one task for the whole window: the
+            // tensors' segments hash side by side in SIMD lanes (md5x).
+            let mut segments = segments_of(window, &mut hashers);
+            let mut coded: Vec<Result<Coded>> = Vec::new();
+            let mut written: Result<()> = Ok(());
+            rayon::scope(|s| {
+                if let Some((range, blobs, no)) = pending.take() {
+                    let (writer, chunks, stats, matched) =
+                        (&mut writer, &mut chunks, &mut stats, &matched);
+                    let (jobs, written) = (&jobs, &mut written);
+                    s.spawn(move |_| {
+                        *written =
+                            write_window(writer, &jobs[range], blobs, no, chunks, stats, matched);
+                    });
+                }
+                let segments = &mut segments;
+                s.spawn(|_| hash_segments(&src, segments));
+                window
+                    .par_iter()
+                    .map(|j| {
+                        let t = &src.tensors[j.tensor];
+                        let raw = &src.tensor_bytes(t)[j.start..j.end];
+                        let kind = kinds[j.tensor];
+                        let hash = fast_hash(raw);
+                        let (Some(b), Some(_)) = (base, &matched[j.tensor]) else {
+                            return Ok(Coded {
+                                blob: encode_chunk(kind, raw, opts.effort),
+                                hash,
+                                delta: false,
+                                changed: 0,
+                            });
+                        };
+                        let base_bytes = b.range(&t.name, j.start as u64, j.end as u64)?;
+                        let w = kind.width();
+                        let mut diff = Vec::new();
+                        let changed =
+                            crate::delta::subtract(raw, &base_bytes, w, &mut diff) * w as u64;
+                        drop(base_bytes);
+                        b.release(&t.name, j.start as u64, j.end as u64);
+                        let d = crate::codec::encode_sparse_chunk(kind, &diff, opts.effort);
+                        // Standalone coding is measured too, except where the difference is already
+                        // under an eighth of the raw size: no standalone codec gets there on
+                        // non-constant floats (the densest, a palette, needs >= ~2 bits/element).
+                        let floats = matches!(kind, ElemKind::Bf16 | ElemKind::F16 | ElemKind::F32);
+                        let constant = || raw.chunks_exact(w).all(|e| e == &raw[..w]);
+                        let skip_alone = floats && d.len() * 8 < raw.len() && !constant();
+                        let alone = (!skip_alone).then(|| encode_chunk(kind, raw, opts.effort));
+                        Ok(match alone {
+                            Some(a) if a.len() <= d.len() => Coded {
+                                blob: a,
+                                hash,
+                                delta: false,
+                                changed,
+                            },
+                            _ => Coded {
+                                blob: d,
+                                hash,
+                                delta: true,
+                                changed,
+                            },
+                        })
+                    })
+                    .collect_into_vec(&mut coded);
+            });
+            written?;
+            release_segments(&src, segments, &mut hashers);
+            // Without checkpoints, a window's blobs are written while the next one is coded (see
+            // the scope above); a resumable run writes and checkpoints each window before the next.
+            if opts.resume {
+                write_window(
+                    &mut writer,
+                    window,
+                    coded,
+                    window_no,
+                    &mut chunks,
+                    &mut stats,
+                    &matched,
+                )?;
+            } else {
+                pending = Some((next..end, coded, window_no));
             }
             progress.advance(bytes as u64);
             next = end;
             window_no += 1;
-            continue;
-        }
-        // md5 receipts run beside the chunk coding, one task for the whole window: the
-        // tensors' segments hash side by side in SIMD lanes (md5x).
-        let mut segments: Vec<(usize, usize, usize, Md5)> = Vec::new();
-        for j in window {
-            match segments.last_mut() {
-                Some(seg) if seg.0 == j.tensor => seg.2 = j.end,
-                _ => {
-                    let h = hashers[j.tensor]
-                        .take()
-                        .expect("each tensor hashed in order");
-                    segments.push((j.tensor, j.start, j.end, h));
-                }
+            if opts.resume {
+                writer.flush()?;
+                let st = stats.clone().unwrap_or_default();
+                save_checkpoint(
+                    &pdir,
+                    &Checkpoint {
+                        key: key.clone(),
+                        windows_done: window_no,
+                        data_end: writer.position(),
+                        chunks: chunks.clone(),
+                        changed_bytes: st.changed_bytes,
+                        delta_chunks: st.delta_chunks,
+                        standalone_chunks: st.standalone_chunks,
+                    },
+                )?;
+                abort_if("window", window_no);
             }
         }
-        let mut coded: Vec<Result<Coded>> = Vec::new();
-        let mut written: Result<()> = Ok(());
-        rayon::scope(|s| {
-            if let Some((range, blobs, no)) = pending.take() {
-                let (writer, chunks, stats, matched) =
-                    (&mut writer, &mut chunks, &mut stats, &matched);
-                let (jobs, written) = (&jobs, &mut written);
-                s.spawn(move |_| {
-                    *written =
-                        write_window(writer, &jobs[range], blobs, no, chunks, stats, matched);
-                });
-            }
-            let mut jobs: Vec<(&mut Md5, &[u8])> = segments
-                .iter_mut()
-                .map(|seg| {
-                    (
-                        &mut seg.3,
-                        &src.tensor_bytes(&src.tensors[seg.0])[seg.1..seg.2],
-                    )
-                })
-                .collect();
-            s.spawn(move |_| md5x::update_many(&mut jobs));
-            window
-                .par_iter()
-                .map(|j| {
-                    let t = &src.tensors[j.tensor];
-                    let raw = &src.tensor_bytes(t)[j.start..j.end];
-                    let kind = kinds[j.tensor];
-                    let hash = fast_hash(raw);
-                    let (Some(b), Some(_)) = (base, &matched[j.tensor]) else {
-                        return Ok(Coded {
-                            blob: encode_chunk(kind, raw, opts.effort),
-                            hash,
-                            delta: false,
-                            changed: 0,
-                        });
-                    };
-                    let base_bytes = b.range(&t.name, j.start as u64, j.end as u64)?;
-                    let w = kind.width();
-                    let mut diff = Vec::new();
-                    let changed = crate::delta::subtract(raw, &base_bytes, w, &mut diff) * w as u64;
-                    drop(base_bytes);
-                    b.release(&t.name, j.start as u64, j.end as u64);
-                    let d = crate::codec::encode_sparse_chunk(kind, &diff, opts.effort);
-                    // Standalone coding is measured too, except where the difference is already
-                    // under an eighth of the raw size: no standalone codec gets there on
-                    // non-constant floats (the densest, a palette, needs >= ~2 bits/element).
-                    let floats = matches!(kind, ElemKind::Bf16 | ElemKind::F16 | ElemKind::F32);
-                    let constant = || raw.chunks_exact(w).all(|e| e == &raw[..w]);
-                    let skip_alone = floats && d.len() * 8 < raw.len() && !constant();
-                    let alone = (!skip_alone).then(|| encode_chunk(kind, raw, opts.effort));
-                    Ok(match alone {
-                        Some(a) if a.len() <= d.len() => Coded {
-                            blob: a,
-                            hash,
-                            delta: false,
-                            changed,
-                        },
-                        _ => Coded {
-                            blob: d,
-                            hash,
-                            delta: true,
-                            changed,
-                        },
-                    })
-                })
-                .collect_into_vec(&mut coded);
-        });
-        written?;
-        for (tensor, _, _, h) in segments {
-            hashers[tensor] = Some(h);
-        }
-        // Without checkpoints, a window's blobs are written while the next one is coded (see
-        // the scope above); a resumable run writes and checkpoints each window before the next.
-        if opts.resume {
+
+        if let Some((range, blobs, no)) = pending.take() {
             write_window(
                 &mut writer,
-                window,
-                coded,
-                window_no,
+                &jobs[range],
+                blobs,
+                no,
                 &mut chunks,
                 &mut stats,
                 &matched,
             )?;
-        } else {
-            pending = Some((next..end, coded, window_no));
         }
-        let first = &window[0];
-        let last = &window[window.len() - 1];
-        let base = src.data_offset();
-        src.release(
-            base + src.tensors[first.tensor].start + first.start,
-            base + src.tensors[last.tensor].start + last.end,
-        );
-        progress.advance(bytes as u64);
-        next = end;
-        window_no += 1;
-        if opts.resume {
-            writer.flush()?;
-            let st = stats.clone().unwrap_or_default();
-            save_checkpoint(
-                &pdir,
-                &Checkpoint {
-                    key: key.clone(),
-                    windows_done: window_no,
-                    data_end: writer.position(),
-                    chunks: chunks.clone(),
-                    changed_bytes: st.changed_bytes,
-                    delta_chunks: st.delta_chunks,
-                    standalone_chunks: st.standalone_chunks,
-                },
-            )?;
-            abort_if("window", window_no);
-        }
-    }
 
-    if let Some((range, blobs, no)) = pending.take() {
-        write_window(
-            &mut writer,
-            &jobs[range],
-            blobs,
-            no,
-            &mut chunks,
-            &mut stats,
-            &matched,
-        )?;
-    }
-
-    let mut md5s: Vec<String> = Vec::with_capacity(src.tensors.len());
-    for (i, h) in hashers.into_iter().enumerate() {
-        let digest = hex(&h.expect("hasher returned").finalize());
-        md5s.push(match (dup[i], &matched[i]) {
-            (Some(j), _) => md5s[j].clone(),
-            _ if groups.member_md5(i).is_some() => groups.member_md5(i).cloned().expect("checked"),
-            (None, Some(m)) if m.same => m.md5.clone(),
-            _ => digest,
-        });
-    }
-    let tensors: Vec<TensorEntry> = src
-        .tensors
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let mut e = entry(t, md5s[i].clone(), dup[i], std::mem::take(&mut chunks[i]));
-            if dup[i].is_none() {
-                e.delta = matched[i].as_ref().map(|m| crate::format::DeltaRef {
-                    base_md5: m.md5.clone(),
-                    base_hash: m.hash,
-                    same: m.same,
-                });
+        let mut matched = matched;
+        if let (Some(h), Some(b)) = (hashing, base) {
+            h.join().expect("base hashing does not panic");
+            for (t, m) in src.tensors.iter().zip(matched.iter_mut()) {
+                if let Some(m) = m {
+                    m.md5 = b.md5(&t.name)?;
+                    m.hash = b.whole_hash(&t.name, t.len() as u64)?;
+                }
             }
-            e
+            if let Some(st) = stats.as_mut() {
+                st.base_fingerprint = crate::delta::fingerprint(b)?;
+            }
+        }
+        let mut md5s: Vec<String> = Vec::with_capacity(src.tensors.len());
+        for (i, h) in hashers.into_iter().enumerate() {
+            let digest = hex(&h.expect("hasher returned").finalize());
+            md5s.push(match (dup[i], &matched[i]) {
+                (Some(j), _) => md5s[j].clone(),
+                _ if groups.member_md5(i).is_some() => {
+                    groups.member_md5(i).cloned().expect("checked")
+                }
+                (None, Some(m)) if m.same => m.md5.clone(),
+                _ => digest,
+            });
+        }
+        let tensors: Vec<TensorEntry> = src
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut e = entry(t, md5s[i].clone(), dup[i], std::mem::take(&mut chunks[i]));
+                if dup[i].is_none() {
+                    e.delta = matched[i].as_ref().map(|m| crate::format::DeltaRef {
+                        base_md5: m.md5.clone(),
+                        base_hash: m.hash,
+                        same: m.same,
+                    });
+                }
+                e
+            })
+            .collect();
+        let index = Index {
+            format: "bigsmall".into(),
+            created_by: format!("bigsmall {}", env!("CARGO_PKG_VERSION")),
+            mode: opts.effort,
+            chunk_bytes: CHUNK_BYTES as u64,
+            source: Source {
+                kind: "safetensors".into(),
+                file_name: src_path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                file_size: src.file_size,
+                header,
+            },
+            tensors,
+            base: match (base, &stats) {
+                (Some(b), Some(st)) => Some(crate::format::BaseRef {
+                    fingerprint: st.base_fingerprint.clone(),
+                    made_from: b.path().display().to_string(),
+                    tensor_count: b.tensors().len(),
+                    removed: st.removed_tensors.clone(),
+                }),
+                _ => None,
+            },
+            groups: groups.recorded.clone(),
+        };
+        abort_if("before-index", 1);
+        let output_bytes = writer.finish(&index)?;
+        if opts.resume {
+            let _ = std::fs::remove_dir_all(&pdir);
+        }
+        progress.finish();
+        Ok(CompressReport {
+            source_bytes: src.file_size,
+            output_bytes,
+            tensors: src.tensors.len(),
+            duplicates: dup.iter().filter(|d| d.is_some()).count(),
+            seconds: started.elapsed().as_secs_f64(),
+            delta: stats,
+            groups: groups.infos,
+        })
+    })
+}
+
+/// Bytes `start..end` of tensor `tensor`, with that tensor's running md5.
+type Segment = (usize, usize, usize, Md5);
+
+/// A window's runs of chunks per tensor, each holding its tensor's hasher until it is hashed.
+fn segments_of(window: &[ChunkJob], hashers: &mut [Option<Md5>]) -> Vec<Segment> {
+    let mut segments: Vec<Segment> = Vec::new();
+    for j in window {
+        match segments.last_mut() {
+            Some(seg) if seg.0 == j.tensor => seg.2 = j.end,
+            _ => {
+                let h = hashers[j.tensor]
+                    .take()
+                    .expect("each tensor hashed in order");
+                segments.push((j.tensor, j.start, j.end, h));
+            }
+        }
+    }
+    segments
+}
+
+fn hash_segments(src: &SafetensorsFile, segments: &mut [Segment]) {
+    let mut jobs: Vec<(&mut Md5, &[u8])> = segments
+        .iter_mut()
+        .map(|seg| {
+            (
+                &mut seg.3,
+                &src.tensor_bytes(&src.tensors[seg.0])[seg.1..seg.2],
+            )
         })
         .collect();
-    let index = Index {
-        format: "bigsmall".into(),
-        created_by: format!("bigsmall {}", env!("CARGO_PKG_VERSION")),
-        mode: opts.effort,
-        chunk_bytes: CHUNK_BYTES as u64,
-        source: Source {
-            kind: "safetensors".into(),
-            file_name: src_path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            file_size: src.file_size,
-            header,
-        },
-        tensors,
-        base: match (base, &stats) {
-            (Some(b), Some(st)) => Some(crate::format::BaseRef {
-                fingerprint: st.base_fingerprint.clone(),
-                made_from: b.path().display().to_string(),
-                tensor_count: b.tensors().len(),
-                removed: st.removed_tensors.clone(),
-            }),
-            _ => None,
-        },
-        groups: groups.recorded.clone(),
+    md5x::update_many(&mut jobs);
+}
+
+/// Hands the hashers back and drops the hashed (and coded) bytes from memory.
+fn release_segments(src: &SafetensorsFile, segments: Vec<Segment>, hashers: &mut [Option<Md5>]) {
+    let base = src.data_offset();
+    let span = |seg: &Segment| {
+        let t = &src.tensors[seg.0];
+        (base + t.start + seg.1, base + t.start + seg.2)
     };
-    abort_if("before-index", 1);
-    let output_bytes = writer.finish(&index)?;
-    if opts.resume {
-        let _ = std::fs::remove_dir_all(&pdir);
+    if let (Some(first), Some(last)) = (segments.first(), segments.last()) {
+        src.release(span(first).0, span(last).1);
     }
-    progress.finish();
-    Ok(CompressReport {
-        source_bytes: src.file_size,
-        output_bytes,
-        tensors: src.tensors.len(),
-        duplicates: dup.iter().filter(|d| d.is_some()).count(),
-        seconds: started.elapsed().as_secs_f64(),
-        delta: stats,
-        groups: groups.infos,
-    })
+    for (tensor, _, _, h) in segments {
+        hashers[tensor] = Some(h);
+    }
 }
 
 /// One coded chunk on its way to the writer.

@@ -47,6 +47,13 @@ pub trait BaseSource: Send + Sync {
     /// Computes every tensor's receipt at once where they are not stored (the fingerprint
     /// needs them all): the tensors hash side by side on all cores.
     fn md5_all(&self) {}
+    /// xxh3 of a whole tensor of `len` bytes, the identity a patch records for each base
+    /// tensor it refers to.
+    fn whole_hash(&self, name: &str, len: u64) -> Result<u64> {
+        let h = fast_hash(&self.range(name, 0, len)?);
+        self.release(name, 0, len);
+        Ok(h)
+    }
     /// Bytes `start..end` of a tensor are done with: a mapped base drops those pages, so
     /// resident memory stays bounded by the working window.
     fn release(&self, _name: &str, _start: u64, _end: u64) {}
@@ -79,6 +86,8 @@ pub struct SafetensorsBase {
     /// name -> (file, tensor index in that file, index in `tensors`)
     by_name: BTreeMap<String, (usize, usize, usize)>,
     md5s: std::sync::Mutex<BTreeMap<String, String>>,
+    /// xxh3 of whole tensors, taken by `md5_all` while their bytes are at hand.
+    hashes: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 impl SafetensorsBase {
@@ -113,6 +122,7 @@ impl SafetensorsBase {
             tensors,
             by_name,
             md5s: Default::default(),
+            hashes: Default::default(),
         })
     }
 
@@ -162,9 +172,12 @@ impl BaseSource for SafetensorsBase {
         let flush = |batch: &mut Vec<(&str, &[u8])>| {
             let bytes: Vec<&[u8]> = batch.iter().map(|b| b.1).collect();
             let digests = crate::integrity::md5x::digest_many_par(&bytes);
+            let xxh: Vec<u64> = bytes.par_iter().map(|b| fast_hash(b)).collect();
             let mut md5s = self.md5s.lock().expect("no poisoned lock");
-            for ((name, b), d) in batch.drain(..).zip(digests) {
+            let mut hashes = self.hashes.lock().expect("no poisoned lock");
+            for (((name, b), d), h) in batch.drain(..).zip(digests).zip(xxh) {
                 md5s.insert(name.to_string(), crate::store::hex(&d));
+                hashes.insert(name.to_string(), h);
                 self.release(name, 0, b.len() as u64);
             }
         };
@@ -190,6 +203,15 @@ impl BaseSource for SafetensorsBase {
             }
         }
         flush(&mut batch);
+    }
+
+    fn whole_hash(&self, name: &str, len: u64) -> Result<u64> {
+        if let Some(&h) = self.hashes.lock().expect("no poisoned lock").get(name) {
+            return Ok(h);
+        }
+        let h = fast_hash(&self.range(name, 0, len)?);
+        self.release(name, 0, len);
+        Ok(h)
     }
 
     fn md5(&self, name: &str) -> Result<String> {
@@ -332,9 +354,7 @@ pub fn fingerprint(base: &dyn BaseSource) -> Result<String> {
 
 /// xxh3 of a whole base tensor, the fast identity check made when a patch is applied.
 pub fn base_hash(base: &dyn BaseSource, name: &str, len: u64) -> Result<u64> {
-    let h = fast_hash(&base.range(name, 0, len)?);
-    base.release(name, 0, len);
-    Ok(h)
+    base.whole_hash(name, len)
 }
 
 /// `fine − base` element-wise (wrapping, little-endian words of `width` bytes) into `out`;
