@@ -869,9 +869,15 @@ mod tests {
             words in proptest::collection::vec(any::<u16>(), 0..3000),
             shift in 4u32..16,
             lsb in any::<bool>(),
+            whole in any::<bool>(),
         ) {
-            let key = WordKey { mask: 0x7fff, shift, lsb };
             let bits = 15 - shift + u32::from(lsb);
+            // Whole words below 2^bits, or a field of any word.
+            let (key, words) = if whole {
+                (WordKey::WHOLE, words.iter().map(|&w| w & ((1u32 << bits) - 1) as u16).collect())
+            } else {
+                (WordKey { mask: 0x7fff, shift, lsb }, words)
+            };
             // Fold the values into an alphabet of at most 256 symbols.
             let index: Vec<u8> = (0..1u32 << bits).map(|v| (v.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
             let syms: Vec<u8> = words.iter().map(|&w| index[usize::from(key.value(w))]).collect();

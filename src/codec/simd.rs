@@ -193,7 +193,18 @@ pub unsafe fn combine16(
 /// one, so its truncation is the exact quotient or one off either way — one fix-up each way
 /// makes it exact, with the remainder as a by-product.
 macro_rules! encode_step {
-    ($x:ident, $e:expr, $wp:expr, $a:ident) => {{
+    // The reciprocal from `rcp14` and one Newton step: r = r0 * (2 - f * r0).
+    ($x:ident, $e:expr, $wp:expr, $a:ident) => {
+        encode_step!(@ $x, $e, |ff: __m512| {
+            let r0 = _mm512_rcp14_ps(ff);
+            _mm512_mul_ps(r0, _mm512_fnmadd_ps(ff, r0, _mm512_set1_ps(2.0)))
+        }, $wp, $a)
+    };
+    // The reciprocal given (correctly rounded, so at least as close).
+    ($x:ident, $e:expr, recip $r:expr, $wp:expr, $a:ident) => {
+        encode_step!(@ $x, $e, |_: __m512| $r, $wp, $a)
+    };
+    (@ $x:ident, $e:expr, $recip:expr, $wp:expr, $a:ident) => {{
         let e = $e;
         let f = _mm512_srli_epi32::<16>(e);
         let cum = _mm512_and_si512(e, _mm512_set1_epi32(0xffff));
@@ -204,10 +215,7 @@ macro_rules! encode_step {
         $a -= cnt;
         _mm256_mask_storeu_epi16($wp.add($a) as *mut i16, ((1u32 << cnt) - 1) as u16, packed);
         $x = _mm512_mask_srli_epi32($x, m, $x, 16);
-        let ff = _mm512_cvtepi32_ps(f);
-        let r0 = _mm512_rcp14_ps(ff);
-        // One Newton step: r = r0 * (2 - f * r0).
-        let r = _mm512_mul_ps(r0, _mm512_fnmadd_ps(ff, r0, _mm512_set1_ps(2.0)));
+        let r = ($recip)(_mm512_cvtepi32_ps(f));
         let mut q = _mm512_cvttps_epu32(_mm512_mul_ps(_mm512_cvtepu32_ps($x), r));
         let mut rem = _mm512_sub_epi32($x, _mm512_mullo_epi32(q, f));
         let zero = _mm512_setzero_si512();
@@ -263,19 +271,53 @@ pub unsafe fn rans_encode_word_groups(
     let wp = words.as_mut_ptr();
     let groups = syms.len() / LANES;
     if freq_cum.len() <= 32 {
+        // The entries and their frequencies' reciprocals, each in two registers.
         let mut small = [0u32; 32];
         small[..freq_cum.len()].copy_from_slice(freq_cum);
+        let mut recip = [0f32; 32];
+        for (r, &e) in recip.iter_mut().zip(&small) {
+            if e >> 16 != 0 {
+                *r = 1.0 / (e >> 16) as f32;
+            }
+        }
         let t0 = _mm512_loadu_si512(small.as_ptr() as *const _);
         let t1 = _mm512_loadu_si512(small.as_ptr().add(16) as *const _);
-        for g in (0..groups).rev() {
-            let base = syms.as_ptr().add(g * LANES);
-            encode_step!(
-                x1,
-                _mm512_permutex2var_epi32(t0, load(base.add(16)), t1),
-                wp,
-                a
-            );
-            encode_step!(x0, _mm512_permutex2var_epi32(t0, load(base), t1), wp, a);
+        let r0 = _mm512_loadu_ps(recip.as_ptr());
+        let r1 = _mm512_loadu_ps(recip.as_ptr().add(16));
+        // Whole words (palette indices, block sizes) need no field extraction.
+        let whole = key == super::rans::WordKey::WHOLE;
+        let load_whole = |p: *const u16| {
+            _mm512_and_si512(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i)),
+                in_table,
+            )
+        };
+        macro_rules! small_groups {
+            ($load:ident) => {
+                for g in (0..groups).rev() {
+                    let base = syms.as_ptr().add(g * LANES);
+                    let (s1, s0) = ($load(base.add(16)), $load(base));
+                    encode_step!(
+                        x1,
+                        _mm512_permutex2var_epi32(t0, s1, t1),
+                        recip _mm512_permutex2var_ps(r0, s1, r1),
+                        wp,
+                        a
+                    );
+                    encode_step!(
+                        x0,
+                        _mm512_permutex2var_epi32(t0, s0, t1),
+                        recip _mm512_permutex2var_ps(r0, s0, r1),
+                        wp,
+                        a
+                    );
+                }
+            };
+        }
+        if whole {
+            small_groups!(load_whole);
+        } else {
+            small_groups!(load);
         }
     } else {
         for g in (0..groups).rev() {
