@@ -140,7 +140,7 @@ pub fn encode(words: &[u16], rs: &[u32], try_lsb: bool) -> Option<Vec<u8>> {
         put_varint(&mut out, palette.len() as u64);
         write_split(palette, rs, try_lsb, &mut out);
         for s in [sizes, index] {
-            let h = Histogram::of(s.iter().copied(), BLOCK_LOG2);
+            let h = Histogram::of_small(s, BLOCK_LOG2);
             let plan = stream::plan_symbols(&h)?;
             stream::write_symbols(&plan, s, &mut out);
         }
@@ -163,7 +163,7 @@ pub fn encode_nibbles(words: &[u16], rs: &[u32]) -> Option<Vec<u8>> {
         out.push(BLOCK_LOG2 as u8);
         put_varint(&mut out, palette.len() as u64);
         write_split(palette, rs, false, &mut out);
-        let h = Histogram::of(sizes.iter().copied(), 4);
+        let h = Histogram::of_small(sizes, 4);
         let plan = stream::plan_symbols(&h)?;
         stream::write_symbols(&plan, sizes, &mut out);
         out.extend(

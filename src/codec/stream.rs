@@ -39,6 +39,29 @@ impl Histogram {
         Histogram::from_dense(&dense)
     }
 
+    /// `of` for a slice of values below `2^bits`, `bits <= 8` (palette indices, block sizes):
+    /// eight tables, one per position mod 8, so neighbours never wait on one counter.
+    pub fn of_small(values: &[u16], bits: u32) -> Histogram {
+        let all = values.iter().fold(0u16, |a, &v| a | v);
+        if bits > 8 || u32::from(all) >> bits != 0 || values.len() >= u32::MAX as usize {
+            return Histogram::of(values.iter().copied(), bits);
+        }
+        let mut t = [[0u32; 256]; 8];
+        let mut groups = values.chunks_exact(8);
+        for g in &mut groups {
+            for (k, &v) in g.iter().enumerate() {
+                t[k][usize::from(v as u8)] += 1;
+            }
+        }
+        for &v in groups.remainder() {
+            t[0][usize::from(v as u8)] += 1;
+        }
+        let dense: Vec<u64> = (0..1usize << bits)
+            .map(|v| t.iter().map(|sub| u64::from(sub[v])).sum())
+            .collect();
+        Histogram::from_dense(&dense)
+    }
+
     /// Counts 16-bit values that are mostly zero (differences against a base). Zeros are
     /// spread over eight spare counters, so that they do not queue behind one counter; the
     /// per-thread table is cleared as it is read.
@@ -570,6 +593,16 @@ mod tests {
                 prop_assert_eq!((&lo.values, &lo.counts), (&want_lo.values, &want_lo.counts));
                 prop_assert_eq!((&hi.values, &hi.counts), (&want_hi.values, &want_hi.counts));
             }
+        }
+
+        /// The small-alphabet counter agrees with plain counting.
+        #[test]
+        fn small_histograms_agree(bits in 0u32..10, values in proptest::collection::vec(any::<u16>(), 0..3000)) {
+            let values: Vec<u16> = values.iter().map(|&v| v & ((1u32 << bits) - 1) as u16).collect();
+            let got = Histogram::of_small(&values, bits);
+            let want = Histogram::of(values.iter().copied(), bits);
+            prop_assert_eq!(&got.values, &want.values);
+            prop_assert_eq!(&got.counts, &want.counts);
         }
     }
 
