@@ -345,17 +345,17 @@ pub fn compress_file_against(
     let dup = find_duplicates(&src);
     let kinds: Vec<ElemKind> = src.tensors.iter().map(|t| elem_kind(t.dtype)).collect();
 
-    // A base's receipts are only needed for the index (and the resume key): they are hashed
-    // on a thread of their own beside the coding, except where a checkpoint needs them first.
+    // Against a mapped base, the md5 receipts of both sides are hashed on a thread of their
+    // own beside the coding (see `hash_beside`): a tensor and its base counterpart share the
+    // lanes, and no window waits for a long tensor's serial hash. Measured, this pays only
+    // with a base to pair (alone, the second pass over the source costs more than the
+    // window's own hashing task). A resumable run hashes each window with its coding, and
+    // needs the base's fingerprint (so its receipts) first.
+    let base_beside = !opts.resume && base.is_some_and(|b| b.is_mapped());
     std::thread::scope(|scope| {
-        let hashing = match base {
-            Some(b) if !opts.resume => Some(scope.spawn(move || b.md5_all())),
-            Some(b) => {
-                b.md5_all();
-                None
-            }
-            None => None,
-        };
+        if let (Some(b), false) = (base, base_beside) {
+            b.md5_all();
+        }
         // Match tensors with the base by name, dtype and shape.
         let matched: Vec<Option<Matched>> = match base {
             None => src.tensors.iter().map(|_| None).collect(),
@@ -371,17 +371,12 @@ pub fn compress_file_against(
                         return Ok(None);
                     }
                     let bytes = b.range(&t.name, 0, bt.len)?;
-                    // With the base hashing on its thread, only a change is looked for here
+                    // With the base hashed beside the coding, only a change is looked for here
                     // (the comparison stops at the first, so a changed tensor costs a page or
-                    // two); its hash and receipt come from that thread.
+                    // two); its hash and receipt are filled in after the coding.
                     let m = Matched {
-                        hash: if hashing.is_some() {
-                            0
-                        } else {
-                            fast_hash(&bytes)
-                        },
-                        // Filled in once the hashing thread is done.
-                        md5: if hashing.is_some() {
+                        hash: if base_beside { 0 } else { fast_hash(&bytes) },
+                        md5: if base_beside {
                             String::new()
                         } else {
                             b.md5(&t.name)?
@@ -401,7 +396,7 @@ pub fn compress_file_against(
             ..Default::default()
         });
         if let (Some(b), Some(st)) = (base, stats.as_mut()) {
-            if hashing.is_none() {
+            if !base_beside {
                 st.base_fingerprint = crate::delta::fingerprint(b)?;
             }
             for (t, m) in src.tensors.iter().zip(&matched) {
@@ -520,6 +515,12 @@ pub fn compress_file_against(
             st.standalone_chunks = c.standalone_chunks;
         }
         let mut hashers: Vec<Option<Md5>> = src.tensors.iter().map(|_| Some(Md5::new())).collect();
+        let receipts = base_beside.then(|| {
+            let (src, jobs) = (&src, jobs.clone());
+            let paired: Vec<bool> = matched.iter().map(|m| m.is_some()).collect();
+            let base = base.expect("a base to hash beside");
+            scope.spawn(move || hash_beside(src, &jobs, window_limit, base, &paired))
+        });
         if checkpoint.is_none() {
             // A resumed run has the group blobs (and their entries) from the checkpoint.
             for (member, entry) in groups.write(&mut writer)? {
@@ -532,13 +533,9 @@ pub fn compress_file_against(
         let mut window_no = 0usize;
         let mut pending: Option<(std::ops::Range<usize>, Vec<Result<Coded>>, usize)> = None;
         while next < jobs.len() {
-            let mut end = next;
-            let mut bytes = 0;
-            while end < jobs.len() && (bytes < window_limit || end == next) {
-                bytes += jobs[end].end - jobs[end].start;
-                end += 1;
-            }
+            let end = window_end(&jobs, next, window_limit);
             let window = &jobs[next..end];
+            let bytes: usize = window.iter().map(|j| j.end - j.start).sum();
             if window_no < windows_done {
                 // Already coded and written before the interruption: only the md5 receipts need
                 // these bytes again.
@@ -567,9 +564,9 @@ pub fn compress_file_against(
                 window_no += 1;
                 continue;
             }
-            // md5 receipts run beside the chunk coding, one task for the whole window: the
-            // tensors' segments hash side by side in SIMD lanes (md5x).
-            let mut segments = segments_of(window, &mut hashers);
+            // Otherwise the md5 receipts run beside the chunk coding, one task for the whole
+            // window, the tensors' segments side by side in SIMD lanes (md5x).
+            let mut segments = (!base_beside).then(|| segments_of(window, &mut hashers));
             let mut coded: Vec<Result<Coded>> = Vec::new();
             let mut written: Result<()> = Ok(());
             rayon::scope(|s| {
@@ -582,8 +579,9 @@ pub fn compress_file_against(
                             write_window(writer, &jobs[range], blobs, no, chunks, stats, matched);
                     });
                 }
-                let segments = &mut segments;
-                s.spawn(|_| hash_segments(&src, segments));
+                if let Some(segments) = segments.as_mut() {
+                    s.spawn(|_| hash_segments(&src, segments));
+                }
                 window
                     .par_iter()
                     .map(|j| {
@@ -632,7 +630,10 @@ pub fn compress_file_against(
                     .collect_into_vec(&mut coded);
             });
             written?;
-            release_segments(&src, segments, &mut hashers);
+            if let Some(segments) = segments {
+                give_back(segments, &mut hashers);
+            }
+            release_source(&src, window);
             // Without checkpoints, a window's blobs are written while the next one is coded (see
             // the scope above); a resumable run writes and checkpoints each window before the next.
             if opts.resume {
@@ -682,9 +683,14 @@ pub fn compress_file_against(
             )?;
         }
 
+        if let Some(r) = receipts {
+            hashers = r.join().expect("hashing does not panic")?;
+        }
         let mut matched = matched;
-        if let (Some(h), Some(b)) = (hashing, base) {
-            h.join().expect("base hashing does not panic");
+        if let (true, Some(b)) = (base_beside, base) {
+            // What was not hashed beside the coding (unchanged tensors, tensors the model
+            // does not share) is hashed now.
+            b.md5_all();
             for (t, m) in src.tensors.iter().zip(matched.iter_mut()) {
                 if let Some(m) = m {
                     m.md5 = b.md5(&t.name)?;
@@ -800,19 +806,105 @@ fn hash_segments(src: &SafetensorsFile, segments: &mut [Segment]) {
     md5x::update_many(&mut jobs);
 }
 
-/// Hands the hashers back and drops the hashed (and coded) bytes from memory.
-fn release_segments(src: &SafetensorsFile, segments: Vec<Segment>, hashers: &mut [Option<Md5>]) {
-    let base = src.data_offset();
-    let span = |seg: &Segment| {
-        let t = &src.tensors[seg.0];
-        (base + t.start + seg.1, base + t.start + seg.2)
-    };
-    if let (Some(first), Some(last)) = (segments.first(), segments.last()) {
-        src.release(span(first).0, span(last).1);
-    }
+fn give_back(segments: Vec<Segment>, hashers: &mut [Option<Md5>]) {
     for (tensor, _, _, h) in segments {
         hashers[tensor] = Some(h);
     }
+}
+
+/// Drops a window's source bytes from memory (they are read again from the page cache if
+/// needed).
+fn release_source(src: &SafetensorsFile, window: &[ChunkJob]) {
+    let base = src.data_offset();
+    if let (Some(first), Some(last)) = (window.first(), window.last()) {
+        src.release(
+            base + src.tensors[first.tensor].start + first.start,
+            base + src.tensors[last.tensor].start + last.end,
+        );
+    }
+}
+
+/// The end of the window that starts at job `next`: `limit` bytes of jobs, at least one.
+fn window_end(jobs: &[ChunkJob], next: usize, limit: usize) -> usize {
+    let (mut end, mut bytes) = (next, 0);
+    while end < jobs.len() && (bytes < limit || end == next) {
+        bytes += jobs[end].end - jobs[end].start;
+        end += 1;
+    }
+    end
+}
+
+/// The md5 receipts of the coded tensors, window by window in file order on a thread of its
+/// own: no window of the coding waits for a long tensor's serial hash, and the two hashes of
+/// a changed tensor and its base counterpart (md5, and xxh3 for the index) run side by side
+/// in the lanes. Base receipts go to the base (`BaseSource::remember`). Returns each tensor's
+/// hasher (fed or untouched).
+fn hash_beside(
+    src: &SafetensorsFile,
+    jobs: &[ChunkJob],
+    limit: usize,
+    base: &dyn crate::delta::BaseSource,
+    paired: &[bool],
+) -> Result<Vec<Option<Md5>>> {
+    use xxhash_rust::xxh3::Xxh3;
+    let n = src.tensors.len();
+    let mut fine: Vec<Md5> = (0..n).map(|_| Md5::new()).collect();
+    let mut coarse: Vec<Option<(Md5, Xxh3)>> = paired
+        .iter()
+        .map(|&p| p.then(|| (Md5::new(), Xxh3::new())))
+        .collect();
+    let mut coded = vec![false; n];
+    let mut next = 0;
+    while next < jobs.len() {
+        let end = window_end(jobs, next, limit);
+        let window = &jobs[next..end];
+        let mut spans: Vec<(usize, usize, usize)> = Vec::new();
+        for j in window {
+            coded[j.tensor] = true;
+            match spans.last_mut() {
+                Some(s) if s.0 == j.tensor => s.2 = j.end,
+                _ => spans.push((j.tensor, j.start, j.end)),
+            }
+        }
+        let mut base_bytes = Vec::new();
+        for &(t, start, end) in &spans {
+            if coarse[t].is_some() {
+                let name = &src.tensors[t].name;
+                base_bytes.push((t, start, end, base.range(name, start as u64, end as u64)?));
+            }
+        }
+        {
+            let mut work: Vec<(&mut Md5, &[u8])> = Vec::new();
+            let mut fine_of: Vec<Option<&mut Md5>> = fine.iter_mut().map(Some).collect();
+            for &(t, start, end) in &spans {
+                let h = fine_of[t].take().expect("one span per tensor and window");
+                work.push((h, &src.tensor_bytes(&src.tensors[t])[start..end]));
+            }
+            let mut coarse_of: Vec<Option<&mut (Md5, Xxh3)>> =
+                coarse.iter_mut().map(|c| c.as_mut()).collect();
+            for (t, _, _, bytes) in &base_bytes {
+                let (md5, xxh) = coarse_of[*t]
+                    .take()
+                    .expect("one span per tensor and window");
+                xxh.update(bytes);
+                work.push((md5, bytes));
+            }
+            md5x::update_many(&mut work);
+        }
+        for (t, start, end, bytes) in base_bytes {
+            drop(bytes);
+            base.release(&src.tensors[t].name, start as u64, end as u64);
+        }
+        release_source(src, window);
+        next = end;
+    }
+    for (t, c) in coarse.into_iter().enumerate() {
+        // Tensors without jobs (unchanged ones) were not hashed here.
+        if let (Some((md5, xxh)), true) = (c, coded[t]) {
+            base.remember(&src.tensors[t].name, &md5.hex(), xxh.digest());
+        }
+    }
+    Ok(fine.into_iter().map(Some).collect())
 }
 
 /// One coded chunk on its way to the writer.

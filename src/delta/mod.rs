@@ -54,6 +54,13 @@ pub trait BaseSource: Send + Sync {
         self.release(name, 0, len);
         Ok(h)
     }
+    /// Whether its bytes are mapped from a file (reading them costs nothing but page faults),
+    /// so that its receipts are best hashed where the bytes are read anyway.
+    fn is_mapped(&self) -> bool {
+        false
+    }
+    /// Keeps a tensor's receipts computed elsewhere (md5 hex, whole-tensor xxh3).
+    fn remember(&self, _name: &str, _md5: &str, _hash: u64) {}
     /// Bytes `start..end` of a tensor are done with: a mapped base drops those pages, so
     /// resident memory stays bounded by the working window.
     fn release(&self, _name: &str, _start: u64, _end: u64) {}
@@ -203,6 +210,21 @@ impl BaseSource for SafetensorsBase {
             }
         }
         flush(&mut batch);
+    }
+
+    fn is_mapped(&self) -> bool {
+        true
+    }
+
+    fn remember(&self, name: &str, md5: &str, hash: u64) {
+        self.md5s
+            .lock()
+            .expect("no poisoned lock")
+            .insert(name.to_string(), md5.to_string());
+        self.hashes
+            .lock()
+            .expect("no poisoned lock")
+            .insert(name.to_string(), hash);
     }
 
     fn whole_hash(&self, name: &str, len: u64) -> Result<u64> {
