@@ -5,6 +5,7 @@
 //! form), never by model size: input is mapped and released window by window, output streamed.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -515,12 +516,22 @@ pub fn compress_file_against(
             st.standalone_chunks = c.standalone_chunks;
         }
         let mut hashers: Vec<Option<Md5>> = src.tensors.iter().map(|_| Some(Md5::new())).collect();
-        let receipts = base_beside.then(|| {
-            let (src, jobs) = (&src, jobs.clone());
-            let paired: Vec<bool> = matched.iter().map(|m| m.is_some()).collect();
-            let base = base.expect("a base to hash beside");
-            scope.spawn(move || hash_beside(src, &jobs, window_limit, base, &paired))
+        let shared = base_beside.then(|| {
+            std::sync::Arc::new(Shared {
+                base: base.expect("a base to hash beside"),
+                paired: matched.iter().map(|m| m.is_some()).collect(),
+                left: (0..jobs.len()).map(|_| AtomicU8::new(2)).collect(),
+                passed: [AtomicUsize::new(0), AtomicUsize::new(0)],
+                stop: AtomicBool::new(false),
+            })
         });
+        let receipts = shared.clone().map(|sh| {
+            let (src, jobs) = (&src, jobs.clone());
+            scope.spawn(move || hash_beside(src, &jobs, window_limit, &sh))
+        });
+        // On an early return (an error) the hashing thread stops at its next window instead of
+        // hashing the rest of the model before the scope can end.
+        let _stop = StopOnDrop(shared.clone());
         if checkpoint.is_none() {
             // A resumed run has the group blobs (and their entries) from the checkpoint.
             for (member, entry) in groups.write(&mut writer)? {
@@ -603,7 +614,9 @@ pub fn compress_file_against(
                         let changed =
                             crate::delta::subtract(raw, &base_bytes, w, &mut diff) * w as u64;
                         drop(base_bytes);
-                        b.release(&t.name, j.start as u64, j.end as u64);
+                        if !base_beside {
+                            b.release(&t.name, j.start as u64, j.end as u64);
+                        }
                         let d = crate::codec::encode_sparse_chunk(kind, &diff, opts.effort);
                         // Standalone coding is measured too, except where the difference is already
                         // under an eighth of the raw size: no standalone codec gets there on
@@ -633,7 +646,12 @@ pub fn compress_file_against(
             if let Some(segments) = segments {
                 give_back(segments, &mut hashers);
             }
-            release_source(&src, window);
+            match &shared {
+                // The hashing thread reads the same windows: whichever side is done with a
+                // window second drops it, so neither maps its pages twice.
+                Some(sh) => sh.done(Shared::CODING, window_no, &src, window),
+                None => release_source(&src, window),
+            }
             // Without checkpoints, a window's blobs are written while the next one is coded (see
             // the scope above); a resumable run writes and checkpoints each window before the next.
             if opts.resume {
@@ -834,6 +852,59 @@ fn window_end(jobs: &[ChunkJob], next: usize, limit: usize) -> usize {
     end
 }
 
+/// What the coding and the thread hashing beside it share: the base, which tensors it has,
+/// and per window how many of the two sides still read it.
+struct Shared<'a> {
+    base: &'a dyn crate::delta::BaseSource,
+    paired: Vec<bool>,
+    left: Vec<AtomicU8>,
+    /// Windows each side (coding, hashing) is done with.
+    passed: [AtomicUsize; 2],
+    stop: AtomicBool,
+}
+
+struct StopOnDrop<'a>(Option<std::sync::Arc<Shared<'a>>>);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(sh) = &self.0 {
+            sh.stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Shared<'_> {
+    const CODING: usize = 0;
+    const HASHING: usize = 1;
+    /// How many windows one side may run ahead of the other with its bytes kept in memory.
+    const LEAD: usize = 2;
+
+    /// `side` is done with window `no`: the second side drops its source and base bytes; so
+    /// does the first when the other is more than `LEAD` windows behind, so that memory
+    /// stays bounded (the other side then reads them from the page cache again).
+    fn done(&self, side: usize, no: usize, src: &SafetensorsFile, window: &[ChunkJob]) {
+        self.passed[side].store(no + 1, Ordering::Release);
+        let last = self.left[no].fetch_sub(1, Ordering::AcqRel) == 1;
+        if !last && no < self.passed[1 - side].load(Ordering::Acquire) + Self::LEAD {
+            return;
+        }
+        release_source(src, window);
+        let mut spans: Vec<(usize, usize, usize)> = Vec::new();
+        for j in window {
+            match spans.last_mut() {
+                Some(s) if s.0 == j.tensor => s.2 = j.end,
+                _ => spans.push((j.tensor, j.start, j.end)),
+            }
+        }
+        for (t, start, end) in spans {
+            if self.paired[t] {
+                self.base
+                    .release(&src.tensors[t].name, start as u64, end as u64);
+            }
+        }
+    }
+}
+
 /// The md5 receipts of the coded tensors, window by window in file order on a thread of its
 /// own: no window of the coding waits for a long tensor's serial hash, and the two hashes of
 /// a changed tensor and its base counterpart (md5, and xxh3 for the index) run side by side
@@ -843,19 +914,21 @@ fn hash_beside(
     src: &SafetensorsFile,
     jobs: &[ChunkJob],
     limit: usize,
-    base: &dyn crate::delta::BaseSource,
-    paired: &[bool],
+    shared: &Shared<'_>,
 ) -> Result<Vec<Option<Md5>>> {
     use xxhash_rust::xxh3::Xxh3;
+    let base = shared.base;
     let n = src.tensors.len();
     let mut fine: Vec<Md5> = (0..n).map(|_| Md5::new()).collect();
-    let mut coarse: Vec<Option<(Md5, Xxh3)>> = paired
+    let mut coarse: Vec<Option<(Md5, Xxh3)>> = shared
+        .paired
         .iter()
         .map(|&p| p.then(|| (Md5::new(), Xxh3::new())))
         .collect();
     let mut coded = vec![false; n];
     let mut next = 0;
-    while next < jobs.len() {
+    let mut window_no = 0;
+    while next < jobs.len() && !shared.stop.load(Ordering::Relaxed) {
         let end = window_end(jobs, next, limit);
         let window = &jobs[next..end];
         let mut spans: Vec<(usize, usize, usize)> = Vec::new();
@@ -870,7 +943,7 @@ fn hash_beside(
         for &(t, start, end) in &spans {
             if coarse[t].is_some() {
                 let name = &src.tensors[t].name;
-                base_bytes.push((t, start, end, base.range(name, start as u64, end as u64)?));
+                base_bytes.push((t, base.range(name, start as u64, end as u64)?));
             }
         }
         {
@@ -882,7 +955,7 @@ fn hash_beside(
             }
             let mut coarse_of: Vec<Option<&mut (Md5, Xxh3)>> =
                 coarse.iter_mut().map(|c| c.as_mut()).collect();
-            for (t, _, _, bytes) in &base_bytes {
+            for (t, bytes) in &base_bytes {
                 let (md5, xxh) = coarse_of[*t]
                     .take()
                     .expect("one span per tensor and window");
@@ -891,11 +964,9 @@ fn hash_beside(
             }
             md5x::update_many(&mut work);
         }
-        for (t, start, end, bytes) in base_bytes {
-            drop(bytes);
-            base.release(&src.tensors[t].name, start as u64, end as u64);
-        }
-        release_source(src, window);
+        drop(base_bytes);
+        shared.done(Shared::HASHING, window_no, src, window);
+        window_no += 1;
         next = end;
     }
     for (t, c) in coarse.into_iter().enumerate() {
