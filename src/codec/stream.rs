@@ -62,45 +62,39 @@ impl Histogram {
         Histogram::from_dense(&dense)
     }
 
-    /// Counts 16-bit values that are mostly zero (differences against a base). Zeros are
-    /// spread over eight spare counters, so that they do not queue behind one counter; the
-    /// per-thread table is cleared as it is read.
+    /// Counts 16-bit values (differences against a base). Each value has four counters, used
+    /// in turn by position, so that runs of one value (zeros, ±1 ulp) do not queue behind one
+    /// counter; the per-thread table is cleared as it is read.
     pub fn of_words(values: &[u16]) -> Histogram {
-        const SPARE: usize = 8;
         thread_local! {
-            static COUNTS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+            static COUNTS: std::cell::RefCell<Vec<[u32; 4]>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         assert!(
             values.len() < u32::MAX as usize,
             "a chunk's worth of values"
         );
         COUNTS.with_borrow_mut(|t| {
-            t.resize((1 << 16) + SPARE, 0);
-            let t: &mut [u32; (1 << 16) + SPARE] = t.as_mut_slice().try_into().expect("sized");
-            for (i, &v) in values.iter().enumerate() {
-                let k = if v == 0 {
-                    (1 << 16) + (i & (SPARE - 1))
-                } else {
-                    usize::from(v)
-                };
-                t[k] += 1;
+            t.resize(1 << 16, [0; 4]);
+            let t: &mut [[u32; 4]; 1 << 16] = t.as_mut_slice().try_into().expect("sized");
+            let mut quads = values.chunks_exact(4);
+            for q in &mut quads {
+                for (k, &v) in q.iter().enumerate() {
+                    t[usize::from(v)][k] += 1;
+                }
             }
-            let zeros: u64 = t[1 << 16..]
-                .iter_mut()
-                .map(|c| u64::from(std::mem::take(c)))
-                .sum();
+            for &v in quads.remainder() {
+                t[usize::from(v)][0] += 1;
+            }
             let mut h = Histogram {
                 values: Vec::new(),
                 counts: Vec::new(),
             };
-            if zeros > 0 {
-                h.values.push(0);
-                h.counts.push(zeros);
-            }
-            for (v, c) in t[..1 << 16].iter_mut().enumerate().skip(1) {
-                if *c != 0 {
+            for (v, c) in t.iter_mut().enumerate() {
+                let n: u64 = c.iter().map(|&x| u64::from(x)).sum();
+                if n != 0 {
+                    *c = [0; 4];
                     h.values.push(v as u16);
-                    h.counts.push(u64::from(std::mem::take(c)));
+                    h.counts.push(n);
                 }
             }
             h
