@@ -320,15 +320,26 @@ pub unsafe fn rans_encode_word_groups(
             small_groups!(load);
         }
     } else {
-        for g in (0..groups).rev() {
-            let base = syms.as_ptr().add(g * LANES);
-            encode_step!(
-                x1,
-                _mm512_i32gather_epi32::<4>(load(base.add(16)), fc),
-                wp,
-                a
-            );
-            encode_step!(x0, _mm512_i32gather_epi32::<4>(load(base), fc), wp, a);
+        // The table entries of a block of groups are gathered first, in a pass of their own:
+        // the symbols do not depend on the states, so the steps then only load them and the
+        // gathers' latency stays off the states' chains.
+        const BLOCK: usize = 64;
+        let mut entries = [_mm512_setzero_si512(); 2 * BLOCK];
+        let mut end = groups;
+        while end > 0 {
+            let start = end.saturating_sub(BLOCK);
+            for g in start..end {
+                let base = syms.as_ptr().add(g * LANES);
+                let k = 2 * (g - start);
+                entries[k] = _mm512_i32gather_epi32::<4>(load(base), fc);
+                entries[k + 1] = _mm512_i32gather_epi32::<4>(load(base.add(16)), fc);
+            }
+            for g in (start..end).rev() {
+                let k = 2 * (g - start);
+                encode_step!(x1, entries[k + 1], wp, a);
+                encode_step!(x0, entries[k], wp, a);
+            }
+            end = start;
         }
     }
     _mm512_storeu_si512(state.as_mut_ptr() as *mut _, x0);
