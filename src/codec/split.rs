@@ -29,7 +29,7 @@ pub enum Float16 {
 
 /// Raw-bit counts worth considering, finest first. `r = 7` is byte-aligned (sign + 7 bits), the
 /// inference mode's choice because its rest unpacks as plain bytes.
-pub fn candidates(flavour: Float16, effort: Effort) -> &'static [u32] {
+pub(super) fn candidates(flavour: Float16, effort: Effort) -> &'static [u32] {
     match (flavour, effort) {
         (_, Effort::Inference | Effort::Speed) => &[7],
         (Float16::Bf16, Effort::Balanced) => &[4, 5, 6, 7],
