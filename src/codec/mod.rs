@@ -212,7 +212,7 @@ pub fn encode_sparse_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u
             .map(|p| stream::plan_symbols(p).map_or(values.len() + 6, |plan| plan.bytes))
             .sum();
         let sym = stream::plan_symbols(&h).map(|plan| Whole::Sym(values, plan));
-        let sparse = changes.and_then(|c| c.plan(effort).map(|plan| Whole::Sparse(c, plan)));
+        let sparse = changes.and_then(|c| c.plan(&h, effort).map(|plan| Whole::Sparse(c, plan)));
         // The changes are coded and decoded in time per change, the whole stream in time per
         // element: outside storage mode they are kept when at most a 25th larger (their two
         // symbol tables cost a few hundred bytes more per chunk).

@@ -2,8 +2,9 @@
 //! changed values and the gaps between them, so coding costs time per change rather than per
 //! element. A gap's class (its exact value below 4, else its top three bits and magnitude) is
 //! a symbol; the bits below them are stored raw. On data with a few percent of changes this
-//! lands at the zeroth-order entropy of the whole stream (the run lengths are geometric),
-//! while the encoder touches only the changes after one scan for them.
+//! lands within a few percent of the zeroth-order entropy of the whole stream (the run
+//! lengths are geometric; the rest is the streams' headers), while the encoder touches only
+//! the changes after one scan for them.
 //!
 //! Body (after the codec tag); a gap is the number of zeros before a nonzero element:
 //! ```text
@@ -66,6 +67,10 @@ impl Changes {
     /// The changes of `words`, or `None` when more than `limit` of them are nonzero (dense
     /// data: the whole-value stream wins there, and gathering would cost more than it saves).
     pub fn of(words: &[u16], limit: usize) -> Option<Changes> {
+        // Positions are 32-bit (a chunk is far smaller).
+        if words.len() > u32::MAX as usize {
+            return None;
+        }
         let mut at: Vec<u32> = Vec::with_capacity(limit + 64);
         let mut values: Vec<u16> = Vec::with_capacity(limit + 64);
         let mut done = 0;
@@ -174,9 +179,9 @@ impl Changes {
         })
     }
 
-    /// Plans the body; its size is exact to within the rANS payloads' rounding.
-    pub fn plan(&self, effort: Effort) -> Option<SparsePlan> {
-        let h = self.dense_histogram();
+    /// Plans the body from the stream's histogram (`dense_histogram`); its size is exact to
+    /// within the rANS payloads' rounding.
+    pub fn plan(&self, h: &Histogram, effort: Effort) -> Option<SparsePlan> {
         let nonzero: Vec<(u16, u64)> = h
             .values
             .iter()
@@ -194,13 +199,13 @@ impl Changes {
         // table) instead of two, which is most of the cost of a chunk with few changes.
         if (1..=JOINT_VALUES).contains(&values.len()) && (top + 1) * values.len() <= 256 {
             let joint = self.joint(&values);
-            let plan = stream::plan_symbols(&Histogram::of(joint.iter().copied(), 8))?;
+            let plan = stream::plan_symbols(&Histogram::of_small(&joint, 8))?;
             return Some(SparsePlan {
                 bytes: fixed + 1 + 2 * values.len() + plan.bytes,
                 streams: Streams::Joint(values, joint, plan),
             });
         }
-        let classes = stream::plan_symbols(&Histogram::of(self.classes.iter().copied(), 7))?;
+        let classes = stream::plan_symbols(&Histogram::of_small(&self.classes, 7))?;
         let split = Histogram {
             values,
             counts: nonzero.iter().map(|p| p.1).collect(),
@@ -440,7 +445,9 @@ mod tests {
 
     fn roundtrip(words: &[u16]) -> usize {
         let c = Changes::of(words, words.len()).expect("no limit");
-        let plan = c.plan(Effort::Balanced).expect("plan");
+        let plan = c
+            .plan(&c.dense_histogram(), Effort::Balanced)
+            .expect("plan");
         let blob = c.write(&plan);
         assert!(
             blob.len() <= plan.bytes + 4,
