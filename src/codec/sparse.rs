@@ -23,18 +23,13 @@ use super::stream::{self, Histogram, SymPlan};
 use super::{tag, CodecError, Effort};
 
 /// Classes 0..4 are gaps 0..4; class `4 + 4(e − 2) + m` holds the gaps with leading bit `e`
-/// and the two bits below it `m`, the `e − 2` bits below those stored raw.
+/// and the two bits below it `m`, the `e − 2` bits below those stored raw. Written without a
+/// branch: with `w = max(e − 2, 0)` raw bits, the class is `4w + (gap >> w)` for every gap
+/// (below 8 it is the gap itself).
 fn class_of(gap: u32) -> (u16, u32, u32) {
-    if gap < 4 {
-        return (gap as u16, 0, 0);
-    }
-    let e = 31 - gap.leading_zeros();
-    let w = e - 2;
-    (
-        (4 + 4 * w + ((gap >> w) & 3)) as u16,
-        gap & ((1 << w) - 1),
-        w,
-    )
+    let e = 31 - (gap | 1).leading_zeros();
+    let w = e.saturating_sub(2);
+    ((4 * w + (gap >> w)) as u16, gap & ((1 << w) - 1), w)
 }
 
 /// Raw bits below class `c`'s leading three.
@@ -47,12 +42,8 @@ fn extra_bits(c: u16) -> u32 {
 }
 
 fn gap_of(c: u16, low: u32) -> u32 {
-    if c < 4 {
-        u32::from(c)
-    } else {
-        let w = extra_bits(c);
-        ((4 | u32::from(c & 3)) << w) | low
-    }
+    let w = extra_bits(c);
+    ((u32::from(c) - 4 * w) << w) | low
 }
 
 /// The nonzero values of a chunk and where they are, gathered for planning.
@@ -111,13 +102,14 @@ impl Changes {
         if values.len() > limit {
             return None;
         }
-        let mut classes = Vec::with_capacity(at.len());
-        let mut bits = Vec::with_capacity(at.len());
+        let mut classes = vec![0u16; at.len()];
+        // At most 30 raw bits a change, plus the writer's 8-byte stores past the end.
+        let mut bits = vec![0u8; at.len() * 4 + 8];
         let mut writer = BitWriter::default();
         let mut next = 0u32;
-        for &i in &at {
-            let (class, low, w) = class_of(i - next);
-            classes.push(class);
+        for (class, &i) in classes.iter_mut().zip(&at) {
+            let (c, low, w) = class_of(i - next);
+            *class = c;
             writer.put(low, w, &mut bits);
             next = i + 1;
         }
@@ -367,30 +359,31 @@ pub fn decode(r: &mut Reader<'_>, out: &mut [u8]) -> Result<(), CodecError> {
     Ok(())
 }
 
-/// Appends values of up to 29 bits, LSB first.
+/// Writes values of up to 30 bits, LSB first, into a buffer sized beforehand (8 bytes of room
+/// past the last value): every value stores the whole accumulator and moves on by the bytes
+/// it completed, so there is no branch per value.
 #[derive(Default)]
 struct BitWriter {
     acc: u64,
     held: u32,
+    at: usize,
 }
 
 impl BitWriter {
-    fn put(&mut self, v: u32, width: u32, out: &mut Vec<u8>) {
+    fn put(&mut self, v: u32, width: u32, out: &mut [u8]) {
         self.acc |= u64::from(v) << self.held;
         self.held += width;
-        if self.held >= 32 {
-            out.extend_from_slice(&(self.acc as u32).to_le_bytes());
-            self.acc >>= 32;
-            self.held -= 32;
-        }
+        out[self.at..self.at + 8].copy_from_slice(&self.acc.to_le_bytes());
+        let bytes = self.held / 8;
+        self.at += bytes as usize;
+        // At most 7 + 30 bits are held, so the shift is below 64.
+        self.acc >>= 8 * bytes;
+        self.held -= 8 * bytes;
     }
 
-    fn finish(mut self, out: &mut Vec<u8>) {
-        while self.held > 0 {
-            out.push(self.acc as u8);
-            self.acc >>= 8;
-            self.held = self.held.saturating_sub(8);
-        }
+    /// Cuts the buffer after the last byte that holds bits.
+    fn finish(self, out: &mut Vec<u8>) {
+        out.truncate(self.at + self.held.div_ceil(8) as usize);
     }
 }
 
