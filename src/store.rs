@@ -550,26 +550,10 @@ pub fn compress_file_against(
             if window_no < windows_done {
                 // Already coded and written before the interruption: only the md5 receipts need
                 // these bytes again.
-                let mut segs: Vec<(usize, usize, usize)> = Vec::new();
-                for j in window {
-                    match segs.last_mut() {
-                        Some(s) if s.0 == j.tensor => s.2 = j.end,
-                        _ => segs.push((j.tensor, j.start, j.end)),
-                    }
-                }
-                let mut hs: Vec<(usize, Md5)> = segs
-                    .iter()
-                    .map(|s| (s.0, hashers[s.0].take().expect("hashed in order")))
-                    .collect();
-                let mut jobs: Vec<(&mut Md5, &[u8])> = hs
-                    .iter_mut()
-                    .zip(&segs)
-                    .map(|((_, h), s)| (h, &src.tensor_bytes(&src.tensors[s.0])[s.1..s.2]))
-                    .collect();
-                md5x::update_many(&mut jobs);
-                for (t, h) in hs {
-                    hashers[t] = Some(h);
-                }
+                let mut segments = segments_of(window, &mut hashers);
+                hash_segments(&src, &mut segments);
+                give_back(segments, &mut hashers);
+                release_source(&src, window);
                 progress.advance(bytes as u64);
                 next = end;
                 window_no += 1;
@@ -794,25 +778,36 @@ pub fn compress_file_against(
 /// Bytes `start..end` of tensor `tensor`, with that tensor's running md5.
 type Segment = (usize, usize, usize, Md5);
 
-/// A window's runs of chunks per tensor, each holding its tensor's hasher until it is hashed.
-fn segments_of(window: &[ChunkJob], hashers: &mut [Option<Md5>]) -> Vec<Segment> {
-    let mut segments: Vec<Segment> = Vec::new();
+/// A window's runs of chunks per tensor: `(tensor, start, end)` (a tensor's chunks are
+/// contiguous, so each tensor has one run).
+fn spans(window: &[ChunkJob]) -> Vec<(usize, usize, usize)> {
+    let mut spans: Vec<(usize, usize, usize)> = Vec::new();
     for j in window {
-        match segments.last_mut() {
-            Some(seg) if seg.0 == j.tensor => seg.2 = j.end,
-            _ => {
-                let h = hashers[j.tensor]
-                    .take()
-                    .expect("each tensor hashed in order");
-                segments.push((j.tensor, j.start, j.end, h));
-            }
+        match spans.last_mut() {
+            Some(s) if s.0 == j.tensor => s.2 = j.end,
+            _ => spans.push((j.tensor, j.start, j.end)),
         }
     }
-    segments
+    spans
 }
 
-fn hash_segments(src: &SafetensorsFile, segments: &mut [Segment]) {
-    let mut jobs: Vec<(&mut Md5, &[u8])> = segments
+/// A window's spans, each holding its tensor's hasher until it is hashed.
+fn segments_of(window: &[ChunkJob], hashers: &mut [Option<Md5>]) -> Vec<Segment> {
+    spans(window)
+        .into_iter()
+        .map(|(t, start, end)| {
+            let h = hashers[t].take().expect("each tensor hashed in order");
+            (t, start, end, h)
+        })
+        .collect()
+}
+
+/// The md5 work of a window's segments, for `md5x::update_many`.
+fn segment_work<'a>(
+    src: &'a SafetensorsFile,
+    segments: &'a mut [Segment],
+) -> Vec<(&'a mut Md5, &'a [u8])> {
+    segments
         .iter_mut()
         .map(|seg| {
             (
@@ -820,8 +815,11 @@ fn hash_segments(src: &SafetensorsFile, segments: &mut [Segment]) {
                 &src.tensor_bytes(&src.tensors[seg.0])[seg.1..seg.2],
             )
         })
-        .collect();
-    md5x::update_many(&mut jobs);
+        .collect()
+}
+
+fn hash_segments(src: &SafetensorsFile, segments: &mut [Segment]) {
+    md5x::update_many(&mut segment_work(src, segments));
 }
 
 fn give_back(segments: Vec<Segment>, hashers: &mut [Option<Md5>]) {
@@ -889,14 +887,7 @@ impl Shared<'_> {
             return;
         }
         release_source(src, window);
-        let mut spans: Vec<(usize, usize, usize)> = Vec::new();
-        for j in window {
-            match spans.last_mut() {
-                Some(s) if s.0 == j.tensor => s.2 = j.end,
-                _ => spans.push((j.tensor, j.start, j.end)),
-            }
-        }
-        for (t, start, end) in spans {
+        for (t, start, end) in spans(window) {
             if self.paired[t] {
                 self.base
                     .release(&src.tensors[t].name, start as u64, end as u64);
@@ -918,56 +909,42 @@ fn hash_beside(
 ) -> Result<Vec<Option<Md5>>> {
     use xxhash_rust::xxh3::Xxh3;
     let base = shared.base;
-    let n = src.tensors.len();
-    let mut fine: Vec<Md5> = (0..n).map(|_| Md5::new()).collect();
+    let mut fine: Vec<Option<Md5>> = src.tensors.iter().map(|_| Some(Md5::new())).collect();
     let mut coarse: Vec<Option<(Md5, Xxh3)>> = shared
         .paired
         .iter()
         .map(|&p| p.then(|| (Md5::new(), Xxh3::new())))
         .collect();
-    let mut coded = vec![false; n];
     let mut next = 0;
     let mut window_no = 0;
     while next < jobs.len() && !shared.stop.load(Ordering::Relaxed) {
         let end = window_end(jobs, next, limit);
         let window = &jobs[next..end];
-        let mut spans: Vec<(usize, usize, usize)> = Vec::new();
-        for j in window {
-            coded[j.tensor] = true;
-            match spans.last_mut() {
-                Some(s) if s.0 == j.tensor => s.2 = j.end,
-                _ => spans.push((j.tensor, j.start, j.end)),
+        let mut segments = segments_of(window, &mut fine);
+        let mut base_segments = Vec::new();
+        for &(t, start, end, _) in &segments {
+            if let Some(h) = coarse[t].take() {
+                let bytes = base.range(&src.tensors[t].name, start as u64, end as u64)?;
+                base_segments.push((t, h, bytes));
             }
         }
-        let mut base_bytes = Vec::new();
-        for &(t, start, end) in &spans {
-            if coarse[t].is_some() {
-                let name = &src.tensors[t].name;
-                base_bytes.push((t, base.range(name, start as u64, end as u64)?));
-            }
+        let mut work = segment_work(src, &mut segments);
+        for (_, (md5, xxh), bytes) in &mut base_segments {
+            xxh.update(bytes);
+            work.push((md5, bytes));
         }
-        {
-            let mut work: Vec<(&mut Md5, &[u8])> = Vec::new();
-            let mut fine_of: Vec<Option<&mut Md5>> = fine.iter_mut().map(Some).collect();
-            for &(t, start, end) in &spans {
-                let h = fine_of[t].take().expect("one span per tensor and window");
-                work.push((h, &src.tensor_bytes(&src.tensors[t])[start..end]));
-            }
-            let mut coarse_of: Vec<Option<&mut (Md5, Xxh3)>> =
-                coarse.iter_mut().map(|c| c.as_mut()).collect();
-            for (t, bytes) in &base_bytes {
-                let (md5, xxh) = coarse_of[*t]
-                    .take()
-                    .expect("one span per tensor and window");
-                xxh.update(bytes);
-                work.push((md5, bytes));
-            }
-            md5x::update_many(&mut work);
+        md5x::update_many(&mut work);
+        give_back(segments, &mut fine);
+        for (t, h, _) in base_segments {
+            coarse[t] = Some(h);
         }
-        drop(base_bytes);
         shared.done(Shared::HASHING, window_no, src, window);
         window_no += 1;
         next = end;
+    }
+    let mut coded = vec![false; src.tensors.len()];
+    for j in jobs {
+        coded[j.tensor] = true;
     }
     for (t, c) in coarse.into_iter().enumerate() {
         // Tensors without jobs (unchanged ones) were not hashed here.
@@ -975,7 +952,7 @@ fn hash_beside(
             base.remember(&src.tensors[t].name, &md5.hex(), xxh.digest());
         }
     }
-    Ok(fine.into_iter().map(Some).collect())
+    Ok(fine)
 }
 
 /// One coded chunk on its way to the writer.

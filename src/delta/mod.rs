@@ -50,9 +50,7 @@ pub trait BaseSource: Send + Sync {
     /// xxh3 of a whole tensor of `len` bytes, the identity a patch records for each base
     /// tensor it refers to.
     fn whole_hash(&self, name: &str, len: u64) -> Result<u64> {
-        let h = fast_hash(&self.range(name, 0, len)?);
-        self.release(name, 0, len);
-        Ok(h)
+        hash_range(self, name, len)
     }
     /// Whether its bytes are mapped from a file (reading them costs nothing but page faults),
     /// so that its receipts are best hashed where the bytes are read anyway.
@@ -64,6 +62,13 @@ pub trait BaseSource: Send + Sync {
     /// Bytes `start..end` of a tensor are done with: a mapped base drops those pages, so
     /// resident memory stays bounded by the working window.
     fn release(&self, _name: &str, _start: u64, _end: u64) {}
+}
+
+/// xxh3 of a tensor's first `len` bytes, read and then released.
+fn hash_range<B: BaseSource + ?Sized>(base: &B, name: &str, len: u64) -> Result<u64> {
+    let h = fast_hash(&base.range(name, 0, len)?);
+    base.release(name, 0, len);
+    Ok(h)
 }
 
 /// Opens a base: a `.safetensors` file, a model directory, a `.bs` file or a compressed
@@ -231,9 +236,7 @@ impl BaseSource for SafetensorsBase {
         if let Some(&h) = self.hashes.lock().expect("no poisoned lock").get(name) {
             return Ok(h);
         }
-        let h = fast_hash(&self.range(name, 0, len)?);
-        self.release(name, 0, len);
-        Ok(h)
+        hash_range(self, name, len)
     }
 
     fn md5(&self, name: &str) -> Result<String> {
