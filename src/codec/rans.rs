@@ -138,32 +138,48 @@ impl EncSym {
 }
 
 /// Which 16-bit value of a word is its symbol's value:
-/// `((w & mask) >> shift) << lsb | (w & lsb)`. The codecs' fields are all of this form, so the
-/// encoder can read words directly instead of a symbol array written first.
+/// `((w' & mask) >> shift) << lsb | (w' & lsb)` with `w' = w + add` (wrapping). The codecs'
+/// fields are all of this form, so the encoder can read words directly instead of a symbol
+/// array written first; `add` moves a whole-value alphabet that wraps around zero (small
+/// differences, ±1 ulp) next to zero, so that its index table is small.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WordKey {
     pub mask: u16,
     pub shift: u32,
     pub lsb: bool,
+    pub add: u16,
 }
 
 impl WordKey {
     /// The word itself.
-    pub const WHOLE: WordKey = WordKey {
-        mask: 0xffff,
-        shift: 0,
-        lsb: false,
-    };
+    pub const WHOLE: WordKey = WordKey::whole(0);
+
+    /// The word plus `add`.
+    pub const fn whole(add: u16) -> WordKey {
+        WordKey {
+            mask: 0xffff,
+            shift: 0,
+            lsb: false,
+            add,
+        }
+    }
+
+    /// Whether the value is the whole word (plus `add`), with no field to extract.
+    pub fn is_whole(self) -> bool {
+        self.mask == 0xffff && self.shift == 0 && !self.lsb
+    }
 
     #[inline(always)]
     pub fn value(self, w: u16) -> u16 {
+        let w = w.wrapping_add(self.add);
         let l = u16::from(self.lsb);
         (((w & self.mask) >> self.shift) << l) | (w & l)
     }
 }
 
 /// The symbols to encode: words mapped to symbol indices through their key's value
-/// (`index[key.value(w)]`, every value of the stream below `index.len()`, a power of two).
+/// (`index[key.value(w)]`, every value of the stream below `index.len()`, a power of two;
+/// both encoders mask values into the table).
 /// The codecs' fields are read in place this way, without a symbol array written first.
 #[derive(Clone, Copy)]
 pub struct Symbols<'a> {
@@ -175,7 +191,8 @@ pub struct Symbols<'a> {
 impl Symbols<'_> {
     #[inline(always)]
     fn at(&self, i: usize) -> usize {
-        usize::from(self.index[usize::from(self.key.value(self.words[i]))])
+        let v = usize::from(self.key.value(self.words[i]));
+        usize::from(self.index[v & (self.index.len() - 1)])
     }
 }
 
@@ -870,13 +887,15 @@ mod tests {
             shift in 4u32..16,
             lsb in any::<bool>(),
             whole in any::<bool>(),
+            add in any::<u16>(),
         ) {
             let bits = 15 - shift + u32::from(lsb);
-            // Whole words below 2^bits, or a field of any word.
+            // Whole words that are below 2^bits once `add` is added, or a field of any word.
             let (key, words) = if whole {
-                (WordKey::WHOLE, words.iter().map(|&w| w & ((1u32 << bits) - 1) as u16).collect())
+                let below = |w: u16| (w & ((1u32 << bits) - 1) as u16).wrapping_sub(add);
+                (WordKey::whole(add), words.iter().map(|&w| below(w)).collect())
             } else {
-                (WordKey { mask: 0x7fff, shift, lsb }, words)
+                (WordKey { mask: 0x7fff, shift, lsb, add: 0 }, words)
             };
             // Fold the values into an alphabet of at most 256 symbols.
             let index: Vec<u8> = (0..1u32 << bits).map(|v| (v.wrapping_mul(2_654_435_761) >> 24) as u8).collect();

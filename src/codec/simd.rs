@@ -256,8 +256,16 @@ pub unsafe fn rans_encode_word_groups(
     let lsb = _mm512_set1_epi32(l);
     let lsb_shift = _mm_cvtsi32_si128(l);
     let in_table = _mm512_set1_epi32(freq_cum.len() as i32 - 1);
+    let add = _mm256_set1_epi16(key.add as i16);
+    // Sixteen words, plus the key's `add` (wrapping in 16 bits), widened to 32 bits.
+    let words16 = |p: *const u16| {
+        _mm512_cvtepu16_epi32(_mm256_add_epi16(
+            _mm256_loadu_si256(p as *const __m256i),
+            add,
+        ))
+    };
     let load = |p: *const u16| {
-        let w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
+        let w = words16(p);
         let v = _mm512_sll_epi32(
             _mm512_srl_epi32(_mm512_and_si512(w, mask), shift),
             lsb_shift,
@@ -285,13 +293,8 @@ pub unsafe fn rans_encode_word_groups(
         let r0 = _mm512_loadu_ps(recip.as_ptr());
         let r1 = _mm512_loadu_ps(recip.as_ptr().add(16));
         // Whole words (palette indices, block sizes) need no field extraction.
-        let whole = key == super::rans::WordKey::WHOLE;
-        let load_whole = |p: *const u16| {
-            _mm512_and_si512(
-                _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i)),
-                in_table,
-            )
-        };
+        let whole = key.is_whole();
+        let load_whole = |p: *const u16| _mm512_and_si512(words16(p), in_table);
         macro_rules! small_groups {
             ($load:ident) => {
                 for g in (0..groups).rev() {

@@ -81,6 +81,7 @@ impl Layout {
             mask: 0x7fff,
             shift: self.r,
             lsb: self.lsb,
+            add: 0,
         }
     }
 
@@ -255,7 +256,7 @@ impl SplitPlan {
     pub(super) fn write(&self, words: &[u16], out: &mut Vec<u8>) {
         let (layout, plan, n) = (self.layout, &self.plan, words.len());
         out.push(layout.to_byte());
-        let index = plan.index_map(layout.value_bits());
+        let index = plan.index_map(0, layout.value_bits());
         stream::write_word_symbols(plan, words, layout.key(), &index, out);
         match layout.width() {
             8 => out.extend(words.iter().map(|&w| layout.rest(w) as u8)),

@@ -199,30 +199,67 @@ pub fn plan_symbols(h: &Histogram) -> Option<SymPlan> {
 }
 
 impl SymPlan {
-    /// The symbol index of every value of the alphabet (values below `1 << bits`).
-    pub fn index_map(&self, bits: u32) -> Vec<u8> {
+    /// The symbol index of every value `v` of the alphabet, at `(v + add) mod 2^16` (all of
+    /// them below `1 << bits`).
+    pub fn index_map(&self, add: u16, bits: u32) -> Vec<u8> {
         let mut index = vec![0u8; 1 << bits];
         if let SymKind::Rans(_, alphabet) = &self.kind {
             for (i, &v) in alphabet.iter().enumerate() {
-                index[v as usize] = i as u8;
+                index[usize::from(v.wrapping_add(add))] = i as u8;
             }
         }
         index
     }
 }
 
+/// The smallest run of `2^bits` consecutive values, from `-add` on and wrapping past 65535 to
+/// 0, that holds the whole (sorted) alphabet: small differences (±1 ulp is 1 and 65535) then
+/// index through a table of a few entries, which the encoder keeps in registers, instead of
+/// one of 65536 gathered from L2.
+fn window(alphabet: &[u16]) -> (u16, u32) {
+    let (Some(&first), Some(&last)) = (alphabet.first(), alphabet.last()) else {
+        return (0, 0);
+    };
+    // The run starts after the widest gap between neighbours (from the last value round to
+    // the first included; on a tie that one, which keeps the values as they are).
+    let mut start = first;
+    let mut widest = u32::from(first) + (1 << 16) - u32::from(last);
+    for pair in alphabet.windows(2) {
+        let gap = u32::from(pair[1].wrapping_sub(pair[0]));
+        if gap > widest {
+            widest = gap;
+            start = pair[1];
+        }
+    }
+    let span = ((1u32 << 16) + 1).saturating_sub(widest).max(1);
+    let (add, bits) = (
+        start.wrapping_neg(),
+        span.next_power_of_two().trailing_zeros(),
+    );
+    // Histograms list their values in order; anything else gets the table from 0 up.
+    if alphabet
+        .iter()
+        .any(|&v| u32::from(v.wrapping_add(add)) >> bits != 0)
+    {
+        return (
+            0,
+            16 - alphabet.iter().max().map_or(0, |&v| v).leading_zeros(),
+        );
+    }
+    (add, bits)
+}
+
 /// Writes a planned symbol stream. `values` yields the stream in order.
 pub fn write_symbols(plan: &SymPlan, values: &[u16], out: &mut Vec<u8>) {
-    // The index table only needs to cover the largest value of the alphabet.
-    let bits = match &plan.kind {
-        SymKind::Rans(_, alphabet) => 16 - alphabet.last().map_or(0, |&v| v).leading_zeros(),
-        SymKind::Const(_) => 0,
+    let (add, bits) = match &plan.kind {
+        SymKind::Rans(_, alphabet) => window(alphabet),
+        SymKind::Const(_) => (0, 0),
     };
     write_word_symbols(
         plan,
         values,
-        rans::WordKey::WHOLE,
-        &plan.index_map(bits),
+        rans::WordKey::whole(add),
+        &plan.index_map(add, bits),
         out,
     );
 }
@@ -597,6 +634,56 @@ mod tests {
             let want = Histogram::of(values.iter().copied(), bits);
             prop_assert_eq!(&got.values, &want.values);
             prop_assert_eq!(&got.counts, &want.counts);
+        }
+    }
+
+    /// Whole-value streams index through the smallest window that holds the alphabet, and
+    /// code exactly as through the table from 0 up (AVX-512 and portable encoders alike),
+    /// decoding back to the values.
+    #[test]
+    fn windowed_alphabets_code_as_the_full_table() {
+        assert_eq!(window(&[1, 0xffff]), (1, 2));
+        assert_eq!(window(&[0, 1, 0xfffe, 0xffff]), (2, 2));
+        assert_eq!(window(&[3, 5, 9]), (0xfffd, 3));
+        assert_eq!(window(&[0, 0x8000]), (0, 16));
+        assert_eq!(window(&[7]), (0xfff9, 0));
+        // Out of order: the table from 0 up.
+        assert_eq!(window(&[9, 3, 5]), (0, 4));
+        let alphabets: [&[u16]; 4] = [
+            &[0, 1, 0xffff],
+            &[0xfff0, 0xfff8, 2, 40],
+            &[100, 101, 300],
+            &[0, 0x7fff, 0x8000, 0xffff],
+        ];
+        #[cfg(target_arch = "x86_64")]
+        let _guard = crate::codec::SIMD_SWITCH
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for alphabet in alphabets {
+            let data: Vec<u16> = (0..9000u32)
+                .map(|i| alphabet[(i.wrapping_mul(2654435761) >> 16) as usize % alphabet.len()])
+                .collect();
+            let plan = plan_symbols(&Histogram::of(data.iter().copied(), 16)).expect("plan");
+            for portable in [false, true] {
+                #[cfg(target_arch = "x86_64")]
+                crate::codec::simd::force_portable(portable);
+                let mut got = Vec::new();
+                write_symbols(&plan, &data, &mut got);
+                let mut want = Vec::new();
+                let index = plan.index_map(0, 16);
+                write_word_symbols(&plan, &data, rans::WordKey::WHOLE, &index, &mut want);
+                assert!(got == want, "{alphabet:?} portable={portable}");
+                let mut r = Reader::new(&got);
+                let s = read_symbols(&mut r, 16).unwrap();
+                let mut back = vec![0u8; data.len() * 2];
+                decode_symbols_u16(&s, &mut back).unwrap();
+                assert!(back
+                    .chunks_exact(2)
+                    .zip(&data)
+                    .all(|(b, &d)| u16::from_le_bytes([b[0], b[1]]) == d));
+            }
+            #[cfg(target_arch = "x86_64")]
+            crate::codec::simd::force_portable(false);
         }
     }
 
