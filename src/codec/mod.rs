@@ -200,8 +200,12 @@ pub fn encode_sparse_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u
     // otherwise coded and measured as well (always in storage mode).
     let whole = (w == 2).then(|| {
         let values = split::as_words(data);
-        // Up to a quarter of changes, gathering them also gives the histogram.
-        let changes = sparse::Changes::of(&values, values.len() / 4);
+        // Up to a quarter of changes, gathering them also gives the histogram. A count of the
+        // zeros first spares denser chunks gathering a quarter of theirs to find out.
+        let limit = values.len() / 4;
+        let changes = (values.len() - stream::count_equal(&values, 0) <= limit)
+            .then(|| sparse::Changes::of(&values, limit))
+            .flatten();
         let h = match &changes {
             Some(c) => c.dense_histogram(),
             None => stream::Histogram::of_words(&values),
