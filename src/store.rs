@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use crate::codec::{encode_chunk, Effort, ElemKind};
 use crate::error::{Error, Result};
+use crate::format::arena::{Blob, BlobArena};
 use crate::format::reader::Container;
 use crate::format::writer::ContainerWriter;
 use crate::format::{fast_hash, ChunkEntry, Index, Source, TensorEntry, CHUNK_BYTES};
@@ -176,10 +177,12 @@ pub fn md5_hex(bytes: &[u8]) -> String {
 
 /// Writes a coded window's blobs in order and records their chunk entries (and patch
 /// statistics).
+#[allow(clippy::too_many_arguments)]
 fn write_window(
     writer: &mut ContainerWriter,
     window: &[ChunkJob],
     coded: Vec<Result<Coded>>,
+    arena: Option<&BlobArena>,
     window_no: usize,
     chunks: &mut [Vec<ChunkEntry>],
     stats: &mut Option<DeltaStats>,
@@ -192,7 +195,8 @@ fn write_window(
             writer.flush()?;
             abort_if("mid-window", window_no + 1);
         }
-        let offset = writer.write_blob(&c.blob)?;
+        let blob = c.blob.bytes(arena);
+        let offset = writer.write_blob(blob)?;
         if let Some(st) = stats.as_mut() {
             st.changed_bytes += c.changed;
             if matched[j.tensor].is_some() {
@@ -205,10 +209,10 @@ fn write_window(
         }
         chunks[j.tensor].push(ChunkEntry {
             offset,
-            len: c.blob.len() as u64,
+            len: blob.len() as u64,
             raw_len: (j.end - j.start) as u64,
             hash: c.hash,
-            codec: c.blob[0],
+            codec: blob[0],
             delta: c.delta,
             skip: 0,
             total: 0,
@@ -543,6 +547,15 @@ pub fn compress_file_against(
         let mut next = 0;
         let mut window_no = 0usize;
         let mut pending: Option<(std::ops::Range<usize>, Vec<Result<Coded>>, usize)> = None;
+        // One arena for the window being coded, one for the window being written.
+        let arena_bytes = jobs
+            .iter()
+            .map(|j| j.end - j.start)
+            .sum::<usize>()
+            .min(window_limit)
+            + window_limit / 8
+            + CHUNK_BYTES;
+        let mut arenas = [BlobArena::new(arena_bytes), BlobArena::new(arena_bytes)];
         while next < jobs.len() {
             let end = window_end(&jobs, next, window_limit);
             let window = &jobs[next..end];
@@ -564,14 +577,27 @@ pub fn compress_file_against(
             let mut segments = (!base_beside).then(|| segments_of(window, &mut hashers));
             let mut coded: Vec<Result<Coded>> = Vec::new();
             let mut written: Result<()> = Ok(());
+            // The window written beside this one has the other arena.
+            if let Some(a) = arenas[window_no % 2].as_mut() {
+                a.clear();
+            }
+            let arena = arenas[window_no % 2].as_ref();
             rayon::scope(|s| {
                 if let Some((range, blobs, no)) = pending.take() {
                     let (writer, chunks, stats, matched) =
                         (&mut writer, &mut chunks, &mut stats, &matched);
-                    let (jobs, written) = (&jobs, &mut written);
+                    let (jobs, written, arena) = (&jobs, &mut written, arenas[no % 2].as_ref());
                     s.spawn(move |_| {
-                        *written =
-                            write_window(writer, &jobs[range], blobs, no, chunks, stats, matched);
+                        *written = write_window(
+                            writer,
+                            &jobs[range],
+                            blobs,
+                            arena,
+                            no,
+                            chunks,
+                            stats,
+                            matched,
+                        );
                     });
                 }
                 if let Some(segments) = segments.as_mut() {
@@ -586,7 +612,7 @@ pub fn compress_file_against(
                         let hash = fast_hash(raw);
                         let (Some(b), Some(_)) = (base, &matched[j.tensor]) else {
                             return Ok(Coded {
-                                blob: encode_chunk(kind, raw, opts.effort),
+                                blob: Blob::keep(arena, encode_chunk(kind, raw, opts.effort)),
                                 hash,
                                 delta: false,
                                 changed: 0,
@@ -611,13 +637,13 @@ pub fn compress_file_against(
                         let alone = (!skip_alone).then(|| encode_chunk(kind, raw, opts.effort));
                         Ok(match alone {
                             Some(a) if a.len() <= d.len() => Coded {
-                                blob: a,
+                                blob: Blob::keep(arena, a),
                                 hash,
                                 delta: false,
                                 changed,
                             },
                             _ => Coded {
-                                blob: d,
+                                blob: Blob::keep(arena, d),
                                 hash,
                                 delta: true,
                                 changed,
@@ -643,6 +669,7 @@ pub fn compress_file_against(
                     &mut writer,
                     window,
                     coded,
+                    arena,
                     window_no,
                     &mut chunks,
                     &mut stats,
@@ -678,6 +705,7 @@ pub fn compress_file_against(
                 &mut writer,
                 &jobs[range],
                 blobs,
+                arenas[no % 2].as_ref(),
                 no,
                 &mut chunks,
                 &mut stats,
@@ -957,7 +985,7 @@ fn hash_beside(
 
 /// One coded chunk on its way to the writer.
 struct Coded {
-    blob: Vec<u8>,
+    blob: Blob,
     hash: u64,
     delta: bool,
     changed: u64,
