@@ -587,10 +587,11 @@ pub fn compress_file_against(
                     let (writer, chunks, stats, matched) =
                         (&mut writer, &mut chunks, &mut stats, &matched);
                     let (jobs, written, arena) = (&jobs, &mut written, arenas[no % 2].as_ref());
+                    let src = &src;
                     s.spawn(move |_| {
                         *written = write_window(
                             writer,
-                            &jobs[range],
+                            &jobs[range.clone()],
                             blobs,
                             arena,
                             no,
@@ -598,6 +599,11 @@ pub fn compress_file_against(
                             stats,
                             matched,
                         );
+                        // Its input pages too, here rather than between the windows, where
+                        // both threads would wait for it.
+                        if !base_beside {
+                            release_source(src, &jobs[range]);
+                        }
                     });
                 }
                 if let Some(segments) = segments.as_mut() {
@@ -660,7 +666,9 @@ pub fn compress_file_against(
                 // The hashing thread reads the same windows: whichever side is done with a
                 // window second drops it, so neither maps its pages twice.
                 Some(sh) => sh.done(Shared::CODING, window_no, &src, window),
-                None => release_source(&src, window),
+                // Otherwise the write of the window drops them, or, resumable, this.
+                None if opts.resume => release_source(&src, window),
+                None => {}
             }
             // Without checkpoints, a window's blobs are written while the next one is coded (see
             // the scope above); a resumable run writes and checkpoints each window before the next.
