@@ -51,7 +51,7 @@ for f in "${FILES[@]}"; do
     out=$(stat -c %s "$WORK/x.bs")
     read -r ds dr < <(timed $B decompress "$WORK/x.bs" --no-progress -o "$WORK/x.back")
     same=$([ "$(sha256sum "$WORK/x.back" | cut -d' ' -f1)" = "$sha" ] && echo yes || echo NO)
-    mem=$($B benchmark "$f" --$mode --json --no-progress | python3 -c 'import json,sys; print("%.0f" % json.load(sys.stdin)["decode_memory_mb_s"])')
+    mem=$($B benchmark "$f" --$mode --runs 10 --json --no-progress | python3 -c 'import json,sys; print("%.0f" % json.load(sys.stdin)["decode_memory_mb_s"])')
     python3 - "$f" "$size" "$bc" "$be" "$mode" "$out" "$cs" "$cr" "$ds" "$dr" "$cps" "$mem" "$same" <<'PY'
 import sys
 f,size,bc,be,mode,out,cs,cr,ds,dr,cps,mem,same=sys.argv[1:]

@@ -533,6 +533,21 @@ pub fn compress_file_against(
             let (src, jobs) = (&src, jobs.clone());
             scope.spawn(move || hash_beside(src, &jobs, window_limit, &sh))
         });
+        // Unchanged tensors are not coded, so that thread never reads them: their base
+        // receipts are hashed meanwhile on a thread of their own, not after the coding.
+        let unchanged = match (base, base_beside) {
+            (Some(b), true) => {
+                let names: Vec<&str> = src
+                    .tensors
+                    .iter()
+                    .zip(&matched)
+                    .filter(|(_, m)| m.as_ref().is_some_and(|m| m.same))
+                    .map(|(t, _)| t.name.as_str())
+                    .collect();
+                (!names.is_empty()).then(|| scope.spawn(move || b.md5_these(&names)))
+            }
+            _ => None,
+        };
         // On an early return (an error) the hashing thread stops at its next window instead of
         // hashing the rest of the model before the scope can end.
         let _stop = StopOnDrop(shared.clone());
@@ -723,6 +738,9 @@ pub fn compress_file_against(
 
         if let Some(r) = receipts {
             hashers = r.join().expect("hashing does not panic")?;
+        }
+        if let Some(u) = unchanged {
+            u.join().expect("hashing does not panic");
         }
         let mut matched = matched;
         if let (true, Some(b)) = (base_beside, base) {

@@ -611,6 +611,60 @@ fn unchanged_tensors_cost_at_most_200_bytes_each() {
     assert_eq!(i["patch"]["standalone_tensors"].as_u64(), Some(0));
 }
 
+/// Unchanged tensors' base receipts are hashed on a thread of their own during the coding, a
+/// long one piece by piece: the patch must record exactly the md5 and xxh3 of their bytes, and
+/// rebuild. The first tensor here (6 MiB of real weights, cycled) is longer than a piece.
+#[test]
+fn unchanged_tensors_receipts_are_exact() {
+    let dir = tmp();
+    let d = dir.path();
+    let base = d.join("base.safetensors");
+    let fine = d.join("fine.safetensors");
+    derive(&base_file(), &base, |ts| {
+        let pool: Vec<u8> = ts.iter().flat_map(|t| t.data.iter().copied()).collect();
+        let rows = 3 << 10;
+        ts.insert(
+            0,
+            Tensor {
+                name: "model.long_table.weight".into(),
+                dtype: "BF16".into(),
+                shape: vec![rows, 1024],
+                data: pool.iter().cycle().take(rows * 1024 * 2).copied().collect(),
+            },
+        );
+    });
+    // The long tensor and every other one after it untouched, the rest nudged.
+    let mut rng = Rng(7);
+    derive(&base, &fine, |ts| {
+        for t in ts.iter_mut().skip(1).step_by(2) {
+            nudge(&mut t.data, 0.1, &mut rng);
+        }
+    });
+    let p = d.join("patch.bs");
+    patch(&fine, &base, &p);
+    let (_, base_ts) = load(&base);
+    let index = Container::open(&p).expect("opens").index;
+    let mut unchanged = 0;
+    for (e, b) in index.tensors.iter().zip(&base_ts) {
+        let r = e.delta.as_ref().expect("every tensor is matched");
+        assert_eq!(r.base_md5, md5_hex(&b.data), "{}: base md5", e.name);
+        assert_eq!(
+            r.base_hash,
+            xxhash_rust::xxh3::xxh3_64(&b.data),
+            "{}",
+            e.name
+        );
+        if r.same {
+            assert_eq!(e.md5, r.base_md5, "{}: receipt", e.name);
+            unchanged += 1;
+        }
+    }
+    assert_eq!(unchanged, base_ts.len().div_ceil(2));
+    let scratch = d.join("scratch");
+    fs::create_dir(&scratch).expect("mkdir");
+    assert_rebuilds(&fine, &p, &base, &scratch, "half unchanged");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4: sparse ±1 fine-tunes come within 10% of the XOR stream's zeroth-order entropy
 

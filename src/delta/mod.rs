@@ -47,6 +47,9 @@ pub trait BaseSource: Send + Sync {
     /// Computes every tensor's receipt at once where they are not stored (the fingerprint
     /// needs them all): the tensors hash side by side on all cores.
     fn md5_all(&self) {}
+    /// Computes the named tensors' receipts where they are not stored, on the calling thread
+    /// alone (side by side in its SIMD lanes), so that other threads can do other work.
+    fn md5_these(&self, _names: &[&str]) {}
     /// xxh3 of a whole tensor of `len` bytes, the identity a patch records for each base
     /// tensor it refers to.
     fn whole_hash(&self, name: &str, len: u64) -> Result<u64> {
@@ -143,6 +146,80 @@ impl SafetensorsBase {
         let file = &self.files[f];
         Some(file.tensor_bytes(&file.tensors[t]))
     }
+
+    /// Hashes the md5 and xxh3 receipts of the named tensors not known yet, on all cores or
+    /// on this thread only, in batches released as they are done: resident memory stays
+    /// bounded by the batch, not the model. On this thread only, the coding holds its own
+    /// windows meanwhile, so batches are smaller and a long tensor is hashed and released
+    /// piece by piece (MD5 is one serial chain per tensor however it is fed).
+    fn hash_batches<'a>(&'a self, names: impl Iterator<Item = &'a str>, all_cores: bool) {
+        const PIECE: usize = 4 << 20;
+        let cap: u64 = if all_cores { 64 << 20 } else { 16 << 20 };
+        let remember = |name: &str, md5: String, hash: u64| {
+            self.md5s
+                .lock()
+                .expect("no poisoned lock")
+                .insert(name.to_string(), md5);
+            self.hashes
+                .lock()
+                .expect("no poisoned lock")
+                .insert(name.to_string(), hash);
+        };
+        let mut batch: Vec<(&str, &[u8])> = Vec::new();
+        let mut size = 0u64;
+        let flush = |batch: &mut Vec<(&str, &[u8])>| {
+            let bytes: Vec<&[u8]> = batch.iter().map(|b| b.1).collect();
+            let (digests, xxh): (_, Vec<u64>) = if all_cores {
+                (
+                    crate::integrity::md5x::digest_many_par(&bytes),
+                    bytes.par_iter().map(|b| fast_hash(b)).collect(),
+                )
+            } else {
+                (
+                    crate::integrity::md5x::digest_many(&bytes),
+                    bytes.iter().map(|b| fast_hash(b)).collect(),
+                )
+            };
+            for (((name, b), d), h) in batch.drain(..).zip(digests).zip(xxh) {
+                remember(name, crate::store::hex(&d), h);
+                self.release(name, 0, b.len() as u64);
+            }
+        };
+        for name in names {
+            // Each shard of a directory asks again; what is known is not hashed twice.
+            if self
+                .md5s
+                .lock()
+                .expect("no poisoned lock")
+                .contains_key(name)
+            {
+                continue;
+            }
+            // A tensor the file cannot hold is left to `md5`, which names it.
+            let Some(b) = self.bytes(name) else {
+                continue;
+            };
+            if !all_cores && b.len() > PIECE {
+                let mut md5 = crate::integrity::md5x::Md5::new();
+                let mut xxh = xxhash_rust::xxh3::Xxh3::new();
+                for (k, piece) in b.chunks(PIECE).enumerate() {
+                    md5.update(piece);
+                    xxh.update(piece);
+                    let at = (k * PIECE) as u64;
+                    self.release(name, at, at + piece.len() as u64);
+                }
+                remember(name, md5.hex(), xxh.digest());
+                continue;
+            }
+            batch.push((name, b));
+            size += b.len() as u64;
+            if size >= cap {
+                flush(&mut batch);
+                size = 0;
+            }
+        }
+        flush(&mut batch);
+    }
 }
 
 impl BaseSource for SafetensorsBase {
@@ -176,45 +253,11 @@ impl BaseSource for SafetensorsBase {
     }
 
     fn md5_all(&self) {
-        // In batches of up to 64 MiB, released as they are done: resident memory stays
-        // bounded by the batch, not the model.
-        const BATCH: u64 = 64 << 20;
-        let mut batch: Vec<(&str, &[u8])> = Vec::new();
-        let mut size = 0u64;
-        let flush = |batch: &mut Vec<(&str, &[u8])>| {
-            let bytes: Vec<&[u8]> = batch.iter().map(|b| b.1).collect();
-            let digests = crate::integrity::md5x::digest_many_par(&bytes);
-            let xxh: Vec<u64> = bytes.par_iter().map(|b| fast_hash(b)).collect();
-            let mut md5s = self.md5s.lock().expect("no poisoned lock");
-            let mut hashes = self.hashes.lock().expect("no poisoned lock");
-            for (((name, b), d), h) in batch.drain(..).zip(digests).zip(xxh) {
-                md5s.insert(name.to_string(), crate::store::hex(&d));
-                hashes.insert(name.to_string(), h);
-                self.release(name, 0, b.len() as u64);
-            }
-        };
-        for t in &self.tensors {
-            // Each shard of a directory asks again; what is known is not hashed twice.
-            if self
-                .md5s
-                .lock()
-                .expect("no poisoned lock")
-                .contains_key(&t.name)
-            {
-                continue;
-            }
-            // A tensor the file cannot hold is left to `md5`, which names it.
-            let Some(b) = self.bytes(&t.name) else {
-                continue;
-            };
-            batch.push((&t.name, b));
-            size += b.len() as u64;
-            if size >= BATCH {
-                flush(&mut batch);
-                size = 0;
-            }
-        }
-        flush(&mut batch);
+        self.hash_batches(self.tensors.iter().map(|t| t.name.as_str()), true);
+    }
+
+    fn md5_these(&self, names: &[&str]) {
+        self.hash_batches(names.iter().copied(), false);
     }
 
     fn is_mapped(&self) -> bool {
