@@ -533,16 +533,23 @@ pub fn compress_file_against(
             let (src, jobs) = (&src, jobs.clone());
             scope.spawn(move || hash_beside(src, &jobs, window_limit, &sh))
         });
-        // Unchanged tensors are not coded, so that thread never reads them: their base
-        // receipts are hashed meanwhile on a thread of their own, not after the coding.
-        let unchanged = match (base, base_beside) {
+        // That thread only reads base tensors paired with a coded one. The others' receipts
+        // (unchanged tensors; resized or removed ones, which the fingerprint needs too) are
+        // hashed meanwhile on a thread of their own, not after the coding.
+        let unpaired = match (base, base_beside) {
             (Some(b), true) => {
-                let names: Vec<&str> = src
+                let coded: std::collections::HashSet<&str> = src
                     .tensors
                     .iter()
                     .zip(&matched)
-                    .filter(|(_, m)| m.as_ref().is_some_and(|m| m.same))
+                    .filter(|(_, m)| m.as_ref().is_some_and(|m| !m.same))
                     .map(|(t, _)| t.name.as_str())
+                    .collect();
+                let names: Vec<&str> = b
+                    .tensors()
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .filter(|n| !coded.contains(n))
                     .collect();
                 (!names.is_empty()).then(|| scope.spawn(move || b.md5_these(&names)))
             }
@@ -739,7 +746,7 @@ pub fn compress_file_against(
         if let Some(r) = receipts {
             hashers = r.join().expect("hashing does not panic")?;
         }
-        if let Some(u) = unchanged {
+        if let Some(u) = unpaired {
             u.join().expect("hashing does not panic");
         }
         let mut matched = matched;

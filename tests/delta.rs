@@ -611,11 +611,13 @@ fn unchanged_tensors_cost_at_most_200_bytes_each() {
     assert_eq!(i["patch"]["standalone_tensors"].as_u64(), Some(0));
 }
 
-/// Unchanged tensors' base receipts are hashed on a thread of their own during the coding, a
-/// long one piece by piece: the patch must record exactly the md5 and xxh3 of their bytes, and
-/// rebuild. The first tensor here (6 MiB of real weights, cycled) is longer than a piece.
+/// The receipts of base tensors no coded tensor is paired with (unchanged, removed) are hashed
+/// on a thread of their own during the coding, a long one piece by piece: the patch must
+/// record exactly the md5 and xxh3 of their bytes, its fingerprint must cover the removed one,
+/// and it must rebuild. The first tensor here (6 MiB of real weights, cycled) is longer than a
+/// piece.
 #[test]
-fn unchanged_tensors_receipts_are_exact() {
+fn unpaired_base_receipts_are_exact() {
     let dir = tmp();
     let d = dir.path();
     let base = d.join("base.safetensors");
@@ -633,12 +635,14 @@ fn unchanged_tensors_receipts_are_exact() {
             },
         );
     });
-    // The long tensor and every other one after it untouched, the rest nudged.
+    // The long tensor and every other one after it untouched, the rest nudged, the last
+    // removed.
     let mut rng = Rng(7);
     derive(&base, &fine, |ts| {
         for t in ts.iter_mut().skip(1).step_by(2) {
             nudge(&mut t.data, 0.1, &mut rng);
         }
+        ts.pop();
     });
     let p = d.join("patch.bs");
     patch(&fine, &base, &p);
@@ -659,7 +663,14 @@ fn unchanged_tensors_receipts_are_exact() {
             unchanged += 1;
         }
     }
-    assert_eq!(unchanged, base_ts.len().div_ceil(2));
+    assert_eq!(unchanged, (base_ts.len() - 1).div_ceil(2));
+    let mut lines: Vec<String> = base_ts
+        .iter()
+        .map(|t| format!("{}\t{}\n", t.name, md5_hex(&t.data)))
+        .collect();
+    lines.sort_unstable();
+    let base_ref = index.base.as_ref().expect("a patch");
+    assert_eq!(base_ref.fingerprint, md5_hex(lines.concat().as_bytes()));
     let scratch = d.join("scratch");
     fs::create_dir(&scratch).expect("mkdir");
     assert_rebuilds(&fine, &p, &base, &scratch, "half unchanged");
