@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use crate::codec::{encode_chunk, Effort, ElemKind};
 use crate::error::{Error, Result};
+use crate::format::arena::{Blob, BlobArena};
 use crate::format::reader::Container;
 use crate::format::writer::ContainerWriter;
 use crate::format::{fast_hash, ChunkEntry, Index, Source, TensorEntry, CHUNK_BYTES};
@@ -174,124 +175,31 @@ pub fn md5_hex(bytes: &[u8]) -> String {
     h.hex()
 }
 
-/// Writes a window's coded blobs in chunk order as the coding threads hand them in: the thread
-/// that hands in the next blob to write writes it and every blob already waiting behind it;
-/// the others leave theirs waiting. A blob is thus written soon after it is coded, by
-/// whichever core is free, instead of waiting in fresh memory for the whole window (which cost
-/// a page fault, or a huge page to clear, per few KiB of output). Records the chunk entries
-/// (and patch statistics) in order.
-struct OrderedSink<'a> {
-    waiting: std::sync::Mutex<std::collections::BTreeMap<usize, Result<Coded>>>,
-    /// The next blob to write.
-    next: AtomicUsize,
-    failed: AtomicBool,
-    out: std::sync::Mutex<SinkOut<'a>>,
-}
-
-struct SinkOut<'a> {
-    writer: &'a mut ContainerWriter,
-    window: &'a [ChunkJob],
+/// Writes a coded window's blobs in order and records their chunk entries (and patch
+/// statistics).
+#[allow(clippy::too_many_arguments)]
+fn write_window(
+    writer: &mut ContainerWriter,
+    window: &[ChunkJob],
+    coded: Vec<Result<Coded>>,
+    arena: Option<&BlobArena>,
     window_no: usize,
-    chunks: &'a mut [Vec<ChunkEntry>],
-    stats: &'a mut Option<DeltaStats>,
-    matched: &'a [Option<Matched>],
-    error: Option<Error>,
-}
-
-impl<'a> OrderedSink<'a> {
-    fn new(out: SinkOut<'a>) -> OrderedSink<'a> {
-        OrderedSink {
-            waiting: Default::default(),
-            next: AtomicUsize::new(0),
-            failed: AtomicBool::new(false),
-            out: std::sync::Mutex::new(out),
-        }
-    }
-
-    /// Whether a blob failed to code or to write: the rest need not be coded.
-    fn failed(&self) -> bool {
-        self.failed.load(Ordering::Relaxed)
-    }
-
-    /// Hands in blob `k` of the window.
-    fn put(&self, k: usize, coded: Result<Coded>) {
-        self.waiting
-            .lock()
-            .expect("no poisoned lock")
-            .insert(k, coded);
-        loop {
-            // Whoever is writing will find this blob (it looks again after letting go).
-            let Ok(mut out) = self.out.try_lock() else {
-                return;
-            };
-            loop {
-                let k = self.next.load(Ordering::Acquire);
-                let Some(c) = self.waiting.lock().expect("no poisoned lock").remove(&k) else {
-                    break;
-                };
-                if !out.write(k, c) {
-                    self.failed.store(true, Ordering::Relaxed);
-                }
-                self.next.store(k + 1, Ordering::Release);
-            }
-            drop(out);
-            let k = self.next.load(Ordering::Acquire);
-            if !self
-                .waiting
-                .lock()
-                .expect("no poisoned lock")
-                .contains_key(&k)
-            {
-                return;
-            }
-        }
-    }
-
-    /// After every blob was handed in: the first error, if any.
-    fn finish(self) -> Result<()> {
-        let out = self.out.into_inner().expect("no poisoned lock");
-        match out.error {
-            Some(e) => Err(e),
-            None => {
-                debug_assert_eq!(self.next.into_inner(), out.window.len());
-                Ok(())
-            }
-        }
-    }
-}
-
-impl SinkOut<'_> {
-    /// Writes blob `k`; false once anything failed (later blobs are then dropped).
-    fn write(&mut self, k: usize, coded: Result<Coded>) -> bool {
-        if self.error.is_some() {
-            return false;
-        }
-        let c = match coded {
-            Ok(c) => c,
-            Err(e) => {
-                self.error = Some(e);
-                return false;
-            }
-        };
-        let j = self.window[k];
-        if k == self.window.len() / 2 && k > 0 {
+    chunks: &mut [Vec<ChunkEntry>],
+    stats: &mut Option<DeltaStats>,
+    matched: &[Option<Matched>],
+) -> Result<()> {
+    for (k, (j, c)) in window.iter().zip(coded).enumerate() {
+        let c = c?;
+        if k == window.len() / 2 && k > 0 {
             // Mid-window: blobs written but not yet checkpointed.
-            if let Err(e) = self.writer.flush() {
-                self.error = Some(e);
-                return false;
-            }
-            abort_if("mid-window", self.window_no + 1);
+            writer.flush()?;
+            abort_if("mid-window", window_no + 1);
         }
-        let offset = match self.writer.write_blob(&c.blob) {
-            Ok(o) => o,
-            Err(e) => {
-                self.error = Some(e);
-                return false;
-            }
-        };
-        if let Some(st) = self.stats.as_mut() {
+        let blob = c.blob.bytes(arena);
+        let offset = writer.write_blob(blob)?;
+        if let Some(st) = stats.as_mut() {
             st.changed_bytes += c.changed;
-            if self.matched[j.tensor].is_some() {
+            if matched[j.tensor].is_some() {
                 if c.delta {
                     st.delta_chunks += 1;
                 } else {
@@ -299,18 +207,18 @@ impl SinkOut<'_> {
                 }
             }
         }
-        self.chunks[j.tensor].push(ChunkEntry {
+        chunks[j.tensor].push(ChunkEntry {
             offset,
-            len: c.blob.len() as u64,
+            len: blob.len() as u64,
             raw_len: (j.end - j.start) as u64,
             hash: c.hash,
-            codec: c.blob[0],
+            codec: blob[0],
             delta: c.delta,
             skip: 0,
             total: 0,
         });
-        true
     }
+    Ok(())
 }
 
 /// One chunk of work: tensor, byte range within the tensor.
@@ -669,9 +577,16 @@ pub fn compress_file_against(
 
         let mut next = 0;
         let mut window_no = 0usize;
-        // A window's input pages are dropped during the next window's coding, by a task of
-        // their own: between the windows both threads would wait for it.
-        let mut to_release: Option<std::ops::Range<usize>> = None;
+        let mut pending: Option<(std::ops::Range<usize>, Vec<Result<Coded>>, usize)> = None;
+        // One arena for the window being coded, one for the window being written.
+        let arena_bytes = jobs
+            .iter()
+            .map(|j| j.end - j.start)
+            .sum::<usize>()
+            .min(window_limit)
+            + window_limit / 8
+            + CHUNK_BYTES;
+        let mut arenas = [BlobArena::new(arena_bytes), BlobArena::new(arena_bytes)];
         while next < jobs.len() {
             let end = window_end(&jobs, next, window_limit);
             let window = &jobs[next..end];
@@ -691,82 +606,90 @@ pub fn compress_file_against(
             // Otherwise the md5 receipts run beside the chunk coding, one task for the whole
             // window, the tensors' segments side by side in SIMD lanes (md5x).
             let mut segments = (!base_beside).then(|| segments_of(window, &mut hashers));
-            let sink = OrderedSink::new(SinkOut {
-                writer: &mut writer,
-                window,
-                window_no,
-                chunks: &mut chunks,
-                stats: &mut stats,
-                matched: &matched,
-                error: None,
-            });
-            let code = |j: &ChunkJob| -> Result<Coded> {
-                let t = &src.tensors[j.tensor];
-                let raw = &src.tensor_bytes(t)[j.start..j.end];
-                let kind = kinds[j.tensor];
-                let hash = fast_hash(raw);
-                let (Some(b), Some(_)) = (base, &matched[j.tensor]) else {
-                    return Ok(Coded {
-                        blob: encode_chunk(kind, raw, opts.effort),
-                        hash,
-                        delta: false,
-                        changed: 0,
-                    });
-                };
-                let base_bytes = b.range(&t.name, j.start as u64, j.end as u64)?;
-                let w = kind.width();
-                let mut diff = Vec::new();
-                let changed = crate::delta::subtract(raw, &base_bytes, w, &mut diff) * w as u64;
-                drop(base_bytes);
-                if !base_beside {
-                    b.release(&t.name, j.start as u64, j.end as u64);
-                }
-                let d = crate::codec::encode_sparse_chunk(kind, &diff, opts.effort);
-                // Standalone coding is measured too, except where the difference is already
-                // under an eighth of the raw size: no standalone codec gets there on
-                // non-constant floats (the densest, a palette, needs >= ~2 bits/element).
-                let floats = matches!(kind, ElemKind::Bf16 | ElemKind::F16 | ElemKind::F32);
-                let constant = || raw.chunks_exact(w).all(|e| e == &raw[..w]);
-                let skip_alone = floats && d.len() * 8 < raw.len() && !constant();
-                let alone = (!skip_alone).then(|| encode_chunk(kind, raw, opts.effort));
-                Ok(match alone {
-                    Some(a) if a.len() <= d.len() => Coded {
-                        blob: a,
-                        hash,
-                        delta: false,
-                        changed,
-                    },
-                    _ => Coded {
-                        blob: d,
-                        hash,
-                        delta: true,
-                        changed,
-                    },
-                })
-            };
-            // The chunks are taken in order, so that they are done (and written) nearly in
-            // order and few wait.
-            let taken = AtomicUsize::new(0);
+            let mut coded: Vec<Result<Coded>> = Vec::new();
+            let mut written: Result<()> = Ok(());
+            // The window written beside this one has the other arena.
+            if let Some(a) = arenas[window_no % 2].as_mut() {
+                a.clear();
+            }
+            let arena = arenas[window_no % 2].as_ref();
             rayon::scope(|s| {
-                if let Some(r) = to_release.take() {
-                    let (src, jobs) = (&src, &jobs);
-                    s.spawn(move |_| release_source(src, &jobs[r]));
+                if let Some((range, blobs, no)) = pending.take() {
+                    let (writer, chunks, stats, matched) =
+                        (&mut writer, &mut chunks, &mut stats, &matched);
+                    let (jobs, written, arena) = (&jobs, &mut written, arenas[no % 2].as_ref());
+                    let src = &src;
+                    s.spawn(move |_| {
+                        *written = write_window(
+                            writer,
+                            &jobs[range.clone()],
+                            blobs,
+                            arena,
+                            no,
+                            chunks,
+                            stats,
+                            matched,
+                        );
+                        // Its input pages too, here rather than between the windows, where
+                        // both threads would wait for it.
+                        if !base_beside {
+                            release_source(src, &jobs[range]);
+                        }
+                    });
                 }
                 if let Some(segments) = segments.as_mut() {
                     s.spawn(|_| hash_segments(&src, segments));
                 }
-                let (code, taken, sink) = (&code, &taken, &sink);
-                for _ in 0..rayon::current_num_threads() {
-                    s.spawn(move |_| loop {
-                        let k = taken.fetch_add(1, Ordering::Relaxed);
-                        if k >= window.len() || sink.failed() {
-                            break;
+                window
+                    .par_iter()
+                    .map(|j| {
+                        let t = &src.tensors[j.tensor];
+                        let raw = &src.tensor_bytes(t)[j.start..j.end];
+                        let kind = kinds[j.tensor];
+                        let hash = fast_hash(raw);
+                        let (Some(b), Some(_)) = (base, &matched[j.tensor]) else {
+                            return Ok(Coded {
+                                blob: Blob::keep(arena, encode_chunk(kind, raw, opts.effort)),
+                                hash,
+                                delta: false,
+                                changed: 0,
+                            });
+                        };
+                        let base_bytes = b.range(&t.name, j.start as u64, j.end as u64)?;
+                        let w = kind.width();
+                        let mut diff = Vec::new();
+                        let changed =
+                            crate::delta::subtract(raw, &base_bytes, w, &mut diff) * w as u64;
+                        drop(base_bytes);
+                        if !base_beside {
+                            b.release(&t.name, j.start as u64, j.end as u64);
                         }
-                        sink.put(k, code(&window[k]));
-                    });
-                }
+                        let d = crate::codec::encode_sparse_chunk(kind, &diff, opts.effort);
+                        // Standalone coding is measured too, except where the difference is already
+                        // under an eighth of the raw size: no standalone codec gets there on
+                        // non-constant floats (the densest, a palette, needs >= ~2 bits/element).
+                        let floats = matches!(kind, ElemKind::Bf16 | ElemKind::F16 | ElemKind::F32);
+                        let constant = || raw.chunks_exact(w).all(|e| e == &raw[..w]);
+                        let skip_alone = floats && d.len() * 8 < raw.len() && !constant();
+                        let alone = (!skip_alone).then(|| encode_chunk(kind, raw, opts.effort));
+                        Ok(match alone {
+                            Some(a) if a.len() <= d.len() => Coded {
+                                blob: Blob::keep(arena, a),
+                                hash,
+                                delta: false,
+                                changed,
+                            },
+                            _ => Coded {
+                                blob: Blob::keep(arena, d),
+                                hash,
+                                delta: true,
+                                changed,
+                            },
+                        })
+                    })
+                    .collect_into_vec(&mut coded);
             });
-            sink.finish()?;
+            written?;
             if let Some(segments) = segments {
                 give_back(segments, &mut hashers);
             }
@@ -774,8 +697,25 @@ pub fn compress_file_against(
                 // The hashing thread reads the same windows: whichever side is done with a
                 // window second drops it, so neither maps its pages twice.
                 Some(sh) => sh.done(Shared::CODING, window_no, &src, window),
-                // The last window's go with the process.
-                None => to_release = Some(next..end),
+                // Otherwise the write of the window drops them, or, resumable, this.
+                None if opts.resume => release_source(&src, window),
+                None => {}
+            }
+            // Without checkpoints, a window's blobs are written while the next one is coded (see
+            // the scope above); a resumable run writes and checkpoints each window before the next.
+            if opts.resume {
+                write_window(
+                    &mut writer,
+                    window,
+                    coded,
+                    arena,
+                    window_no,
+                    &mut chunks,
+                    &mut stats,
+                    &matched,
+                )?;
+            } else {
+                pending = Some((next..end, coded, window_no));
             }
             progress.advance(bytes as u64);
             next = end;
@@ -797,6 +737,19 @@ pub fn compress_file_against(
                 )?;
                 abort_if("window", window_no);
             }
+        }
+
+        if let Some((range, blobs, no)) = pending.take() {
+            write_window(
+                &mut writer,
+                &jobs[range],
+                blobs,
+                arenas[no % 2].as_ref(),
+                no,
+                &mut chunks,
+                &mut stats,
+                &matched,
+            )?;
         }
 
         if let Some(r) = receipts {
@@ -1074,7 +1027,7 @@ fn hash_beside(
 
 /// One coded chunk on its way to the writer.
 struct Coded {
-    blob: Vec<u8>,
+    blob: Blob,
     hash: u64,
     delta: bool,
     changed: u64,

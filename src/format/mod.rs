@@ -12,6 +12,7 @@
 //! The writer streams blobs as they are coded and writes the index last, so it never holds the
 //! model; a reader maps the file, reads the trailer, the index, then only the blobs it needs.
 
+pub mod arena;
 pub mod reader;
 pub mod writer;
 
