@@ -760,8 +760,8 @@ pub fn compress_file_against(
         }
         let mut matched = matched;
         if let (true, Some(b)) = (base_beside, base) {
-            // What was not hashed beside the coding (unchanged tensors, tensors the model
-            // does not share) is hashed now.
+            // The two hashing threads covered every base tensor; anything still unknown (a
+            // tensor the base file cannot hold, which `md5` then names) is tried now.
             b.md5_all();
             for (t, m) in src.tensors.iter().zip(matched.iter_mut()) {
                 if let Some(m) = m {

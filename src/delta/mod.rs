@@ -155,16 +155,6 @@ impl SafetensorsBase {
     fn hash_batches<'a>(&'a self, names: impl Iterator<Item = &'a str>, all_cores: bool) {
         const PIECE: usize = 4 << 20;
         let cap: u64 = if all_cores { 64 << 20 } else { 16 << 20 };
-        let remember = |name: &str, md5: String, hash: u64| {
-            self.md5s
-                .lock()
-                .expect("no poisoned lock")
-                .insert(name.to_string(), md5);
-            self.hashes
-                .lock()
-                .expect("no poisoned lock")
-                .insert(name.to_string(), hash);
-        };
         let mut batch: Vec<(&str, &[u8])> = Vec::new();
         let mut size = 0u64;
         let flush = |batch: &mut Vec<(&str, &[u8])>| {
@@ -181,7 +171,7 @@ impl SafetensorsBase {
                 )
             };
             for (((name, b), d), h) in batch.drain(..).zip(digests).zip(xxh) {
-                remember(name, crate::store::hex(&d), h);
+                self.remember(name, &crate::store::hex(&d), h);
                 self.release(name, 0, b.len() as u64);
             }
         };
@@ -208,7 +198,7 @@ impl SafetensorsBase {
                     let at = (k * PIECE) as u64;
                     self.release(name, at, at + piece.len() as u64);
                 }
-                remember(name, md5.hex(), xxh.digest());
+                self.remember(name, &md5.hex(), xxh.digest());
                 continue;
             }
             batch.push((name, b));
