@@ -111,6 +111,13 @@ fn md5(c: &mut Criterion) {
     g.bench_function("md-5/1x64MiB", |b| {
         b.iter(|| black_box(md5::Md5::digest(black_box(&data))))
     });
+    g.bench_function("md5x/1x64MiB", |b| {
+        b.iter(|| {
+            let mut h = md5x::Md5::new();
+            h.update(black_box(&data));
+            black_box(h.finalize())
+        })
+    });
     for jobs in [64, 16] {
         let msgs: Vec<&[u8]> = data.chunks(TOTAL / jobs).collect();
         g.bench_function(format!("update_many/{jobs}x{}MiB", 64 / jobs), |b| {
