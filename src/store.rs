@@ -681,7 +681,7 @@ pub fn compress_file_against(
         let mut to_release: Option<std::ops::Range<usize>> = None;
         // A patch's coded window waits for its write (during the next window) in one of two
         // arenas, one for the window being coded, one for the window being written.
-        let mut pending: Option<(std::ops::Range<usize>, Vec<Result<Coded<Blob>>>, usize)> = None;
+        let mut pending: Option<Parked> = None;
         let mut arenas = match base {
             Some(_) => {
                 let bytes = jobs
@@ -1160,6 +1160,9 @@ struct Coded<B = Vec<u8>> {
     delta: bool,
     changed: u64,
 }
+
+/// A patch's coded window waiting for its write: its jobs, its blobs, its number.
+type Parked = (std::ops::Range<usize>, Vec<Result<Coded<Blob>>>, usize);
 
 impl Coded {
     /// Parks the blob in `arena` (or keeps it on the heap) until it is written.
