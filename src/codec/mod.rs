@@ -159,7 +159,7 @@ fn zstd_or_raw(data: &[u8], effort: Effort, level: Option<i32>, mut best: Vec<u8
 /// How a chunk of 16-bit differences is coded as whole values: one symbol stream over every
 /// element, or the changed elements and the gaps between them.
 enum Whole<'a> {
-    Sym(std::borrow::Cow<'a, [u16]>, stream::SymPlan),
+    Sym(&'a [u16], stream::SymPlan),
     Sparse(sparse::Changes, sparse::SparsePlan),
 }
 
@@ -198,20 +198,20 @@ pub fn encode_sparse_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u
     // histogram) bound the planes from above only where a plane can also go to zstd; so the
     // planes are skipped when the whole values win outright (no zstd) or by a tenth, and
     // otherwise coded and measured as well (always in storage mode).
-    let whole = (w == 2).then(|| {
-        let values = split::as_words(data);
+    let words = (w == 2).then(|| split::as_words(data));
+    let whole = words.as_deref().map(|values| {
         // Up to a quarter of changes, gathering them also gives the histogram. A count of the
         // zeros first spares denser chunks gathering a quarter of theirs to find out.
         let limit = values.len() / 4;
-        let changes = (values.len() - stream::count_equal(&values, 0) <= limit)
-            .then(|| sparse::Changes::of(&values, limit))
+        let changes = (values.len() - stream::count_equal(values, 0) <= limit)
+            .then(|| sparse::Changes::of(values, limit))
             .flatten();
         let h = match &changes {
             Some(c) => c.dense_histogram(),
-            None => stream::Histogram::of_words(&values),
+            None => stream::Histogram::of_words(values),
         };
-        let planes: usize = h
-            .byte_planes()
+        let plane_h = h.byte_planes();
+        let planes: usize = plane_h
             .iter()
             .map(|p| stream::plan_symbols(p).map_or(values.len() + 6, |plan| plan.bytes))
             .sum();
@@ -229,25 +229,25 @@ pub fn encode_sparse_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u
             }),
             (a, b) => a.or(b),
         };
-        (best, planes + 1)
+        (best, planes + 1, plane_h)
     });
     let best = match whole {
-        Some((Some(whole), planes))
+        Some((Some(whole), planes, ..))
             if !effort.zstd_always()
                 && (whole.bytes() * 10 < planes * 9
                     || (effort.zstd_level().is_none() && whole.bytes() < planes)) =>
         {
             whole.write()
         }
-        Some((Some(whole), _)) => {
-            let planes = encode_planes(data, w, effort);
-            if whole.bytes() + 1 < planes.len() {
-                whole.write()
-            } else {
-                planes
+        Some((whole, _, plane_h)) => {
+            let words = words.as_deref().expect("16-bit elements");
+            let planes = encode_planes16(words, &plane_h, effort);
+            match whole {
+                Some(whole) if whole.bytes() + 1 < planes.len() => whole.write(),
+                _ => planes,
             }
         }
-        _ => encode_planes(data, w, effort),
+        None => encode_planes(data, w, effort),
     };
     // Long zero runs are where an LZ coder beats order-0 coding, even in inference mode.
     let level = Some(effort.zstd_level().unwrap_or(1).max(3));
@@ -302,6 +302,30 @@ pub fn decodes_to(kind: ElemKind, blob: &[u8], data: &[u8]) -> bool {
         }
         ok
     })
+}
+
+/// `encode_planes` for 16-bit elements whose planes' histograms are counted: the planes are
+/// read in place from the words (no plane is gathered unless zstd is tried on it).
+fn encode_planes16(words: &[u16], planes: &[stream::Histogram; 2], effort: Effort) -> Vec<u8> {
+    let mut out = vec![tag::PLANES];
+    let keys = [
+        rans::WordKey {
+            mask: 0x00ff,
+            shift: 0,
+            lsb: false,
+            add: 0,
+        },
+        rans::WordKey {
+            mask: 0xff00,
+            shift: 8,
+            lsb: false,
+            add: 0,
+        },
+    ];
+    for (key, h) in keys.into_iter().zip(planes) {
+        stream::write_byte_stream(stream::ByteStream::Field(words, key), h, effort, &mut out);
+    }
+    out
 }
 
 fn encode_planes(data: &[u8], w: usize, effort: Effort) -> Vec<u8> {
@@ -502,6 +526,34 @@ mod tests {
             let kind = kinds()[kind_i];
             let n = vals.len() / kind.width() * kind.width();
             roundtrip(kind, &vals[..n]);
+        }
+
+        /// Byte planes read in place through keys are the planes gathered first: same bytes,
+        /// whether a plane is constant, coded, raw or (with enough repetition) zstd.
+        #[test]
+        fn planes_in_place_are_gathered_planes(
+            words in proptest::collection::vec(any::<u16>(), 0..3000),
+            spread in 0u16..4,
+            repeat in 1usize..40,
+        ) {
+            let words: Vec<u16> = words
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| match spread {
+                    0 => w,
+                    1 => w & 0x00ff,
+                    2 => w % 7,
+                    _ => words[i / repeat * repeat],
+                })
+                .collect();
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let planes = stream::Histogram::of_words(&words).byte_planes();
+            for effort in [Effort::Storage, Effort::Balanced, Effort::Inference, Effort::Speed] {
+                prop_assert_eq!(
+                    encode_planes16(&words, &planes, effort),
+                    encode_planes(&bytes, 2, effort)
+                );
+            }
         }
 
         #[test]

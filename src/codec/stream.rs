@@ -539,13 +539,44 @@ impl<'a> SymbolBytes<'a> {
 /// smallest. rANS is measured exactly from the histogram; zstd is tried when `effort` says so.
 pub fn write_bytes(data: &[u8], effort: Effort, out: &mut Vec<u8>) {
     let h = Histogram::of(data.iter().map(|&b| u16::from(b)), 8);
+    write_byte_stream(ByteStream::Bytes(data), &h, effort, out);
+}
+
+/// A byte stream to write: bytes, or one byte of each of a run of 16-bit words (a byte plane
+/// of 16-bit elements), read in place through its key.
+#[derive(Clone, Copy)]
+pub enum ByteStream<'a> {
+    Bytes(&'a [u8]),
+    Field(&'a [u16], rans::WordKey),
+}
+
+impl ByteStream<'_> {
+    fn len(&self) -> usize {
+        match self {
+            ByteStream::Bytes(b) => b.len(),
+            ByteStream::Field(w, _) => w.len(),
+        }
+    }
+
+    /// The first `n` bytes of the stream.
+    fn head(&self, n: usize) -> std::borrow::Cow<'_, [u8]> {
+        match *self {
+            ByteStream::Bytes(b) => std::borrow::Cow::Borrowed(&b[..n]),
+            ByteStream::Field(w, key) => w[..n].iter().map(|&x| key.value(x) as u8).collect(),
+        }
+    }
+}
+
+/// `write_bytes` for a stream whose histogram `h` is already counted.
+pub fn write_byte_stream(data: ByteStream<'_>, h: &Histogram, effort: Effort, out: &mut Vec<u8>) {
     if h.values.len() <= 1 {
         out.push(KIND_CONST);
         out.push(h.values.first().copied().unwrap_or(0) as u8);
         return;
     }
-    let plan = plan_symbols(&h).expect("a byte stream has at most 256 values");
-    let mut best_len = data.len() + 6;
+    let n = data.len();
+    let plan = plan_symbols(h).expect("a byte stream has at most 256 values");
+    let mut best_len = n + 6;
     let mut best = KIND_RAW;
     if plan.bytes < best_len {
         best_len = plan.bytes;
@@ -553,8 +584,9 @@ pub fn write_bytes(data: &[u8], effort: Effort, out: &mut Vec<u8>) {
     }
     let zstd = effort.zstd_level().and_then(|level| {
         // Only worth a try where zero-order coding leaves something: structure beyond order 0.
-        if effort.zstd_always() || worth_trying_zstd(data, plan.bytes) {
-            zstd_compress(data, level)
+        let probe = data.head(n.min(ZSTD_PROBE));
+        if effort.zstd_always() || worth_trying_zstd_on(&probe, n, plan.bytes) {
+            zstd_compress(&data.head(n), level)
         } else {
             None
         }
@@ -564,14 +596,17 @@ pub fn write_bytes(data: &[u8], effort: Effort, out: &mut Vec<u8>) {
             best = KIND_ZSTD;
         }
     }
-    match best {
-        KIND_RAW => {
+    match (best, data) {
+        (KIND_RAW, _) => {
             out.push(KIND_RAW);
-            out.extend_from_slice(data);
+            out.extend_from_slice(&data.head(n));
         }
-        KIND_RANS => {
-            let values: Vec<u16> = data.iter().map(|&b| u16::from(b)).collect();
+        (KIND_RANS, ByteStream::Bytes(b)) => {
+            let values: Vec<u16> = b.iter().map(|&b| u16::from(b)).collect();
             write_symbols(&plan, &values, out);
+        }
+        (KIND_RANS, ByteStream::Field(words, key)) => {
+            write_word_symbols(&plan, words, key, &plan.index_map(0, 8), out);
         }
         _ => {
             let z = zstd.expect("zstd chosen only when present");
@@ -603,13 +638,23 @@ pub fn zstd_compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
 /// 16 KiB probes a quarter of what 64 KiB did and, measured on the corpus, changes only two
 /// decisions, both for the smaller file.
 pub fn worth_trying_zstd(data: &[u8], order0_bytes: usize) -> bool {
-    const PROBE: usize = 16 * 1024;
-    if data.len() <= PROBE {
+    worth_trying_zstd_on(
+        &data[..data.len().min(ZSTD_PROBE)],
+        data.len(),
+        order0_bytes,
+    )
+}
+
+/// Bytes that `worth_trying_zstd` compresses to decide.
+const ZSTD_PROBE: usize = 16 * 1024;
+
+/// `worth_trying_zstd` given the first `ZSTD_PROBE` bytes (or all, when fewer) of `len`.
+fn worth_trying_zstd_on(probe: &[u8], len: usize, order0_bytes: usize) -> bool {
+    if len <= ZSTD_PROBE {
         return true;
     }
-    let probe = &data[..PROBE];
     match zstd_compress(probe, 1) {
-        Some(z) => (z.len() as f64) < 1.02 * order0_bytes as f64 * PROBE as f64 / data.len() as f64,
+        Some(z) => (z.len() as f64) < 1.02 * order0_bytes as f64 * ZSTD_PROBE as f64 / len as f64,
         None => false,
     }
 }
