@@ -436,6 +436,312 @@ struct Matched {
     same: bool,
 }
 
+/// Pairs each tensor with the base's tensor of the same name, dtype and shape, and says
+/// whether its bytes are the same. With the base hashed beside the coding (`base_beside`),
+/// only a change is looked for here (the comparison stops at the first, so a changed tensor
+/// costs a page or two); the pair's hash and receipt are filled in after the coding.
+fn match_base(
+    src: &SafetensorsFile,
+    base: Option<&dyn crate::delta::BaseSource>,
+    base_beside: bool,
+) -> Result<Vec<Option<Matched>>> {
+    let Some(b) = base else {
+        return Ok(src.tensors.iter().map(|_| None).collect());
+    };
+    src.tensors
+        .par_iter()
+        .map(|t| -> Result<Option<Matched>> {
+            let Some(bt) = b.find(&t.name) else {
+                return Ok(None);
+            };
+            let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+            if bt.dtype != dtype_name(t.dtype) || bt.shape != shape {
+                return Ok(None);
+            }
+            let bytes = b.range(&t.name, 0, bt.len)?;
+            let m = Matched {
+                hash: if base_beside { 0 } else { fast_hash(&bytes) },
+                md5: if base_beside {
+                    String::new()
+                } else {
+                    b.md5(&t.name)?
+                },
+                same: *bytes == *src.tensor_bytes(t),
+            };
+            drop(bytes);
+            b.release(&t.name, 0, bt.len);
+            let start = src.data_offset() + t.start;
+            src.release(start, start + t.len());
+            Ok(Some(m))
+        })
+        .collect()
+}
+
+/// A patch's statistics before the coding: matched, unchanged, added and removed tensors
+/// (and the base's fingerprint, unless its receipts are hashed beside the coding).
+fn delta_stats(
+    src: &SafetensorsFile,
+    b: &dyn crate::delta::BaseSource,
+    matched: &[Option<Matched>],
+    model_names: Option<&std::collections::HashSet<String>>,
+    base_beside: bool,
+) -> Result<DeltaStats> {
+    let mut st = DeltaStats {
+        base: b.path().display().to_string(),
+        ..Default::default()
+    };
+    if !base_beside {
+        st.base_fingerprint = crate::delta::fingerprint(b)?;
+    }
+    for (t, m) in src.tensors.iter().zip(matched) {
+        match m {
+            Some(m) => {
+                st.matched_tensors += 1;
+                st.matched_bytes += t.len() as u64;
+                st.unchanged_tensors += usize::from(m.same);
+            }
+            None => st.added_tensors.push(t.name.clone()),
+        }
+    }
+    // Removed = in the base but nowhere in the model (a shard of a directory only holds part
+    // of it, so the caller passes the whole model's names).
+    let own: std::collections::HashSet<String> =
+        src.tensors.iter().map(|t| t.name.clone()).collect();
+    let names = model_names.unwrap_or(&own);
+    st.removed_tensors = b
+        .tensors()
+        .iter()
+        .filter(|t| !names.contains(&t.name))
+        .map(|t| t.name.clone())
+        .collect();
+    Ok(st)
+}
+
+/// Every tensor's chunks, in file order, but those of the tensors `skip` names.
+fn chunk_jobs(
+    src: &SafetensorsFile,
+    kinds: &[ElemKind],
+    skip: impl Fn(usize) -> bool,
+) -> Vec<ChunkJob> {
+    let mut jobs = Vec::new();
+    for (i, t) in src.tensors.iter().enumerate() {
+        if skip(i) {
+            continue;
+        }
+        let step = chunk_len(kinds[i]);
+        let mut s = 0;
+        while s < t.len() {
+            let e = (s + step).min(t.len());
+            jobs.push(ChunkJob {
+                tensor: i,
+                start: s,
+                end: e,
+            });
+            s = e;
+        }
+    }
+    jobs
+}
+
+/// The checkpoint of an interrupted `--resume` run in `pdir`, if there is one; an error if it
+/// is unreadable or was made for another input, version or flags (`key`).
+fn load_checkpoint(pdir: &Path, key: &ResumeKey, tensors: usize) -> Result<Option<Checkpoint>> {
+    std::fs::create_dir_all(pdir).map_err(|e| Error::io(pdir, e))?;
+    let Ok(bytes) = std::fs::read(pdir.join("state.json")) else {
+        return Ok(None);
+    };
+    let cp: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::invalid(
+            pdir,
+            format!("checkpoint is unreadable ({e}); delete it to start again"),
+        )
+    })?;
+    if cp.key != *key || cp.chunks.len() != tensors {
+        return Err(Error::invalid(
+            pdir,
+            "was made for a different input, bigsmall version or flags; delete it to start again",
+        ));
+    }
+    Ok(Some(cp))
+}
+
+/// Codes one chunk: standalone, or, paired with a base tensor, as the smaller of its
+/// difference against the base and its standalone coding.
+struct ChunkCoder<'a> {
+    src: &'a SafetensorsFile,
+    kinds: &'a [ElemKind],
+    base: Option<&'a dyn crate::delta::BaseSource>,
+    matched: &'a [Option<Matched>],
+    /// The base's receipts are hashed beside the coding, and its pages released there.
+    base_beside: bool,
+    effort: Effort,
+}
+
+impl ChunkCoder<'_> {
+    fn code(&self, j: &ChunkJob) -> Result<Coded> {
+        let t = &self.src.tensors[j.tensor];
+        let raw = &self.src.tensor_bytes(t)[j.start..j.end];
+        let kind = self.kinds[j.tensor];
+        let hash = fast_hash(raw);
+        let (Some(b), Some(_)) = (self.base, &self.matched[j.tensor]) else {
+            return Ok(Coded {
+                blob: encode_chunk(kind, raw, self.effort),
+                hash,
+                delta: false,
+                changed: 0,
+            });
+        };
+        let base_bytes = b.range(&t.name, j.start as u64, j.end as u64)?;
+        let w = kind.width();
+        let mut diff = Vec::new();
+        let changed = crate::delta::subtract(raw, &base_bytes, w, &mut diff) * w as u64;
+        drop(base_bytes);
+        if !self.base_beside {
+            b.release(&t.name, j.start as u64, j.end as u64);
+        }
+        let d = crate::codec::encode_sparse_chunk(kind, &diff, self.effort);
+        // Standalone coding is measured too, except where the difference is already under an
+        // eighth of the raw size: no standalone codec gets there on non-constant floats (the
+        // densest, a palette, needs >= ~2 bits/element).
+        let floats = matches!(kind, ElemKind::Bf16 | ElemKind::F16 | ElemKind::F32);
+        let constant = || raw.chunks_exact(w).all(|e| e == &raw[..w]);
+        let skip_alone = floats && d.len() * 8 < raw.len() && !constant();
+        let alone = (!skip_alone).then(|| encode_chunk(kind, raw, self.effort));
+        Ok(match alone {
+            Some(a) if a.len() <= d.len() => Coded {
+                blob: a,
+                hash,
+                delta: false,
+                changed,
+            },
+            _ => Coded {
+                blob: d,
+                hash,
+                delta: true,
+                changed,
+            },
+        })
+    }
+}
+
+/// Codes a window and writes each blob as soon as the ones before it are written (see
+/// `OrderedSink`); the chunks are taken in order, so that they are done (and written) nearly
+/// in order and few wait. Beside it: the window's md5 segments, and the release of the
+/// `earlier` window's input pages (between the windows both threads would wait for it).
+fn code_window_in_order(
+    coder: &ChunkCoder<'_>,
+    out: WindowOut<'_>,
+    segments: Option<&mut Vec<Segment>>,
+    earlier: Option<&[ChunkJob]>,
+) -> Result<()> {
+    let window = out.window;
+    let sink = OrderedSink::new(out);
+    let taken = AtomicUsize::new(0);
+    rayon::scope(|s| {
+        if let Some(earlier) = earlier {
+            s.spawn(move |_| release_source(coder.src, earlier));
+        }
+        if let Some(segments) = segments {
+            s.spawn(|_| hash_segments(coder.src, segments));
+        }
+        let (taken, sink) = (&taken, &sink);
+        for _ in 0..rayon::current_num_threads() {
+            s.spawn(move |_| loop {
+                let k = taken.fetch_add(1, Ordering::Relaxed);
+                if k >= window.len() || sink.failed() {
+                    break;
+                }
+                sink.put(k, coder.code(&window[k]));
+            });
+        }
+    });
+    sink.finish()
+}
+
+/// Where a patch's coded windows wait for their write: each window's blobs are parked in an
+/// arena and written while the next window is coded. Measured, writing them as they come
+/// (`code_window_in_order`) made the SmolLM2 ±1-ulp patches slower and less steady (medians
+/// 215 -> 257 ms at 100%, 214 -> 238 ms at 10%: the coding threads' writes compete with the
+/// threads that hash the fine-tune and its base).
+struct Parking {
+    /// One arena for the window being coded, one for the window being written.
+    arenas: [Option<BlobArena>; 2],
+    pending: Option<Parked>,
+}
+
+impl Parking {
+    /// Arenas only where they will be used (`used`): for at most a window of `jobs`.
+    fn new(used: bool, jobs: &[ChunkJob], window_limit: usize) -> Parking {
+        let arenas = if used {
+            let bytes = jobs
+                .iter()
+                .map(|j| j.end - j.start)
+                .sum::<usize>()
+                .min(window_limit)
+                + window_limit / 8
+                + CHUNK_BYTES;
+            [BlobArena::new(bytes), BlobArena::new(bytes)]
+        } else {
+            [None, None]
+        };
+        Parking {
+            arenas,
+            pending: None,
+        }
+    }
+
+    /// Codes window `range` of `jobs` (the window of `out`) while the window before it is
+    /// written and its input pages released (unless the hashing thread releases them), and
+    /// the window's md5 segments are hashed. A resumable run writes the window before it
+    /// returns, so that it can be checkpointed.
+    fn code_window(
+        &mut self,
+        coder: &ChunkCoder<'_>,
+        mut out: WindowOut<'_>,
+        segments: Option<&mut Vec<Segment>>,
+        range: std::ops::Range<usize>,
+        jobs: &[ChunkJob],
+        resume: bool,
+    ) -> Result<()> {
+        let no = out.window_no;
+        let mut coded: Vec<Result<Coded<Blob>>> = Vec::new();
+        let mut written: Result<()> = Ok(());
+        if let Some(a) = self.arenas[no % 2].as_mut() {
+            a.clear();
+        }
+        let (arenas, pending) = (&self.arenas, self.pending.take());
+        let arena = arenas[no % 2].as_ref();
+        let window = out.window;
+        rayon::scope(|s| {
+            if let Some((range, blobs, no)) = pending {
+                let (mut earlier, written) =
+                    (out.for_window(&jobs[range.clone()], no), &mut written);
+                let arena = arenas[no % 2].as_ref();
+                s.spawn(move |_| {
+                    *written = earlier.write_parked(blobs, arena);
+                    if !coder.base_beside {
+                        release_source(coder.src, &jobs[range]);
+                    }
+                });
+            }
+            if let Some(segments) = segments {
+                s.spawn(|_| hash_segments(coder.src, segments));
+            }
+            window
+                .par_iter()
+                .map(|j| coder.code(j).map(|c| c.park(arena)))
+                .collect_into_vec(&mut coded);
+        });
+        written?;
+        if resume {
+            out.write_parked(coded, arena)
+        } else {
+            self.pending = Some((range, coded, no));
+            Ok(())
+        }
+    }
+}
+
 /// Compresses one safetensors file, as a patch against `base` when one is given: every chunk
 /// of a tensor that the base also has (same name, dtype and shape) is coded both standalone
 /// and as its difference against the base, and the smaller is kept, so a patch is never
@@ -469,71 +775,10 @@ pub fn compress_file_against(
         if let (Some(b), false) = (base, base_beside) {
             b.md5_all();
         }
-        // Match tensors with the base by name, dtype and shape.
-        let matched: Vec<Option<Matched>> = match base {
-            None => src.tensors.iter().map(|_| None).collect(),
-            Some(b) => src
-                .tensors
-                .par_iter()
-                .map(|t| -> Result<Option<Matched>> {
-                    let Some(bt) = b.find(&t.name) else {
-                        return Ok(None);
-                    };
-                    let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
-                    if bt.dtype != dtype_name(t.dtype) || bt.shape != shape {
-                        return Ok(None);
-                    }
-                    let bytes = b.range(&t.name, 0, bt.len)?;
-                    // With the base hashed beside the coding, only a change is looked for here
-                    // (the comparison stops at the first, so a changed tensor costs a page or
-                    // two); its hash and receipt are filled in after the coding.
-                    let m = Matched {
-                        hash: if base_beside { 0 } else { fast_hash(&bytes) },
-                        md5: if base_beside {
-                            String::new()
-                        } else {
-                            b.md5(&t.name)?
-                        },
-                        same: *bytes == *src.tensor_bytes(t),
-                    };
-                    drop(bytes);
-                    b.release(&t.name, 0, bt.len);
-                    let start = src.data_offset() + t.start;
-                    src.release(start, start + t.len());
-                    Ok(Some(m))
-                })
-                .collect::<Result<_>>()?,
-        };
-        let mut stats = base.map(|b| DeltaStats {
-            base: b.path().display().to_string(),
-            ..Default::default()
-        });
-        if let (Some(b), Some(st)) = (base, stats.as_mut()) {
-            if !base_beside {
-                st.base_fingerprint = crate::delta::fingerprint(b)?;
-            }
-            for (t, m) in src.tensors.iter().zip(&matched) {
-                match m {
-                    Some(m) => {
-                        st.matched_tensors += 1;
-                        st.matched_bytes += t.len() as u64;
-                        st.unchanged_tensors += usize::from(m.same);
-                    }
-                    None => st.added_tensors.push(t.name.clone()),
-                }
-            }
-            // Removed = in the base but nowhere in the model (a shard of a directory only holds
-            // part of it, so the caller passes the whole model's names).
-            let own: std::collections::HashSet<String> =
-                src.tensors.iter().map(|t| t.name.clone()).collect();
-            let names = model_names.unwrap_or(&own);
-            st.removed_tensors = b
-                .tensors()
-                .iter()
-                .filter(|t| !names.contains(&t.name))
-                .map(|t| t.name.clone())
-                .collect();
-        }
+        let matched = match_base(&src, base, base_beside)?;
+        let mut stats = base
+            .map(|b| delta_stats(&src, b, &matched, model_names, base_beside))
+            .transpose()?;
 
         // Grouped streams are decided (coded both ways, measured) before the main pass; their
         // members are not coded again there.
@@ -542,26 +787,12 @@ pub fn compress_file_against(
         } else {
             crate::layout::groups::Groups::default()
         };
-        let mut jobs = Vec::new();
-        for (i, t) in src.tensors.iter().enumerate() {
-            if dup[i].is_some()
+        // Duplicates, unchanged tensors and group members store no chunks of their own.
+        let jobs = chunk_jobs(&src, &kinds, |i| {
+            dup[i].is_some()
                 || matched[i].as_ref().is_some_and(|m| m.same)
                 || groups.member_md5(i).is_some()
-            {
-                continue;
-            }
-            let step = chunk_len(kinds[i]);
-            let mut s = 0;
-            while s < t.len() {
-                let e = (s + step).min(t.len());
-                jobs.push(ChunkJob {
-                    tensor: i,
-                    start: s,
-                    end: e,
-                });
-                s = e;
-            }
-        }
+        });
 
         let total: u64 = src.tensors.iter().map(|t| t.len() as u64).sum();
         progress.start(total, "compress");
@@ -585,26 +816,8 @@ pub fn compress_file_against(
             window_bytes: window_limit,
             group_streams: opts.group_streams,
         };
-        let checkpoint: Option<Checkpoint> = if opts.resume {
-            std::fs::create_dir_all(&pdir).map_err(|e| Error::io(&pdir, e))?;
-            match std::fs::read(pdir.join("state.json")) {
-                Ok(bytes) => {
-                    let cp: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| {
-                        Error::invalid(
-                            &pdir,
-                            format!("checkpoint is unreadable ({e}); delete it to start again"),
-                        )
-                    })?;
-                    if cp.key != key || cp.chunks.len() != src.tensors.len() {
-                        return Err(Error::invalid(
-                            &pdir,
-                            "was made for a different input, bigsmall version or flags; delete it to start again",
-                        ));
-                    }
-                    Some(cp)
-                }
-                Err(_) => None,
-            }
+        let checkpoint = if opts.resume {
+            load_checkpoint(&pdir, &key, src.tensors.len())?
         } else {
             None
         };
@@ -679,21 +892,14 @@ pub fn compress_file_against(
         // A window's input pages are dropped during the next window's coding, by a task of
         // their own: between the windows both threads would wait for it.
         let mut to_release: Option<std::ops::Range<usize>> = None;
-        // A patch's coded window waits for its write (during the next window) in one of two
-        // arenas, one for the window being coded, one for the window being written.
-        let mut pending: Option<Parked> = None;
-        let mut arenas = match base {
-            Some(_) => {
-                let bytes = jobs
-                    .iter()
-                    .map(|j| j.end - j.start)
-                    .sum::<usize>()
-                    .min(window_limit)
-                    + window_limit / 8
-                    + CHUNK_BYTES;
-                [BlobArena::new(bytes), BlobArena::new(bytes)]
-            }
-            None => [None, None],
+        let mut parking = Parking::new(base.is_some(), &jobs, window_limit);
+        let coder = ChunkCoder {
+            src: &src,
+            kinds: &kinds,
+            base,
+            matched: &matched,
+            base_beside,
+            effort: opts.effort,
         };
         while next < jobs.len() {
             let end = window_end(&jobs, next, window_limit);
@@ -714,51 +920,7 @@ pub fn compress_file_against(
             // Otherwise the md5 receipts run beside the chunk coding, one task for the whole
             // window, the tensors' segments side by side in SIMD lanes (md5x).
             let mut segments = (!base_beside).then(|| segments_of(window, &mut hashers));
-            let code = |j: &ChunkJob| -> Result<Coded> {
-                let t = &src.tensors[j.tensor];
-                let raw = &src.tensor_bytes(t)[j.start..j.end];
-                let kind = kinds[j.tensor];
-                let hash = fast_hash(raw);
-                let (Some(b), Some(_)) = (base, &matched[j.tensor]) else {
-                    return Ok(Coded {
-                        blob: encode_chunk(kind, raw, opts.effort),
-                        hash,
-                        delta: false,
-                        changed: 0,
-                    });
-                };
-                let base_bytes = b.range(&t.name, j.start as u64, j.end as u64)?;
-                let w = kind.width();
-                let mut diff = Vec::new();
-                let changed = crate::delta::subtract(raw, &base_bytes, w, &mut diff) * w as u64;
-                drop(base_bytes);
-                if !base_beside {
-                    b.release(&t.name, j.start as u64, j.end as u64);
-                }
-                let d = crate::codec::encode_sparse_chunk(kind, &diff, opts.effort);
-                // Standalone coding is measured too, except where the difference is already
-                // under an eighth of the raw size: no standalone codec gets there on
-                // non-constant floats (the densest, a palette, needs >= ~2 bits/element).
-                let floats = matches!(kind, ElemKind::Bf16 | ElemKind::F16 | ElemKind::F32);
-                let constant = || raw.chunks_exact(w).all(|e| e == &raw[..w]);
-                let skip_alone = floats && d.len() * 8 < raw.len() && !constant();
-                let alone = (!skip_alone).then(|| encode_chunk(kind, raw, opts.effort));
-                Ok(match alone {
-                    Some(a) if a.len() <= d.len() => Coded {
-                        blob: a,
-                        hash,
-                        delta: false,
-                        changed,
-                    },
-                    _ => Coded {
-                        blob: d,
-                        hash,
-                        delta: true,
-                        changed,
-                    },
-                })
-            };
-            let mut out = WindowOut {
+            let out = WindowOut {
                 writer: &mut writer,
                 window,
                 window_no,
@@ -767,72 +929,17 @@ pub fn compress_file_against(
                 matched: &matched,
             };
             if base.is_none() {
-                // A plain compression writes each blob as soon as the ones before it are
-                // written (see `OrderedSink`). The chunks are taken in order, so that they are
-                // done (and written) nearly in order and few wait.
-                let sink = OrderedSink::new(out);
-                let taken = AtomicUsize::new(0);
-                rayon::scope(|s| {
-                    if let Some(r) = to_release.take() {
-                        let (src, jobs) = (&src, &jobs);
-                        s.spawn(move |_| release_source(src, &jobs[r]));
-                    }
-                    if let Some(segments) = segments.as_mut() {
-                        s.spawn(|_| hash_segments(&src, segments));
-                    }
-                    let (code, taken, sink) = (&code, &taken, &sink);
-                    for _ in 0..rayon::current_num_threads() {
-                        s.spawn(move |_| loop {
-                            let k = taken.fetch_add(1, Ordering::Relaxed);
-                            if k >= window.len() || sink.failed() {
-                                break;
-                            }
-                            sink.put(k, code(&window[k]));
-                        });
-                    }
-                });
-                sink.finish()?;
+                let earlier = to_release.take().map(|r| &jobs[r]);
+                code_window_in_order(&coder, out, segments.as_mut(), earlier)?;
             } else {
-                // A patch parks the window's blobs in an arena and writes them while the next
-                // window is coded: measured, writing them as they come (the sink above) made
-                // the SmolLM2 ±1-ulp patches slower and less steady (medians 215 -> 257 ms at
-                // 100%, 214 -> 238 ms at 10%: the coding threads' writes compete with the
-                // threads that hash the fine-tune and its base).
-                let mut coded: Vec<Result<Coded<Blob>>> = Vec::new();
-                let mut written: Result<()> = Ok(());
-                if let Some(a) = arenas[window_no % 2].as_mut() {
-                    a.clear();
-                }
-                let arena = arenas[window_no % 2].as_ref();
-                rayon::scope(|s| {
-                    if let Some((range, blobs, no)) = pending.take() {
-                        let (mut earlier, written) =
-                            (out.for_window(&jobs[range.clone()], no), &mut written);
-                        let (src, jobs, arena) = (&src, &jobs, arenas[no % 2].as_ref());
-                        s.spawn(move |_| {
-                            *written = earlier.write_parked(blobs, arena);
-                            // Its input pages too, here rather than between the windows, where
-                            // both threads would wait for it.
-                            if !base_beside {
-                                release_source(src, &jobs[range]);
-                            }
-                        });
-                    }
-                    if let Some(segments) = segments.as_mut() {
-                        s.spawn(|_| hash_segments(&src, segments));
-                    }
-                    window
-                        .par_iter()
-                        .map(|j| code(j).map(|c| c.park(arena)))
-                        .collect_into_vec(&mut coded);
-                });
-                written?;
-                // A resumable run writes and checkpoints each window before the next.
-                if opts.resume {
-                    out.write_parked(coded, arena)?;
-                } else {
-                    pending = Some((next..end, coded, window_no));
-                }
+                parking.code_window(
+                    &coder,
+                    out,
+                    segments.as_mut(),
+                    next..end,
+                    &jobs,
+                    opts.resume,
+                )?;
             }
             if let Some(segments) = segments {
                 give_back(segments, &mut hashers);
@@ -869,7 +976,7 @@ pub fn compress_file_against(
             }
         }
 
-        if let Some((range, blobs, no)) = pending.take() {
+        if let Some((range, blobs, no)) = parking.pending.take() {
             WindowOut {
                 writer: &mut writer,
                 window: &jobs[range],
@@ -878,7 +985,7 @@ pub fn compress_file_against(
                 stats: &mut stats,
                 matched: &matched,
             }
-            .write_parked(blobs, arenas[no % 2].as_ref())?;
+            .write_parked(blobs, parking.arenas[no % 2].as_ref())?;
         }
         if let Some(r) = receipts {
             hashers = r.join().expect("hashing does not panic")?;
