@@ -1,9 +1,9 @@
 //! Multi-buffer MD5: one message per SIMD lane, sixteen at a time with AVX-512, eight with AVX2.
 //!
 //! A single MD5 stream is a serial chain of dependent steps, so one core hashes one tensor at
-//! about 0.8 GB/s however wide its vectors are (see `compress`). The receipts are many independent streams,
-//! though: laying sixteen of them side by side in the 32-bit lanes of a zmm register runs the
-//! same chain for all sixteen at once. Digests are bit-identical to the `md-5` crate's (tests
+//! about 0.8 GB/s however wide its vectors are (see `compress`). The receipts are many
+//! independent streams, though: laying sixteen of them side by side in the 32-bit lanes of a
+//! zmm register runs the same chain for all sixteen at once. Digests are bit-identical to the `md-5` crate's (tests
 //! compare them); without AVX2 every job goes through the one-stream `compress` (md-5's own on
 //! targets where the empty-asm fence it relies on is not written).
 
