@@ -28,6 +28,12 @@ pub const WINDOW_BYTES: usize = 32 << 20;
 /// Raw bytes decoded per step: small, so decoded data is still in cache when the writer
 /// thread copies it into the page cache.
 pub const DECODE_WINDOW_BYTES: usize = 4 << 20;
+/// Raw bytes decoded and written per task where every core decodes windows of its own and
+/// writes each itself: one chunk, so that the decoded bytes are still in the core's L2 when
+/// `pwrite` copies them into the page cache. Measured on MiniLM BF16 against 4 MiB windows
+/// (`hyperfine`, same set): 21.4–21.8 ms against 23.4–25.3 ms, 17.5 → 18.9 ms of system time
+/// instead of 25–29; SmolLM2 117.3 against 122.5 ms.
+const WRITE_WINDOW_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone, Copy)]
 pub struct CompressOptions {
@@ -1437,10 +1443,10 @@ pub fn decompress_file_with(
     out.write_all(&(header.len() as u64).to_le_bytes())?;
     out.write_all(header)?;
     let jobs = decode_jobs(&c);
-    let wins = windows(&jobs, DECODE_WINDOW_BYTES);
     progress.start(c.raw_data_len(), "decompress");
 
     if !opts.check_md5 {
+        let wins = windows(&jobs, WRITE_WINDOW_BYTES);
         // No receipts to hash in order: every core decodes windows and writes each at its
         // place, so the kernel's copy into the page cache runs on all cores too.
         out.flush()?;
@@ -1529,7 +1535,7 @@ pub fn decompress_file_with(
         // no page faults) per window.
         let mut fresh = 3usize;
         let mut failure = None;
-        for w in &wins {
+        for w in &windows(&jobs, DECODE_WINDOW_BYTES) {
             let buf = if fresh > 0 {
                 fresh -= 1;
                 Vec::new()
