@@ -481,9 +481,10 @@ pub enum SymbolBytes<'a> {
     Rans {
         decoder: rans::Decoder<'a>,
         table: &'a [u32; PROB_SCALE as usize],
-        /// Symbol index -> value; `None` when every value is its own index (the usual case for
-        /// palette indices), which spares a pass over the output.
-        map: Option<[u8; 256]>,
+        /// The decode table with each slot's byte value in place of its symbol index, so that
+        /// the decoder writes values directly; `None` when every value is its own index (the
+        /// usual case for palette indices).
+        values: Option<Box<[u32; PROB_SCALE as usize]>>,
     },
 }
 
@@ -499,11 +500,16 @@ impl<'a> SymbolBytes<'a> {
             } => SymbolBytes::Rans {
                 decoder: rans::Decoder::new(coded)?,
                 table,
-                map: (!values[..*alphabet]
+                // The decoders store a slot's low byte, whatever it holds.
+                values: (!values[..*alphabet]
                     .iter()
                     .enumerate()
                     .all(|(i, &v)| usize::from(v) == i))
-                .then(|| std::array::from_fn(|i| values[i] as u8)),
+                .then(|| {
+                    Box::new(
+                        table.map(|e| (e & !0xff) | u32::from(values[(e & 0xff) as usize] as u8)),
+                    )
+                }),
             },
         })
     }
@@ -514,15 +520,8 @@ impl<'a> SymbolBytes<'a> {
             SymbolBytes::Rans {
                 decoder,
                 table,
-                map,
-            } => {
-                decoder.decode_block(table, out)?;
-                if let Some(map) = map {
-                    for b in out.iter_mut() {
-                        *b = map[*b as usize];
-                    }
-                }
-            }
+                values,
+            } => decoder.decode_block(values.as_deref().unwrap_or(table), out)?,
         }
         Ok(())
     }
