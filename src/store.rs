@@ -31,8 +31,8 @@ pub const DECODE_WINDOW_BYTES: usize = 4 << 20;
 /// Raw bytes decoded and written per task where every core decodes windows of its own and
 /// writes each itself: one chunk, so that the decoded bytes are still in the core's L2 when
 /// `pwrite` copies them into the page cache. Measured on MiniLM BF16 against 4 MiB windows
-/// (`hyperfine`, same set): 21.4–21.8 ms against 23.4–25.3 ms, 17.5 → 18.9 ms of system time
-/// instead of 25–29; SmolLM2 117.3 against 122.5 ms.
+/// (`hyperfine`, same set): 21.4–21.8 ms against 23.4–25.3 ms, with 18.9 ms of system time
+/// instead of 25.0–28.8; SmolLM2 117.3 against 122.5 ms.
 const WRITE_WINDOW_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone, Copy)]

@@ -484,7 +484,7 @@ pub enum SymbolBytes<'a> {
         /// The decode table with each slot's byte value in place of its symbol index, so that
         /// the decoder writes values directly; `None` when every value is its own index (the
         /// usual case for palette indices).
-        values: Option<Box<[u32; PROB_SCALE as usize]>>,
+        valued: Option<Box<[u32; PROB_SCALE as usize]>>,
     },
 }
 
@@ -501,7 +501,7 @@ impl<'a> SymbolBytes<'a> {
                 decoder: rans::Decoder::new(coded)?,
                 table,
                 // The decoders store a slot's low byte, whatever it holds.
-                values: (!values[..*alphabet]
+                valued: (!values[..*alphabet]
                     .iter()
                     .enumerate()
                     .all(|(i, &v)| usize::from(v) == i))
@@ -520,8 +520,8 @@ impl<'a> SymbolBytes<'a> {
             SymbolBytes::Rans {
                 decoder,
                 table,
-                values,
-            } => decoder.decode_block(values.as_deref().unwrap_or(table), out)?,
+                valued,
+            } => decoder.decode_block(valued.as_deref().unwrap_or(table), out)?,
         }
         Ok(())
     }
