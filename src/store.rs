@@ -12,7 +12,7 @@ use std::time::Instant;
 use crate::integrity::md5x::{self, Md5};
 use rayon::prelude::*;
 
-use crate::codec::{encode_chunk, Effort, ElemKind};
+use crate::codec::{encode_chunk, encode_chunk_within, Effort, ElemKind};
 use crate::error::{Error, Result};
 use crate::format::arena::{Blob, BlobArena};
 use crate::format::reader::Container;
@@ -608,11 +608,15 @@ impl ChunkCoder<'_> {
         let d = crate::codec::encode_sparse_chunk(kind, &diff, self.effort);
         // Standalone coding is measured too, except where the difference is already under an
         // eighth of the raw size: no standalone codec gets there on non-constant floats (the
-        // densest, a palette, needs >= ~2 bits/element).
+        // densest, a palette, needs >= ~2 bits/element). It is not written where its plan
+        // shows it longer than the difference.
         let floats = matches!(kind, ElemKind::Bf16 | ElemKind::F16 | ElemKind::F32);
         let constant = || raw.chunks_exact(w).all(|e| e == &raw[..w]);
         let skip_alone = floats && d.len() * 8 < raw.len() && !constant();
-        let alone = (!skip_alone).then(|| encode_chunk(kind, raw, self.effort));
+        let alone = match skip_alone {
+            true => None,
+            false => encode_chunk_within(kind, raw, self.effort, d.len()),
+        };
         Ok(match alone {
             Some(a) if a.len() <= d.len() => Coded {
                 blob: a,

@@ -257,14 +257,50 @@ pub fn encode_sparse_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u
 /// Codes one chunk (`data.len()` a multiple of the element width), choosing the smallest
 /// candidate. Deterministic: the same input and effort always give the same blob.
 pub fn encode_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u8> {
+    encode_chunk_within(kind, data, effort, usize::MAX).expect("no limit to exceed")
+}
+
+/// `encode_chunk`'s blob, or `None` where that blob is sure to be longer than `limit` bytes.
+/// Sure means bounded, not estimated: the split of 16-bit floats is planned from its exact
+/// histograms, and its length bounded from them (`rans::coded_len`) before it is written;
+/// `None` only where that bound, every other candidate the chunk would try and the raw
+/// fallback all lie over `limit`. A patch uses it to skip writing a standalone blob that
+/// cannot beat the difference it already has.
+pub fn encode_chunk_within(
+    kind: ElemKind,
+    data: &[u8],
+    effort: Effort,
+    limit: usize,
+) -> Option<Vec<u8>> {
     let w = kind.width();
     debug_assert_eq!(data.len() % w, 0);
     if let Some(fill) = fill_blob(data, w) {
-        return fill;
+        return Some(fill);
     }
+    // No blob is longer than raw with its tag.
+    let limit = if limit > data.len() {
+        usize::MAX
+    } else {
+        limit
+    };
     let best = match kind {
-        ElemKind::Bf16 => split::encode16(data, split::Float16::Bf16, effort),
-        ElemKind::F16 => split::encode16(data, split::Float16::F16, effort),
+        ElemKind::Bf16 | ElemKind::F16 => {
+            let flavour = if kind == ElemKind::Bf16 {
+                split::Float16::Bf16
+            } else {
+                split::Float16::F16
+            };
+            match split::encode16(data, flavour, effort, limit) {
+                split::Encoded16::Blob(b) => b,
+                split::Encoded16::Over(len) if zstd_over(data, effort, *len.end(), limit) => {
+                    return None;
+                }
+                // zstd might come under the limit: the full measurement decides.
+                split::Encoded16::Over(_) => {
+                    return encode_chunk_within(kind, data, effort, usize::MAX)
+                }
+            }
+        }
         ElemKind::F32 => split::encode32(data, effort),
         ElemKind::Byte => {
             let mut out = vec![tag::BYTES];
@@ -282,9 +318,22 @@ pub fn encode_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u8> {
         let mut raw = Vec::with_capacity(data.len() + 1);
         raw.push(tag::RAW);
         raw.extend_from_slice(data);
-        return raw;
+        return Some(raw);
     }
-    best
+    Some(best)
+}
+
+/// Whether `zstd_or_raw` is sure to give nothing of at most `limit` bytes for a chunk whose
+/// best blob so far is at most `best_max` bytes long: zstd is not tried at that length (the
+/// probe only accepts more as the blob grows), or its blob is over the limit too.
+fn zstd_over(data: &[u8], effort: Effort, best_max: usize, limit: usize) -> bool {
+    let Some(level) = effort.zstd_level() else {
+        return true;
+    };
+    if !effort.zstd_always() && !stream::worth_trying_zstd(data, best_max) {
+        return true;
+    }
+    stream::zstd_compress(data, level).is_none_or(|z| z.len() + 1 > limit)
 }
 
 /// The bit-exact gate: does `blob` decode to exactly `data`? (Scratch kept per thread, only
@@ -463,6 +512,19 @@ mod tests {
             let mut back = vec![0u8; data.len()];
             decode_chunk(kind, &blob, &mut back).unwrap();
             assert_eq!(back, data, "{kind:?} {effort:?}");
+            within_agrees(kind, data, effort, &blob);
+        }
+    }
+
+    /// `encode_chunk_within` gives `encode_chunk`'s very blob, or nothing where that blob is
+    /// over the limit.
+    fn within_agrees(kind: ElemKind, data: &[u8], effort: Effort, blob: &[u8]) {
+        let n = blob.len();
+        for limit in [0, n / 2, n * 9 / 10, n.saturating_sub(1), n, data.len()] {
+            match encode_chunk_within(kind, data, effort, limit) {
+                Some(b) => assert!(b == blob, "{kind:?} {effort:?} limit {limit}: another blob"),
+                None => assert!(n > limit, "{kind:?} {effort:?}: {n} bytes given up at {limit}"),
+            }
         }
     }
 
@@ -511,6 +573,14 @@ mod tests {
         let ratio = blob.len() as f64 / data.len() as f64;
         assert!(ratio < 0.72, "ratio {ratio}");
         roundtrip(ElemKind::Bf16, &data);
+        // A limit 3% under the blob is told apart without writing it (the bounds are loose by
+        // up to a tenth of a bit a weight, here under 1%). Storage tries zstd on every chunk,
+        // which may come within those 3% and then needs the split written to decide.
+        for effort in [Effort::Balanced, Effort::Inference, Effort::Speed] {
+            let n = encode_chunk(ElemKind::Bf16, &data, effort).len();
+            let within = encode_chunk_within(ElemKind::Bf16, &data, effort, n * 97 / 100);
+            assert!(within.is_none(), "{effort:?}");
+        }
     }
 
     proptest! {

@@ -105,6 +105,33 @@ impl FreqTable {
     }
 }
 
+/// Bounds on the length of the stream `encode` writes for `symbols` symbols whose cost under
+/// the table (`FreqTable::cost_bits`) is `cost` bits, sure without encoding them.
+///
+/// Per lane, the encoder's state starts at `STATE_LOW` and ends in `[STATE_LOW, 2^32)`. Coding
+/// a symbol of frequency `f` takes a state `y >= 16 f` (`STATE_LOW` or more, or what is left
+/// after a word of a state `>= 2^20 f` was emitted) to `floor(y / f) * 2^12 + (y mod f) + cum`,
+/// which lies within a factor `(15/16, 17/16)` of `y * 2^12 / f`: its log grows by the
+/// symbol's cost plus at most `log2(17/16)` and at least the cost less `log2(16/15)`. Emitting
+/// a word takes `x >= 2^20` to `floor(x / 2^16)`, at most 16 bits less and at least 16 plus
+/// `log2(16/15)`. Summing over a lane's symbols `n` and words `w`:
+/// `16 <= 16 + cost + n log2(17/16) - 16 w` and `32 > 16 + cost - n log2(16/15) - w (16 +
+/// log2(16/15))`, and the lanes add up. The bounds are loose by about a tenth of a bit per
+/// symbol: enough to know that a stream will lose a comparison by more than that.
+pub fn coded_len(cost: f64, symbols: u64) -> std::ops::RangeInclusive<usize> {
+    let n = symbols as f64;
+    // Room for the rounding of a sum of `symbols` terms in f64.
+    let slack = 1e-9 * cost + 1.0;
+    let shrink = (16.0f64 / 15.0).log2();
+    let grow = (17.0f64 / 16.0).log2();
+    let lanes = LANES as f64;
+    let words_min = ((cost - slack - n * shrink - 16.0 * lanes) / (16.0 + shrink))
+        .ceil()
+        .max(0.0);
+    let words_max = ((cost + slack + n * grow) / 16.0).floor();
+    HEADER_BYTES + 2 * words_min as usize..=HEADER_BYTES + 2 * words_max as usize
+}
+
 /// Per-symbol encoder constants: the quotient `x / freq` is computed by multiplication with a
 /// rounded-up reciprocal, which is exact for every 32-bit `x` and `freq <= 4096`
 /// (error term `x * e / 2^44 < 2^-12 <= 1/freq`).
@@ -717,6 +744,9 @@ mod tests {
         let mut back = vec![0u8; syms.len()];
         decode(&coded, &table, &mut back).unwrap();
         assert_eq!(back, syms);
+        let cost = table.cost_bits(&counts_of(syms, alphabet));
+        let bounds = coded_len(cost, syms.len() as u64);
+        assert!(bounds.contains(&coded.len()), "{} outside {bounds:?}", coded.len());
         #[cfg(target_arch = "x86_64")]
         {
             // The SIMD encoder must produce the very same stream as the scalar one.
@@ -915,6 +945,39 @@ mod tests {
             }
             #[cfg(target_arch = "x86_64")]
             crate::codec::simd::force_portable(false);
+        }
+
+        /// The bounds hold for any table, however badly it fits the symbols: one symbol
+        /// far likelier than the rest (the states stay small, where rounding costs most),
+        /// or a table counted from other data.
+        #[test]
+        fn coded_len_bounds_the_stream(
+            seed in any::<u64>(),
+            n in 0usize..40_000,
+            alphabet in 2usize..256,
+            skew in 0u32..12,
+            fitted in any::<bool>(),
+        ) {
+            let mut x = seed | 1;
+            let mut next = || { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x };
+            // Symbol 0 with probability 1 - 2^-skew, the rest uniform.
+            let syms: Vec<u8> = (0..n)
+                .map(|_| {
+                    let r = next();
+                    if (r >> 40) & ((1 << skew) - 1) != 0 { 0 } else { (r % alphabet as u64) as u8 }
+                })
+                .collect();
+            let counts = counts_of(&syms, alphabet);
+            let table_counts: Vec<u64> = if fitted {
+                counts.iter().map(|&c| c + 1).collect()
+            } else {
+                (0..alphabet).map(|_| next() % 1000 + 1).collect()
+            };
+            let table = normalize(&table_counts);
+            let mut coded = Vec::new();
+            encode(indices(&as_symbols(&syms)), &table, &mut coded);
+            let bounds = coded_len(table.cost_bits(&counts), n as u64);
+            prop_assert!(bounds.contains(&coded.len()), "{} outside {:?}", coded.len(), bounds);
         }
 
         #[test]

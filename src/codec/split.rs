@@ -193,6 +193,8 @@ pub(super) struct SplitPlan {
     pub bytes: usize,
     layout: Layout,
     plan: stream::SymPlan,
+    /// Bytes of the packed rest fields.
+    rest: usize,
 }
 
 /// Measures every candidate layout from one histogram and keeps the smallest.
@@ -238,26 +240,30 @@ pub(super) fn plan_split(words: &[u16], rs: &[u32], try_lsb: bool) -> SplitPlan 
         }
     }
     // Fall back to the coarsest split that always fits 256 symbols: 8 symbol bits.
-    match best {
-        Some((bytes, layout, plan)) => SplitPlan {
-            bytes: bytes + 1,
-            layout,
-            plan,
-        },
+    let (layout, plan) = match best {
+        Some((_, layout, plan)) => (layout, plan),
         None => {
             let layout = Layout { r: 7, lsb: false };
             let h = Histogram::of(words.iter().map(|&w| layout.value(w)), 8);
-            let plan = stream::plan_symbols(&h).expect("8-bit symbols");
-            SplitPlan {
-                bytes: 1 + plan.bytes + n,
-                layout,
-                plan,
-            }
+            (layout, stream::plan_symbols(&h).expect("8-bit symbols"))
         }
+    };
+    let rest = packed_len(n, layout.width());
+    SplitPlan {
+        bytes: 1 + plan.bytes + rest,
+        layout,
+        plan,
+        rest,
     }
 }
 
 impl SplitPlan {
+    /// Bounds on the length of the SPLIT16 blob (tag included) that `write_planned` makes.
+    fn blob_len(&self) -> std::ops::RangeInclusive<usize> {
+        let fixed = 2 + self.rest;
+        fixed + *self.plan.len.start()..=fixed + *self.plan.len.end()
+    }
+
     /// Writes the split body (layout byte, symbols, packed rest).
     pub(super) fn write(&self, words: &[u16], out: &mut Vec<u8>) {
         let (layout, plan, n) = (self.layout, &self.plan, words.len());
@@ -634,7 +640,16 @@ pub(super) fn as_words(data: &[u8]) -> std::borrow::Cow<'_, [u16]> {
     )
 }
 
-pub fn encode16(data: &[u8], flavour: Float16, effort: Effort) -> Vec<u8> {
+/// What `encode16` gives: the chunk's blob, or, where the split would be written and is sure
+/// to be longer than the limit it was given, the bounds on that blob's length (unwritten).
+pub enum Encoded16 {
+    Blob(Vec<u8>),
+    Over(std::ops::RangeInclusive<usize>),
+}
+
+/// Codes 16-bit floats: the split of each word into a coded symbol and raw rest bits, or a
+/// palette where that is smaller. `limit`: see `Encoded16` (`usize::MAX` for none).
+pub fn encode16(data: &[u8], flavour: Float16, effort: Effort, limit: usize) -> Encoded16 {
     let words = as_words(data);
     // The biased-LSB pattern comes from rounding wider floats to BF16; inference mode keeps
     // the rest byte-aligned.
@@ -647,13 +662,13 @@ pub fn encode16(data: &[u8], flavour: Float16, effort: Effort) -> Vec<u8> {
     {
         if let Some(p) = super::palette::encode(&words, rs, try_lsb) {
             if p.len() * 10 < estimate_split(&words, rs, try_lsb) * 9 {
-                return p;
+                return Encoded16::Blob(p);
             }
             let split = plan_split(&words, rs, try_lsb);
             if p.len() < split.bytes + 1 {
-                return p;
+                return Encoded16::Blob(p);
             }
-            return write_planned(&words, &split);
+            return write_within(&words, &split, limit);
         }
     }
     let split = plan_split(&words, rs, try_lsb);
@@ -664,11 +679,20 @@ pub fn encode16(data: &[u8], flavour: Float16, effort: Effort) -> Vec<u8> {
             super::palette::encode_nibbles(&words, candidates(flavour, Effort::Balanced))
         {
             if p.len() < split.bytes + 1 {
-                return p;
+                return Encoded16::Blob(p);
             }
         }
     }
-    write_planned(&words, &split)
+    write_within(&words, &split, limit)
+}
+
+/// The planned split's blob, unless it is sure to be longer than `limit`.
+fn write_within(words: &[u16], split: &SplitPlan, limit: usize) -> Encoded16 {
+    let len = split.blob_len();
+    if *len.start() > limit {
+        return Encoded16::Over(len);
+    }
+    Encoded16::Blob(write_planned(words, split))
 }
 
 fn write_planned(words: &[u16], split: &SplitPlan) -> Vec<u8> {
@@ -796,12 +820,16 @@ mod tests {
         let h = Histogram::of(words.iter().map(|&w| layout.value(w)), layout.value_bits());
         let plan = stream::plan_symbols(&h)?;
         let mut out = Vec::new();
-        SplitPlan {
+        let split = SplitPlan {
             bytes: 0,
             layout,
             plan,
-        }
-        .write(words, &mut out);
+            rest: packed_len(words.len(), layout.width()),
+        };
+        split.write(words, &mut out);
+        // Every body the tests make also checks the bounds a patch relies on (tag + body).
+        let len = split.blob_len();
+        assert!(len.contains(&(out.len() + 1)), "{} outside {len:?}", out.len() + 1);
         Some(out)
     }
 

@@ -187,6 +187,8 @@ impl Histogram {
 pub struct SymPlan {
     kind: SymKind,
     pub bytes: usize,
+    /// Bounds on the length `write_symbols` gives, sure without writing (`rans::coded_len`).
+    pub len: std::ops::RangeInclusive<usize>,
 }
 
 enum SymKind {
@@ -223,18 +225,25 @@ pub fn plan_symbols(h: &Histogram) -> Option<SymPlan> {
         0 => Some(SymPlan {
             kind: SymKind::Const(0),
             bytes: 3,
+            len: 3..=3,
         }),
         1 => Some(SymPlan {
             kind: SymKind::Const(h.values[0]),
             bytes: 3,
+            len: 3..=3,
         }),
         2..=256 => {
             let table = rans::normalize(&h.counts);
-            let payload = (table.cost_bits(&h.counts) / 8.0).ceil() as usize + LANES * 4 + 2;
-            let bytes = 1 + table_header_len(&h.values, &table) + 5 + payload;
+            let cost = table.cost_bits(&h.counts);
+            let payload = (cost / 8.0).ceil() as usize + LANES * 4 + 2;
+            let header = 1 + table_header_len(&h.values, &table);
+            let coded = rans::coded_len(cost, h.counts.iter().sum());
+            // The coded length is preceded by its varint (1 to 5 bytes).
+            let len = header + 1 + *coded.start()..=header + 5 + *coded.end();
             Some(SymPlan {
                 kind: SymKind::Rans(table, h.values.clone()),
-                bytes,
+                bytes: header + 5 + payload,
+                len,
             })
         }
         _ => None,
