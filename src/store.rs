@@ -1018,34 +1018,8 @@ pub fn compress_file_against(
                 st.base_fingerprint = crate::delta::fingerprint(b)?;
             }
         }
-        let mut md5s: Vec<String> = Vec::with_capacity(src.tensors.len());
-        for (i, h) in hashers.into_iter().enumerate() {
-            let digest = hex(&h.expect("hasher returned").finalize());
-            md5s.push(match (dup[i], &matched[i]) {
-                (Some(j), _) => md5s[j].clone(),
-                _ if groups.member_md5(i).is_some() => {
-                    groups.member_md5(i).cloned().expect("checked")
-                }
-                (None, Some(m)) if m.same => m.md5.clone(),
-                _ => digest,
-            });
-        }
-        let tensors: Vec<TensorEntry> = src
-            .tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let mut e = entry(t, md5s[i].clone(), dup[i], std::mem::take(&mut chunks[i]));
-                if dup[i].is_none() {
-                    e.delta = matched[i].as_ref().map(|m| crate::format::DeltaRef {
-                        base_md5: m.md5.clone(),
-                        base_hash: m.hash,
-                        same: m.same,
-                    });
-                }
-                e
-            })
-            .collect();
+        let md5s = tensor_receipts(hashers, &dup, &matched, &groups);
+        let tensors = tensor_entries(&src, md5s, &dup, &matched, chunks);
         let index = Index {
             format: "bigsmall".into(),
             created_by: format!("bigsmall {}", env!("CARGO_PKG_VERSION")),
@@ -1088,6 +1062,54 @@ pub fn compress_file_against(
             groups: groups.infos,
         })
     })
+}
+
+/// Each tensor's md5 receipt: its own hash, or the one it is known to share (a duplicate's
+/// original, a group member's, an unchanged tensor's base counterpart).
+fn tensor_receipts(
+    hashers: Vec<Option<Md5>>,
+    dup: &[Option<usize>],
+    matched: &[Option<Matched>],
+    groups: &crate::layout::groups::Groups,
+) -> Vec<String> {
+    let mut md5s: Vec<String> = Vec::with_capacity(hashers.len());
+    for (i, h) in hashers.into_iter().enumerate() {
+        let digest = hex(&h.expect("hasher returned").finalize());
+        md5s.push(match (dup[i], &matched[i]) {
+            (Some(j), _) => md5s[j].clone(),
+            _ if groups.member_md5(i).is_some() => groups.member_md5(i).cloned().expect("checked"),
+            (None, Some(m)) if m.same => m.md5.clone(),
+            _ => digest,
+        });
+    }
+    md5s
+}
+
+/// The index entries of a compressed file's tensors, with their chunks and, in a patch,
+/// their base references.
+fn tensor_entries(
+    src: &SafetensorsFile,
+    md5s: Vec<String>,
+    dup: &[Option<usize>],
+    matched: &[Option<Matched>],
+    mut chunks: Vec<Vec<ChunkEntry>>,
+) -> Vec<TensorEntry> {
+    src.tensors
+        .iter()
+        .zip(md5s)
+        .enumerate()
+        .map(|(i, (t, md5))| {
+            let mut e = entry(t, md5, dup[i], std::mem::take(&mut chunks[i]));
+            if dup[i].is_none() {
+                e.delta = matched[i].as_ref().map(|m| crate::format::DeltaRef {
+                    base_md5: m.md5.clone(),
+                    base_hash: m.hash,
+                    same: m.same,
+                });
+            }
+            e
+        })
+        .collect()
 }
 
 /// Bytes `start..end` of tensor `tensor`, with that tensor's running md5.

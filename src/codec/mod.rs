@@ -523,7 +523,10 @@ mod tests {
         for limit in [0, n / 2, n * 9 / 10, n.saturating_sub(1), n, data.len()] {
             match encode_chunk_within(kind, data, effort, limit) {
                 Some(b) => assert!(b == blob, "{kind:?} {effort:?} limit {limit}: another blob"),
-                None => assert!(n > limit, "{kind:?} {effort:?}: {n} bytes given up at {limit}"),
+                None => assert!(
+                    n > limit,
+                    "{kind:?} {effort:?}: {n} bytes given up at {limit}"
+                ),
             }
         }
     }

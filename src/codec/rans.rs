@@ -746,7 +746,11 @@ mod tests {
         assert_eq!(back, syms);
         let cost = table.cost_bits(&counts_of(syms, alphabet));
         let bounds = coded_len(cost, syms.len() as u64);
-        assert!(bounds.contains(&coded.len()), "{} outside {bounds:?}", coded.len());
+        assert!(
+            bounds.contains(&coded.len()),
+            "{} outside {bounds:?}",
+            coded.len()
+        );
         #[cfg(target_arch = "x86_64")]
         {
             // The SIMD encoder must produce the very same stream as the scalar one.

@@ -829,7 +829,11 @@ mod tests {
         split.write(words, &mut out);
         // Every body the tests make also checks the bounds a patch relies on (tag + body).
         let len = split.blob_len();
-        assert!(len.contains(&(out.len() + 1)), "{} outside {len:?}", out.len() + 1);
+        assert!(
+            len.contains(&(out.len() + 1)),
+            "{} outside {len:?}",
+            out.len() + 1
+        );
         Some(out)
     }
 
