@@ -118,7 +118,7 @@ fn md5(c: &mut Criterion) {
             black_box(h.finalize())
         })
     });
-    for jobs in [64, 16] {
+    for jobs in [64, 16, 2] {
         let msgs: Vec<&[u8]> = data.chunks(TOTAL / jobs).collect();
         g.bench_function(format!("update_many/{jobs}x{}MiB", 64 / jobs), |b| {
             b.iter(|| {

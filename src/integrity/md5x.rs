@@ -247,9 +247,10 @@ const K: [u32; 64] = [
 
 /// The 64 steps of a block, as `$step!(round, a, b, c, d, i, g, s)`: step `i`, of round
 /// F, G, H or I, updates `a` with message word `g` and rotation `s`. The state variables
-/// come in as arguments so that the steps can name the caller's locals.
+/// come in as arguments so that the steps can name the caller's locals (one token tree each:
+/// a variable, or a group of them for chains hashed side by side).
 macro_rules! md5_steps {
-    ($step:ident, $a:ident, $b:ident, $c:ident, $d:ident) => {
+    ($step:ident, $a:tt, $b:tt, $c:tt, $d:tt) => {
         md5_steps!(@4 $step, $a, $b, $c, $d, F, 0, [0, 1, 2, 3], [7, 12, 17, 22]);
         md5_steps!(@4 $step, $a, $b, $c, $d, F, 4, [4, 5, 6, 7], [7, 12, 17, 22]);
         md5_steps!(@4 $step, $a, $b, $c, $d, F, 8, [8, 9, 10, 11], [7, 12, 17, 22]);
@@ -267,7 +268,7 @@ macro_rules! md5_steps {
         md5_steps!(@4 $step, $a, $b, $c, $d, I, 56, [8, 15, 6, 13], [6, 10, 15, 21]);
         md5_steps!(@4 $step, $a, $b, $c, $d, I, 60, [4, 11, 2, 9], [6, 10, 15, 21]);
     };
-    (@4 $step:ident, $a:ident, $b:ident, $c:ident, $d:ident, $r:ident, $i:expr,
+    (@4 $step:ident, $a:tt, $b:tt, $c:tt, $d:tt, $r:ident, $i:expr,
         [$g0:literal, $g1:literal, $g2:literal, $g3:literal],
         [$s0:literal, $s1:literal, $s2:literal, $s3:literal]) => {
         $step!($r, $a, $b, $c, $d, $i, $g0, $s0);
@@ -303,6 +304,57 @@ macro_rules! fence {
     };
 }
 
+/// Step `i` of round `r` on one chain: `a` updated from `b`, `c`, `d`, message word `m[g]`
+/// and rotation `s`. Each round's function is written in the form with the fewest operations
+/// on the newest word `b`; the rest of it, like `a + m + k`, is fenced off the chain.
+macro_rules! md5_step {
+    ($m:ident, $r:ident, $a:ident, $b:ident, $c:ident, $d:ident, $i:expr, $g:literal,
+        $s:literal) => {
+        let mut t = $a.wrapping_add($m[$g]).wrapping_add(K[$i]);
+        md5_step!(@$r t, $a, $b, $c, $d, $s);
+    };
+    // b ? c : d, as d ^ (b & (c ^ d)).
+    (@F $t:ident, $a:ident, $b:ident, $c:ident, $d:ident, $s:literal) => {
+        let mut cd = $c ^ $d;
+        fence!(reg, $t);
+        fence!(reg, cd);
+        $a = $b.wrapping_add($t.wrapping_add($d ^ ($b & cd)).rotate_left($s));
+    };
+    // d ? b : c, as (b & d) + (c & !d): the two have no bit in common.
+    (@G $t:ident, $a:ident, $b:ident, $c:ident, $d:ident, $s:literal) => {
+        $t = $t.wrapping_add($c & !$d);
+        fence!(reg, $t);
+        $a = $b.wrapping_add($t.wrapping_add($b & $d).rotate_left($s));
+    };
+    // b ^ c ^ d.
+    (@H $t:ident, $a:ident, $b:ident, $c:ident, $d:ident, $s:literal) => {
+        let mut cd = $c ^ $d;
+        fence!(reg, $t);
+        fence!(reg, cd);
+        $a = $b.wrapping_add($t.wrapping_add($b ^ cd).rotate_left($s));
+    };
+    // c ^ (b | !d).
+    (@I $t:ident, $a:ident, $b:ident, $c:ident, $d:ident, $s:literal) => {
+        let mut nd = !$d;
+        fence!(reg, $t);
+        fence!(reg, nd);
+        $a = $b.wrapping_add($t.wrapping_add($c ^ ($b | nd)).rotate_left($s));
+    };
+}
+
+/// A block's sixteen little-endian message words.
+#[inline(always)]
+fn words(block: &[u8; BLOCK]) -> [u32; 16] {
+    std::array::from_fn(|i| {
+        u32::from_le_bytes([
+            block[4 * i],
+            block[4 * i + 1],
+            block[4 * i + 2],
+            block[4 * i + 3],
+        ])
+    })
+}
+
 /// One stream's blocks, one at a time: MD5's own chain, scheduled so that a step waits only on
 /// what it must. Each round's function is written in the form with the fewest operations on
 /// the newest word `b`: the rest of it (`c ^ d`, `c & !d`, `!d`), like `a + m + k`, is fenced
@@ -314,46 +366,11 @@ macro_rules! fence {
 fn compress(state: &mut [u32; 4], blocks: &[[u8; BLOCK]]) {
     let [mut a, mut b, mut c, mut d] = *state;
     for block in blocks {
-        let m: [u32; 16] = std::array::from_fn(|i| {
-            u32::from_le_bytes([
-                block[4 * i],
-                block[4 * i + 1],
-                block[4 * i + 2],
-                block[4 * i + 3],
-            ])
-        });
+        let m = words(block);
         let (a0, b0, c0, d0) = (a, b, c, d);
         macro_rules! step {
             ($r:ident, $a:ident, $b:ident, $c:ident, $d:ident, $i:expr, $g:literal, $s:literal) => {
-                let mut t = $a.wrapping_add(m[$g]).wrapping_add(K[$i]);
-                step!(@$r t, $a, $b, $c, $d, $s);
-            };
-            // b ? c : d, as d ^ (b & (c ^ d)).
-            (@F $t:ident, $a:ident, $b:ident, $c:ident, $d:ident, $s:literal) => {
-                let mut cd = $c ^ $d;
-                fence!(reg, $t);
-                fence!(reg, cd);
-                $a = $b.wrapping_add($t.wrapping_add($d ^ ($b & cd)).rotate_left($s));
-            };
-            // d ? b : c, as (b & d) + (c & !d): the two have no bit in common.
-            (@G $t:ident, $a:ident, $b:ident, $c:ident, $d:ident, $s:literal) => {
-                $t = $t.wrapping_add($c & !$d);
-                fence!(reg, $t);
-                $a = $b.wrapping_add($t.wrapping_add($b & $d).rotate_left($s));
-            };
-            // b ^ c ^ d.
-            (@H $t:ident, $a:ident, $b:ident, $c:ident, $d:ident, $s:literal) => {
-                let mut cd = $c ^ $d;
-                fence!(reg, $t);
-                fence!(reg, cd);
-                $a = $b.wrapping_add($t.wrapping_add($b ^ cd).rotate_left($s));
-            };
-            // c ^ (b | !d).
-            (@I $t:ident, $a:ident, $b:ident, $c:ident, $d:ident, $s:literal) => {
-                let mut nd = !$d;
-                fence!(reg, $t);
-                fence!(reg, nd);
-                $a = $b.wrapping_add($t.wrapping_add($c ^ ($b | nd)).rotate_left($s));
+                md5_step!(m, $r, $a, $b, $c, $d, $i, $g, $s);
             };
         }
         md5_steps!(step, a, b, c, d);
@@ -365,16 +382,48 @@ fn compress(state: &mut [u32; 4], blocks: &[[u8; BLOCK]]) {
     *state = [a, b, c, d];
 }
 
+/// Two streams' blocks side by side, one block of each at a time (as many of each): the two
+/// chains interleave, each one's operations filling the other's waits, so one core hashes
+/// both at nearly one stream's speed each.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn compress2(
+    one: &mut [u32; 4],
+    one_blocks: &[[u8; BLOCK]],
+    two: &mut [u32; 4],
+    two_blocks: &[[u8; BLOCK]],
+) {
+    debug_assert_eq!(one_blocks.len(), two_blocks.len());
+    let [mut a, mut b, mut c, mut d] = *one;
+    let [mut e, mut f, mut g, mut h] = *two;
+    for (x, y) in one_blocks.iter().zip(two_blocks) {
+        let (m, n) = (words(x), words(y));
+        let before = [a, b, c, d, e, f, g, h];
+        macro_rules! step2 {
+            ($r:ident, ($a:ident, $e:ident), ($b:ident, $f:ident), ($c:ident, $g:ident),
+                ($d:ident, $h:ident), $i:expr, $w:literal, $s:literal) => {
+                md5_step!(m, $r, $a, $b, $c, $d, $i, $w, $s);
+                md5_step!(n, $r, $e, $f, $g, $h, $i, $w, $s);
+            };
+        }
+        md5_steps!(step2, (a, e), (b, f), (c, g), (d, h));
+        let after = [a, b, c, d, e, f, g, h];
+        [a, b, c, d, e, f, g, h] = std::array::from_fn(|i| after[i].wrapping_add(before[i]));
+    }
+    *one = [a, b, c, d];
+    *two = [e, f, g, h];
+}
+
 #[cfg(target_arch = "x86_64")]
 mod lanes {
     use std::arch::x86_64::*;
     use std::sync::OnceLock;
 
-    use super::{compress, Stream, Widest, BLOCK, K};
+    use super::{compress, compress2, Stream, Widest, BLOCK, K};
 
     /// With fewer busy lanes than this, the rest is hashed one stream at a time: one lane's
     /// share of the vector rate is below a scalar stream's (measured on Zen 4: AVX-512 0.61
-    /// GB/s, AVX2 0.58, `compress` 0.81), two lanes' is above it (1.2 GB/s both).
+    /// GB/s, AVX2 0.58, `compress` 0.81), two lanes' is above it (1.2 GB/s both; two busy
+    /// lanes alone run as two interleaved scalar chains instead, 1.4 GB/s, see `two_scalar`).
     pub(super) const MIN_ACTIVE: usize = 2;
 
     /// A lane kernel the CPU supports: the private field leaves `pick` the only way to get one.
@@ -432,8 +481,8 @@ mod lanes {
 
     /// Lays the streams out on `lanes` (at most 16) lanes. The lanes move in lockstep, so a
     /// block is a unit of time and no schedule is shorter than the longest stream or the total
-    /// spread evenly; and once a single lane is left busy, `run` finishes it in scalar code,
-    /// which is faster than one lane of the vector kernel. So a stream longer than an even
+    /// spread evenly; and once one or two lanes are left busy, `run` finishes them in scalar
+    /// code, which is faster than those lanes of the vector kernel. So a stream longer than an even
     /// share of what is left (itself included) gets a lane of its own, longest first, and the
     /// rest are packed on the other lanes with McNaughton's wrap-around rule: the lanes that
     /// run to the end are as few as they can be, and the others are as short as they can be.
@@ -514,6 +563,30 @@ mod lanes {
         [state[0][l], state[1][l], state[2][l], state[3][l]]
     }
 
+    fn set_lane_state(state: &mut [[u32; 16]; 4], l: usize, s: [u32; 4]) {
+        for (w, s) in state.iter_mut().zip(s) {
+            w[l] = s;
+        }
+    }
+
+    /// The kernels' step for lanes `one` and `two` alone: both rows to the shorter one's
+    /// length, in scalar code, two chains side by side (`compress2`); returns the blocks done.
+    /// Measured on Zen 4 (criterion, `md5/update_many/2x32MiB`): 1.32 GiB/s for the two,
+    /// against 1.14 for two busy lanes of the AVX-512 kernel.
+    fn two_scalar(
+        state: &mut [[u32; 16]; 4],
+        rows: &[&[[u8; BLOCK]]; 16],
+        one: usize,
+        two: usize,
+    ) -> usize {
+        let n = rows[one].len().min(rows[two].len());
+        let (mut x, mut y) = (lane_state(state, one), lane_state(state, two));
+        compress2(&mut x, &rows[one][..n], &mut y, &rows[two][..n]);
+        set_lane_state(state, one, x);
+        set_lane_state(state, two, y);
+        n
+    }
+
     /// Hashes every stream on the kernel's lanes, following `plan`.
     pub(super) fn run(streams: &mut [Stream<'_>], kernel: Kernel) {
         let (pieces, bounds) = plan(streams, kernel.lanes());
@@ -560,7 +633,12 @@ mod lanes {
                 let p = pieces[at[l]];
                 &streams[p.stream].blocks[pos[l]..p.end]
             });
-            let n = kernel.blocks(&mut state, &rows);
+            let n = match busy.iter().rposition(|&b| b) {
+                Some(last) if busy.iter().filter(|&&b| b).count() == 2 => {
+                    two_scalar(&mut state, &rows, first, last)
+                }
+                _ => kernel.blocks(&mut state, &rows),
+            };
             for l in (0..16).filter(|&l| busy[l]) {
                 let p = pieces[at[l]];
                 pos[l] += n;
