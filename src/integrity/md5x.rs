@@ -228,6 +228,58 @@ fn hash_streams(streams: &mut [Stream<'_>], widest: Widest) {
         }
     }
     let _ = widest;
+    scalar_pairs(streams);
+}
+
+/// Without lanes: the streams on two scalar chains side by side (`compress2`), each stream
+/// to the less loaded chain, longest first; the chain left alone at the end runs on its own.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn scalar_pairs(streams: &mut [Stream<'_>]) {
+    let lens: Vec<usize> = streams.iter().map(|s| s.blocks.len()).collect();
+    let len = |i: usize| lens[i];
+    let mut order: Vec<usize> = (0..streams.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(len(i)));
+    let (mut chains, mut load) = ([Vec::new(), Vec::new()], [0usize; 2]);
+    for i in order {
+        let c = usize::from(load[1] < load[0]);
+        load[c] += len(i);
+        chains[c].push(i);
+    }
+    // Per chain: the stream on it, the next block, the running state.
+    let mut queues = chains.map(|c| c.into_iter());
+    let mut on: [Option<(usize, usize, [u32; 4])>; 2] =
+        std::array::from_fn(|c| queues[c].next().map(|i| (i, 0, *streams[i].state)));
+    loop {
+        match &mut on {
+            [Some(x), Some(y)] => {
+                let n = (len(x.0) - x.1).min(len(y.0) - y.1);
+                let (xs, ys) = (
+                    &streams[x.0].blocks[x.1..][..n],
+                    &streams[y.0].blocks[y.1..][..n],
+                );
+                compress2(&mut x.2, xs, &mut y.2, ys);
+                x.1 += n;
+                y.1 += n;
+            }
+            [Some(x), None] | [None, Some(x)] => {
+                compress(&mut x.2, &streams[x.0].blocks[x.1..]);
+                x.1 = len(x.0);
+            }
+            [None, None] => break,
+        }
+        for c in 0..2 {
+            if let Some((i, at, state)) = on[c] {
+                if at == len(i) {
+                    *streams[i].state = state;
+                    on[c] = queues[c].next().map(|i| (i, 0, *streams[i].state));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn scalar_pairs(streams: &mut [Stream<'_>]) {
     for s in streams {
         compress(s.state, s.blocks);
     }
@@ -502,7 +554,9 @@ mod lanes {
         let mut rest: usize = streams.iter().map(|s| s.blocks.len()).sum();
         let mut alone = Vec::new();
         for &i in &longest_first {
-            if alone.len() + 1 == lanes || len(i) <= rest.div_ceil(lanes - alone.len()) {
+            // Exactly, not rounded up: a stream of 282 blocks among 4,497 on 16 lanes (an even
+            // share of 281.06) goes alone, and the other lanes then end at 281.
+            if alone.len() + 1 == lanes || len(i) * (lanes - alone.len()) <= rest {
                 break;
             }
             rest -= len(i);
@@ -518,7 +572,8 @@ mod lanes {
             });
             bounds[lane + 1] = pieces.len();
         }
-        // The loop stopped at the first stream no longer than this, or with one lane left.
+        // The loop stopped at the first stream no longer than an even share (so no longer than
+        // this), or with one lane left.
         let span = rest.div_ceil(lanes - alone.len());
         let (mut lane, mut t) = (alone.len(), 0);
         for i in (0..streams.len()).filter(|i| !alone.contains(i)) {
