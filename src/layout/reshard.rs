@@ -1117,10 +1117,9 @@ mod tests {
     proptest! {
         #[test]
         fn exactly_n_shards_contiguous_and_optimal(
-            sizes in proptest::collection::vec(0u64..1000, 1..9),
-            n in 1usize..9,
+            (sizes, n) in proptest::collection::vec(0u64..1000, 1..9)
+                .prop_flat_map(|s| { let len = s.len(); (Just(s), 1..=len) }),
         ) {
-            prop_assume!(n <= sizes.len());
             let parts = partition(&sizes, Layout::Shards(n)).expect("n <= groups");
             prop_assert_eq!(parts.len(), n);
             check_runs(&parts, sizes.len());
