@@ -68,6 +68,8 @@ fn build<R>(words: &[u16], then: impl FnOnce(&[u16], &[u16], &[u16]) -> R) -> R 
         let seen: &mut [u32; 1 << 16] = sc.seen.as_mut_slice().try_into().expect("64K table");
         let (palette, index) = (&mut sc.palette[..n + BLOCK], &mut sc.index[..n]);
         let mut count = 0usize;
+        // Elements the x86-64 kernel did (none elsewhere).
+        #[cfg_attr(not(target_arch = "x86_64"), expect(unused_mut))]
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]
         if super::simd::has_avx512() && super::simd::cpu_has_avx512vbmi2() {

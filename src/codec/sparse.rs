@@ -64,6 +64,8 @@ impl Changes {
         }
         let mut at: Vec<u32> = Vec::with_capacity(limit + 64);
         let mut values: Vec<u16> = Vec::with_capacity(limit + 64);
+        // Elements the x86-64 kernel did (none elsewhere).
+        #[cfg_attr(not(target_arch = "x86_64"), expect(unused_mut))]
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]
         if super::simd::has_avx512() && super::simd::cpu_has_avx512vbmi2() && words.len() < 1 << 31
