@@ -1,5 +1,5 @@
 //! Codec throughput, one core: encode and decode of real BF16 / F32 / FP8 weights per chunk,
-//! with the AVX-512 kernels and with the portable decoders.
+//! with the AVX-512 kernels, as on a CPU with AVX2 but not AVX-512, and with the portable decoders.
 //!
 //! Data: the largest tensor of each fixture, or of the corpus file named by
 //! `BIGSMALL_BENCH_FILE` (e.g. `corpus/minilm-bf16.safetensors`), cut into 1 MiB chunks.
@@ -53,14 +53,20 @@ fn bench_file(c: &mut Criterion, label: &str, path: &str) {
             })
         });
         let mut out = vec![0u8; CHUNK_BYTES];
-        let paths: &[(&str, bool)] = &[("simd", false), ("portable", true)];
-        for &(name, portable) in paths {
+        // "simd": what this CPU runs (AVX-512 here); "avx2": as on a CPU without AVX-512.
+        let paths: &[&str] = &["simd", "avx2", "portable"];
+        for &name in paths {
+            let portable = name == "portable";
             #[cfg(target_arch = "x86_64")]
             {
-                if !portable && !bigsmall::codec::simd::cpu_has_avx512() {
+                use bigsmall::codec::simd;
+                if name == "simd" && !simd::cpu_has_avx512() {
                     continue;
                 }
-                bigsmall::codec::simd::force_portable(portable);
+                simd::force_portable(portable);
+                if name == "avx2" {
+                    simd::force_avx2(true);
+                }
             }
             #[cfg(not(target_arch = "x86_64"))]
             if !portable {

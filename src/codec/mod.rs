@@ -643,24 +643,42 @@ mod tests {
 #[cfg(all(test, target_arch = "x86_64"))]
 pub(crate) static SIMD_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// `f` run the way this CPU decodes, then as a CPU with AVX2 but not AVX-512 would, then with
+/// the portable code alone (holding `SIMD_SWITCH`); just once off x86-64.
+#[cfg(test)]
+pub(crate) fn each_simd_mode<T>(mut f: impl FnMut() -> T) -> Vec<T> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let _guard = SIMD_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+        let native = f();
+        simd::force_avx2(true);
+        let avx2 = f();
+        simd::force_portable(true);
+        let portable = f();
+        simd::force_portable(false);
+        vec![native, avx2, portable]
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        vec![f()]
+    }
+}
+
 #[cfg(all(test, target_arch = "x86_64"))]
 mod simd_tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The SIMD kernels and the portable decoders must produce identical bytes.
+    /// The SIMD kernels (AVX-512, AVX2) and the portable decoders must produce identical
+    /// bytes.
     fn both_paths(kind: ElemKind, data: &[u8], effort: Effort) {
         let blob = encode_chunk(kind, data, effort);
-        let _guard = SIMD_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
-        let mut fast = vec![0u8; data.len()];
-        decode_chunk(kind, &blob, &mut fast).unwrap();
-        simd::force_portable(true);
-        let mut slow = vec![0u8; data.len()];
-        let r = decode_chunk(kind, &blob, &mut slow);
-        simd::force_portable(false);
-        r.unwrap();
-        assert_eq!(fast, data);
-        assert_eq!(slow, data);
+        for got in each_simd_mode(|| {
+            let mut out = vec![0u8; data.len()];
+            decode_chunk(kind, &blob, &mut out).map(|()| out)
+        }) {
+            assert!(got.unwrap() == data);
+        }
     }
 
     fn bell(n: usize, seed: u64, scale: f32) -> Vec<f32> {

@@ -551,8 +551,8 @@ impl SlotTable {
     }
 }
 
-/// `portable_groups` for `SlotTable`s, kept out of line so that its code does not depend on
-/// the caller's.
+/// Whole groups decoded through a `SlotTable`: the AVX2 kernel where the CPU has it, then
+/// `portable_groups` (kept out of line so that its code does not depend on the caller's).
 #[inline(never)]
 fn value_groups(
     state: &mut [u32; LANES],
@@ -561,11 +561,17 @@ fn value_groups(
     t: &[u64; PROB_SCALE as usize],
     out: &mut [u16],
 ) -> usize {
-    portable_groups(
+    let mut g = 0;
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2() {
+        // SAFETY: the CPU supports the kernel's features.
+        g = unsafe { super::simd::rans_value_groups_avx2(state, words, pos, t, out) };
+    }
+    g + portable_groups(
         state,
         words,
         pos,
-        out,
+        &mut out[g * LANES..],
         |slot| slot_freq_bias(t[slot]),
         |slot| (t[slot] >> 32) as u16,
     )
@@ -791,7 +797,8 @@ mod tests {
         coded.len()
     }
 
-    /// `Decoder::decode_block_values` over a whole stream in blocks of `block` symbols.
+    /// `Decoder::decode_block_values` over a whole stream in blocks of `block` symbols, in
+    /// every SIMD mode (which must agree, in the verdict and in what they decoded).
     fn decode_values(
         stream: &[u8],
         table: &FreqTable,
@@ -800,11 +807,26 @@ mod tests {
         out: &mut [u16],
     ) -> Result<(), RansError> {
         let slots = SlotTable::new(&table.decode_table(), values);
-        let mut d = Decoder::new(stream)?;
-        for chunk in out.chunks_mut(block) {
-            d.decode_block_values(&slots, chunk)?;
+        let runs = crate::codec::each_simd_mode(|| {
+            let mut got = vec![0u16; out.len()];
+            let r = (|| {
+                let mut d = Decoder::new(stream)?;
+                for chunk in got.chunks_mut(block) {
+                    d.decode_block_values(&slots, chunk)?;
+                }
+                d.finish()
+            })();
+            (r, got)
+        });
+        let (first, rest) = runs.split_first().expect("one mode at least");
+        for other in rest {
+            assert_eq!(other.0, first.0, "SIMD modes disagree");
+            if other.0.is_ok() {
+                assert!(other.1 == first.1, "SIMD modes decode differently");
+            }
         }
-        d.finish()
+        out.copy_from_slice(&first.1);
+        first.0.clone()
     }
 
     #[test]
