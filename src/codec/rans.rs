@@ -583,7 +583,7 @@ fn slot_freq_bias(e: u64) -> (u32, u32) {
     (u32::from(e as u16), u32::from((e >> 16) as u16))
 }
 
-/// The AVX-512 decoder where the CPU has it (checked once, at run time).
+/// The AVX-512 decoder where the CPU has it, else the AVX2 one (checked once, at run time).
 fn simd_groups(
     state: &mut [u32; LANES],
     words: &[u8],
@@ -596,6 +596,10 @@ fn simd_groups(
         if super::simd::has_avx512() {
             // SAFETY: the CPU supports the features the kernel is compiled for.
             return unsafe { super::simd::rans_groups(state, words, pos, table, out) };
+        }
+        if super::simd::has_avx2() {
+            // SAFETY: as above.
+            return unsafe { super::simd::rans_groups_avx2(state, words, pos, table, out) };
         }
     }
     let _ = (state, words, pos, table, out);
@@ -772,18 +776,23 @@ mod tests {
         let mut oracle = vec![0u8; syms.len()];
         decode_reference(&coded, &table, &mut oracle).unwrap();
         assert_eq!(oracle, syms);
-        // Odd block sizes exercise the hand-over between fast paths and the checked tail.
+        // Odd block sizes exercise the hand-over between fast paths and the checked tail, in
+        // every SIMD mode.
         let t = table.decode_table();
-        let mut d = Decoder::new(&coded).unwrap();
-        let mut blocks = vec![0u8; syms.len()];
-        let mut at = 0;
-        while at < syms.len() {
-            let len = (LANES * 3).min(syms.len() - at);
-            d.decode_block(&t, &mut blocks[at..at + len]).unwrap();
-            at += len;
+        for blocks in crate::codec::each_simd_mode(|| {
+            let mut d = Decoder::new(&coded).unwrap();
+            let mut blocks = vec![0u8; syms.len()];
+            let mut at = 0;
+            while at < syms.len() {
+                let len = (LANES * 3).min(syms.len() - at);
+                d.decode_block(&t, &mut blocks[at..at + len]).unwrap();
+                at += len;
+            }
+            d.finish().unwrap();
+            blocks
+        }) {
+            assert_eq!(blocks, syms);
         }
-        d.finish().unwrap();
-        assert_eq!(blocks, syms);
         // The value decoder, in odd blocks too.
         let values: [u16; 256] = std::array::from_fn(|i| (i as u16).wrapping_mul(641) ^ 0x5a5a);
         for block in [syms.len().max(1), LANES * 3, LANES * 5 + 7] {

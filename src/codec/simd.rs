@@ -82,6 +82,78 @@ static REFILL_RANKS: [[u32; 8]; 256] = {
     t
 };
 
+/// Eight decoded states `y`, with the lanes below `STATE_LOW` refilled, in lane order, from
+/// the 16-bit words at `words[*p..]`, which it then passes. The caller makes sure 16 bytes
+/// can be read at `*p`.
+#[inline]
+#[target_feature(enable = "avx2,popcnt")]
+unsafe fn refill8(y: __m256i, words: &[u8], p: &mut usize) -> __m256i {
+    // Below STATE_LOW (2^16): nothing above bit 15.
+    let need = _mm256_cmpeq_epi32(_mm256_srli_epi32::<16>(y), _mm256_setzero_si256());
+    let m = _mm256_movemask_ps(_mm256_castsi256_ps(need)) as usize;
+    let next = _mm256_cvtepu16_epi32(_mm_loadu_si128(words.as_ptr().add(*p) as *const _));
+    let ranks = _mm256_loadu_si256(REFILL_RANKS[m].as_ptr() as *const _);
+    let refilled = _mm256_or_si256(
+        _mm256_slli_epi32::<16>(y),
+        _mm256_permutevar8x32_epi32(next, ranks),
+    );
+    *p += 2 * m.count_ones() as usize;
+    _mm256_blendv_epi8(y, refilled, need)
+}
+
+/// `rans_groups` (symbol indices out, from the packed decode table) in AVX2: four registers of
+/// eight lanes, one gather each, refills as in `rans_value_groups_avx2`.
+///
+/// # Safety
+/// The CPU must support AVX2 and POPCNT.
+#[target_feature(enable = "avx2,popcnt")]
+pub unsafe fn rans_groups_avx2(
+    state: &mut [u32; LANES],
+    words: &[u8],
+    pos: &mut usize,
+    table: &[u32; PROB_SCALE as usize],
+    out: &mut [u8],
+) -> usize {
+    let mut x: [__m256i; 4] =
+        std::array::from_fn(|k| _mm256_loadu_si256(state.as_ptr().add(8 * k) as *const _));
+    let mask12 = _mm256_set1_epi32(PROB_SCALE as i32 - 1);
+    let low = _mm256_set1_epi32(0xff);
+    let tp = table.as_ptr() as *const i32;
+    let mut p = *pos;
+    let groups = out.len() / LANES;
+    let mut g = 0;
+    while g < groups && p + 2 * LANES <= words.len() {
+        let mut syms = [_mm256_setzero_si256(); 4];
+        for (k, sym) in syms.iter_mut().enumerate() {
+            // Entry: freq << 20 | bias << 8 | symbol.
+            let e = _mm256_i32gather_epi32::<4>(tp, _mm256_and_si256(x[k], mask12));
+            *sym = _mm256_and_si256(e, low);
+            let y = _mm256_add_epi32(
+                _mm256_mullo_epi32(_mm256_srli_epi32::<20>(e), _mm256_srli_epi32::<12>(x[k])),
+                _mm256_and_si256(_mm256_srli_epi32::<8>(e), mask12),
+            );
+            // At most 8 words: p + 16 <= the group's start + 64.
+            x[k] = refill8(y, words, &mut p);
+        }
+        // The 32 symbols in lane order: the saturating packs (exact, they are bytes)
+        // interleave 128-bit halves, which one permute of dwords puts back.
+        let bytes = _mm256_permutevar8x32_epi32(
+            _mm256_packus_epi16(
+                _mm256_packus_epi32(syms[0], syms[1]),
+                _mm256_packus_epi32(syms[2], syms[3]),
+            ),
+            _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
+        );
+        _mm256_storeu_si256(out.as_mut_ptr().add(g * LANES) as *mut _, bytes);
+        g += 1;
+    }
+    for (k, v) in x.iter().enumerate() {
+        _mm256_storeu_si256(state.as_mut_ptr().add(8 * k) as *mut _, *v);
+    }
+    *pos = p;
+    g
+}
+
 /// `rans::value_groups` in AVX2: whole 32-symbol groups, straight to 16-bit values, while a
 /// group's worth of words (64 bytes) remains; returns the groups done. The lanes sit in four
 /// registers of eight; per register, one gather fetches each slot's frequency and bias (the
@@ -123,18 +195,8 @@ pub unsafe fn rans_value_groups_avx2(
                 _mm256_mullo_epi32(f, _mm256_srli_epi32::<12>(x[k])),
                 _mm256_srli_epi32::<16>(fb),
             );
-            // Below STATE_LOW (2^16): nothing above bit 15.
-            let need = _mm256_cmpeq_epi32(_mm256_srli_epi32::<16>(y), zero);
-            let m = _mm256_movemask_ps(_mm256_castsi256_ps(need)) as usize;
             // At most 8 words: p + 16 <= the group's start + 64.
-            let next = _mm256_cvtepu16_epi32(_mm_loadu_si128(words.as_ptr().add(p) as *const _));
-            let ranks = _mm256_loadu_si256(REFILL_RANKS[m].as_ptr() as *const _);
-            let refilled = _mm256_or_si256(
-                _mm256_slli_epi32::<16>(y),
-                _mm256_permutevar8x32_epi32(next, ranks),
-            );
-            x[k] = _mm256_blendv_epi8(y, refilled, need);
-            p += 2 * m.count_ones() as usize;
+            x[k] = refill8(y, words, &mut p);
         }
         // Values fit 16 bits, so the saturating pack keeps them; it interleaves 128-bit
         // halves, which the permute puts back in lane order.
