@@ -1,5 +1,5 @@
-//! AVX-512 kernels for the decode hot loops (and an AVX2 one for CPUs without AVX-512), chosen
-//! at run time. Each kernel has a portable twin elsewhere that produces identical output;
+//! AVX-512 kernels for the decode hot loops (and AVX2 rANS decoders for CPUs without AVX-512),
+//! chosen at run time. Each kernel has a portable twin elsewhere that produces identical output;
 //! tests run every mode on the same data (`codec::each_simd_mode`).
 //! `BIGSMALL_NO_SIMD=1` forces the portable paths (for comparisons and benchmarks).
 #![cfg(target_arch = "x86_64")]
