@@ -82,6 +82,21 @@ static REFILL_RANKS: [[u32; 8]; 256] = {
     t
 };
 
+/// The 32 lanes' states as four registers of eight, lane order.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn load_states(state: &[u32; LANES]) -> [__m256i; 4] {
+    std::array::from_fn(|k| _mm256_loadu_si256(state.as_ptr().add(8 * k) as *const _))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn store_states(state: &mut [u32; LANES], x: &[__m256i; 4]) {
+    for (k, v) in x.iter().enumerate() {
+        _mm256_storeu_si256(state.as_mut_ptr().add(8 * k) as *mut _, *v);
+    }
+}
+
 /// Eight decoded states `y`, with the lanes below `STATE_LOW` refilled, in lane order, from
 /// the 16-bit words at `words[*p..]`, which it then passes. The caller makes sure 16 bytes
 /// can be read at `*p`.
@@ -114,8 +129,7 @@ pub unsafe fn rans_groups_avx2(
     table: &[u32; PROB_SCALE as usize],
     out: &mut [u8],
 ) -> usize {
-    let mut x: [__m256i; 4] =
-        std::array::from_fn(|k| _mm256_loadu_si256(state.as_ptr().add(8 * k) as *const _));
+    let mut x = load_states(state);
     let mask12 = _mm256_set1_epi32(PROB_SCALE as i32 - 1);
     let low = _mm256_set1_epi32(0xff);
     let tp = table.as_ptr() as *const i32;
@@ -147,9 +161,7 @@ pub unsafe fn rans_groups_avx2(
         _mm256_storeu_si256(out.as_mut_ptr().add(g * LANES) as *mut _, bytes);
         g += 1;
     }
-    for (k, v) in x.iter().enumerate() {
-        _mm256_storeu_si256(state.as_mut_ptr().add(8 * k) as *mut _, *v);
-    }
+    store_states(state, &x);
     *pos = p;
     g
 }
@@ -173,8 +185,7 @@ pub unsafe fn rans_value_groups_avx2(
     table: &[u64; PROB_SCALE as usize],
     out: &mut [u16],
 ) -> usize {
-    let mut x: [__m256i; 4] =
-        std::array::from_fn(|k| _mm256_loadu_si256(state.as_ptr().add(8 * k) as *const _));
+    let mut x = load_states(state);
     let mask12 = _mm256_set1_epi32(PROB_SCALE as i32 - 1);
     let low16 = _mm256_set1_epi32(0xffff);
     let zero = _mm256_setzero_si256();
@@ -207,9 +218,7 @@ pub unsafe fn rans_value_groups_avx2(
         _mm256_storeu_si256(o.add(16) as *mut _, hi);
         g += 1;
     }
-    for (k, v) in x.iter().enumerate() {
-        _mm256_storeu_si256(state.as_mut_ptr().add(8 * k) as *mut _, *v);
-    }
+    store_states(state, &x);
     *pos = p;
     g
 }
