@@ -613,9 +613,10 @@ impl ChunkCoder<'_> {
         let floats = matches!(kind, ElemKind::Bf16 | ElemKind::F16 | ElemKind::F32);
         let constant = || raw.chunks_exact(w).all(|e| e == &raw[..w]);
         let skip_alone = floats && d.len() * 8 < raw.len() && !constant();
-        let alone = match skip_alone {
-            true => None,
-            false => encode_chunk_within(kind, raw, self.effort, d.len()),
+        let alone = if skip_alone {
+            None
+        } else {
+            encode_chunk_within(kind, raw, self.effort, d.len())
         };
         Ok(match alone {
             Some(a) if a.len() <= d.len() => Coded {
