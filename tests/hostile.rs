@@ -7,7 +7,7 @@
 //! - proptest, 5 properties: random byte flips of a whole container (500 cases), byte flips
 //!   inside its index JSON behind a correct checksum (500), `codec::decode_chunk` on random
 //!   blobs for every `ElemKind` (10,000), on blobs behind every codec tag (10,000), and on
-//!   mutated valid blobs decoded by both the AVX-512 and the portable paths (5,000).
+//!   mutated valid blobs decoded by the native (AVX-512), AVX2 and portable paths (5,000).
 //!
 //! In all 26,000 proptest cases; about 26,400 inputs with the truncations and hand-written
 //! cases (the constants `FLIP_CASES`, `BLOB_CASES`, `MUTATED_CASES` set the counts).
@@ -52,7 +52,7 @@ fn one_line(e: &Error, path: &Path) -> String {
 const FLIP_CASES: u32 = 500;
 /// Cases per property: random and tagged blobs for `decode_chunk` (microseconds each).
 const BLOB_CASES: u32 = 10_000;
-/// Cases for mutated valid blobs, each decoded twice (AVX-512 and portable).
+/// Cases for mutated valid blobs, each decoded three times (native, AVX2, portable).
 const MUTATED_CASES: u32 = 5_000;
 
 fn proptest_config(cases: u32) -> ProptestConfig {
@@ -1322,11 +1322,9 @@ fn seed_blobs() -> &'static Vec<(ElemKind, usize, Vec<u8>)> {
     })
 }
 
-fn decode_both_ways(
-    kind: ElemKind,
-    blob: &[u8],
-    n: usize,
-) -> (Result<Vec<u8>, String>, Result<Vec<u8>, String>) {
+/// The chunk decoded the way this CPU decodes, then as a CPU with AVX2 but not AVX-512, then
+/// with the portable code alone.
+fn decode_every_way(kind: ElemKind, blob: &[u8], n: usize) -> [Result<Vec<u8>, String>; 3] {
     let go = || {
         let mut out = vec![0u8; n];
         decode_chunk(kind, blob, &mut out)
@@ -1335,15 +1333,19 @@ fn decode_both_ways(
     };
     #[cfg(target_arch = "x86_64")]
     {
-        bigsmall::codec::simd::force_portable(true);
+        use bigsmall::codec::simd;
+        let native = go();
+        simd::force_avx2(true);
+        let avx2 = go();
+        simd::force_portable(true);
         let portable = go();
-        bigsmall::codec::simd::force_portable(false);
-        (go(), portable)
+        simd::force_portable(false);
+        [native, avx2, portable]
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let a = go();
-        (a.clone(), a)
+        [a.clone(), a.clone(), a]
     }
 }
 
@@ -1406,8 +1408,9 @@ proptest! {
             b[k] ^= m;
         }
         let len = (*n as i64 + len_delta * kind.width() as i64).max(0) as usize;
-        let (simd, portable) = decode_both_ways(*kind, &b, len);
+        let [simd, avx2, portable] = decode_every_way(*kind, &b, len);
         prop_assert_eq!(&simd, &portable, "SIMD and portable decoders disagree");
+        prop_assert_eq!(&avx2, &portable, "AVX2 and portable decoders disagree");
         if flips.is_empty() && len == *n {
             prop_assert!(simd.is_ok(), "a valid blob failed: {:?}", simd);
         }
