@@ -412,7 +412,8 @@ impl<'a> Decoder<'a> {
 
     /// Decodes `out.len()` symbols straight into 16-bit values, each symbol's value from
     /// `table` (see `SlotTable`), which spares the caller a pass mapping indices to values.
-    /// Portable code only; blocks as for `decode_block`.
+    /// The AVX2 kernel where the CPU has it (an AVX-512 machine decodes splits through
+    /// indices instead), portable code otherwise; blocks as for `decode_block`.
     pub fn decode_block_values(
         &mut self,
         table: &SlotTable,

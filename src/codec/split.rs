@@ -187,10 +187,9 @@ pub(super) fn write_split(words: &[u16], rs: &[u32], try_lsb: bool, out: &mut Ve
     plan_split(words, rs, try_lsb).write(words, out);
 }
 
-/// A measured split of a run of words: its layout, its symbol plan and the size of the body it
-/// will write (to within a few bytes).
+/// A measured split of a run of words: its layout, its symbol plan and the size of its packed
+/// rest fields (so the size of the body it will write, `bytes`).
 pub(super) struct SplitPlan {
-    pub bytes: usize,
     layout: Layout,
     plan: stream::SymPlan,
     /// Bytes of the packed rest fields.
@@ -249,15 +248,16 @@ pub(super) fn plan_split(words: &[u16], rs: &[u32], try_lsb: bool) -> SplitPlan 
         }
     };
     let rest = packed_len(n, layout.width());
-    SplitPlan {
-        bytes: 1 + plan.bytes + rest,
-        layout,
-        plan,
-        rest,
-    }
+    SplitPlan { layout, plan, rest }
 }
 
 impl SplitPlan {
+    /// The body's planned size (layout byte, symbols, rest fields; without the codec tag), to
+    /// within a few bytes.
+    pub(super) fn bytes(&self) -> usize {
+        1 + self.plan.bytes + self.rest
+    }
+
     /// Bounds on the length of the SPLIT16 blob (tag included) that `write_planned` makes.
     fn blob_len(&self) -> std::ops::RangeInclusive<usize> {
         let fixed = 2 + self.rest;
@@ -665,7 +665,7 @@ pub fn encode16(data: &[u8], flavour: Float16, effort: Effort, limit: usize) -> 
                 return Encoded16::Blob(p);
             }
             let split = plan_split(&words, rs, try_lsb);
-            if p.len() < split.bytes + 1 {
+            if p.len() < split.bytes() + 1 {
                 return Encoded16::Blob(p);
             }
             return write_within(&words, &split, limit);
@@ -678,7 +678,7 @@ pub fn encode16(data: &[u8], flavour: Float16, effort: Effort, limit: usize) -> 
         if let Some(p) =
             super::palette::encode_nibbles(&words, candidates(flavour, Effort::Balanced))
         {
-            if p.len() < split.bytes + 1 {
+            if p.len() < split.bytes() + 1 {
                 return Encoded16::Blob(p);
             }
         }
@@ -696,7 +696,7 @@ fn write_within(words: &[u16], split: &SplitPlan, limit: usize) -> Encoded16 {
 }
 
 fn write_planned(words: &[u16], split: &SplitPlan) -> Vec<u8> {
-    let mut out = Vec::with_capacity(split.bytes + 1);
+    let mut out = Vec::with_capacity(split.bytes() + 1);
     out.push(tag::SPLIT16);
     split.write(words, &mut out);
     out
@@ -709,13 +709,13 @@ fn estimate_split(words: &[u16], rs: &[u32], try_lsb: bool) -> usize {
     const RUN: usize = 4096;
     const EVERY: usize = 8;
     if words.len() < 4 * RUN * EVERY {
-        return plan_split(words, rs, try_lsb).bytes + 1;
+        return plan_split(words, rs, try_lsb).bytes() + 1;
     }
     let mut sample = Vec::with_capacity(words.len() / EVERY + RUN);
     for run in words.chunks(RUN).step_by(EVERY) {
         sample.extend_from_slice(run);
     }
-    let est = plan_split(&sample, rs, try_lsb).bytes as u64 * words.len() as u64;
+    let est = plan_split(&sample, rs, try_lsb).bytes() as u64 * words.len() as u64;
     (est / sample.len() as u64) as usize + 1
 }
 
@@ -821,7 +821,6 @@ mod tests {
         let plan = stream::plan_symbols(&h)?;
         let mut out = Vec::new();
         let split = SplitPlan {
-            bytes: 0,
             layout,
             plan,
             rest: packed_len(words.len(), layout.width()),
