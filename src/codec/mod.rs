@@ -206,17 +206,26 @@ pub fn encode_sparse_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u
         let changes = (values.len() - stream::count_equal(values, 0) <= limit)
             .then(|| sparse::Changes::of(values, limit))
             .flatten();
-        let h = match &changes {
-            Some(c) => c.dense_histogram(),
-            None => stream::Histogram::of_words(values),
+        // The values' histogram where it could plan a symbol stream or the changes.
+        let (h, plane_h) = match &changes {
+            Some(c) => {
+                let h = c.dense_histogram();
+                let planes = h.byte_planes();
+                (Some(h), planes)
+            }
+            None => stream::Histogram::of_words_planes(values),
         };
-        let plane_h = h.byte_planes();
         let planes: usize = plane_h
             .iter()
             .map(|p| stream::plan_symbols(p).map_or(values.len() + 6, |plan| plan.bytes))
             .sum();
-        let sym = stream::plan_symbols(&h).map(|plan| Whole::Sym(values, plan));
-        let sparse = changes.and_then(|c| c.plan(&h, effort).map(|plan| Whole::Sparse(c, plan)));
+        let sym = h
+            .as_ref()
+            .and_then(stream::plan_symbols)
+            .map(|plan| Whole::Sym(values, plan));
+        let sparse = changes
+            .zip(h.as_ref())
+            .and_then(|(c, h)| c.plan(h, effort).map(|plan| Whole::Sparse(c, plan)));
         // The changes are coded and decoded in time per change, the whole stream in time per
         // element: outside storage mode they are kept when at most a 25th larger (their two
         // symbol tables cost a few hundred bytes more per chunk).

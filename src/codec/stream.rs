@@ -104,6 +104,40 @@ impl Histogram {
         })
     }
 
+    /// The byte planes of 16-bit values (as `of_words(values).byte_planes()`) and, where the
+    /// values take at most 256 distinct values (the most a symbol stream carries), their
+    /// histogram too; `None` says there are more. Dense differences of a real fine-tune have
+    /// thousands of values, and only their planes are coded: counting them into two small
+    /// tables in L1 spares the 1 MiB table of `of_words` and its scan.
+    pub fn of_words_planes(values: &[u16]) -> (Option<Histogram>, [Histogram; 2]) {
+        if !more_than_256_values(values) {
+            let h = Histogram::of_words(values);
+            let planes = h.byte_planes();
+            return ((h.values.len() <= 256).then_some(h), planes);
+        }
+        // Four tables per plane, by position, so runs of one value (zeros) do not wait on
+        // one counter.
+        let mut t = [[[0u32; 256]; 4]; 2];
+        let mut quads = values.chunks_exact(4);
+        for q in &mut quads {
+            for (k, &v) in q.iter().enumerate() {
+                t[0][k][usize::from(v & 0xff)] += 1;
+                t[1][k][usize::from(v >> 8)] += 1;
+            }
+        }
+        for &v in quads.remainder() {
+            t[0][0][usize::from(v & 0xff)] += 1;
+            t[1][0][usize::from(v >> 8)] += 1;
+        }
+        let planes = t.map(|plane| {
+            let dense: Vec<u64> = (0..256)
+                .map(|b| plane.iter().map(|sub| u64::from(sub[b])).sum())
+                .collect();
+            Histogram::from_dense(&dense)
+        });
+        (None, planes)
+    }
+
     /// `of_words` for values that take at most `FEW` distinct values (zeros and a few ulps
     /// of difference), else `None`. Counting runs by blocks, one compare-and-count per known
     /// value, which the compiler vectorises, instead of a table increment per value; a block
@@ -271,6 +305,25 @@ pub fn count_equal(values: &[u16], v: u16) -> usize {
         .chunks(u16::MAX as usize)
         .map(|b| usize::from(b.iter().fold(0u16, |n, &x| n + u16::from(x == v))))
         .sum()
+}
+
+/// Whether `values` take more than 256 distinct values, found in their first 64 Ki (a `false`
+/// may still have more further on; it only costs the caller the exact count). Random values
+/// show it within a few hundred.
+fn more_than_256_values(values: &[u16]) -> bool {
+    let mut seen = [0u64; 1 << 10];
+    let mut distinct = 0;
+    for &v in &values[..values.len().min(1 << 16)] {
+        let (word, bit) = (usize::from(v >> 6), 1u64 << (v & 63));
+        if seen[word] & bit == 0 {
+            seen[word] |= bit;
+            distinct += 1;
+            if distinct > 256 {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// The smallest run of `2^bits` consecutive values, from `-add` on and wrapping past 65535 to
@@ -726,6 +779,20 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Values whose many distinct values come after the first 64 Ki (past the quick test)
+    /// are counted exactly, and still found too many for a symbol stream.
+    #[test]
+    fn late_distinct_values_are_counted() {
+        let mut values = vec![0u16; 1 << 16];
+        values.extend((0..1000u16).map(|v| v.wrapping_mul(977)));
+        let (whole, planes) = Histogram::of_words_planes(&values);
+        assert!(whole.is_none());
+        let want = Histogram::of_words(&values).byte_planes();
+        for (got, want) in planes.iter().zip(&want) {
+            assert_eq!((&got.values, &got.counts), (&want.values, &want.counts));
+        }
+    }
+
     proptest! {
         /// The sparse-value counter and its byte planes agree with plain counting, twice in a
         /// row (the per-thread table must come back clean).
@@ -737,6 +804,14 @@ mod tests {
                 prop_assert_eq!(&h.values, &want.values);
                 prop_assert_eq!(&h.counts, &want.counts);
                 let [lo, hi] = h.byte_planes();
+                let (few, planes) = Histogram::of_words_planes(&values);
+                prop_assert_eq!(few.is_some(), want.values.len() <= 256);
+                if let Some(few) = few {
+                    prop_assert_eq!((&few.values, &few.counts), (&want.values, &want.counts));
+                }
+                for (got, plane) in planes.iter().zip([&lo, &hi]) {
+                    prop_assert_eq!((&got.values, &got.counts), (&plane.values, &plane.counts));
+                }
                 let want_lo = Histogram::of(values.iter().map(|&v| v & 0xff), 8);
                 let want_hi = Histogram::of(values.iter().map(|&v| v >> 8), 8);
                 prop_assert_eq!((&lo.values, &lo.counts), (&want_lo.values, &want_lo.counts));
