@@ -1426,6 +1426,38 @@ pub fn decode_window(c: &Container, jobs: &[DecodeJob], mut buf: Vec<u8>) -> Res
     Ok(buf)
 }
 
+/// Decodes every chunk of `jobs` (in output order) on all cores, each core taking windows of
+/// about `WRITE_WINDOW_BYTES` of its own, and hands each decoded window to `done` on the core
+/// that decoded it, with its jobs and its offset in the output data (windows come in no
+/// particular order).
+pub fn decode_windows_each(
+    c: &Container,
+    jobs: &[DecodeJob],
+    done: impl Fn(&[DecodeJob], u64, &[u8]) -> Result<()> + Sync,
+) -> Result<()> {
+    let wins = windows(jobs, WRITE_WINDOW_BYTES);
+    let mut at = Vec::with_capacity(wins.len());
+    let mut pos = 0;
+    for w in &wins {
+        at.push(pos);
+        pos += jobs[w.clone()].iter().map(|j| j.len as u64).sum::<u64>();
+    }
+    thread_local! {
+        // One window buffer per thread for the whole run: a fresh one per rayon split
+        // cost a page fault per 4 KiB written.
+        static BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    wins.par_iter()
+        .zip(at)
+        .try_for_each(|(w, offset)| -> Result<()> {
+            let window = &jobs[w.clone()];
+            let decoded = decode_window(c, window, BUF.take())?;
+            let result = done(window, offset, &decoded);
+            BUF.set(decoded);
+            result
+        })
+}
+
 /// Decompresses a `.bs` container back to the exact safetensors file it was made from.
 pub fn decompress_file(
     src: &Path,
@@ -1473,34 +1505,17 @@ pub fn decompress_file_with(
     progress.start(c.raw_data_len(), "decompress");
 
     if !opts.check_md5 {
-        let wins = windows(&jobs, WRITE_WINDOW_BYTES);
         // No receipts to hash in order: every core decodes windows and writes each at its
         // place, so the kernel's copy into the page cache runs on all cores too.
         out.flush()?;
         let data_start = 8 + header.len() as u64;
-        let mut at = Vec::with_capacity(wins.len());
-        let mut pos = data_start;
-        for w in &wins {
-            at.push(pos);
-            pos += jobs[w.clone()].iter().map(|j| j.len as u64).sum::<u64>();
-        }
-        thread_local! {
-            // One window buffer per thread for the whole run: a fresh one per rayon split
-            // cost a page fault per 4 KiB written.
-            static BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
-        }
         let (cr, outr) = (&c, &out);
-        wins.par_iter()
-            .zip(at)
-            .try_for_each(|(w, offset)| -> Result<()> {
-                let decoded = decode_window(cr, &jobs[w.clone()], BUF.take())?;
-                let written = outr.write_at(&decoded, offset);
-                progress.advance(decoded.len() as u64);
-                BUF.set(decoded);
-                written?;
-                release_window(cr, &jobs[w.clone()]);
-                Ok(())
-            })?;
+        decode_windows_each(cr, &jobs, |window, at, decoded| {
+            outr.write_at(decoded, data_start + at)?;
+            progress.advance(decoded.len() as u64);
+            release_window(cr, window);
+            Ok(())
+        })?;
         out.commit()?;
         progress.finish();
         return Ok(DecompressReport {
