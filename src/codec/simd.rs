@@ -223,9 +223,30 @@ pub unsafe fn rans_value_groups_avx2(
     g
 }
 
+/// `table[slot]` for 16 slots (each below `PROB_SCALE`) by scalar loads: on Zen 4 a
+/// 16-element gather issues about one load a cycle, scalar loads two to three. The slots go
+/// out packed to 16 bits, four to a 64-bit load.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn lookup16(slots: __m512i, table: &[u32; PROB_SCALE as usize]) -> __m512i {
+    let mut packed = [0u64; 4];
+    _mm256_storeu_si256(packed.as_mut_ptr() as *mut _, _mm512_cvtepi32_epi16(slots));
+    let mut e = [0u32; 16];
+    for (q, &four) in packed.iter().enumerate() {
+        for k in 0..4 {
+            let slot = (four >> (16 * k)) as usize & (PROB_SCALE as usize - 1);
+            e[4 * q + k] = table[slot];
+        }
+    }
+    _mm512_loadu_si512(e.as_ptr() as *const _)
+}
+
 /// Decodes whole 32-symbol groups while a full group's worth of words (64 bytes) remains.
 /// Lanes 0..16 live in one register, 16..32 in another; each refills from the shared word
-/// stream with one expand, lanes in order — the same order the scalar decoder reads.
+/// stream with one expand, lanes in order — the same order the scalar decoder reads. The
+/// table lookups, not the chain from group to group, bound it (two streams decoded side by
+/// side ran only 8% faster), so they go through `lookup16`: 6–7% faster than gathers on
+/// FP8 here.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F and BW.
@@ -241,13 +262,12 @@ pub unsafe fn rans_groups(
     let mut x1 = _mm512_loadu_si512(state.as_ptr().add(16) as *const _);
     let mask12 = _mm512_set1_epi32(0xfff);
     let low = _mm512_set1_epi32(STATE_LOW as i32);
-    let tp = table.as_ptr() as *const i32;
     let mut p = *pos;
     let groups = out.len() / LANES;
     let mut g = 0;
     while g < groups && p + 64 <= words.len() {
-        let e0 = _mm512_i32gather_epi32::<4>(_mm512_and_si512(x0, mask12), tp);
-        let e1 = _mm512_i32gather_epi32::<4>(_mm512_and_si512(x1, mask12), tp);
+        let e0 = lookup16(_mm512_and_si512(x0, mask12), table);
+        let e1 = lookup16(_mm512_and_si512(x1, mask12), table);
         let o = out.as_mut_ptr().add(g * LANES);
         _mm_storeu_si128(o as *mut __m128i, _mm512_cvtepi32_epi8(e0));
         _mm_storeu_si128(o.add(16) as *mut __m128i, _mm512_cvtepi32_epi8(e1));
