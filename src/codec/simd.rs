@@ -245,7 +245,7 @@ unsafe fn lookup16(slots: __m512i, table: &[u32; PROB_SCALE as usize]) -> __m512
 /// Lanes 0..16 live in one register, 16..32 in another; each refills from the shared word
 /// stream with one expand, lanes in order — the same order the scalar decoder reads. The
 /// table lookups, not the chain from group to group, bound it (two streams decoded side by
-/// side ran only 8% faster), so they go through `lookup16`: 6–7% faster than gathers on
+/// side ran only 8% faster), so they go through `lookup16`: 6–8% faster than gathers on
 /// FP8 here.
 ///
 /// # Safety
