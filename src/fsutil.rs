@@ -171,6 +171,34 @@ fn resolved(p: &Path) -> PathBuf {
     }
 }
 
+/// Refuses an output that is one of this run's inputs (by path, or by file identity: a link
+/// or another spelling of it), or a directory that holds one. `-f` replaces an output, never
+/// an input: a patch written over its own base would lose both.
+pub fn check_not_input(output: &Path, inputs: &[&Path]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let (o, o_id) = (resolved(output), id(output));
+    for &input in inputs {
+        let i = resolved(input);
+        if i == o || (o_id.is_some() && o_id == id(input)) {
+            return Err(Error::invalid(
+                output,
+                format!(
+                    "is the input {}; choose another output (-f replaces outputs, never inputs)",
+                    input.display()
+                ),
+            ));
+        }
+        if i.starts_with(&o) {
+            return Err(Error::invalid(
+                output,
+                format!("holds the input {}; choose another output", input.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses an output directory that holds the input (replacing it would delete the input) or
 /// lies inside it.
 pub fn check_apart(input: &Path, output: &Path) -> Result<()> {

@@ -934,6 +934,91 @@ fn missing_or_unneeded_bases_are_one_line_errors() {
     assert_no_leftovers(d);
 }
 
+fn copy_tree(src: &Path, dst: &Path) {
+    fs::create_dir_all(dst).unwrap();
+    for e in fs::read_dir(src).unwrap() {
+        let p = e.unwrap().path();
+        let to = dst.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_tree(&p, &to);
+        } else {
+            fs::copy(&p, &to).unwrap();
+        }
+    }
+}
+
+/// `-f` replaces outputs, never inputs: an output that is one of the run's inputs (by its
+/// path, a symlink or a hard link), or a directory that holds one, is refused before any work,
+/// and every input is left as it was.
+#[test]
+fn force_never_replaces_an_input() {
+    let st = setup();
+    let d = st.dir.path();
+    let base = d.join("base.safetensors");
+    fs::copy(&st.base, &base).unwrap();
+    let link = d.join("link.safetensors");
+    std::os::unix::fs::symlink(&base, &link).unwrap();
+    let hard = d.join("hard.safetensors");
+    fs::hard_link(&base, &hard).unwrap();
+    let model = d.join("model");
+    copy_tree(&fixture("sharded"), &model);
+    let model_bs = d.join("model.bs");
+    ok(&run(["compress", s(&model), "-o", s(&model_bs)]));
+    let inputs = [
+        &base,
+        &st.sft10,
+        &st.patch10,
+        &st.base_bs,
+        &model,
+        &model_bs,
+    ];
+    let before: Vec<_> = inputs.iter().map(|p| tree(p)).collect();
+    let sums = [&base, &st.sft10, &st.patch10, &st.base_bs].map(|p| sha256_file(p));
+    for args in [
+        vec!["compress", s(&st.sft10), "--base", s(&base), "-o", s(&base)],
+        vec!["compress", s(&st.sft10), "--base", s(&link), "-o", s(&base)],
+        vec![
+            "compress",
+            s(&st.sft10),
+            "--base",
+            s(&st.base_bs),
+            "-o",
+            s(&st.base_bs),
+        ],
+        vec!["compress", s(&st.sft10), "-o", s(&st.sft10)],
+        vec!["apply", s(&base), s(&st.patch10), "-o", s(&base)],
+        vec!["apply", s(&hard), s(&st.patch10), "-o", s(&base)],
+        vec!["apply", s(&base), s(&st.patch10), "-o", s(&st.patch10)],
+        vec![
+            "decompress",
+            s(&st.patch10),
+            "--base",
+            s(&base),
+            "-o",
+            s(&st.patch10),
+        ],
+        vec!["diff", s(&base), s(&st.sft10), "--patch", s(&base)],
+        vec!["transcode", s(&st.base_bs), s(&st.base_bs)],
+        vec!["apply", s(&model), s(&model_bs), "-o", s(&model)],
+        vec!["decompress", s(&model_bs), "-o", s(&model_bs)],
+        vec!["decompress", s(&st.base_bs), "-o", s(d)],
+    ] {
+        let mut args = args;
+        args.push("-f");
+        let e = fails(&run(&args), 1);
+        assert!(
+            e.contains("is the input") || e.contains("holds the input"),
+            "{args:?}: {e}"
+        );
+    }
+    let after: Vec<_> = inputs.iter().map(|p| tree(p)).collect();
+    assert_eq!(before, after);
+    assert_eq!(
+        sums,
+        [&base, &st.sft10, &st.patch10, &st.base_bs].map(|p| sha256_file(p))
+    );
+}
+
 #[test]
 fn a_patch_is_not_a_base() {
     let st = setup();

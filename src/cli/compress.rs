@@ -123,6 +123,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if !a.json && !notes.is_empty() {
         eprint!("{notes}");
     }
+    let inputs: Vec<&std::path::Path> = std::iter::once(a.src.as_path())
+        .chain(base_path.as_deref())
+        .collect();
+    bigsmall::fsutil::check_not_input(&dst, &inputs)?;
     let base: Option<std::sync::Arc<dyn BaseSource>> = match &base_path {
         Some(p) => Some(open_base(p)?),
         None => None,
@@ -145,13 +149,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
     }
     if let Some(d) = &r.delta {
-        if d.changed_fraction() > DeltaStats::REGIME_LIMIT && !a.force_delta {
-            eprintln!(
-                "bigsmall: warning: {:.0}% of matched weight bytes changed (over {:.0}%): delta coding is in its measured does-not-pay regime; each chunk was still stored the smaller way (--force-delta silences this)",
-                d.changed_fraction() * 100.0,
-                DeltaStats::REGIME_LIMIT * 100.0
-            );
-        }
+        regime_warning(d, a.force_delta);
     }
     if a.json {
         #[derive(serde::Serialize)]
@@ -260,4 +258,16 @@ fn group_report(groups: &[bigsmall::format::GroupInfo]) -> String {
         );
     }
     s
+}
+
+/// The regime gate: one warning line when most matched weight bytes changed, unless
+/// `--force-delta` (`forced`) silences it.
+pub fn regime_warning(d: &DeltaStats, forced: bool) {
+    if d.changed_fraction() > DeltaStats::REGIME_LIMIT && !forced {
+        eprintln!(
+            "bigsmall: warning: {:.0}% of matched weight bytes changed (over {:.0}%): delta coding is in its measured does-not-pay regime; each chunk was still stored the smaller way (--force-delta silences this)",
+            d.changed_fraction() * 100.0,
+            DeltaStats::REGIME_LIMIT * 100.0
+        );
+    }
 }

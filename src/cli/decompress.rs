@@ -82,6 +82,10 @@ pub fn run_with(
             a.src.with_extension("safetensors")
         }
     });
+    let inputs: Vec<&std::path::Path> = std::iter::once(a.src.as_path())
+        .chain(a.base.as_deref())
+        .collect();
+    bigsmall::fsutil::check_not_input(&dst, &inputs)?;
     let opts = DecompressOptions {
         overwrite: a.force,
         check_md5: a.md5,

@@ -33,6 +33,9 @@ pub struct Args {
     /// Overwrite the patch if it exists
     #[arg(short, long)]
     force: bool,
+    /// Silence the warning printed when most matched weights changed (with --patch)
+    #[arg(long, requires = "patch")]
+    force_delta: bool,
     /// Hide the progress bar
     #[arg(long)]
     no_progress: bool,
@@ -42,7 +45,18 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
+    if let Some(out) = &a.patch {
+        bigsmall::fsutil::check_not_input(out, &[&a.a, &a.b])?;
+        if !bigsmall::store_dir::containers_at(&a.b)?.is_empty() {
+            return Err(bigsmall::error::Error::invalid(
+                &a.b,
+                "is a .bs container; --patch codes B from its weights: give the fine-tune's .safetensors file or model directory (or decompress it first)",
+            )
+            .into());
+        }
+    }
     let r = diff(&a.a, &a.b)?;
+    let mut patch = None;
     if let Some(out) = &a.patch {
         let base = open_base(&a.a)?;
         let opts = CompressOptions {
@@ -65,6 +79,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 rep.output_bytes
             );
         }
+        if let Some(d) = &rep.delta {
+            super::compress::regime_warning(d, a.force_delta);
+        }
+        patch = Some(serde_json::json!({ "output": out.display().to_string(), "report": rep }));
     }
     let entropy = if a.entropy {
         Some(bigsmall::delta::diff::delta_entropy(&a.a, &a.b)?)
@@ -72,7 +90,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         None
     };
     if a.json {
-        emit_json(&serde_json::json!({ "diff": r, "entropy": entropy }));
+        emit_json(&serde_json::json!({ "diff": r, "entropy": entropy, "patch": patch }));
         return Ok(0);
     }
     let mut s = format!("diff: {} -> {}\n", r.a, r.b);

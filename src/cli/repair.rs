@@ -34,6 +34,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let sidecar = a.ecc.clone().unwrap_or_else(|| sidecar_path(&a.file));
     let output = if a.check { None } else { a.output.clone() };
     if let Some(o) = &output {
+        bigsmall::fsutil::check_not_input(o, &[&a.file, &sidecar])?;
         bigsmall::fsutil::check_output(o, a.force)?;
     }
     let started = std::time::Instant::now();

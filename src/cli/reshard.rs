@@ -70,6 +70,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         overwrite: a.force,
         check_md5: a.md5,
     };
+    let inputs: Vec<&std::path::Path> = a.inputs.iter().map(|p| p.as_path()).collect();
+    bigsmall::fsutil::check_not_input(&a.output_dir, &inputs)?;
     let bar = Bar::new(a.no_progress);
     let r = reshard(&a.inputs, &a.output_dir, &opts, &bar)?;
     if a.json {
