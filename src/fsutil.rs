@@ -23,10 +23,22 @@ pub struct AtomicFile {
 
 /// Refuses to clobber an existing path unless `overwrite`.
 pub fn check_output(path: &Path, overwrite: bool) -> Result<()> {
-    if !overwrite && fs::symlink_metadata(path).is_ok() {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !overwrite {
         return Err(Error::OutputExists {
             path: path.to_path_buf(),
         });
+    }
+    // -f renames a new file over the old one: a device or a pipe would be replaced, not
+    // written to.
+    let kind = meta.file_type();
+    if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
+        return Err(Error::invalid(
+            path,
+            "is not a regular file or directory; -f only replaces those",
+        ));
     }
     Ok(())
 }

@@ -55,6 +55,13 @@ pub fn migrate(
 ) -> Result<MigrateReport> {
     let started = Instant::now();
     let c = Container::open(path)?;
+    let bak = with_suffix(path, ".bak");
+    if keep_backup && !dry_run && std::fs::symlink_metadata(&bak).is_ok() {
+        return Err(Error::invalid(
+            &bak,
+            "already exists: move it away (or pass --no-backup) before migrating",
+        ));
+    }
     let mut report = MigrateReport {
         file: path.display().to_string(),
         from_version: format!("{}.{}", c.version.0, c.version.1),
@@ -173,7 +180,6 @@ pub fn migrate(
         let _ = std::fs::remove_file(&new_path);
     } else {
         if keep_backup {
-            let bak = with_suffix(path, ".bak");
             std::fs::rename(path, &bak).map_err(|e| Error::io(path, e))?;
             report.backup = Some(bak.display().to_string());
         }

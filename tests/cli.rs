@@ -1089,19 +1089,41 @@ fn flipped_index_byte_is_caught() {
         vec!["info", b],
         vec!["info", b, "--json"],
         vec!["stat", b],
-        vec!["verify", b],
-        vec!["verify", "--fast", b],
-        vec!["verify", "--sample", "0.5", "--seed", "1", b],
-        vec!["verify", "--source", path_str(&src), b],
-        vec!["verify", "--json", b],
     ] {
         let e = fails(&run(&args), 1);
         assert!(e.contains("index"), "{args:?}: {e}");
         assert!(!back.exists());
     }
+    // For verify, a damaged index is a finding: exit 3, reported like a damaged chunk.
+    for args in [
+        vec!["verify", b],
+        vec!["verify", "--fast", b],
+        vec!["verify", "--sample", "0.5", "--seed", "1", b],
+        vec!["verify", "--source", path_str(&src), b],
+    ] {
+        let o = run(&args);
+        assert_eq!(code(&o), 3, "{args:?}");
+        let out = stdout(&o);
+        assert!(
+            out.contains("MISMATCH") && out.contains("index"),
+            "{args:?}: {out}"
+        );
+        assert_eq!(last_line(&out), "FAILED", "{args:?}");
+    }
+    let o = run(["verify", "--json", b]);
+    assert_eq!(code(&o), 3);
+    let v = json(&stdout(&o));
+    assert_eq!(v["ok"], false);
+    assert!(v["files"][0]["problems"][0]
+        .as_str()
+        .unwrap()
+        .contains("index"));
     assert_no_leftovers(dir.path());
 }
 
+/// Damaged structure is exit 1 (not a usable container) for the commands that need one; for
+/// verify, whose job is finding damage, it is exit 3 unless the file is not a container at all
+/// (no magic).
 #[test]
 fn damaged_structure_is_exit_1() {
     let (dir, _src, bs) = compressed_smollm();
@@ -1132,11 +1154,27 @@ fn damaged_structure_is_exit_1() {
         for args in [
             vec!["decompress", path_str(p), "-o", path_str(&back)],
             vec!["info", path_str(p)],
-            vec!["verify", path_str(p)],
-            vec!["verify", "--fast", path_str(p)],
         ] {
             let e = fails(&run(&args), 1);
             assert!(e.contains(&file_name(p)), "{args:?}: {e}");
+        }
+        let not_ours = file_name(p) == "magic.bs";
+        for args in [
+            vec!["verify", path_str(p)],
+            vec!["verify", "--fast", path_str(p)],
+        ] {
+            if not_ours {
+                let e = fails(&run(&args), 1);
+                assert!(e.contains(&file_name(p)), "{args:?}: {e}");
+            } else {
+                let o = run(&args);
+                assert_eq!(code(&o), 3, "{args:?}");
+                let out = stdout(&o);
+                assert!(
+                    out.contains(&format!("MISMATCH {}", path_str(p))),
+                    "{args:?}: {out}"
+                );
+            }
         }
         assert!(!back.exists());
     }
@@ -1172,4 +1210,60 @@ fn tensor_name_with_newline_still_gives_one_line() {
     );
     assert!(e.contains("evil"), "{e}");
     assert!(!back.exists());
+}
+
+/// `-f` replaces files and directories only: a pipe or a device under the output name is
+/// refused, and left as it is.
+#[test]
+fn force_refuses_a_pipe_or_device() {
+    let (dir, src, _bs) = compressed_smollm();
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let e = fails(
+        &run(["compress", path_str(&src), "-o", path_str(&fifo), "-f"]),
+        1,
+    );
+    assert!(e.contains("not a regular file"), "{e}");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    assert_no_leftovers(dir.path());
+}
+
+/// Stat marks an empty tensor's ratio as none ("-", JSON null) and sorts it after the others,
+/// and says when a name filter matches nothing.
+#[test]
+fn stat_of_empty_tensors_and_empty_filters() {
+    let dir = tmp();
+    let bs = dir.path().join("ints.bs");
+    ok(&run([
+        "compress",
+        path_str(&fixture("ints.safetensors")),
+        "-o",
+        path_str(&bs),
+    ]));
+    let rows = json(&ok(&run([
+        "stat",
+        path_str(&bs),
+        "--json",
+        "--sort",
+        "ratio",
+    ])));
+    let rows = rows.as_array().expect("rows");
+    let empty: Vec<&Value> = rows.iter().filter(|r| r["raw_bytes"] == 0).collect();
+    assert!(!empty.is_empty(), "the fixture has an empty tensor");
+    assert!(empty.iter().all(|r| r["ratio_pct"].is_null()));
+    let first_empty = rows.iter().position(|r| r["raw_bytes"] == 0).unwrap();
+    assert!(rows[first_empty..].iter().all(|r| r["raw_bytes"] == 0));
+    let text = ok(&run(["stat", path_str(&bs)]));
+    let line = text
+        .lines()
+        .find(|l| l.contains(empty[0]["name"].as_str().unwrap()))
+        .unwrap();
+    assert!(line.trim_end().ends_with(" -"), "{line}");
+    let text = ok(&run(["stat", path_str(&bs), "--tensor", "no-such"]));
+    assert!(text.contains("no tensor name contains 'no-such'"), "{text}");
 }

@@ -1834,3 +1834,53 @@ fn base_hashed_beside_the_coding_or_first_gives_the_same_patch() {
         );
     }
 }
+
+/// Flags that would do nothing are usage errors; benchmark names what it takes instead of a
+/// patch; a patch larger than its source says so instead of "saved 0 bytes".
+#[test]
+fn idle_flags_benchmark_of_a_patch_and_a_patch_that_grows() {
+    let st = setup();
+    let d = st.dir.path();
+    let out = d.join("p.bs");
+    for args in [
+        vec!["compress", s(&st.sft10), "--force-delta", "-o", s(&out)],
+        vec!["compress", s(&st.sft10), "--base-dir", s(d), "-o", s(&out)],
+        vec!["diff", s(&st.base), s(&st.sft10), "--force-delta"],
+    ] {
+        usage_error(&run(&args));
+        assert!(!out.exists(), "{args:?}");
+    }
+    let e = fails(&run(["benchmark", s(&st.patch10)]), 1);
+    assert!(
+        e.contains("apply the patch first") && !e.contains("--base"),
+        "{e}"
+    );
+
+    // Against an unrelated base nothing matches: the patch is the standalone file plus a
+    // longer index, and the report says it is larger.
+    let shrink = |ts: &mut Vec<Tensor>| {
+        ts.truncate(1);
+        let w = ts[0].width();
+        ts[0].shape = vec![4];
+        ts[0].data.truncate(w * 4);
+    };
+    let tiny = d.join("tiny.safetensors");
+    derive(&st.base, &tiny, shrink);
+    let other = d.join("other.safetensors");
+    derive(&st.base, &other, |ts| {
+        shrink(ts);
+        ts[0].name = "renamed".into();
+    });
+    let text = ok(&run([
+        "compress",
+        s(&tiny),
+        "--base",
+        s(&other),
+        "-o",
+        s(&out),
+    ]));
+    assert!(len(&out) > len(&tiny));
+    assert!(text.contains("saved:      none: the output is"), "{text}");
+    let info = ok(&run(["info", s(&out)]));
+    assert!(info.contains("larger than the fine-tune"), "{info}");
+}

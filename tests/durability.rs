@@ -73,6 +73,16 @@ fn migrate_leaves_a_current_file_alone_and_reencodes_on_request() {
         sha256_file(&out),
         sha256_file(&fixture("minilm-bf16.safetensors"))
     );
+    // An earlier backup is never replaced: refused, everything left as it was.
+    let (kept, current) = (
+        fs::read(dir.path().join("m.bs.bak")).unwrap(),
+        fs::read(&f).unwrap(),
+    );
+    let o = run(["migrate".as_ref(), f.as_os_str(), "--reencode".as_ref()]);
+    assert_eq!(code(&o), 1);
+    assert!(one_line_error(&stderr(&o)).contains("m.bs.bak"));
+    assert_eq!(fs::read(dir.path().join("m.bs.bak")).unwrap(), kept);
+    assert_eq!(fs::read(&f).unwrap(), current);
     // Without a backup.
     ok(&run([
         "migrate".as_ref(),

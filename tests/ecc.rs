@@ -141,6 +141,17 @@ fn verify_reports_the_sidecar() {
     let bs = compressed_fixture(dir.path());
     let text = ok(&run(["verify".as_ref(), bs.as_os_str()]));
     assert!(text.contains("file intact"), "{text}");
+    // A damaged byte the structure check cannot see (--fast decodes nothing) is still a
+    // failed verification when the sidecar finds it.
+    let c = bigsmall::format::reader::Container::open(&bs).unwrap();
+    let at = c.index.tensors[0].chunks[0].offset + 3;
+    drop(c);
+    xor_byte(&bs, at, 0x10);
+    let o = run(["verify".as_ref(), "--fast".as_ref(), bs.as_os_str()]);
+    assert_eq!(code(&o), 3);
+    let text = stdout(&o);
+    assert!(text.contains("damaged blocks"), "{text}");
+    assert!(text.ends_with("FAILED\n"), "{text}");
 }
 
 mod hostile_sidecars {

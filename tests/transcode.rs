@@ -432,7 +432,7 @@ fn bad_input_is_refused_and_nothing_is_left() {
         ]),
         1,
     );
-    assert!(e.contains("source itself"), "{e}");
+    assert!(e.contains("is the input"), "{e}");
 
     for bad in [["--n-streams", "0"], ["--workers", "0"]] {
         let o = run([

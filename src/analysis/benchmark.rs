@@ -148,7 +148,14 @@ pub fn benchmark(
     let container_input = crate::format::is_container(src);
     // Validate the input before making anything.
     if container_input {
-        Container::open(src)?.check_decodable()?;
+        let c = Container::open(src)?;
+        if c.is_patch() {
+            return Err(Error::invalid(
+                src,
+                "is a patch; benchmark takes a plain .bs or .safetensors (apply the patch first)",
+            ));
+        }
+        c.check_decodable()?;
     } else {
         drop(SafetensorsFile::open(src)?);
     }

@@ -28,7 +28,8 @@ pub struct TensorStat {
     pub chunks: usize,
     pub raw_bytes: u64,
     pub stored_bytes: u64,
-    pub ratio_pct: f64,
+    /// Stored as % of raw; none for an empty tensor.
+    pub ratio_pct: Option<f64>,
 }
 
 /// The codec that holds most of a tensor's raw bytes ("dup" for stored-once duplicates).
@@ -87,11 +88,7 @@ pub fn tensor_stats(c: &Container) -> Vec<TensorStat> {
                 chunks: t.chunks.len(),
                 raw_bytes: raw,
                 stored_bytes: stored,
-                ratio_pct: if raw == 0 {
-                    0.0
-                } else {
-                    stored as f64 * 100.0 / raw as f64
-                },
+                ratio_pct: (raw > 0).then(|| stored as f64 * 100.0 / raw as f64),
             }
         })
         .collect()
@@ -166,7 +163,12 @@ pub fn info(c: &Container) -> Info {
         .filter(|s| s.raw_bytes > 0 && s.codec != "dup_ref" && s.codec != "base_same")
         .cloned()
         .collect();
-    ranked.sort_by(|a, b| a.ratio_pct.total_cmp(&b.ratio_pct));
+    // Empty tensors have no ratio and are filtered out above.
+    ranked.sort_by(|a, b| {
+        a.ratio_pct
+            .unwrap_or(0.0)
+            .total_cmp(&b.ratio_pct.unwrap_or(0.0))
+    });
     let best: Vec<TensorStat> = ranked.iter().take(5).cloned().collect();
     let worst: Vec<TensorStat> = ranked.iter().rev().take(5).cloned().collect();
     let source_size = c.index.source.file_size;

@@ -9,6 +9,7 @@ use bigsmall::store_dir::compress_dir_against;
 use super::{emit, emit_json, thousands, Bar};
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("base_choice").args(["delta_from", "auto_delta"])))]
 #[command(
     after_help = "Examples:\n  bigsmall compress model.safetensors -o model.bs\n  bigsmall compress ./llama-dir -o llama.bs      # directory of .bs + bigsmall.index.json\n  bigsmall compress model.safetensors --storage  # smallest file\n  bigsmall compress finetune.safetensors --delta-from base.safetensors -o patch.bs\n  bigsmall compress finetune/ --auto-delta --base-dir ~/models -o patch.bs"
 )]
@@ -35,10 +36,10 @@ pub struct Args {
     #[arg(long, requires = "base_dir")]
     auto_delta: bool,
     /// Where --auto-delta looks for bases (repeatable)
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", requires = "auto_delta")]
     base_dir: Vec<PathBuf>,
     /// Silence the warning printed when most matched weights changed
-    #[arg(long)]
+    #[arg(long, requires = "base_choice")]
     force_delta: bool,
     /// Code small same-role tensors across layers (norm/bias chains, small k/v projections,
     /// routers) as one stream per group where that measures smaller; every decision is
@@ -169,7 +170,6 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             ratio_pct: r.output_bytes as f64 * 100.0 / r.source_bytes.max(1) as f64,
         });
     } else {
-        let saved = r.source_bytes.saturating_sub(r.output_bytes);
         let mb_s = r.source_bytes as f64 / r.seconds.max(1e-9) / 1e6;
         let mut s = format!(
             "compressed {} -> {} [{}]\n",
@@ -183,7 +183,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             thousands(r.output_bytes),
             r.output_bytes as f64 * 100.0 / r.source_bytes.max(1) as f64
         );
-        s += &format!("saved:      {} bytes\n", thousands(saved));
+        s += &saved_line("saved:      ", r.source_bytes, r.output_bytes);
         if r.duplicates > 0 {
             s += &format!("duplicates: {} tensors stored once\n", r.duplicates);
         }
@@ -269,5 +269,18 @@ pub fn regime_warning(d: &DeltaStats, forced: bool) {
             d.changed_fraction() * 100.0,
             DeltaStats::REGIME_LIMIT * 100.0
         );
+    }
+}
+
+/// "N bytes" saved, or "grew by N bytes" where the output is the larger (a tiny file whose
+/// index outweighs what coding saves): never a clamped zero.
+pub fn saved_line(label: &str, source: u64, output: u64) -> String {
+    if output > source {
+        format!(
+            "{label}none: the output is {} bytes larger\n",
+            thousands(output - source)
+        )
+    } else {
+        format!("{label}{} bytes\n", thousands(source - output))
     }
 }

@@ -45,7 +45,7 @@ fn ranked(title: &str, rows: &[TensorStat]) -> String {
     for t in rows {
         s += &format!(
             "    {:>7.2}%  {}  ({} -> {})\n",
-            t.ratio_pct,
+            t.ratio_pct.unwrap_or(0.0),
             t.name,
             human(t.raw_bytes),
             human(t.stored_bytes)
@@ -126,10 +126,17 @@ fn render(i: &Info) -> String {
         );
         s += &kv(
             "saved",
-            format!(
-                "{} bytes vs the fine-tune's safetensors",
-                thousands(i.source_size.saturating_sub(i.file_size))
-            ),
+            if i.file_size > i.source_size {
+                format!(
+                    "none: {} bytes larger than the fine-tune's safetensors",
+                    thousands(i.file_size - i.source_size)
+                )
+            } else {
+                format!(
+                    "{} bytes vs the fine-tune's safetensors",
+                    thousands(i.source_size - i.file_size)
+                )
+            },
         );
     }
     s += &kv("layer_count", i.layer_count.to_string());

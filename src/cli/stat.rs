@@ -49,7 +49,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         rows.retain(|r| r.name.contains(t.as_str()));
     }
     match a.sort {
-        SortKey::Ratio => rows.sort_by(|x, y| x.ratio_pct.total_cmp(&y.ratio_pct)),
+        // Empty tensors (no ratio) after every other.
+        SortKey::Ratio => rows.sort_by(|x, y| {
+            (x.ratio_pct.is_none(), x.ratio_pct.unwrap_or(0.0))
+                .partial_cmp(&(y.ratio_pct.is_none(), y.ratio_pct.unwrap_or(0.0)))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        }),
         SortKey::Size => rows.sort_by_key(|r| r.raw_bytes),
         SortKey::Name => rows.sort_by(|x, y| x.name.cmp(&y.name)),
         SortKey::Index => {}
@@ -76,7 +81,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 .join(",")
         );
         s += &format!(
-            "{:>5}  {:<w$}  {:<18} {:<8} {:<14} {:>11} {:>11} {:>7.2}%\n",
+            "{:>5}  {:<w$}  {:<18} {:<8} {:<14} {:>11} {:>11} {:>8}\n",
             r.index,
             r.name,
             shape,
@@ -84,8 +89,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             r.codec,
             human(r.raw_bytes),
             human(r.stored_bytes),
-            r.ratio_pct
+            r.ratio_pct.map_or("-".into(), |p| format!("{p:.2}%"))
         );
+    }
+    if let (true, Some(t)) = (rows.is_empty(), &a.tensor) {
+        s += &format!("(no tensor name contains '{t}')\n");
     }
     emit(&s);
     Ok(0)

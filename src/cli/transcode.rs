@@ -80,7 +80,6 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         ModeArg::Balanced => Mode::Balanced,
         ModeArg::Ratio => Mode::Ratio,
     };
-    bigsmall::fsutil::check_not_input(&a.dst, &[&a.src])?;
     let opts = TranscodeOptions {
         mode,
         n_streams: a.n_streams,

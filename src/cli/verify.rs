@@ -10,7 +10,7 @@ use super::{container_files, emit, emit_json, thousands};
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  bigsmall verify --fast model.bs            # structure only, seconds on any size\n  bigsmall verify --sample 0.001 model.bs    # decode a random 0.1% of chunks\n  bigsmall verify model.bs                   # decode everything, check every md5 receipt\n  bigsmall verify model.bs --source model.safetensors\nExit codes: 0 OK, 1 error, 3 a mismatch was found."
+    after_help = "Examples:\n  bigsmall verify --fast model.bs            # structure only, seconds on any size\n  bigsmall verify --sample 0.001 model.bs    # decode a random 0.1% of chunks\n  bigsmall verify model.bs                   # decode everything, check every md5 receipt\n  bigsmall verify model.bs --source model.safetensors\nExit codes: 0 OK, 1 error (not a .bs at all, a missing base), 3 a mismatch or damage was found (a chunk, the structure, or blocks the ECC sidecar finds damaged)."
 )]
 pub struct Args {
     /// The .bs file or compressed directory
@@ -116,7 +116,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             Err(e) => ecc_lines.push(format!("ecc: {}: {e}", side.display())),
         }
     }
-    let ok = reports.iter().all(|r| r.ok());
+    // A sidecar that finds damaged blocks means the file differs from what was written.
+    let ok = reports.iter().all(|r| r.ok()) && ecc_reports.iter().all(|e| e.damaged_blocks == 0);
     if a.json {
         emit_json(&serde_json::json!({
             "ok": ok,
@@ -141,9 +142,6 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 s += &format!("  bytes decoded:  {}\n", thousands(r.bytes_checked));
                 s += &format!("  md5 receipts:   {}\n", r.md5_checked);
                 s += &format!("  file:           {} bytes\n", thousands(r.file_size));
-                if a.sample.is_some() {
-                    s += &format!("  seed:           {seed}\n");
-                }
             }
             for p in &r.problems {
                 s += &format!("MISMATCH {p}\n");

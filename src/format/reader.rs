@@ -70,10 +70,16 @@ impl Container {
                 supported: MAJOR,
             });
         }
-        if major == 0 || mmap[12..PREAMBLE_LEN].iter().any(|&b| b != 0) {
+        if major == 0 {
             return Err(bad(format!(
                 "unsupported container version {major}.{minor}"
             )));
+        }
+        if mmap[12..PREAMBLE_LEN].iter().any(|&b| b != 0) {
+            return Err(bad(
+                "reserved preamble bytes are set (no format version uses them): damaged or not ours"
+                    .into(),
+            ));
         }
         let len = mmap.len() as u64;
         let tb: &[u8; TRAILER_LEN] = mmap[mmap.len() - TRAILER_LEN..]

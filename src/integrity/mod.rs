@@ -71,7 +71,27 @@ pub fn verify_with(
     mode: &VerifyMode,
     base: Option<std::sync::Arc<dyn crate::delta::BaseSource>>,
 ) -> Result<VerifyReport> {
-    let mut c = Container::open(path)?;
+    let mut c = match Container::open(path) {
+        Ok(c) => c,
+        // A file that starts as a container but whose structure is damaged (truncated, a bad
+        // index) is a finding of verification like a damaged chunk (exit 3, a JSON report),
+        // not a wrong argument.
+        Err(e @ Error::BadContainer { .. }) if crate::format::is_container(path) => {
+            return Ok(VerifyReport {
+                file: path.display().to_string(),
+                mode: match mode {
+                    VerifyMode::Fast => "fast".into(),
+                    VerifyMode::Sample { fraction, .. } => format!("sample {fraction}"),
+                    VerifyMode::Full => "full".into(),
+                    VerifyMode::Source(_) => "source".into(),
+                },
+                file_size: std::fs::metadata(path).map_or(0, |m| m.len()),
+                problems: vec![e.to_string()],
+                ..Default::default()
+            });
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(b) = base {
         c.attach_base(b)?;
     }

@@ -12,7 +12,7 @@
 //! Memory is bounded by a window of chunks, not by the model.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use crate::integrity::md5x::Md5;
@@ -298,12 +298,7 @@ pub fn transcode(
             "is a patch: apply it to its base first (`bigsmall apply`), then transcode the result",
         ));
     }
-    if same_file(src, dst) {
-        return Err(Error::invalid(
-            dst,
-            "is the source itself: transcode writes a new file",
-        ));
-    }
+    crate::fsutil::check_not_input(dst, &[src])?;
     if opts.n_streams == Some(0) {
         return Err(Error::invalid(
             src,
@@ -616,11 +611,6 @@ pub fn transcode_dir(
         r.decode_after_mb_s = Some(speed(dst, renamed.values().cloned().collect())?);
     }
     Ok(r)
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    let canon = |p: &Path| -> Option<PathBuf> { std::fs::canonicalize(p).ok() };
-    matches!((canon(a), canon(b)), (Some(x), Some(y)) if x == y)
 }
 
 #[cfg(test)]
