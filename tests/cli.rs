@@ -1017,7 +1017,9 @@ fn bad_arguments_are_usage_errors() {
     usage_error(&run::<[&str; 0], &str>([]));
     usage_error(&run(["info", b, "--bogus"]));
     // Edge of the accepted range.
-    assert_eq!(last_line(&ok(&run(["verify", "--sample", "1", b]))), "OK");
+    let text = ok(&run(["verify", "--sample", "1", "--seed", "42", b]));
+    assert_eq!(last_line(&text), "OK");
+    assert!(text.contains("seed: 42 "), "the seed is printed: {text}");
 }
 
 // ---------------------------------------------------------------------------------------------

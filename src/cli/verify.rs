@@ -147,6 +147,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 s += &format!("MISMATCH {p}\n");
             }
         }
+        if a.sample.is_some() {
+            // The chunks checked follow from the seed: printed so a run can be repeated.
+            s += &format!("seed: {seed} (--seed {seed} repeats this sample)\n");
+        }
         for l in &ecc_lines {
             s += l;
             s.push('\n');
