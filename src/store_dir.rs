@@ -350,7 +350,48 @@ pub fn read_dir_index(dir: &Path) -> Result<DirIndex> {
     for s in &index.side_files {
         safe_rel(&path, s)?;
     }
+    // Two shards decoding to one file would lose one silently.
+    let mut seen = std::collections::BTreeSet::new();
+    for name in index
+        .shards
+        .iter()
+        .flat_map(|s| [&s.file, &s.source])
+        .chain(&index.side_files)
+    {
+        if !seen.insert(name.as_str()) {
+            return Err(Error::container(
+                &path,
+                format!("directory index names '{name}' twice"),
+            ));
+        }
+    }
     Ok(index)
+}
+
+/// Checks each shard's container against the directory index: the safetensors file it was
+/// made from (its name and size, recorded inside the container) must be the one the index
+/// says it decompresses to, so that swapped or replaced shard files are refused instead of
+/// written under the wrong names.
+pub fn check_shards(dir: &Path, index: &DirIndex) -> Result<()> {
+    for s in &index.shards {
+        let path = dir.join(&s.file);
+        let c = crate::format::reader::Container::open(&path)?;
+        let want = Path::new(&s.source)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let got = &c.index.source;
+        if got.file_name != want || got.file_size != s.source_size {
+            return Err(Error::container(
+                &path,
+                format!(
+                    "was made from {} ({} bytes) but the directory index says it holds {} ({} bytes): shard files swapped or replaced",
+                    got.file_name, got.file_size, s.source, s.source_size
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Decompresses a directory made by `compress_dir` back to the original model directory.
@@ -373,6 +414,7 @@ pub fn decompress_dir_with(
 ) -> Result<DecompressReport> {
     let index = read_dir_index(src)?;
     crate::fsutil::check_apart(src, dst)?;
+    check_shards(src, &index)?;
     let staged = StagedDir::create(dst, opts.overwrite)?;
     let mut total = DecompressReport {
         output_bytes: 0,

@@ -1269,3 +1269,57 @@ fn stat_of_empty_tensors_and_empty_filters() {
     let text = ok(&run(["stat", path_str(&bs), "--tensor", "no-such"]));
     assert!(text.contains("no tensor name contains 'no-such'"), "{text}");
 }
+
+/// A compressed directory whose shard files were swapped, or whose index names one file
+/// twice, is refused by decompress (nothing written) and fails verify: never a model with
+/// shards under the wrong names, or one silently missing.
+#[test]
+fn swapped_or_doubled_shards_are_refused() {
+    let dir = tmp();
+    let bs = dir.path().join("model.bs");
+    ok(&run([
+        "compress",
+        path_str(&fixture("sharded")),
+        "-o",
+        path_str(&bs),
+    ]));
+    let index = bs.join("bigsmall.index.json");
+    let v = json(&fs::read_to_string(&index).expect("index"));
+    let files: Vec<String> = v["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .map(|s| s["file"].as_str().expect("file").to_string())
+        .collect();
+    assert_eq!(files.len(), 2);
+    let back = dir.path().join("back");
+
+    let swapped = dir.path().join("swapped.bs");
+    fs::create_dir(&swapped).expect("mkdir");
+    for e in fs::read_dir(&bs).expect("ls") {
+        let p = e.expect("entry").path();
+        fs::copy(&p, swapped.join(p.file_name().expect("name"))).expect("copy");
+    }
+    fs::copy(bs.join(&files[0]), swapped.join(&files[1])).expect("copy");
+    fs::copy(bs.join(&files[1]), swapped.join(&files[0])).expect("copy");
+    let e = fails(
+        &run(["decompress", path_str(&swapped), "-o", path_str(&back)]),
+        1,
+    );
+    assert!(e.contains("swapped"), "{e}");
+    assert!(!back.exists());
+    let o = run(["verify", path_str(&swapped)]);
+    assert_eq!(code(&o), 3, "{}", stdout(&o));
+    assert!(stdout(&o).contains("swapped"));
+
+    let mut doubled = v.clone();
+    doubled["shards"][1]["source"] = doubled["shards"][0]["source"].clone();
+    fs::write(&index, doubled.to_string()).expect("write");
+    let e = fails(
+        &run(["decompress", path_str(&bs), "-o", path_str(&back)]),
+        1,
+    );
+    assert!(e.contains("twice"), "{e}");
+    assert!(!back.exists());
+    assert_no_leftovers(dir.path());
+}

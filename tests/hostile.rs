@@ -1164,9 +1164,10 @@ fn hostile_directory_index_is_refused() {
             "nowhere.json",
         ),
         (
+            // Also a side file: named twice, refused with the index.
             "shard that is not a container",
             edit(&|v| v["shards"][0]["file"] = json!("config.json")),
-            false,
+            true,
             "config.json",
         ),
     ];

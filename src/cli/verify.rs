@@ -56,6 +56,18 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             .unwrap_or(0)
     });
     let mut reports: Vec<VerifyReport> = Vec::new();
+    if super::is_bs_dir(&a.file) {
+        // Shards swapped or replaced under their names: the directory is damaged.
+        let index = bigsmall::store_dir::read_dir_index(&a.file)?;
+        if let Err(e) = bigsmall::store_dir::check_shards(&a.file, &index) {
+            reports.push(VerifyReport {
+                file: a.file.display().to_string(),
+                mode: "directory".into(),
+                problems: vec![e.to_string()],
+                ..Default::default()
+            });
+        }
+    }
     for f in &files {
         let mode = if a.fast {
             VerifyMode::Fast
