@@ -368,28 +368,42 @@ pub fn read_dir_index(dir: &Path) -> Result<DirIndex> {
     Ok(index)
 }
 
-/// Checks each shard's container against the directory index: the safetensors file it was
-/// made from (its name and size, recorded inside the container) must be the one the index
-/// says it decompresses to, so that swapped or replaced shard files are refused instead of
-/// written under the wrong names.
+/// Checks each shard's container against the directory index, so that swapped or replaced
+/// shard files are refused instead of written under each other's names: the size of the file
+/// it decompresses to and its tensor count must be the ones the index records (a migrated
+/// shard changes its own size, not these), and, where the
+/// weight map is unambiguous (no tensor name in two shards), it must place every tensor of the
+/// container in that shard.
 pub fn check_shards(dir: &Path, index: &DirIndex) -> Result<()> {
+    let total: usize = index.shards.iter().map(|s| s.tensors).sum();
+    let map_usable = index.weight_map.len() == total;
     for s in &index.shards {
         let path = dir.join(&s.file);
         let c = crate::format::reader::Container::open(&path)?;
-        let want = Path::new(&s.source)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let got = &c.index.source;
-        if got.file_name != want || got.file_size != s.source_size {
-            return Err(Error::container(
-                &path,
-                format!(
-                    "was made from {} ({} bytes) but the directory index says it holds {} ({} bytes): shard files swapped or replaced",
-                    got.file_name, got.file_size, s.source, s.source_size
-                ),
-            ));
-        }
+        let stray =
+            c.index.tensors.iter().find(|t| {
+                map_usable && index.weight_map.get(&t.name).is_some_and(|f| *f != s.file)
+            });
+        let why = if let Some(t) = stray {
+            format!(
+                "holds tensor '{}', which the directory index places in {}",
+                t.name, index.weight_map[&t.name]
+            )
+        } else if (c.index.source.file_size, c.index.tensors.len()) != (s.source_size, s.tensors) {
+            format!(
+                "holds {} tensors of a {}-byte file where the directory index records {} tensors of {} bytes",
+                c.index.tensors.len(),
+                c.index.source.file_size,
+                s.tensors,
+                s.source_size
+            )
+        } else {
+            continue;
+        };
+        return Err(Error::container(
+            &path,
+            format!("{why}: shard files swapped or replaced"),
+        ));
     }
     Ok(())
 }
