@@ -1494,6 +1494,9 @@ pub fn decompress_file_with(
     let mut c = Container::open(src)?;
     if let Some(b) = base {
         c.attach_base(b)?;
+        if opts.check_md5 {
+            c.check_base_receipts()?;
+        }
     }
     c.check_decodable()?;
     check_output(dst, opts.overwrite)?;

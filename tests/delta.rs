@@ -855,6 +855,56 @@ fn wrong_base_is_refused_naming_a_tensor() {
         let e = fails(&run(["verify", s(&st.patch10), "--base", s(wrong)]), 1);
         assert!(e.contains("wrong base"), "{e}");
     }
+    // So is a base with the referenced tensors and one more, and, with receipts checked
+    // (--md5, verify), a patch whose recorded base receipt was altered.
+    let extra = d.join("extra.safetensors");
+    derive(&st.base, &extra, |ts| {
+        let mut t = ts[0].clone();
+        t.name = "extra.weight".into();
+        ts.push(t);
+    });
+    let e = fails(&run(["apply", s(&extra), s(&st.patch10), "-o", s(&out)]), 1);
+    assert!(e.contains("wrong base") && e.contains("21 tensors"), "{e}");
+    assert!(!out.exists());
+    let bytes = fs::read(&st.patch10).unwrap();
+    let altered = d.join("altered.bs");
+    fs::write(
+        &altered,
+        edit_index(&bytes, |v| {
+            let t = v["tensors"]
+                .as_array_mut()
+                .unwrap()
+                .iter_mut()
+                .find(|t| t["delta"].is_object())
+                .unwrap();
+            t["delta"]["base_md5"] = "0".repeat(32).into();
+        }),
+    )
+    .unwrap();
+    ok(&run(["apply", s(&st.base), s(&altered), "-o", s(&out)]));
+    fs::remove_file(&out).unwrap();
+    for args in [
+        vec!["apply", s(&st.base), s(&altered), "-o", s(&out), "--md5"],
+        vec!["verify", s(&altered), "--base", s(&st.base)],
+    ] {
+        let e = fails(&run(&args), 1);
+        assert!(e.contains("md5 differs"), "{args:?}: {e}");
+        assert!(!out.exists());
+    }
+    ok(&run(["verify", s(&st.patch10), "--base", s(&st.base)]));
+    // A damaged .bs base is a damaged file (exit 3), not a wrong base.
+    let damaged = d.join("damaged-base.bs");
+    fs::copy(&st.base_bs, &damaged).unwrap();
+    let c = Container::open(&damaged).unwrap();
+    let at = c.index.tensors[0].chunks[0].offset + 40;
+    drop(c);
+    xor_byte(&damaged, at, 0x5a);
+    let e = fails(
+        &run(["apply", s(&damaged), s(&st.patch10), "-o", s(&out)]),
+        3,
+    );
+    assert!(!e.contains("wrong base"), "{e}");
+    assert!(!out.exists());
     // A base missing a tensor the patch refers to is a wrong base too.
     let partial = d.join("partial.safetensors");
     derive(&st.base, &partial, |ts| {

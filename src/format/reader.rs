@@ -190,36 +190,87 @@ impl Container {
             .enumerate()
             .filter(|(_, t)| t.delta.is_some())
             .collect();
+        // A base that cannot be read (a damaged .bs) is that error, not a wrong base.
         let bad: Vec<Option<String>> = refs
             .par_iter()
-            .map(|(_, t)| {
+            .map(|(_, t)| -> Result<Option<String>> {
                 let d = t.delta.as_ref().expect("filtered");
                 let Some(bt) = base.find(&t.name) else {
-                    return Some(format!("has no tensor '{}'", t.name));
+                    return Ok(Some(format!("has no tensor '{}'", t.name)));
                 };
                 if bt.dtype != t.dtype || bt.shape != t.shape || bt.len != t.raw_len() {
-                    return Some(format!(
+                    return Ok(Some(format!(
                         "tensor '{}' is {} {:?} but the patch was made against {} {:?}",
                         t.name, bt.dtype, bt.shape, t.dtype, t.shape
-                    ));
+                    )));
                 }
-                match crate::delta::base_hash(base.as_ref(), &t.name, bt.len) {
-                    Ok(h) if h == d.base_hash => None,
-                    Ok(_) => Some(format!(
+                let h = crate::delta::base_hash(base.as_ref(), &t.name, bt.len)?;
+                Ok((h != d.base_hash).then(|| {
+                    format!(
                         "tensor '{}' differs from the base this patch was made against (expected md5 {})",
                         t.name, d.base_md5
-                    )),
-                    Err(e) => Some(e.to_string()),
-                }
+                    )
+                }))
             })
-            .collect();
-        if let Some(why) = bad.into_iter().flatten().next() {
+            .collect::<Result<_>>()?;
+        // The tensors it does not refer to must be there too, and no others: the same base,
+        // not one that merely shares the referenced tensors.
+        let layout = self.index.base.as_ref().and_then(|b| {
+            let have = base.tensors().len();
+            if let Some(gone) = b.removed.iter().find(|n| base.find(n).is_none()) {
+                Some(format!(
+                    "has no tensor '{gone}', which the patch's base had (the fine-tune removed it)"
+                ))
+            } else if have != b.tensor_count {
+                Some(format!(
+                    "has {have} tensors; the patch was made against a base of {}",
+                    b.tensor_count
+                ))
+            } else {
+                None
+            }
+        });
+        if let Some(why) = bad.into_iter().flatten().next().or(layout) {
             return Err(Error::invalid(
                 base.path(),
                 format!("wrong base for this patch: {why}"),
             ));
         }
         self.base = Some(base);
+        Ok(())
+    }
+
+    /// The attached base's md5 receipts against the patch's: each referenced tensor's, then
+    /// the whole-base fingerprint (every tensor's receipt). Hashes the whole base where its
+    /// receipts are not stored, so it runs where md5 receipts are asked for (`--md5`, verify).
+    pub fn check_base_receipts(&self) -> Result<()> {
+        let (Some(base), Some(want)) = (&self.base, &self.index.base) else {
+            return Ok(());
+        };
+        base.md5_all();
+        for t in &self.index.tensors {
+            if let Some(d) = &t.delta {
+                if base.md5(&t.name)? != d.base_md5 {
+                    return Err(Error::invalid(
+                        base.path(),
+                        format!(
+                            "wrong base for this patch: tensor '{}' md5 differs from the receipt the patch records ({})",
+                            t.name, d.base_md5
+                        ),
+                    ));
+                }
+            }
+        }
+        let got = crate::delta::fingerprint(base.as_ref())?;
+        if got != want.fingerprint {
+            return Err(Error::invalid(
+                base.path(),
+                format!(
+                    "wrong base for this patch: its fingerprint (md5 of every tensor's receipt) is {got}, the patch's base had {}",
+                    want.fingerprint
+                ),
+            ));
+        }
         Ok(())
     }
 

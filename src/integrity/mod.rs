@@ -97,6 +97,8 @@ pub fn verify_with(
     }
     if !matches!(mode, VerifyMode::Fast) {
         c.check_decodable()?;
+        // Verify checks receipts: the base's too.
+        c.check_base_receipts()?;
     }
     let mut report = VerifyReport {
         file: path.display().to_string(),
