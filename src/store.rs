@@ -145,11 +145,14 @@ pub struct DeltaStats {
     pub changed_bytes: u64,
     /// Matched tensors equal to the base (an index entry each, no data).
     pub unchanged_tensors: usize,
-    /// Chunks stored as a difference against the base, and stored standalone.
+    /// Chunks of matched tensors stored as a difference against the base, and stored
+    /// standalone (added and resized tensors are standalone too, and not counted here).
     pub delta_chunks: usize,
     pub standalone_chunks: usize,
-    /// Tensors only in the fine-tune (or with a new dtype/shape): stored standalone.
+    /// Tensors only in the fine-tune: stored standalone.
     pub added_tensors: Vec<String>,
+    /// Tensors the base has with another dtype or shape (a resized embedding): standalone.
+    pub resized_tensors: Vec<String>,
     /// Base tensors the fine-tune does not have.
     pub removed_tensors: Vec<String>,
 }
@@ -506,6 +509,7 @@ fn delta_stats(
                 st.matched_bytes += t.len() as u64;
                 st.unchanged_tensors += usize::from(m.same);
             }
+            None if b.find(&t.name).is_some() => st.resized_tensors.push(t.name.clone()),
             None => st.added_tensors.push(t.name.clone()),
         }
     }

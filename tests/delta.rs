@@ -230,6 +230,8 @@ struct Expect {
     unchanged_tensors: u64,
     added: Vec<String>,
     removed: Vec<String>,
+    /// Of `added`, those the base has with another dtype or shape.
+    resized: Vec<String>,
 }
 
 fn expect(base: &[Tensor], fine: &[Tensor]) -> Expect {
@@ -250,7 +252,11 @@ fn expect(base: &[Tensor], fine: &[Tensor]) -> Expect {
                 e.changed_bytes += (changed * w) as u64;
                 e.unchanged_tensors += u64::from(f.data == b.data);
             }
-            _ => e.added.push(f.name.clone()),
+            Some(_) => {
+                e.added.push(f.name.clone());
+                e.resized.push(f.name.clone());
+            }
+            None => e.added.push(f.name.clone()),
         }
     }
     let fine_names: BTreeSet<&str> = fine.iter().map(|t| t.name.as_str()).collect();
@@ -276,9 +282,26 @@ fn check_stats(label: &str, d: &Value, e: &Expect) {
         matched_bytes: d["matched_bytes"].as_u64().expect("matched_bytes"),
         changed_bytes: d["changed_bytes"].as_u64().expect("changed_bytes"),
         unchanged_tensors: d["unchanged_tensors"].as_u64().expect("unchanged_tensors"),
-        added: strings(&d["added_tensors"]),
+        // Added and resized tensors in file order: both are stored standalone.
+        added: e
+            .added
+            .iter()
+            .filter(|n| {
+                strings(&d["added_tensors"]).contains(n)
+                    || strings(&d["resized_tensors"]).contains(n)
+            })
+            .cloned()
+            .collect(),
         removed: strings(&d["removed_tensors"]),
+        resized: strings(&d["resized_tensors"]),
     };
+    let listed = d["added_tensors"].as_array().map_or(0, Vec::len)
+        + d["resized_tensors"].as_array().map_or(0, Vec::len);
+    assert_eq!(
+        listed,
+        e.added.len(),
+        "{label}: added and resized listed once each"
+    );
     assert_eq!(&got, e, "{label}: delta stats of compress --json");
 }
 
@@ -1500,6 +1523,32 @@ fn auto_delta_picks_the_real_base_and_caches_fingerprints() {
     );
     let i = json(&ok(&run(["info", s(&p1), "--json"])));
     assert_eq!(i["patch"]["made_from"], s(&real), "{i}");
+    // --json carries the pick and every candidate instead of the stderr line.
+    let pj = d.join("auto-json.bs");
+    let o = run([
+        "compress",
+        s(&fine),
+        "-o",
+        s(&pj),
+        "--auto-delta",
+        "--base-dir",
+        s(&bases),
+        "--json",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = json(&stdout(&o));
+    assert_eq!(v["auto_delta"]["base"], s(&real), "{v}");
+    assert_eq!(
+        v["auto_delta"]["candidates"].as_array().map(Vec::len),
+        Some(3),
+        "{v}"
+    );
+    assert!(
+        v["auto_delta"]["distance"]
+            .as_f64()
+            .is_some_and(|x| x < 0.01),
+        "{v}"
+    );
 
     let scratch = d.join("scratch");
     fs::create_dir(&scratch).expect("mkdir");
@@ -1710,11 +1759,16 @@ fn info_and_verify_describe_patches() {
         pi["standalone_tensors"].as_u64().expect("count") >= 2,
         "{i}"
     );
-    let mut added = strings(&r["delta"]["added_tensors"]);
-    added.sort();
-    let mut want = vec![rs.resized.clone(), rs.added.clone()];
-    want.sort();
-    assert_eq!(added, want, "{r}");
+    assert_eq!(
+        strings(&r["delta"]["added_tensors"]),
+        vec![rs.added.clone()],
+        "{r}"
+    );
+    assert_eq!(
+        strings(&r["delta"]["resized_tensors"]),
+        vec![rs.resized.clone()],
+        "{r}"
+    );
     assert_eq!(
         ok(&run(["verify", s(&p), "--base", s(&base)]))
             .lines()
@@ -1921,14 +1975,15 @@ fn idle_flags_benchmark_of_a_patch_and_a_patch_that_grows() {
         shrink(ts);
         ts[0].name = "renamed".into();
     });
-    let text = ok(&run([
-        "compress",
-        s(&tiny),
-        "--base",
-        s(&other),
-        "-o",
-        s(&out),
-    ]));
+    let o = run(["compress", s(&tiny), "--base", s(&other), "-o", s(&out)]);
+    assert_eq!(code(&o), 0);
+    assert!(
+        stderr(&o).contains("no tensor of the base matches"),
+        "{}",
+        stderr(&o)
+    );
+    let text = stdout(&o);
+    assert!(text.contains("0 matched tensors"), "{text}");
     assert!(len(&out) > len(&tiny));
     assert!(text.contains("saved:      none: the output is"), "{text}");
     let info = ok(&run(["info", s(&out)]));

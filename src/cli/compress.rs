@@ -91,8 +91,19 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         group_streams: a.group_streams,
     };
     let mut notes = String::new();
+    let mut auto_json = None;
     let base_path = if a.auto_delta {
         let (pick, considered) = auto::pick(&a.src, &a.base_dir)?;
+        auto_json = Some(serde_json::json!({
+            "base": pick.as_ref().map(|p| p.base.display().to_string()),
+            "distance": pick.as_ref().map(|p| p.distance),
+            "max_distance": auto::MAX_DISTANCE,
+            "cached_fingerprints": pick.as_ref().map_or(0, |p| p.cached),
+            "candidates": considered
+                .iter()
+                .map(|(c, d)| serde_json::json!({ "path": c.display().to_string(), "distance": d }))
+                .collect::<Vec<_>>(),
+        }));
         match pick {
             Some(p) => {
                 notes += &format!(
@@ -161,6 +172,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             #[serde(flatten)]
             report: &'a CompressReport,
             ratio_pct: f64,
+            /// `--auto-delta`: the pick (none when no candidate was close enough) and every
+            /// candidate's distance.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            auto_delta: Option<serde_json::Value>,
         }
         emit_json(&Out {
             source: a.src.display().to_string(),
@@ -168,6 +183,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             mode: effort.name(),
             report: &r,
             ratio_pct: r.output_bytes as f64 * 100.0 / r.source_bytes.max(1) as f64,
+            auto_delta: auto_json,
         });
     } else {
         let mb_s = r.source_bytes as f64 / r.seconds.max(1e-9) / 1e6;
@@ -197,14 +213,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 &d.base_fingerprint[..16]
             );
             s += &format!(
-                "patch:      {} matched tensors ({} unchanged), {} delta chunks, {} standalone chunks, {} added, {} removed\n",
+                "patch:      {} matched tensors ({} unchanged; of the rest, {} chunks as differences, {} standalone), {} added, {} resized (both standalone), {} removed\n",
                 d.matched_tensors,
                 d.unchanged_tensors,
                 d.delta_chunks,
                 d.standalone_chunks,
                 d.added_tensors.len(),
+                d.resized_tensors.len(),
                 d.removed_tensors.len()
             );
+
             s += &format!(
                 "changed:    {} of {} matched bytes ({:.2}%)\n",
                 thousands(d.changed_bytes),
@@ -261,8 +279,14 @@ fn group_report(groups: &[bigsmall::format::GroupInfo]) -> String {
 }
 
 /// The regime gate: one warning line when most matched weight bytes changed, unless
-/// `--force-delta` (`forced`) silences it.
+/// `--force-delta` (`forced`) silences it; and one, always, when nothing matched at all.
 pub fn regime_warning(d: &DeltaStats, forced: bool) {
+    if d.matched_tensors == 0 {
+        eprintln!(
+            "bigsmall: warning: no tensor of the base matches by name, dtype and shape: the patch holds every tensor standalone and still needs the base (compress without --delta-from for a plain file)"
+        );
+        return;
+    }
     if d.changed_fraction() > DeltaStats::REGIME_LIMIT && !forced {
         eprintln!(
             "bigsmall: warning: {:.0}% of matched weight bytes changed (over {:.0}%): delta coding is in its measured does-not-pay regime; each chunk was still stored the smaller way (--force-delta silences this)",

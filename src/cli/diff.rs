@@ -109,13 +109,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         s += &format!("  {:<9} {}  {}\n", row.status, row.name, desc);
     }
     s += &format!(
-        "added {}, removed {}, changed {}, resized {}, unchanged {} ({} changed, {} unchanged)\n",
+        "added {}, removed {}, changed {}, resized {}, unchanged {} ({} changed, {} resized, {} unchanged)\n",
         r.added,
         r.removed,
         r.changed,
         r.resized,
         r.unchanged,
         human(r.changed_bytes),
+        human(r.resized_bytes),
         human(r.unchanged_bytes)
     );
     if let Some(e) = entropy {

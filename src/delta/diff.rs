@@ -85,7 +85,9 @@ pub struct DiffReport {
     pub changed: usize,
     pub resized: usize,
     pub unchanged: usize,
+    /// Bytes (in B) of the changed tensors, of the resized ones, and of the unchanged ones.
     pub changed_bytes: u64,
+    pub resized_bytes: u64,
     pub unchanged_bytes: u64,
     pub rows: Vec<DiffRow>,
 }
@@ -103,6 +105,7 @@ pub fn diff(a: &Path, b: &Path) -> Result<DiffReport> {
         resized: 0,
         unchanged: 0,
         changed_bytes: 0,
+        resized_bytes: 0,
         unchanged_bytes: 0,
         rows: Vec::new(),
     };
@@ -120,7 +123,7 @@ pub fn diff(a: &Path, b: &Path) -> Result<DiffReport> {
             }
             (Some(x), Some(y)) if x.dtype != y.dtype || x.shape != y.shape => {
                 r.resized += 1;
-                r.changed_bytes += y.bytes;
+                r.resized_bytes += y.bytes;
                 "resized"
             }
             (Some(x), Some(y)) if x.md5 != y.md5 => {
