@@ -21,6 +21,43 @@ pub struct AtomicFile {
     keep_partial: bool,
 }
 
+/// Temporary outputs being written (files and staged directories), removed if the process is
+/// interrupted (`remove_temps_on_interrupt`). Resumable outputs are not listed: they are kept.
+static TEMPS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Lists `path` as a temporary output to remove on an interrupt.
+pub fn track_temp(path: &Path) {
+    if let Ok(mut t) = TEMPS.lock() {
+        t.push(path.to_path_buf());
+    }
+}
+
+/// Takes `path` off that list (renamed into place, or removed).
+pub fn untrack_temp(path: &Path) {
+    if let Ok(mut t) = TEMPS.lock() {
+        t.retain(|p| p != path);
+    }
+}
+
+/// On Ctrl-C or SIGTERM, removes every temporary output still being written, then exits with
+/// 130: an interrupted run leaves nothing behind (a `--resume` run keeps its progress).
+pub fn remove_temps_on_interrupt() {
+    let _ = ctrlc::set_handler(|| {
+        // The lock is held while removing so no writer registers a new one meanwhile.
+        if let Ok(t) = TEMPS.lock() {
+            for p in t.iter() {
+                let _ = if p.is_dir() {
+                    fs::remove_dir_all(p)
+                } else {
+                    fs::remove_file(p)
+                };
+            }
+        }
+        eprintln!("bigsmall: interrupted; partial outputs removed");
+        std::process::exit(130);
+    });
+}
+
 /// Refuses to clobber an existing path unless `overwrite`.
 pub fn check_output(path: &Path, overwrite: bool) -> Result<()> {
     let Ok(meta) = fs::symlink_metadata(path) else {
@@ -55,7 +92,11 @@ pub fn temp_name(path: &Path) -> PathBuf {
 impl AtomicFile {
     pub fn create(path: &Path) -> Result<AtomicFile> {
         let tmp_path = temp_name(path);
-        let file = File::create(&tmp_path).map_err(|e| Error::io(path, e))?;
+        track_temp(&tmp_path);
+        let file = File::create(&tmp_path).map_err(|e| {
+            untrack_temp(&tmp_path);
+            Error::io(path, e)
+        })?;
         Ok(AtomicFile {
             final_path: path.to_path_buf(),
             tmp_path,
@@ -132,10 +173,14 @@ impl AtomicFile {
             .into_inner()
             .map_err(|e| Error::io(&self.final_path, e.into_error()))?;
         drop(file);
-        fs::rename(&self.tmp_path, &self.final_path).map_err(|e| {
+        let renamed = fs::rename(&self.tmp_path, &self.final_path).map_err(|e| {
             let _ = fs::remove_file(&self.tmp_path);
             Error::io(&self.final_path, e)
-        })
+        });
+        if !self.keep_partial {
+            untrack_temp(&self.tmp_path);
+        }
+        renamed
     }
 }
 
@@ -143,6 +188,7 @@ impl Drop for AtomicFile {
     fn drop(&mut self) {
         if self.out.take().is_some() && !self.keep_partial {
             let _ = fs::remove_file(&self.tmp_path);
+            untrack_temp(&self.tmp_path);
         }
     }
 }

@@ -7,6 +7,7 @@ use clap::Parser;
 
 fn main() {
     let args = cli::Cli::parse();
+    bigsmall::fsutil::remove_temps_on_interrupt();
     let code = match cli::run(args) {
         Ok(code) => code,
         Err(err) => {

@@ -95,7 +95,11 @@ impl StagedDir {
         }
         let tmp = crate::fsutil::temp_name(dst);
         let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir(&tmp).map_err(|e| Error::io(dst, e))?;
+        crate::fsutil::track_temp(&tmp);
+        fs::create_dir(&tmp).map_err(|e| {
+            crate::fsutil::untrack_temp(&tmp);
+            Error::io(dst, e)
+        })?;
         Ok(StagedDir {
             final_path: dst.to_path_buf(),
             tmp,
@@ -136,6 +140,9 @@ impl StagedDir {
             fs::rename(&self.tmp, dst).map_err(|e| Error::io(dst, e))?;
         }
         self.done = true;
+        if !self.keep {
+            crate::fsutil::untrack_temp(&self.tmp);
+        }
         Ok(())
     }
 }
@@ -144,6 +151,7 @@ impl Drop for StagedDir {
     fn drop(&mut self) {
         if !self.done && !self.keep {
             let _ = fs::remove_dir_all(&self.tmp);
+            crate::fsutil::untrack_temp(&self.tmp);
         }
     }
 }

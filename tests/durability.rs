@@ -272,3 +272,86 @@ fn directory_resume_keeps_finished_shards() {
     }
     assert!(!dir.path().join("d.bs.progress").exists());
 }
+
+/// Ctrl-C (SIGINT) or SIGTERM in the middle of a write: the partial output under its temporary
+/// name is removed and the exit code is 130. The run is caught by watching for that temporary
+/// file; a run that finishes first is simply tried again.
+#[test]
+fn an_interrupt_leaves_no_partial_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let base =
+        bigsmall::model::safetensors::SafetensorsFile::open(&fixture("smollm-bf16.safetensors"))
+            .unwrap();
+    let t = base.tensors.iter().max_by_key(|t| t.len()).unwrap();
+    let bytes = base.tensor_bytes(t);
+    let tensors: Vec<_> = (0..24)
+        .map(|k| {
+            let data: Vec<u8> = bytes
+                .iter()
+                .cycle()
+                .skip(k * 2)
+                .take(bytes.len() * 8)
+                .copied()
+                .collect();
+            common::t(&format!("w{k}"), "BF16", &[data.len() / 2], data)
+        })
+        .collect();
+    let src = dir.path().join("big.safetensors");
+    fs::write(&src, common::safetensors(&tensors, None)).unwrap();
+    let bs = dir.path().join("big.bs");
+    assert_eq!(code(&compress_resumable(&src, &bs, None, &[])), 0);
+    let mut interrupted = 0;
+    for (attempt, signal) in ["-INT", "-TERM", "-INT", "-TERM", "-INT", "-TERM"]
+        .iter()
+        .enumerate()
+    {
+        let (what, out) = if attempt % 2 == 0 {
+            ("compress", dir.path().join("k.bs"))
+        } else {
+            ("decompress", dir.path().join("k.safetensors"))
+        };
+        let input = if what == "compress" { &src } else { &bs };
+        let _ = fs::remove_file(&out);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bigsmall"))
+            .env("BIGSMALL_WINDOW_BYTES", "100000")
+            .args([
+                what.as_ref(),
+                input.as_os_str(),
+                "-o".as_ref(),
+                out.as_os_str(),
+            ])
+            .args(
+                ["--no-progress", "--md5"]
+                    .iter()
+                    .filter(|a| what == "decompress" || **a == "--no-progress"),
+            )
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while leftovers(dir.path()).is_empty() && started.elapsed().as_secs() < 10 {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        let _ = std::process::Command::new("kill")
+            .args([*signal, &child.id().to_string()])
+            .status();
+        let o = child.wait_with_output().unwrap();
+        match o.status.code() {
+            Some(130) => {
+                interrupted += 1;
+                assert!(String::from_utf8_lossy(&o.stderr).contains("interrupted"));
+                assert!(!out.exists(), "{what}: nothing under the final name");
+                assert_no_leftovers(dir.path());
+            }
+            Some(0) => {} // finished before the signal
+            other => panic!("{what} {signal}: exit {other:?}"),
+        }
+    }
+    assert!(
+        interrupted >= 2,
+        "only {interrupted} of 6 runs were caught mid-write"
+    );
+}
