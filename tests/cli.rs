@@ -1312,6 +1312,23 @@ fn swapped_or_doubled_shards_are_refused() {
     assert_eq!(code(&o), 3, "{}", stdout(&o));
     assert!(stdout(&o).contains("swapped"));
 
+    // A side file gone from the directory: verify says which.
+    let side = v["side_files"][0]
+        .as_str()
+        .expect("a side file")
+        .to_string();
+    fs::copy(swapped.join(&files[0]), swapped.join(&files[1])).expect("copy");
+    fs::copy(bs.join(&files[0]), swapped.join(&files[0])).expect("copy");
+    fs::copy(bs.join(&files[1]), swapped.join(&files[1])).expect("copy");
+    fs::remove_file(swapped.join(&side)).expect("rm");
+    let o = run(["verify", path_str(&swapped)]);
+    assert_eq!(code(&o), 3, "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(&format!("{side}: side file")),
+        "{}",
+        stdout(&o)
+    );
+
     let mut doubled = v.clone();
     doubled["shards"][1]["source"] = doubled["shards"][0]["source"].clone();
     fs::write(&index, doubled.to_string()).expect("write");

@@ -17,8 +17,8 @@ pub struct Args {
     #[command(flatten)]
     mode: super::mode::ModeArgs,
     /// Decode-to-memory repetitions (the best is reported)
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    runs: u64,
     /// Hide the progress bar
     #[arg(long)]
     no_progress: bool,
@@ -30,7 +30,7 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let effort = a.mode.effort();
     let bar = Bar::new(a.no_progress);
-    let r = benchmark(&a.src, effort, a.runs, &bar)?;
+    let r = benchmark(&a.src, effort, a.runs as usize, &bar)?;
     if a.json {
         emit_json(&r);
     } else {

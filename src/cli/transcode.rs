@@ -42,9 +42,9 @@ pub struct Args {
     /// [default: 2; per shard for a directory]
     #[arg(long, value_name = "PP")]
     raw_budget: Option<f64>,
-    /// Threads to re-encode (and measure decode) with [default: all cores]
-    #[arg(long, value_name = "N")]
-    workers: Option<usize>,
+    /// Threads to re-encode (and measure decode) with, 1 to 1024 [default: all cores]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
     /// Replace DST if it exists
     #[arg(short, long)]
     force: bool,
@@ -72,9 +72,6 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             "--raw-budget must be between 0 and 100 (percentage points of the raw model)"
         );
     }
-    if a.workers == Some(0) {
-        anyhow::bail!("--workers must be at least 1");
-    }
     let mode = match a.mode {
         ModeArg::Speed => Mode::Speed,
         ModeArg::Balanced => Mode::Balanced,
@@ -88,7 +85,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         measure: !a.no_measure,
     };
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(a.workers.unwrap_or(0))
+        .num_threads(a.workers.map_or(0, usize::from))
         .build()?;
     let bar = Bar::new(a.no_progress);
     let r = if super::is_bs_dir(&a.src) {

@@ -59,11 +59,26 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if super::is_bs_dir(&a.file) {
         // Shards swapped or replaced under their names: the directory is damaged.
         let index = bigsmall::store_dir::read_dir_index(&a.file)?;
-        if let Err(e) = bigsmall::store_dir::check_shards(&a.file, &index) {
+        let mut problems: Vec<String> = bigsmall::store_dir::check_shards(&a.file, &index)
+            .err()
+            .map(|e| e.to_string())
+            .into_iter()
+            .collect();
+        // Side files (config, tokenizer) are carried as they are: they must all be there.
+        for rel in &index.side_files {
+            let p = a.file.join(rel);
+            if !p.is_file() {
+                problems.push(format!(
+                    "{}: side file listed in the directory index is missing",
+                    p.display()
+                ));
+            }
+        }
+        if !problems.is_empty() {
             reports.push(VerifyReport {
                 file: a.file.display().to_string(),
                 mode: "directory".into(),
-                problems: vec![e.to_string()],
+                problems,
                 ..Default::default()
             });
         }

@@ -238,22 +238,29 @@ pub fn verify_with(
                         note(e);
                         return;
                     }
+                    // The chunk decoded and passed its checksum: the container holds what it
+                    // was made from, and that is not this source.
                     if orig.get(pos..pos + buf.len()) != Some(&buf[..]) {
-                        note(Error::Integrity {
-                            path: c.path.clone(),
-                            tensor: te.name.clone(),
-                            what: format!("chunk {k} bytes vs source"),
-                        });
+                        note(Error::invalid(
+                            src,
+                            format!(
+                                "tensor '{}' chunk {k} differs from what the container holds (it decodes intact: it was made from other bytes)",
+                                te.name
+                            ),
+                        ));
                         return;
                     }
                     pos += buf.len();
                 }
                 if pos != orig.len() {
-                    note(Error::Integrity {
-                        path: c.path.clone(),
-                        tensor: te.name.clone(),
-                        what: "length vs source".into(),
-                    });
+                    note(Error::invalid(
+                        src,
+                        format!(
+                            "tensor '{}' is {} bytes, the container's {pos}",
+                            te.name,
+                            orig.len()
+                        ),
+                    ));
                 }
             });
             report.chunks_checked = report.chunks_total;
