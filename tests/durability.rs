@@ -201,28 +201,35 @@ fn resume_refuses_a_changed_input_or_different_flags() {
     assert!(!out.exists());
 }
 
-#[test]
-fn resume_survives_a_real_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    // A bigger input from real weights so the run lasts long enough to be killed mid-way.
+/// `dir/big.safetensors`: 24 tensors, each eight copies of the fixture's largest real BF16 tensor
+/// takes long enough to be interrupted mid-way.
+fn big_real_input(dir: &std::path::Path) -> std::path::PathBuf {
     let base =
         bigsmall::model::safetensors::SafetensorsFile::open(&fixture("smollm-bf16.safetensors"))
             .unwrap();
     let t = base.tensors.iter().max_by_key(|t| t.len()).unwrap();
     let bytes = base.tensor_bytes(t);
-    let mut tensors = Vec::new();
-    for k in 0..24 {
-        let data: Vec<u8> = bytes
-            .iter()
-            .cycle()
-            .skip(k * 2)
-            .take(bytes.len() * 8)
-            .copied()
-            .collect();
-        tensors.push(common::t(&format!("w{k}"), "BF16", &[data.len() / 2], data));
-    }
-    let src = dir.path().join("big.safetensors");
+    let tensors: Vec<_> = (0..24)
+        .map(|k| {
+            let data: Vec<u8> = bytes
+                .iter()
+                .cycle()
+                .skip(k * 2)
+                .take(bytes.len() * 8)
+                .copied()
+                .collect();
+            common::t(&format!("w{k}"), "BF16", &[data.len() / 2], data)
+        })
+        .collect();
+    let src = dir.join("big.safetensors");
     fs::write(&src, common::safetensors(&tensors, None)).unwrap();
+    src
+}
+
+#[test]
+fn resume_survives_a_real_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_real_input(dir.path());
     let reference = dir.path().join("ref.bs");
     assert_eq!(code(&compress_resumable(&src, &reference, None, &[])), 0);
     let out = dir.path().join("k.bs");
@@ -279,25 +286,7 @@ fn directory_resume_keeps_finished_shards() {
 #[test]
 fn an_interrupt_leaves_no_partial_output() {
     let dir = tempfile::tempdir().unwrap();
-    let base =
-        bigsmall::model::safetensors::SafetensorsFile::open(&fixture("smollm-bf16.safetensors"))
-            .unwrap();
-    let t = base.tensors.iter().max_by_key(|t| t.len()).unwrap();
-    let bytes = base.tensor_bytes(t);
-    let tensors: Vec<_> = (0..24)
-        .map(|k| {
-            let data: Vec<u8> = bytes
-                .iter()
-                .cycle()
-                .skip(k * 2)
-                .take(bytes.len() * 8)
-                .copied()
-                .collect();
-            common::t(&format!("w{k}"), "BF16", &[data.len() / 2], data)
-        })
-        .collect();
-    let src = dir.path().join("big.safetensors");
-    fs::write(&src, common::safetensors(&tensors, None)).unwrap();
+    let src = big_real_input(dir.path());
     let bs = dir.path().join("big.bs");
     assert_eq!(code(&compress_resumable(&src, &bs, None, &[])), 0);
     let mut interrupted = 0;
