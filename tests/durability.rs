@@ -201,8 +201,8 @@ fn resume_refuses_a_changed_input_or_different_flags() {
     assert!(!out.exists());
 }
 
-/// `dir/big.safetensors`: 24 tensors, each eight copies of the fixture's largest real BF16 tensor
-/// takes long enough to be interrupted mid-way.
+/// `dir/big.safetensors`: 24 tensors, each eight copies of the fixture's largest real BF16
+/// tensor (shifted), an input that takes long enough to be interrupted mid-way.
 fn big_real_input(dir: &std::path::Path) -> std::path::PathBuf {
     let base =
         bigsmall::model::safetensors::SafetensorsFile::open(&fixture("smollm-bf16.safetensors"))
