@@ -240,6 +240,10 @@ fn directory_roundtrip() {
     let scan = json(&ok(&run(["scan", path_str(&src), "--json"])));
     assert_eq!(scan["shards"], 2);
     assert_eq!(scan["tensors_total"], 20);
+    // Nothing is stored yet: scan reports tensor counts and raw bytes only.
+    let bf16 = &scan["dtypes"]["BF16"];
+    assert_eq!(bf16["tensors"], 20, "{scan}");
+    assert!(bf16.get("stored_bytes").is_none(), "{scan}");
 
     // And back, byte for byte, nothing more, nothing less.
     let d = decompress(&bs, &back, &["--md5"]);

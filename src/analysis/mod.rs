@@ -101,6 +101,13 @@ pub struct Breakdown {
     pub stored_bytes: u64,
 }
 
+/// Tensors of one dtype in an uncompressed model (`scan`: nothing is stored yet).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DtypeCount {
+    pub tensors: usize,
+    pub raw_bytes: u64,
+}
+
 /// Everything `info` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct Info {
@@ -228,7 +235,7 @@ pub struct Scan {
     pub shards: usize,
     pub tensors_total: usize,
     pub total_bytes: u64,
-    pub dtypes: BTreeMap<String, Breakdown>,
+    pub dtypes: BTreeMap<String, DtypeCount>,
     pub tensors_f32: usize,
     /// F32 tensors whose low 16 bits are zero in at least 99% of elements: upcast BF16.
     pub tensors_bf16_native: usize,
