@@ -250,14 +250,14 @@ impl Container {
         base.md5_all();
         for t in &self.index.tensors {
             if let Some(d) = &t.delta {
+                // The base's bytes passed the patch's xxh3 check when it was attached: a
+                // receipt that disagrees is damage in the patch's index.
                 if base.md5(&t.name)? != d.base_md5 {
-                    return Err(Error::invalid(
-                        base.path(),
-                        format!(
-                            "wrong base for this patch: tensor '{}' md5 differs from the receipt the patch records ({})",
-                            t.name, d.base_md5
-                        ),
-                    ));
+                    return Err(Error::Integrity {
+                        path: self.path.clone(),
+                        tensor: t.name.clone(),
+                        what: "base md5 receipt".into(),
+                    });
                 }
             }
         }
