@@ -131,6 +131,9 @@ pub struct CompressReport {
     /// `--group-streams`: every candidate group and its measured decision.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<crate::format::GroupInfo>,
+    /// A model directory's hidden entries, not carried (relative paths).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 /// How a patch relates to its base, measured while it was written.
@@ -1065,6 +1068,7 @@ pub fn compress_file_against(
             seconds: started.elapsed().as_secs_f64(),
             delta: stats,
             groups: groups.infos,
+            skipped: Vec::new(),
         })
     })
 }

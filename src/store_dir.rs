@@ -221,6 +221,7 @@ pub fn compress_dir_against(
         seconds: 0.0,
         delta: None,
         groups: Vec::new(),
+        skipped: listing.skipped.iter().map(|p| rel_str(p)).collect(),
     };
     let inner = CompressOptions {
         overwrite: true,
@@ -245,6 +246,7 @@ pub fn compress_dir_against(
                 seconds: 0.0,
                 delta: None,
                 groups: c.index.groups.clone(),
+                skipped: Vec::new(),
             }
         } else {
             crate::store::compress_file_against(

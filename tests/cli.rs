@@ -1344,3 +1344,31 @@ fn swapped_or_doubled_shards_are_refused() {
     assert!(!back.exists());
     assert_no_leftovers(dir.path());
 }
+
+/// Hidden entries of a model directory (`.git`, `.gitattributes`) are not carried, and the
+/// report says which.
+#[test]
+fn hidden_entries_are_reported_as_skipped() {
+    let dir = tmp();
+    let model = dir.path().join("model");
+    fs::create_dir(&model).expect("mkdir");
+    for e in fs::read_dir(fixture("sharded")).expect("ls") {
+        let p = e.expect("entry").path();
+        fs::copy(&p, model.join(p.file_name().expect("name"))).expect("copy");
+    }
+    fs::write(model.join(".gitattributes"), "*.safetensors filter=lfs\n").expect("write");
+    fs::create_dir(model.join(".cache")).expect("mkdir");
+    let out = dir.path().join("model.bs");
+    let text = ok(&run(["compress", path_str(&model), "-o", path_str(&out)]));
+    assert!(
+        text.contains("skipped:    2 hidden entries, not carried: .cache, .gitattributes"),
+        "{text}"
+    );
+    let v = compress(&model, &dir.path().join("again.bs"), "--balanced");
+    assert_eq!(
+        v["skipped"],
+        serde_json::json!([".cache", ".gitattributes"]),
+        "{v}"
+    );
+    assert!(!out.join(".gitattributes").exists());
+}

@@ -203,6 +203,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         if r.duplicates > 0 {
             s += &format!("duplicates: {} tensors stored once\n", r.duplicates);
         }
+        if !r.skipped.is_empty() {
+            s += &format!(
+                "skipped:    {} hidden entries, not carried: {}\n",
+                r.skipped.len(),
+                r.skipped.join(", ")
+            );
+        }
         if a.group_streams {
             s += &group_report(&r.groups);
         }

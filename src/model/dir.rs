@@ -11,6 +11,8 @@ use crate::error::{Error, Result};
 pub struct ModelDir {
     pub weights: Vec<PathBuf>,
     pub side_files: Vec<PathBuf>,
+    /// Hidden entries (`.git`, `.gitattributes`, `.cache`): not carried, and reported so.
+    pub skipped: Vec<PathBuf>,
 }
 
 /// The weight files a path names: the file itself, or every `.safetensors` of a model
@@ -33,6 +35,7 @@ pub fn scan_dir(root: &Path) -> Result<ModelDir> {
     walk(root, Path::new(""), &mut out)?;
     out.weights.sort();
     out.side_files.sort();
+    out.skipped.sort();
     if out.weights.is_empty() {
         return Err(Error::invalid(
             root,
@@ -48,10 +51,11 @@ fn walk(root: &Path, rel: &Path, out: &mut ModelDir) -> Result<()> {
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(&dir, e))?;
         let name = entry.file_name();
+        let path = rel.join(&name);
         if name.to_string_lossy().starts_with('.') {
+            out.skipped.push(path);
             continue;
         }
-        let path = rel.join(&name);
         let ty = entry
             .file_type()
             .map_err(|e| Error::io(root.join(&path), e))?;
