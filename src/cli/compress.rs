@@ -303,9 +303,9 @@ pub fn regime_warning(d: &DeltaStats, forced: bool) {
     }
 }
 
-/// "N bytes" saved, or "grew by N bytes" where the output is the larger (a tiny file whose
+/// "N bytes" saved, or "none: the output is N bytes larger" where it is (a tiny file whose
 /// index outweighs what coding saves): never a clamped zero.
-pub fn saved_line(label: &str, source: u64, output: u64) -> String {
+fn saved_line(label: &str, source: u64, output: u64) -> String {
     if output > source {
         format!(
             "{label}none: the output is {} bytes larger\n",
