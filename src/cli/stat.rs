@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use bigsmall::analysis::tensor_stats;
+use bigsmall::analysis::{tensor_stats, TensorStat};
 use bigsmall::format::reader::Container;
 
 use super::{container_files, emit, emit_json, human};
@@ -51,9 +51,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     match a.sort {
         // Empty tensors (no ratio) after every other.
         SortKey::Ratio => rows.sort_by(|x, y| {
-            (x.ratio_pct.is_none(), x.ratio_pct.unwrap_or(0.0))
-                .partial_cmp(&(y.ratio_pct.is_none(), y.ratio_pct.unwrap_or(0.0)))
-                .unwrap_or(std::cmp::Ordering::Equal)
+            let key = |r: &TensorStat| (r.ratio_pct.is_none(), r.ratio_pct.unwrap_or(0.0));
+            let ((xn, xr), (yn, yr)) = (key(x), key(y));
+            xn.cmp(&yn).then(xr.total_cmp(&yr))
         }),
         SortKey::Size => rows.sort_by_key(|r| r.raw_bytes),
         SortKey::Name => rows.sort_by(|x, y| x.name.cmp(&y.name)),

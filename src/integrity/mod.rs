@@ -29,6 +29,18 @@ pub enum VerifyMode {
     Source(PathBuf),
 }
 
+impl VerifyMode {
+    /// The mode as reports name it.
+    pub fn name(&self) -> String {
+        match self {
+            VerifyMode::Fast => "fast".into(),
+            VerifyMode::Sample { fraction, .. } => format!("sample {fraction}"),
+            VerifyMode::Full => "full".into(),
+            VerifyMode::Source(_) => "source".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct VerifyReport {
     pub file: String,
@@ -79,12 +91,7 @@ pub fn verify_with(
         Err(e @ Error::BadContainer { .. }) if crate::format::is_container(path) => {
             return Ok(VerifyReport {
                 file: path.display().to_string(),
-                mode: match mode {
-                    VerifyMode::Fast => "fast".into(),
-                    VerifyMode::Sample { fraction, .. } => format!("sample {fraction}"),
-                    VerifyMode::Full => "full".into(),
-                    VerifyMode::Source(_) => "source".into(),
-                },
+                mode: mode.name(),
                 file_size: std::fs::metadata(path).map_or(0, |m| m.len()),
                 problems: vec![e.to_string()],
                 ..Default::default()
@@ -105,6 +112,7 @@ pub fn verify_with(
     }
     let mut report = VerifyReport {
         file: path.display().to_string(),
+        mode: mode.name(),
         format_version: format!("{}.{}", c.version.0, c.version.1),
         tensors: c.index.tensors.len(),
         chunks_total: (0..c.index.tensors.len())
@@ -122,11 +130,8 @@ pub fn verify_with(
             .push(e.to_string())
     };
     match mode {
-        VerifyMode::Fast => {
-            report.mode = "fast".into();
-        }
+        VerifyMode::Fast => {}
         VerifyMode::Sample { fraction, seed } => {
-            report.mode = format!("sample {fraction}");
             let mut rng = *seed;
             let mut picks = Vec::new();
             for (t, te) in c.index.tensors.iter().enumerate() {
@@ -166,7 +171,6 @@ pub fn verify_with(
             report.bytes_checked = bytes;
         }
         VerifyMode::Full => {
-            report.mode = "full".into();
             let mut order: Vec<usize> = (0..c.index.tensors.len())
                 .filter(|&t| c.index.tensors[t].dup_of.is_none())
                 .collect();
@@ -208,7 +212,6 @@ pub fn verify_with(
             report.md5_checked = c.index.tensors.len();
         }
         VerifyMode::Source(src) => {
-            report.mode = "source".into();
             let s = SafetensorsFile::open(src)?;
             if s.header != c.index.source.header.as_bytes() {
                 note(Error::invalid(
