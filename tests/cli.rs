@@ -90,6 +90,22 @@ fn roundtrip_all_fixtures(mode: &str) {
         );
         let v = ok(&run(["verify", path_str(&bs)]));
         assert_eq!(last_line(&v), "OK", "{name} {mode}");
+        // Inference mode pairs the symbols of real BF16 weights (PAIRS16), the others never.
+        if name == "minilm-bf16.safetensors" {
+            let c = Container::open(&bs).expect("opens");
+            let pairs = c
+                .index
+                .tensors
+                .iter()
+                .flat_map(|t| &t.chunks)
+                .filter(|ch| ch.codec == bigsmall::codec::tag::PAIRS16)
+                .count();
+            assert_eq!(
+                pairs > 0,
+                mode == "--inference",
+                "{mode}: {pairs} PAIRS16 chunks"
+            );
+        }
     }
     assert_no_leftovers(dir.path());
 }
@@ -322,7 +338,7 @@ fn info_reports_the_container() {
     assert_eq!(i["source_size"].as_u64(), Some(len(&src)));
     assert_eq!(i["source_file"], "smollm-bf16.safetensors");
     assert_eq!(i["mode"], "balanced");
-    assert_eq!(i["container_version"], "1.2");
+    assert_eq!(i["container_version"], "1.3");
     assert_eq!(i["duplicates"], 0);
     assert_eq!(i["layer_count"], 2);
     let ratio = i["ratio_pct"].as_f64().expect("ratio");

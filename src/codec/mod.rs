@@ -8,6 +8,7 @@
 //! This module does not know about files, tensors names or hashes: see `format` for that.
 
 pub mod bits;
+pub mod pairs;
 pub mod palette;
 pub mod rans;
 #[cfg(target_arch = "x86_64")]
@@ -105,6 +106,7 @@ pub mod tag {
     pub const SYM16: u8 = 8;
     pub const PALETTE16_NIBBLES: u8 = 9;
     pub const SPARSE16: u8 = 10;
+    pub const PAIRS16: u8 = 11;
 
     pub fn name(t: u8) -> &'static str {
         match t {
@@ -119,6 +121,7 @@ pub mod tag {
             SYM16 => "sym16_rans",
             PALETTE16_NIBBLES => "palette16_nibbles",
             SPARSE16 => "sparse16_rans",
+            PAIRS16 => "pairs16_rans",
             _ => "unknown",
         }
     }
@@ -434,6 +437,12 @@ pub fn decode_chunk(kind: ElemKind, blob: &[u8], out: &mut [u8]) -> Result<(), C
             };
             let _ = flavour; // field layout is the same for both: sign | 15-bit magnitude
             split::decode16(&mut r, out)?;
+        }
+        tag::PAIRS16 => {
+            if w != 2 {
+                return Err(CodecError::Corrupt("pairs16 codec on a non-16-bit tensor"));
+            }
+            pairs::decode(&mut r, out)?;
         }
         tag::SYM16 => {
             if w != 2 {

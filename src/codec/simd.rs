@@ -342,13 +342,7 @@ pub unsafe fn combine16(
     let keep_x = _mm_cvtsi32_si128(keep as i32);
     let shift_x = _mm_cvtsi32_si128(shift as i32);
     let fifteen = _mm_cvtsi32_si128(15);
-    let l = lut.as_ptr() as *const __m512i;
-    let (t0, t1) = (_mm512_loadu_si512(l), _mm512_loadu_si512(l.add(1)));
-    let (t2, t3) = (_mm512_loadu_si512(l.add(2)), _mm512_loadu_si512(l.add(3)));
-    let (t4, t5) = (_mm512_loadu_si512(l.add(4)), _mm512_loadu_si512(l.add(5)));
-    let (t6, t7) = (_mm512_loadu_si512(l.add(6)), _mm512_loadu_si512(l.add(7)));
-    let bit6 = _mm512_set1_epi16(64);
-    let bit7 = _mm512_set1_epi16(128);
+    let lut = Lut256::load(lut);
     let n = idx.len().min(out.len());
     let mut i = 0;
     while i + 32 <= n {
@@ -362,19 +356,7 @@ pub unsafe fn combine16(
             field,
         );
         let ix = _mm512_cvtepu8_epi16(_mm256_loadu_si256(idx.as_ptr().add(i) as *const _));
-        let mut v = _mm512_permutex2var_epi16(t0, ix, t1);
-        if alphabet > 64 {
-            let m6 = _mm512_test_epi16_mask(ix, bit6);
-            let hi = _mm512_permutex2var_epi16(t2, ix, t3);
-            v = _mm512_mask_blend_epi16(m6, v, hi);
-            if alphabet > 128 {
-                let lo2 = _mm512_permutex2var_epi16(t4, ix, t5);
-                let hi2 = _mm512_permutex2var_epi16(t6, ix, t7);
-                let upper = _mm512_mask_blend_epi16(m6, lo2, hi2);
-                let m7 = _mm512_test_epi16_mask(ix, bit7);
-                v = _mm512_mask_blend_epi16(m7, v, upper);
-            }
-        }
+        let v = lut.get(ix, alphabet);
         let sign = _mm512_sll_epi16(_mm512_srl_epi16(rest, keep_x), fifteen);
         let low = _mm512_sll_epi16(_mm512_and_si512(rest, lowm), shift_x);
         let word = _mm512_or_si512(_mm512_or_si512(sign, v), low);
@@ -382,6 +364,90 @@ pub unsafe fn combine16(
         i += 32;
     }
     i
+}
+
+/// A table of 256 16-bit values held in eight registers, looked up 32 indices at a time by
+/// two-register permutes (only those the alphabet reaches).
+#[derive(Clone, Copy)]
+struct Lut256([__m512i; 8]);
+
+impl Lut256 {
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn load(lut: &[u16; 256]) -> Lut256 {
+        let l = lut.as_ptr() as *const __m512i;
+        Lut256(std::array::from_fn(|k| _mm512_loadu_si512(l.add(k))))
+    }
+
+    /// `lut[ix]` for 32 16-bit indices below `alphabet`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn get(&self, ix: __m512i, alphabet: usize) -> __m512i {
+        let t = &self.0;
+        let mut v = _mm512_permutex2var_epi16(t[0], ix, t[1]);
+        if alphabet > 64 {
+            let m6 = _mm512_test_epi16_mask(ix, _mm512_set1_epi16(64));
+            let hi = _mm512_permutex2var_epi16(t[2], ix, t[3]);
+            v = _mm512_mask_blend_epi16(m6, v, hi);
+            if alphabet > 128 {
+                let lo2 = _mm512_permutex2var_epi16(t[4], ix, t[5]);
+                let hi2 = _mm512_permutex2var_epi16(t[6], ix, t[7]);
+                let upper = _mm512_mask_blend_epi16(m6, lo2, hi2);
+                let m7 = _mm512_test_epi16_mask(ix, _mm512_set1_epi16(128));
+                v = _mm512_mask_blend_epi16(m7, v, upper);
+            }
+        }
+        v
+    }
+}
+
+/// PAIRS16's reassembly for whole 32-pair groups: each index's pair of symbols from `lut`,
+/// then `word = (rest & 0x80) << 8 | v << 7 | rest & 0x7f` for both elements of the pair,
+/// 64 words a group. Returns the number of pairs done.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn combine_pairs(
+    lut: &[u16; 256],
+    alphabet: usize,
+    idx: &[u8],
+    rest: &[u8],
+    out: &mut [u16],
+) -> usize {
+    let lut = Lut256::load(lut);
+    let n = idx.len().min(out.len() / 2).min(rest.len() / 2);
+    let mut i = 0;
+    while i + 32 <= n {
+        let ix = _mm512_cvtepu8_epi16(_mm256_loadu_si256(idx.as_ptr().add(i) as *const _));
+        // 32 pairs: the 64 symbols in element order (little-endian pairs).
+        let v = lut.get(ix, alphabet);
+        let r = _mm512_loadu_si512(rest.as_ptr().add(2 * i) as *const _);
+        let lo = words(_mm512_castsi512_si256(v), _mm512_castsi512_si256(r));
+        let hi = words(
+            _mm512_extracti64x4_epi64::<1>(v),
+            _mm512_extracti64x4_epi64::<1>(r),
+        );
+        _mm512_storeu_si512(out.as_mut_ptr().add(2 * i) as *mut _, lo);
+        _mm512_storeu_si512(out.as_mut_ptr().add(2 * i + 32) as *mut _, hi);
+        i += 32;
+    }
+    i
+}
+
+/// 32 PAIRS16 words from 32 symbols and their 32 rest bytes.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn words(e: __m256i, r: __m256i) -> __m512i {
+    let (e, r) = (_mm512_cvtepu8_epi16(e), _mm512_cvtepu8_epi16(r));
+    let body = _mm512_or_si512(
+        _mm512_slli_epi16::<7>(e),
+        _mm512_and_si512(r, _mm512_set1_epi16(0x7f)),
+    );
+    _mm512_or_si512(
+        body,
+        _mm512_slli_epi16::<8>(_mm512_and_si512(r, _mm512_set1_epi16(0x80))),
+    )
 }
 
 /// One encoder step for 16 lanes whose symbols' table entries (`freq << 16 | cum`) are `$e`:
