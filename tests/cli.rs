@@ -90,20 +90,25 @@ fn roundtrip_all_fixtures(mode: &str) {
         );
         let v = ok(&run(["verify", path_str(&bs)]));
         assert_eq!(last_line(&v), "OK", "{name} {mode}");
-        // Inference mode pairs the symbols of real BF16 weights (PAIRS16), the others never.
-        if name == "minilm-bf16.safetensors" {
+        // Inference mode pairs the symbols of real BF16 and FP8 weights, the others never.
+        let paired = match name.as_str() {
+            "minilm-bf16.safetensors" => Some(bigsmall::codec::tag::PAIRS16),
+            "minilm-fp8.safetensors" => Some(bigsmall::codec::tag::PAIRS8),
+            _ => None,
+        };
+        if let Some(tag) = paired {
             let c = Container::open(&bs).expect("opens");
             let pairs = c
                 .index
                 .tensors
                 .iter()
                 .flat_map(|t| &t.chunks)
-                .filter(|ch| ch.codec == bigsmall::codec::tag::PAIRS16)
+                .filter(|ch| ch.codec == tag)
                 .count();
             assert_eq!(
                 pairs > 0,
                 mode == "--inference",
-                "{mode}: {pairs} PAIRS16 chunks"
+                "{name} {mode}: {pairs} chunks"
             );
         }
     }

@@ -10,7 +10,7 @@ pub struct ModeArgs {
     /// Near-smallest file at full decode speed (the default)
     #[arg(long, group = "mode")]
     balanced: bool,
-    /// Fastest decode: byte-aligned fields only, slightly larger
+    /// Fastest decode: byte-aligned fields, two weights per coded symbol; up to 2% larger
     #[arg(long, group = "mode")]
     inference: bool,
 }

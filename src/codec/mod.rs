@@ -40,7 +40,8 @@ pub enum Effort {
     Storage,
     /// The default: near-storage size at full decode speed.
     Balanced,
-    /// Fastest decode: byte-aligned fields only, no zstd.
+    /// Fastest decode: byte-aligned fields only, no zstd, two elements per rANS symbol
+    /// (PAIRS16, PAIRS8) where that costs at most 1% (16-bit) or 2% (bytes).
     Inference,
     /// Decode speed first (`transcode --mode speed`): byte-aligned fields, nibble palettes,
     /// no zstd, and raw storage wherever coding saves less than a tenth.
@@ -107,6 +108,7 @@ pub mod tag {
     pub const PALETTE16_NIBBLES: u8 = 9;
     pub const SPARSE16: u8 = 10;
     pub const PAIRS16: u8 = 11;
+    pub const PAIRS8: u8 = 12;
 
     pub fn name(t: u8) -> &'static str {
         match t {
@@ -122,6 +124,7 @@ pub mod tag {
             PALETTE16_NIBBLES => "palette16_nibbles",
             SPARSE16 => "sparse16_rans",
             PAIRS16 => "pairs16_rans",
+            PAIRS8 => "pairs8_rans",
             _ => "unknown",
         }
     }
@@ -317,6 +320,14 @@ pub fn encode_chunk_within(
         ElemKind::Byte => {
             let mut out = vec![tag::BYTES];
             stream::write_bytes(data, effort, &mut out);
+            // Inference mode pairs the exponents (half the decoder's symbols) unless that
+            // costs more than a fiftieth of the byte stream's size.
+            if effort == Effort::Inference {
+                let p = pairs::plan8(data);
+                if p.bytes() * 50 <= out.len() * 51 {
+                    out = p.write(data);
+                }
+            }
             out
         }
         ElemKind::Other(w) => encode_planes(data, w, effort),
@@ -443,6 +454,12 @@ pub fn decode_chunk(kind: ElemKind, blob: &[u8], out: &mut [u8]) -> Result<(), C
                 return Err(CodecError::Corrupt("pairs16 codec on a non-16-bit tensor"));
             }
             pairs::decode(&mut r, out)?;
+        }
+        tag::PAIRS8 => {
+            if w != 1 {
+                return Err(CodecError::Corrupt("pairs8 codec on a multi-byte tensor"));
+            }
+            pairs::decode8(&mut r, out)?;
         }
         tag::SYM16 => {
             if w != 2 {

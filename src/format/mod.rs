@@ -24,7 +24,7 @@ pub const MAGIC: &[u8; 8] = b"BIGSMALL";
 pub const TRAILER_MAGIC: &[u8; 8] = b"BSINDEX1";
 pub const MAJOR: u16 = 1;
 /// 1.1 added the speed mode, PALETTE16_NIBBLES and grouped streams (optional index fields);
-/// 1.2 SPARSE16; 1.3 PAIRS16.
+/// 1.2 SPARSE16; 1.3 PAIRS16 and PAIRS8.
 pub const MINOR: u16 = 3;
 pub const PREAMBLE_LEN: usize = 16;
 pub const DATA_START: u64 = 64;
