@@ -671,20 +671,18 @@ pub fn encode16(data: &[u8], flavour: Float16, effort: Effort, limit: usize) -> 
             return write_within(&words, &split, limit);
         }
     }
-    let split = plan_split(&words, rs, try_lsb);
     // Inference mode pairs the symbols (half the decoder's symbols) unless that costs more
-    // than a hundredth of the split's size.
+    // than a hundredth of its own split's size.
     if effort == Effort::Inference {
-        if let Some(p) = super::pairs::plan(&words) {
-            if p.bytes() * 100 <= (split.bytes() + 1) * 101 {
-                let len = p.blob_len();
-                if *len.start() > limit {
-                    return Encoded16::Over(len);
-                }
-                return Encoded16::Blob(p.write(&words));
+        if let Some(p) = super::pairs::plan(&words).filter(|p| p.pays()) {
+            let len = p.blob_len();
+            if *len.start() > limit {
+                return Encoded16::Over(len);
             }
+            return Encoded16::Blob(p.write(&words));
         }
     }
+    let split = plan_split(&words, rs, try_lsb);
     if effort == Effort::Speed && super::palette::worth_trying(&words) {
         // The palette values are under half the words, so their finer split costs little
         // decode time; the indices are the nibbles that make this fast.
