@@ -44,7 +44,8 @@ pub enum Effort {
     /// (PAIRS16, PAIRS8) where that costs at most 1% (16-bit) or 2% (bytes).
     Inference,
     /// Decode speed first (`transcode --mode speed`): byte-aligned fields, nibble palettes,
-    /// no zstd, and raw storage wherever coding saves less than a tenth.
+    /// pairs as in inference mode, no zstd, and raw storage wherever coding saves less than
+    /// a tenth.
     Speed,
 }
 
@@ -320,9 +321,9 @@ pub fn encode_chunk_within(
         ElemKind::Byte => {
             let mut out = vec![tag::BYTES];
             stream::write_bytes(data, effort, &mut out);
-            // Inference mode pairs the exponents (half the decoder's symbols) unless that
-            // costs more than a fiftieth of the byte stream's size.
-            if effort == Effort::Inference {
+            // Inference and speed modes pair the exponents (half the decoder's symbols)
+            // unless that costs more than a fiftieth of the byte stream's size.
+            if matches!(effort, Effort::Inference | Effort::Speed) {
                 let p = pairs::plan8(data);
                 if p.bytes() * 50 <= out.len() * 51 {
                     out = p.write(data);

@@ -675,11 +675,7 @@ pub fn encode16(data: &[u8], flavour: Float16, effort: Effort, limit: usize) -> 
     // than a hundredth of its own split's size.
     if effort == Effort::Inference {
         if let Some(p) = super::pairs::plan(&words).filter(|p| p.pays()) {
-            let len = p.blob_len();
-            if *len.start() > limit {
-                return Encoded16::Over(len);
-            }
-            return Encoded16::Blob(p.write(&words));
+            return pairs_within(&words, &p, limit);
         }
     }
     let split = plan_split(&words, rs, try_lsb);
@@ -694,7 +690,22 @@ pub fn encode16(data: &[u8], flavour: Float16, effort: Effort, limit: usize) -> 
             }
         }
     }
+    // Speed mode pairs the symbols where no palette won, by inference mode's rule.
+    if effort == Effort::Speed {
+        if let Some(p) = super::pairs::plan(&words).filter(|p| p.pays()) {
+            return pairs_within(&words, &p, limit);
+        }
+    }
     write_within(&words, &split, limit)
+}
+
+/// The planned pairs' blob, unless it is sure to be longer than `limit`.
+fn pairs_within(words: &[u16], pairs: &super::pairs::PairsPlan, limit: usize) -> Encoded16 {
+    let len = pairs.blob_len();
+    if *len.start() > limit {
+        return Encoded16::Over(len);
+    }
+    Encoded16::Blob(pairs.write(words))
 }
 
 /// The planned split's blob, unless it is sure to be longer than `limit`.
