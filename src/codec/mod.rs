@@ -520,6 +520,32 @@ pub fn decode_chunk(kind: ElemKind, blob: &[u8], out: &mut [u8]) -> Result<(), C
     Ok(())
 }
 
+/// Tests that run with the SIMD kernels disabled in between: they must not run concurrently
+/// with other tests that flip the switch, so they share this lock.
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) static SIMD_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// `f` run the way this CPU decodes, then as a CPU with AVX2 but not AVX-512 would, then with
+/// the portable code alone (holding `SIMD_SWITCH`); just once off x86-64.
+#[cfg(test)]
+pub(crate) fn each_simd_mode<T>(mut f: impl FnMut() -> T) -> Vec<T> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let _guard = SIMD_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+        let native = f();
+        simd::force_avx2(true);
+        let avx2 = f();
+        simd::force_portable(true);
+        let portable = f();
+        simd::force_portable(false);
+        vec![native, avx2, portable]
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        vec![f()]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -671,32 +697,6 @@ mod tests {
             let mut out = vec![0u8; n * kind.width()];
             let _ = decode_chunk(kind, &blob, &mut out);
         }
-    }
-}
-
-/// Tests that run with the SIMD kernels disabled in between: they must not run concurrently
-/// with other tests that flip the switch, so they share this lock.
-#[cfg(all(test, target_arch = "x86_64"))]
-pub(crate) static SIMD_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// `f` run the way this CPU decodes, then as a CPU with AVX2 but not AVX-512 would, then with
-/// the portable code alone (holding `SIMD_SWITCH`); just once off x86-64.
-#[cfg(test)]
-pub(crate) fn each_simd_mode<T>(mut f: impl FnMut() -> T) -> Vec<T> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let _guard = SIMD_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
-        let native = f();
-        simd::force_avx2(true);
-        let avx2 = f();
-        simd::force_portable(true);
-        let portable = f();
-        simd::force_portable(false);
-        vec![native, avx2, portable]
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        vec![f()]
     }
 }
 

@@ -217,8 +217,7 @@ fn decode_words(syms: &SymStream<'_>, rests: &[u8], out: &mut [u16]) -> Result<(
         } => (coded, table, values, *alphabet),
     };
     let mut d = rans::Decoder::new(coded)?;
-    let simd = super::simd::has_avx512();
-    let slots = (!simd).then(|| rans::SlotTable::new(table, values));
+    let slots = (!avx512()).then(|| rans::SlotTable::new(table, values));
     let mut idx = [0u8; BLOCK];
     let mut pairs = [0u16; BLOCK];
     let mut last = 0u16;
@@ -228,21 +227,20 @@ fn decode_words(syms: &SymStream<'_>, rests: &[u8], out: &mut [u16]) -> Result<(
         let words = &mut out[2 * first..(2 * (first + m)).min(n)];
         let rest = &rests[2 * first..2 * first + words.len()];
         // Pairs of this block already merged into `words`, two words each.
-        let mut done = 0;
-        if let Some(t) = &slots {
-            d.decode_block_values(t, &mut pairs[..m])?;
-        } else {
-            d.decode_block(table, &mut idx[..m])?;
-            #[cfg(target_arch = "x86_64")]
-            {
-                // SAFETY: `has_avx512` said the CPU has the kernel's features.
-                done =
-                    unsafe { super::simd::combine_pairs(values, alphabet, &idx[..m], rest, words) };
+        let done = match &slots {
+            Some(t) => {
+                d.decode_block_values(t, &mut pairs[..m])?;
+                0
             }
-            for (p, &i) in pairs[done..m].iter_mut().zip(&idx[done..m]) {
-                *p = values[usize::from(i)];
+            None => {
+                d.decode_block(table, &mut idx[..m])?;
+                let done = combine(values, alphabet, &idx[..m], rest, words);
+                for (p, &i) in pairs[done..m].iter_mut().zip(&idx[done..m]) {
+                    *p = values[usize::from(i)];
+                }
+                done
             }
-        }
+        };
         merge(&pairs[done..m], &rest[2 * done..], &mut words[2 * done..]);
         last = pairs[m - 1];
         if done == m {
@@ -252,6 +250,36 @@ fn decode_words(syms: &SymStream<'_>, rests: &[u8], out: &mut [u16]) -> Result<(
     }
     d.finish()?;
     last_pair_ok(last, n)
+}
+
+/// Whether the AVX-512 reassembly runs (`combine`); the value decoder runs otherwise.
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::simd::has_avx512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The AVX-512 reassembly of whole groups of pairs where `avx512` says so; returns how many
+/// pairs it did.
+fn combine(
+    values: &[u16; 256],
+    alphabet: usize,
+    idx: &[u8],
+    rest: &[u8],
+    out: &mut [u16],
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx512() {
+        // SAFETY: the CPU has the kernel's features.
+        return unsafe { super::simd::combine_pairs(values, alphabet, idx, rest, out) };
+    }
+    let _ = (values, alphabet, idx, rest, out);
+    0
 }
 
 /// Words from pairs of symbols and their rest bytes (the last pair may be half used).
