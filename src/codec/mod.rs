@@ -131,6 +131,19 @@ pub mod tag {
     }
 }
 
+/// Whether the AVX-512 kernels run (never off x86-64): the decoders that reassemble words
+/// from symbol indices there take values straight from the value decoder elsewhere.
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        simd::has_avx512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// A FILL blob when every element equals the first (at least two elements).
 fn fill_blob(data: &[u8], w: usize) -> Option<Vec<u8>> {
     (data.len() >= 2 * w && data.chunks_exact(w).all(|e| e == &data[..w])).then(|| {

@@ -217,7 +217,7 @@ fn decode_words(syms: &SymStream<'_>, rests: &[u8], out: &mut [u16]) -> Result<(
         } => (coded, table, values, *alphabet),
     };
     let mut d = rans::Decoder::new(coded)?;
-    let slots = (!avx512()).then(|| rans::SlotTable::new(table, values));
+    let slots = (!super::avx512()).then(|| rans::SlotTable::new(table, values));
     let mut idx = [0u8; BLOCK];
     let mut pairs = [0u16; BLOCK];
     let mut last = 0u16;
@@ -252,19 +252,7 @@ fn decode_words(syms: &SymStream<'_>, rests: &[u8], out: &mut [u16]) -> Result<(
     last_pair_ok(last, n)
 }
 
-/// Whether the AVX-512 reassembly runs (`combine`); the value decoder runs otherwise.
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        super::simd::has_avx512()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// The AVX-512 reassembly of whole groups of pairs where `avx512` says so; returns how many
+/// The AVX-512 reassembly of whole groups of pairs where the CPU has it; returns how many
 /// pairs it did.
 fn combine(
     values: &[u16; 256],

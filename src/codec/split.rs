@@ -349,7 +349,7 @@ pub(super) fn read_split<F: FnMut(usize, &[u16])>(
     put: F,
 ) -> Result<(), CodecError> {
     let (layout, syms, raw) = split_header(r, n)?;
-    if simd_combine() || layout.width() > 8 {
+    if super::avx512() || layout.width() > 8 {
         read_split_indices(&syms, raw, layout, n, None, put)
     } else {
         read_split_values(&syms, raw, layout, n, None, put)
@@ -360,7 +360,7 @@ pub(super) fn read_split<F: FnMut(usize, &[u16])>(
 pub(super) fn read_split_into(r: &mut Reader<'_>, out: &mut [u16]) -> Result<(), CodecError> {
     let n = out.len();
     let (layout, syms, raw) = split_header(r, n)?;
-    if simd_combine() || layout.width() > 8 {
+    if super::avx512() || layout.width() > 8 {
         read_split_indices(&syms, raw, layout, n, Some(out), |_, _| {})
     } else {
         read_split_values(&syms, raw, layout, n, Some(out), |_, _| {})
@@ -584,18 +584,6 @@ fn merge_rest(words: &mut [u16], rest: &[u8], layout: Layout) {
     for (o, &r) in words.iter_mut().zip(rest) {
         let r = u16::from(r);
         *o |= ((r >> mid) << 15) | ((r & low) << shift);
-    }
-}
-
-/// Whether `fast_combine` will run the AVX-512 reassembly.
-fn simd_combine() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        super::simd::has_avx512()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
