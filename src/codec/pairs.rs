@@ -96,9 +96,9 @@ pub fn plan(words: &[u16]) -> Option<PairsPlan> {
 }
 
 /// The histogram of the pair values, `None` where they take more than 256 values. The
-/// symbols' own values are ranked first: with at most 64 of them (trained weights have a few
-/// dozen exponents) each pair is counted in a table of at most 4096 entries, which stays in
-/// L1, instead of one of every 16-bit value.
+/// symbols' own values are ranked first: with at most 64 of them each pair is counted in a
+/// table of at most 4096 entries (64 KiB; trained weights have a few dozen exponents, so
+/// usually under 25 KiB, in L1) instead of one of every 16-bit value (1 MiB).
 fn pair_histogram(words: &[u16], pairs: &[u16]) -> Option<Histogram> {
     const MAX_RANKS: usize = 64;
     let mut seen = [false; 256];

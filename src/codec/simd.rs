@@ -376,7 +376,16 @@ impl Lut256 {
     #[inline]
     unsafe fn load(lut: &[u16; 256]) -> Lut256 {
         let l = lut.as_ptr() as *const __m512i;
-        Lut256(std::array::from_fn(|k| _mm512_loadu_si512(l.add(k))))
+        Lut256([
+            _mm512_loadu_si512(l),
+            _mm512_loadu_si512(l.add(1)),
+            _mm512_loadu_si512(l.add(2)),
+            _mm512_loadu_si512(l.add(3)),
+            _mm512_loadu_si512(l.add(4)),
+            _mm512_loadu_si512(l.add(5)),
+            _mm512_loadu_si512(l.add(6)),
+            _mm512_loadu_si512(l.add(7)),
+        ])
     }
 
     /// `lut[ix]` for 32 16-bit indices below `alphabet`.
