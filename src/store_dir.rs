@@ -125,9 +125,26 @@ impl StagedDir {
         })
     }
 
+    /// Moves the staged directory into place. An existing output is replaced (the caller
+    /// allowed it with `-f`), but a directory only when everything in it is replaced: `-o` at
+    /// a directory that holds anything else (other models, a home directory) is refused
+    /// rather than deleted.
     pub(crate) fn commit(mut self) -> Result<()> {
         let dst = &self.final_path;
-        if fs::symlink_metadata(dst).is_ok() {
+        if let Ok(meta) = fs::symlink_metadata(dst) {
+            if meta.is_dir() {
+                if let Some(extra) = first_extra(dst, &self.tmp, Path::new(""), &listed_in(dst)) {
+                    return Err(Error::invalid(
+                        dst,
+                        format!(
+                            "holds '{}', which this run does not write: -f replaces a \
+                             directory only when all of it is replaced (remove it, or choose \
+                             another output)",
+                            extra.display()
+                        ),
+                    ));
+                }
+            }
             let old = crate::fsutil::temp_name(dst).with_extension("old");
             fs::rename(dst, &old).map_err(|e| Error::io(dst, e))?;
             fs::rename(&self.tmp, dst).map_err(|e| Error::io(dst, e))?;
@@ -145,6 +162,57 @@ impl StagedDir {
         }
         Ok(())
     }
+}
+
+/// The files a compressed directory's index lists (its shards, side files and the index
+/// itself), relative to it: a bigsmall output that a run may replace even where it writes
+/// other names (a reshard into fewer shards). Nothing for any other directory.
+fn listed_in(dir: &Path) -> std::collections::HashSet<PathBuf> {
+    let Ok(index) = read_dir_index(dir) else {
+        return Default::default();
+    };
+    let files = index.shards.iter().map(|s| s.file.as_str());
+    files
+        .chain(index.side_files.iter().map(String::as_str))
+        .chain([DIR_INDEX])
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// The first file or directory under `old.join(rel)` (as a path relative to `old`) that
+/// replacing `old` by `new` would delete and that is neither in `new` (as the same kind) nor
+/// one of `ours`.
+fn first_extra(
+    old: &Path,
+    new: &Path,
+    rel: &Path,
+    ours: &std::collections::HashSet<PathBuf>,
+) -> Option<PathBuf> {
+    let Ok(entries) = fs::read_dir(old.join(rel)) else {
+        return Some(rel.to_path_buf());
+    };
+    let mut names: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    names.sort();
+    for name in names {
+        let r = rel.join(&name);
+        let Ok(om) = fs::symlink_metadata(old.join(&r)) else {
+            return Some(r);
+        };
+        let nm = fs::symlink_metadata(new.join(&r)).ok();
+        if om.is_dir() {
+            if nm.is_some_and(|m| !m.is_dir()) {
+                return Some(r);
+            }
+            if let Some(deeper) = first_extra(old, new, &r, ours) {
+                return Some(deeper);
+            }
+        } else if !ours.contains(&r) && nm.is_none_or(|m| m.is_dir()) {
+            return Some(r);
+        }
+    }
+    None
 }
 
 impl Drop for StagedDir {
@@ -472,4 +540,32 @@ pub fn decompress_dir_with(
     }
     staged.commit()?;
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extras_are_found_at_any_depth_unless_ours() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (old, new) = (d.path().join("old"), d.path().join("new"));
+        for p in ["old/a", "old/e", "new/a"] {
+            fs::create_dir_all(d.path().join(p)).expect("mkdir");
+        }
+        for p in ["old/a/b.txt", "old/c.bs", "new/c.bs", "old/e/f"] {
+            fs::write(d.path().join(p), b"x").expect("write");
+        }
+        let none = Default::default();
+        let root = Path::new("");
+        assert_eq!(first_extra(&old, &new, root, &none), Some("a/b.txt".into()));
+        let ours: std::collections::HashSet<PathBuf> = [PathBuf::from("a/b.txt")].into();
+        assert_eq!(first_extra(&old, &new, root, &ours), Some("e/f".into()));
+        let ours: std::collections::HashSet<PathBuf> = ["a/b.txt", "e/f"].map(PathBuf::from).into();
+        assert_eq!(first_extra(&old, &new, root, &ours), None);
+        // A file where the new output has a directory is not replaced silently either.
+        fs::create_dir(new.join("c.bs.d")).expect("mkdir");
+        fs::write(old.join("c.bs.d"), b"x").expect("write");
+        assert_eq!(first_extra(&old, &new, root, &ours), Some("c.bs.d".into()));
+    }
 }

@@ -776,15 +776,28 @@ fn existing_output_is_refused_unless_forced() {
     );
     assert!(e.contains("exists"), "{e}");
     assert_eq!(fs::read(out.join("keep.txt")).expect("read"), b"keep");
-    ok(&run([
-        "compress",
-        path_str(&fixture("sharded")),
-        "-o",
-        path_str(&out),
-        "-f",
-    ]));
+    // With -f too, while it holds something the run does not write: nothing is deleted.
+    let sharded = fixture("sharded");
+    let forced = ["compress", path_str(&sharded), "-o", path_str(&out), "-f"];
+    let e = fails(&run(forced), 1);
+    assert!(
+        e.contains("'keep.txt'") && e.contains("does not write"),
+        "{e}"
+    );
+    assert_eq!(fs::read(out.join("keep.txt")).expect("read"), b"keep");
+    assert_eq!(fs::read_dir(&out).expect("list").count(), 1, "untouched");
+    // Without it, -f replaces the directory, and replaces that output again.
+    fs::remove_file(out.join("keep.txt")).expect("rm");
+    fs::write(out.join("bigsmall.index.json"), b"stale").expect("write");
+    ok(&run(forced));
     assert!(out.join("bigsmall.index.json").is_file());
-    assert!(!out.join("keep.txt").exists(), "-f replaces the directory");
+    let first = fs::read(out.join("bigsmall.index.json")).expect("read");
+    assert_ne!(first, b"stale");
+    ok(&run(forced));
+    assert_eq!(
+        fs::read(out.join("bigsmall.index.json")).expect("read"),
+        first
+    );
     let back_dir = dir.path().join("back-dir");
     fs::create_dir(&back_dir).expect("mkdir");
     fs::write(back_dir.join("x"), b"x").expect("write");

@@ -510,9 +510,23 @@ fn a_non_empty_output_needs_force() {
     assert_eq!(tree(&out), before, "the output was touched");
     assert_no_leftovers(dir.path());
 
+    // -f does not delete what the run would not write either.
+    let err = reshard_fails(&[&bs], &out, &["--shards", "2", "-f"], 1);
+    assert!(err.contains("'keep.txt'"), "{err}");
+    assert_eq!(tree(&out), before, "the output was touched");
+    assert_no_leftovers(dir.path());
+    fs::remove_file(out.join("keep.txt")).expect("rm");
     reshard(&[&bs], &out, &["--shards", "2", "-f"]);
-    assert!(!out.join("keep.txt").exists());
     check_layout(&out);
+    // A compressed directory's own files may go: 3 shards replace 2 of other names.
+    reshard(&[&bs], &out, &["--shards", "3", "-f"]);
+    check_layout(&out);
+    assert_eq!(check_layout(&out).len(), 3);
+    let names: Vec<String> = fs::read_dir(&out)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("-of-00002")), "{names:?}");
     assert_no_leftovers(dir.path());
 
     // An existing empty directory is fine without -f.

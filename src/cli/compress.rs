@@ -19,7 +19,7 @@ pub struct Args {
     /// Output file (default: SRC with .bs extension; a directory for directory input)
     #[arg(short, long)]
     output: Option<PathBuf>,
-    /// Overwrite the output if it exists
+    /// Overwrite the output if it exists (a directory only when the run replaces all it holds)
     #[arg(short, long)]
     force: bool,
     #[command(flatten)]

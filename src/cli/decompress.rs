@@ -18,7 +18,7 @@ pub struct Args {
     /// Output file or directory (default: SRC with .safetensors extension, or without .bs)
     #[arg(short, long)]
     output: Option<PathBuf>,
-    /// Overwrite the output if it exists
+    /// Overwrite the output if it exists (a directory only when the run replaces all it holds)
     #[arg(short, long)]
     force: bool,
     /// Also check each tensor's md5 receipt (chunk checksums are always checked)

@@ -27,7 +27,8 @@ pub struct Args {
     /// Everything in one model.bs (overrides --shards and --size-gb)
     #[arg(long)]
     join: bool,
-    /// Replace the output directory if it exists and is not empty
+    /// Replace the output directory if it exists and is not empty (only when the run
+    /// replaces all it holds)
     #[arg(short, long)]
     force: bool,
     /// Also recompute every output tensor's md5 (chunk checksums are always checked)

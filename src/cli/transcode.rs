@@ -45,7 +45,7 @@ pub struct Args {
     /// Threads to re-encode (and measure decode) with, 1 to 1024 [default: all cores]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
-    /// Replace DST if it exists
+    /// Replace DST if it exists (a directory only when the run replaces all it holds)
     #[arg(short, long)]
     force: bool,
     /// Skip measuring the decode speed of source and output
