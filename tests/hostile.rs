@@ -805,6 +805,14 @@ fn lying_receipts_are_integrity_failures() {
             false,
         ),
         (
+            "codec field other than the blob's tag",
+            edit_index(bs, |v| {
+                let c = chunk0(v, 0)["c"].as_u64().expect("codec");
+                chunk0(v, 0)["c"] = json!((c + 1) % 8);
+            }),
+            false,
+        ),
+        (
             "md5 receipt",
             edit_index(bs, |v| {
                 // Its duplicates carry the same receipt (the index requires it).

@@ -317,7 +317,12 @@ impl Container {
             }
             return Ok(());
         }
-        let decoded = if c.grouped() {
+        let decoded = if self.blob(c).first() != Some(&c.codec) {
+            // Reports (`stat`, `info`) name codecs from the index without reading blobs.
+            Err(crate::codec::CodecError::Corrupt(
+                "the blob's codec tag is not the one the index records",
+            ))
+        } else if c.grouped() {
             group_blob(self, self.kinds[s], c, out)
         } else {
             decode_chunk(self.kinds[s], self.blob(c), out)
