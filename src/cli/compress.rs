@@ -35,7 +35,9 @@ pub struct Args {
     /// Pick the closest base under the --base-dir directories by fingerprint
     #[arg(long, requires = "base_dir")]
     auto_delta: bool,
-    /// Where --auto-delta looks for bases (repeatable)
+    /// Where --auto-delta looks for bases (repeatable); their fingerprints are cached in
+    /// DIR/.bigsmall-fingerprints.json, or under $XDG_CACHE_HOME/bigsmall (default
+    /// ~/.cache/bigsmall) where DIR is read-only
     #[arg(long, value_name = "DIR", requires = "auto_delta")]
     base_dir: Vec<PathBuf>,
     /// Silence the warning printed when most matched weights changed
