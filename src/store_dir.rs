@@ -166,7 +166,7 @@ impl StagedDir {
 
 /// The files a compressed directory's index lists (its shards, side files and the index
 /// itself), relative to it: a bigsmall output that a run may replace even where it writes
-/// other names (a reshard into fewer shards). Nothing for any other directory.
+/// other names (a reshard into another shard count). Nothing for any other directory.
 fn listed_in(dir: &Path) -> std::collections::HashSet<PathBuf> {
     let Ok(index) = read_dir_index(dir) else {
         return Default::default();
