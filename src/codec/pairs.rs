@@ -494,12 +494,16 @@ mod tests {
             .collect()
     }
 
+    /// Element counts around the group (32 pairs) and block (2048 pairs) edges, odd and even,
+    /// up to 20,001.
+    const EDGE_LENGTHS: [usize; 14] = [
+        0, 1, 2, 3, 63, 64, 65, 4095, 4096, 4097, 4160, 8191, 20_000, 20_001,
+    ];
+
     #[test]
     fn every_path_decodes_every_length() {
         let words = weights(20_001, 7);
-        for n in [
-            0, 1, 2, 3, 63, 64, 65, 4095, 4096, 4097, 4160, 20_000, 20_001,
-        ] {
+        for n in EDGE_LENGTHS {
             roundtrip(&words[..n]).unwrap();
         }
     }
@@ -590,9 +594,7 @@ mod tests {
     #[test]
     fn pairs8_decode_on_every_path_and_length() {
         let data = fp8(20_001, 9);
-        for n in [
-            0, 1, 2, 3, 63, 64, 65, 4095, 4096, 4097, 8191, 20_000, 20_001,
-        ] {
+        for n in EDGE_LENGTHS {
             let blob = plan8(&data[..n]).write(&data[..n]);
             for got in decoders8(&blob, n) {
                 assert!(got.unwrap() == data[..n]);
