@@ -234,6 +234,67 @@ pub(crate) fn copy_side_file(src_root: &Path, dst_root: &Path, rel: &Path) -> Re
     Ok(())
 }
 
+/// One shard's part of a directory's ECC check or repair.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardRepair {
+    /// The shard, relative to the directory.
+    pub file: String,
+    #[serde(flatten)]
+    pub report: crate::integrity::ecc::EccReport,
+}
+
+/// Checks every shard of a compressed directory against its sidecar (`SHARD.ecc`, which
+/// `compress --ecc` writes beside each shard); with `output`, writes the recovered directory
+/// there: each shard repaired, with a fresh sidecar beside it, and the index and side files
+/// copied. The index and side files carry no parity. Nothing appears under `output` unless
+/// every shard was recovered.
+pub fn check_or_repair_dir(
+    dir: &Path,
+    output: Option<&Path>,
+    overwrite: bool,
+) -> Result<Vec<ShardRepair>> {
+    let index_path = dir.join(DIR_INDEX);
+    let index = read_dir_index(dir)?;
+    let staged = output
+        .map(|o| StagedDir::create(o, overwrite))
+        .transpose()?;
+    let mut reports = Vec::with_capacity(index.shards.len());
+    for s in &index.shards {
+        let rel = safe_rel(&index_path, &s.file)?;
+        let shard = dir.join(&rel);
+        let sidecar = crate::integrity::ecc::sidecar_path(&shard);
+        if fs::symlink_metadata(&sidecar).is_err() {
+            return Err(Error::invalid(
+                &shard,
+                "has no ECC sidecar beside it (compress --ecc writes one per shard)",
+            ));
+        }
+        let out = match &staged {
+            Some(st) => {
+                let o = st.tmp.join(&rel);
+                if let Some(parent) = o.parent() {
+                    fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+                }
+                Some(o)
+            }
+            None => None,
+        };
+        let report = crate::integrity::ecc::check_or_repair(&shard, &sidecar, out.as_deref())?;
+        reports.push(ShardRepair {
+            file: s.file.clone(),
+            report,
+        });
+    }
+    if let Some(st) = staged {
+        for rel in &index.side_files {
+            copy_side_file(dir, &st.tmp, &safe_rel(&index_path, rel)?)?;
+        }
+        copy_side_file(dir, &st.tmp, Path::new(DIR_INDEX))?;
+        st.commit()?;
+    }
+    Ok(reports)
+}
+
 /// Compresses a model directory into a directory of `.bs` files plus `bigsmall.index.json`.
 pub fn compress_dir(
     src: &Path,

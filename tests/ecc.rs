@@ -188,3 +188,82 @@ mod hostile_sidecars {
         }
     }
 }
+
+/// A compressed directory with `--ecc`: each shard has its own sidecar, and `repair DIR`
+/// checks and recovers them all.
+#[test]
+fn a_compressed_directory_is_checked_and_repaired_shard_by_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("model");
+    ok(&run([
+        "compress".as_ref(),
+        fixture("sharded").as_os_str(),
+        "-o".as_ref(),
+        d.as_os_str(),
+        "--ecc".as_ref(),
+        "--no-progress".as_ref(),
+    ]));
+    let dp = path_str(&d).to_string();
+    let shard = d.join("model-00002-of-00002.bs");
+    let pristine = fs::read(&shard).unwrap();
+    let intact = ok(&run(["repair", &dp, "--check"]));
+    assert_eq!(intact.matches("intact").count(), 2, "{intact}");
+
+    // A burst in one shard: reported by verify and the check, repaired into a new directory.
+    let mut data = pristine.clone();
+    data[3000..3400].iter_mut().for_each(|b| *b ^= 0x5a);
+    fs::write(&shard, &data).unwrap();
+    let v = run(["verify", &dp]);
+    assert_eq!(code(&v), 3);
+    assert!(stdout(&v).contains("repairable with `bigsmall repair`"));
+    let check = ok(&run(["repair", &dp, "--check"]));
+    assert!(check.contains("repairable: run with -o OUT"), "{check}");
+    let j = json(&ok(&run(["repair", &dp, "--check", "--json"])));
+    assert_eq!(j["shards"][1]["file"], "model-00002-of-00002.bs");
+    assert!(j["shards"][1]["damaged_blocks"].as_u64().unwrap() > 0);
+    assert_eq!(j["lost_blocks"], 0);
+    let fixed = dir.path().join("fixed");
+    ok(&run(["repair", &dp, "-o", path_str(&fixed)]));
+    assert!(fs::read(fixed.join("model-00002-of-00002.bs")).unwrap() == pristine);
+    for f in [
+        "bigsmall.index.json",
+        "config.json",
+        "model-00001-of-00002.bs",
+    ] {
+        assert_eq!(
+            fs::read(fixed.join(f)).unwrap(),
+            fs::read(d.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    assert!(sidecar_path(&fixed.join("model-00002-of-00002.bs")).is_file());
+    assert!(ok(&run(["verify", path_str(&fixed)]))
+        .trim_end()
+        .ends_with("OK"));
+    let again = ok(&run(["repair", path_str(&fixed), "--check"]));
+    assert_eq!(again.matches("intact").count(), 2, "{again}");
+
+    // Damage beyond the parity: exit 3, nothing written.
+    data[1000..60_000].fill(0x55);
+    fs::write(&shard, &data).unwrap();
+    let never = dir.path().join("never");
+    let e = fails(&run(["repair", &dp, "-o", path_str(&never)]), 3);
+    assert!(e.contains("exceeds") || e.contains("beyond"), "{e}");
+    assert!(!never.exists());
+    let c = run(["repair", &dp, "--check"]);
+    assert_eq!(code(&c), 3);
+    assert!(stdout(&c).contains("NOT repairable"), "{}", stdout(&c));
+
+    // A shard without its sidecar, and --ecc with a directory, are errors.
+    fs::write(&shard, &pristine).unwrap();
+    fs::remove_file(sidecar_path(&d.join("model-00001-of-00002.bs"))).unwrap();
+    let e = fails(&run(["repair", &dp, "-o", path_str(&never)]), 1);
+    assert!(
+        e.contains("model-00001-of-00002.bs") && e.contains("no ECC sidecar"),
+        "{e}"
+    );
+    assert!(!never.exists());
+    let e = fails(&run(["repair", &dp, "--check", "--ecc", "x.ecc"]), 1);
+    assert!(e.contains("--ecc"), "{e}");
+    assert_no_leftovers(dir.path());
+}
