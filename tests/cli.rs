@@ -1406,3 +1406,37 @@ fn hidden_entries_are_reported_as_skipped() {
     );
     assert!(!out.join(".gitattributes").exists());
 }
+
+#[test]
+fn stat_of_a_directory_names_each_rows_shard() {
+    let dir = tmp();
+    let out = dir.path().join("model");
+    let sharded = fixture("sharded");
+    ok(&run([
+        "compress",
+        path_str(&sharded),
+        "-o",
+        path_str(&out),
+        "--no-progress",
+    ]));
+    let rows = json(&ok(&run(["stat", path_str(&out), "--json"])));
+    let rows = rows.as_array().expect("rows");
+    let shards: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .map(|r| r["shard"].as_str().expect("a shard on every row"))
+        .collect();
+    assert_eq!(
+        shards.into_iter().collect::<Vec<_>>(),
+        ["model-00001-of-00002.bs", "model-00002-of-00002.bs"]
+    );
+    let text = ok(&run(["stat", path_str(&out), "--sort", "ratio"]));
+    assert!(text.starts_with("shard"), "{text}");
+    assert_eq!(text.lines().count(), rows.len() + 1);
+    // One file: no shard column or field.
+    let one = json(&ok(&run([
+        "stat",
+        path_str(&out.join("model-00001-of-00002.bs")),
+        "--json",
+    ])));
+    assert!(one[0].get("shard").is_none());
+}

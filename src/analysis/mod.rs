@@ -20,6 +20,9 @@ use crate::model::safetensors::{dtype_name, SafetensorsFile};
 /// One tensor's line in `stat`.
 #[derive(Debug, Clone, Serialize)]
 pub struct TensorStat {
+    /// The shard holding it, for a compressed directory (`index` counts within the shard).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
     pub index: usize,
     pub name: String,
     pub shape: Vec<u64>,
@@ -80,6 +83,7 @@ pub fn tensor_stats(c: &Container) -> Vec<TensorStat> {
             let raw = t.raw_len();
             let stored = t.stored_len();
             TensorStat {
+                shard: None,
                 index: i,
                 name: t.name.clone(),
                 shape: t.shape.clone(),

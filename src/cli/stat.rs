@@ -42,8 +42,14 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let mut rows = Vec::new();
-    for f in container_files(&a.file)? {
-        rows.extend(tensor_stats(&Container::open(&f)?));
+    let files = container_files(&a.file)?;
+    let sharded = a.file.is_dir();
+    for f in &files {
+        let shard = sharded.then(|| f.file_name().map(|n| n.to_string_lossy().into_owned()));
+        rows.extend(tensor_stats(&Container::open(f)?).into_iter().map(|mut r| {
+            r.shard = shard.clone().flatten();
+            r
+        }));
     }
     if let Some(t) = &a.tensor {
         rows.retain(|r| r.name.contains(t.as_str()));
@@ -67,9 +73,23 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    // A directory's rows say which shard holds them (their # counts within it).
+    let sw = rows
+        .iter()
+        .filter_map(|r| r.shard.as_ref().map(String::len))
+        .max();
+    let shard_col = |v: &str| sw.map_or(String::new(), |sw| format!("{v:<sw$}  "));
     let mut s = format!(
-        "{:>5}  {:<w$}  {:<18} {:<8} {:<14} {:>11} {:>11} {:>8}\n",
-        "#", "name", "shape", "dtype", "codec", "raw", "stored", "ratio"
+        "{}{:>5}  {:<w$}  {:<18} {:<8} {:<14} {:>11} {:>11} {:>8}\n",
+        shard_col("shard"),
+        "#",
+        "name",
+        "shape",
+        "dtype",
+        "codec",
+        "raw",
+        "stored",
+        "ratio"
     );
     for r in &rows {
         let shape = format!(
@@ -81,7 +101,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 .join(",")
         );
         s += &format!(
-            "{:>5}  {:<w$}  {:<18} {:<8} {:<14} {:>11} {:>11} {:>8}\n",
+            "{}{:>5}  {:<w$}  {:<18} {:<8} {:<14} {:>11} {:>11} {:>8}\n",
+            shard_col(r.shard.as_deref().unwrap_or("")),
             r.index,
             r.name,
             shape,
