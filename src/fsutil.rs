@@ -260,14 +260,8 @@ pub fn check_not_input(output: &Path, inputs: &[&Path]) -> Result<()> {
 /// Refuses an output directory that holds the input (replacing it would delete the input) or
 /// lies inside it.
 pub fn check_apart(input: &Path, output: &Path) -> Result<()> {
-    let (i, o) = (resolved(input), resolved(output));
-    if i.starts_with(&o) {
-        return Err(Error::invalid(
-            output,
-            format!("holds the input {}; choose another output", input.display()),
-        ));
-    }
-    if o.starts_with(&i) {
+    check_not_input(output, &[input])?;
+    if resolved(output).starts_with(resolved(input)) {
         return Err(Error::invalid(
             output,
             format!(

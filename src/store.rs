@@ -1500,6 +1500,8 @@ pub fn decompress_file_with(
 ) -> Result<DecompressReport> {
     let started = Instant::now();
     let mut c = Container::open(src)?;
+    // Before the base's receipts, which may hash the whole base.
+    check_output(dst, opts.overwrite)?;
     if let Some(b) = base {
         c.attach_base(b)?;
         if opts.check_md5 {
@@ -1507,7 +1509,6 @@ pub fn decompress_file_with(
         }
     }
     c.check_decodable()?;
-    check_output(dst, opts.overwrite)?;
     let mut out = AtomicFile::create(dst)?;
     let header = c.index.source.header.as_bytes();
     out.write_all(&(header.len() as u64).to_le_bytes())?;

@@ -231,7 +231,6 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 d.resized_tensors.len(),
                 d.removed_tensors.len()
             );
-
             s += &format!(
                 "changed:    {} of {} matched bytes ({:.2}%)\n",
                 thousands(d.changed_bytes),
