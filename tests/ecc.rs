@@ -265,5 +265,11 @@ fn a_compressed_directory_is_checked_and_repaired_shard_by_shard() {
     assert!(!never.exists());
     let e = fails(&run(["repair", &dp, "--check", "--ecc", "x.ecc"]), 1);
     assert!(e.contains("--ecc"), "{e}");
+    // The output may not be the directory itself, nor lie inside it.
+    for o in [d.clone(), d.join("fixed")] {
+        let e = fails(&run(["repair", &dp, "-o", path_str(&o), "-f"]), 1);
+        assert!(e.contains("the input"), "{e}");
+    }
+    assert!(!d.join("fixed").exists());
     assert_no_leftovers(dir.path());
 }

@@ -103,7 +103,7 @@ fn run_dir(a: Args) -> anyhow::Result<i32> {
     }
     let output = if a.check { None } else { a.output.clone() };
     if let Some(o) = &output {
-        bigsmall::fsutil::check_not_input(o, &[&a.file])?;
+        bigsmall::fsutil::check_apart(&a.file, o)?;
     }
     let started = std::time::Instant::now();
     let shards = bigsmall::store_dir::check_or_repair_dir(&a.file, output.as_deref(), a.force)?;
