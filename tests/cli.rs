@@ -242,15 +242,59 @@ fn directory_roundtrip() {
         );
     }
 
-    // Reports understand the directory.
-    let info = json(&ok(&run(["info", path_str(&bs), "--json"])));
-    assert_eq!(
-        info.as_array().map(Vec::len),
-        Some(2),
-        "one report per shard"
-    );
+    // Reports understand the directory. info gives one report for the model: its layers
+    // span both shards (layer 0 and the embedding in the first, layer 1 in the second), so
+    // the layer count and the streaming estimate are the model's, checked here against the
+    // rows stat gives.
     let stat = json(&ok(&run(["stat", path_str(&bs), "--json"])));
-    assert_eq!(stat.as_array().map(Vec::len), Some(20));
+    let rows = stat.as_array().expect("rows");
+    assert_eq!(rows.len(), 20);
+    let mut layers: BTreeMap<u64, u64> = BTreeMap::new();
+    let (mut non_layer, mut raw) = (0u64, 0u64);
+    for r in rows {
+        let n = r["raw_bytes"].as_u64().expect("raw");
+        raw += n;
+        let name = r["name"].as_str().expect("name");
+        match name.strip_prefix("model.layers.") {
+            Some(rest) => {
+                let l = rest
+                    .split('.')
+                    .next()
+                    .expect("index")
+                    .parse()
+                    .expect("number");
+                *layers.entry(l).or_default() += n;
+            }
+            None => non_layer += n,
+        }
+    }
+    assert_eq!(layers.len(), 2);
+    let info = json(&ok(&run(["info", path_str(&bs), "--json"])));
+    assert_eq!(info["tensor_count"], 20, "{info}");
+    assert_eq!(info["layer_count"], 2, "{info}");
+    assert_eq!(info["non_layer_raw_bytes"].as_u64(), Some(non_layer));
+    let largest = *layers.values().max().expect("layers");
+    let window = (bigsmall::store::DECODE_WINDOW_BYTES as u64).min(raw);
+    assert_eq!(
+        info["streaming_peak_ram_est"].as_u64(),
+        Some(non_layer + largest + window)
+    );
+    let shard_files = ["model-00001-of-00002.bs", "model-00002-of-00002.bs"];
+    let sizes: u64 = shard_files.iter().map(|f| len(&bs.join(f))).sum();
+    assert_eq!(info["file_size"].as_u64(), Some(sizes));
+    let listed: Vec<&str> = info["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .map(|x| x["file"].as_str().expect("file"))
+        .collect();
+    assert_eq!(listed, shard_files);
+    let text = ok(&run(["info", path_str(&bs)]));
+    assert!(text.starts_with("bigsmall directory: "), "{text}");
+    assert!(text.contains("  layer_count                2\n"), "{text}");
+    for f in shard_files {
+        assert!(text.contains(f), "{text}");
+    }
     for args in [
         vec!["verify", path_str(&bs)],
         vec!["verify", "--fast", path_str(&bs)],

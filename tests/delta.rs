@@ -561,6 +561,22 @@ fn directory_patches_rebuild_from_model_and_compressed_dir_bases() {
         // verify needs the base for every shard.
         let v = ok(&run(["verify", s(&p), "--base", s(b)]));
         assert_eq!(v.lines().last(), Some("OK"), "{v}");
+        // info sums the shards' patch figures: every tensor is unchanged, a delta or
+        // standalone, and the base is the whole 20-tensor model.
+        let i = json(&ok(&run(["info", s(&p), "--json"])));
+        let pi = &i["patch"];
+        let kinds: u64 = ["unchanged_tensors", "delta_tensors", "standalone_tensors"]
+            .iter()
+            .map(|k| pi[k].as_u64().expect("count"))
+            .sum();
+        assert_eq!(kinds, 20, "{tag}: {i}");
+        assert!(pi["delta_tensors"].as_u64() > Some(0), "{tag}: {i}");
+        assert_eq!(pi["base_tensor_count"], 20, "{tag}: {i}");
+        assert_eq!(
+            pi["base_fingerprint"].as_str().map(str::len),
+            Some(32),
+            "{tag}: one base for every shard: {i}"
+        );
     }
 
     // A single-file fine-tune of the same model against the sharded base, both forms; and a

@@ -142,10 +142,57 @@ pub struct Info {
     /// `--group-streams` decisions (empty when the file was written without it).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<crate::format::GroupInfo>,
+    /// A compressed directory's shards (empty for one file).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardInfo>,
+}
+
+/// One shard's line in `info` of a compressed directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardInfo {
+    pub file: String,
+    pub source_file: String,
+    pub tensor_count: usize,
+    pub file_size: u64,
+    pub source_size: u64,
+    pub ratio_pct: f64,
 }
 
 pub fn info(c: &Container) -> Info {
-    let stats = tensor_stats(c);
+    summarize(c.path.display().to_string(), &[(None, c)])
+}
+
+/// `info` of a compressed directory: one report for the whole model. Layers, the streaming
+/// estimate and the ranked tensors are the model's (a layer may span two shards); sizes are
+/// the shards' (the index and side files are not counted, as `compress` counts them).
+pub fn info_dir(dir: &Path, shards: &[(String, Container)]) -> Info {
+    let named: Vec<(Option<&str>, &Container)> =
+        shards.iter().map(|(n, c)| (Some(n.as_str()), c)).collect();
+    summarize(dir.display().to_string(), &named)
+}
+
+/// The distinct `values`, in order of first appearance, joined with ", " (shards normally
+/// agree, and then this is their one value).
+fn distinct(values: impl IntoIterator<Item = String>) -> String {
+    let mut seen: Vec<String> = Vec::new();
+    for v in values {
+        if !seen.contains(&v) {
+            seen.push(v);
+        }
+    }
+    seen.join(", ")
+}
+
+fn summarize(file: String, cs: &[(Option<&str>, &Container)]) -> Info {
+    let stats: Vec<TensorStat> = cs
+        .iter()
+        .flat_map(|&(shard, c)| {
+            tensor_stats(c).into_iter().map(move |mut s| {
+                s.shard = shard.map(str::to_string);
+                s
+            })
+        })
+        .collect();
     let mut dtypes: BTreeMap<String, Breakdown> = BTreeMap::new();
     let mut codecs: BTreeMap<String, Breakdown> = BTreeMap::new();
     let mut roles: BTreeMap<String, Breakdown> = BTreeMap::new();
@@ -169,6 +216,7 @@ pub fn info(c: &Container) -> Info {
     }
     let largest_layer = layers.values().copied().max().unwrap_or(0);
     let window = crate::store::DECODE_WINDOW_BYTES as u64;
+    let raw_data: u64 = cs.iter().map(|(_, c)| c.raw_data_len()).sum();
     let mut ranked: Vec<TensorStat> = stats
         .iter()
         .filter(|s| s.raw_bytes > 0 && s.codec != "dup_ref" && s.codec != "base_same")
@@ -182,54 +230,89 @@ pub fn info(c: &Container) -> Info {
     });
     let best: Vec<TensorStat> = ranked.iter().take(5).cloned().collect();
     let worst: Vec<TensorStat> = ranked.iter().rev().take(5).cloned().collect();
-    let source_size = c.index.source.file_size;
-    let patch = c.index.base.as_ref().map(|b| {
-        let ts = &c.index.tensors;
-        PatchInfo {
-            base_fingerprint: b.fingerprint.clone(),
-            made_from: b.made_from.clone(),
-            base_tensor_count: b.tensor_count,
-            removed: b.removed.clone(),
-            unchanged_tensors: ts
-                .iter()
-                .filter(|t| t.delta.as_ref().is_some_and(|d| d.same))
-                .count(),
-            delta_tensors: ts
-                .iter()
-                .filter(|t| t.chunks.iter().any(|c| c.delta))
-                .count(),
-            standalone_tensors: ts
-                .iter()
-                .filter(|t| {
-                    !t.delta.as_ref().is_some_and(|d| d.same) && !t.chunks.iter().any(|c| c.delta)
-                })
-                .count(),
-        }
-    });
+    let file_size: u64 = cs.iter().map(|(_, c)| c.file_size()).sum();
+    let source_size: u64 = cs.iter().map(|(_, c)| c.index.source.file_size).sum();
+    let patch = patch_info(cs);
+    let shards: Vec<ShardInfo> = cs
+        .iter()
+        .filter_map(|&(shard, c)| {
+            shard.map(|name| ShardInfo {
+                file: name.to_string(),
+                source_file: c.index.source.file_name.clone(),
+                tensor_count: c.index.tensors.len(),
+                file_size: c.file_size(),
+                source_size: c.index.source.file_size,
+                ratio_pct: c.file_size() as f64 * 100.0 / c.index.source.file_size.max(1) as f64,
+            })
+        })
+        .collect();
     Info {
-        file: c.path.display().to_string(),
-        container_version: format!("{}.{}", c.version.0, c.version.1),
-        created_by: c.index.created_by.clone(),
-        mode: c.index.mode.name().to_string(),
-        source_file: c.index.source.file_name.clone(),
-        file_size: c.file_size(),
+        file,
+        container_version: distinct(
+            cs.iter()
+                .map(|(_, c)| format!("{}.{}", c.version.0, c.version.1)),
+        ),
+        created_by: distinct(cs.iter().map(|(_, c)| c.index.created_by.clone())),
+        mode: distinct(cs.iter().map(|(_, c)| c.index.mode.name().to_string())),
+        source_file: if shards.is_empty() {
+            distinct(cs.iter().map(|(_, c)| c.index.source.file_name.clone()))
+        } else {
+            format!("{} safetensors shards", shards.len())
+        },
+        file_size,
         source_size,
-        ratio_pct: c.file_size() as f64 * 100.0 / source_size.max(1) as f64,
+        ratio_pct: file_size as f64 * 100.0 / source_size.max(1) as f64,
         tensor_count: stats.len(),
         chunk_count: stats.iter().map(|s| s.chunks).sum(),
-        duplicates: c.index.duplicates(),
-        groups: c.index.groups.clone(),
+        duplicates: cs.iter().map(|(_, c)| c.index.duplicates()).sum(),
+        groups: cs
+            .iter()
+            .flat_map(|(_, c)| c.index.groups.clone())
+            .collect(),
         layer_count: layers.len(),
         non_layer_raw_bytes: non_layer,
         largest_layer_raw_bytes: largest_layer,
-        streaming_peak_ram_est: non_layer + largest_layer + window.min(c.raw_data_len()),
+        streaming_peak_ram_est: non_layer + largest_layer + window.min(raw_data),
         dtypes,
         codecs,
         roles,
         best,
         worst,
         patch,
+        shards,
     }
+}
+
+/// What the patches among `cs` say, summed over them. Every shard of a patched directory
+/// records the same base (the whole base model) and the same removed tensors.
+fn patch_info(cs: &[(Option<&str>, &Container)]) -> Option<PatchInfo> {
+    let patches: Vec<&Container> = cs
+        .iter()
+        .map(|&(_, c)| c)
+        .filter(|c| c.index.base.is_some())
+        .collect();
+    let first = patches.first()?.index.base.as_ref()?;
+    let count = |f: &dyn Fn(&TensorEntry) -> bool| -> usize {
+        patches
+            .iter()
+            .map(|c| c.index.tensors.iter().filter(|t| f(t)).count())
+            .sum()
+    };
+    let same = |t: &TensorEntry| t.delta.as_ref().is_some_and(|d| d.same);
+    let delta = |t: &TensorEntry| t.chunks.iter().any(|c| c.delta);
+    Some(PatchInfo {
+        base_fingerprint: distinct(
+            patches
+                .iter()
+                .filter_map(|c| c.index.base.as_ref().map(|b| b.fingerprint.clone())),
+        ),
+        made_from: first.made_from.clone(),
+        base_tensor_count: first.tensor_count,
+        removed: first.removed.clone(),
+        unchanged_tensors: count(&same),
+        delta_tensors: count(&delta),
+        standalone_tensors: count(&|t| !same(t) && !delta(t)),
+    })
 }
 
 /// Per-file facts `scan` reports.

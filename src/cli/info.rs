@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use bigsmall::analysis::{info, Breakdown, Info, TensorStat};
+use bigsmall::analysis::{info, info_dir, Breakdown, Info, TensorStat};
 use bigsmall::format::reader::Container;
 
-use super::{container_files, emit, emit_json, human, thousands};
+use super::{container_files, emit, emit_json, human, is_bs_dir, thousands};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  bigsmall info model.bs\n  bigsmall info llama.bs/ --json")]
@@ -56,7 +56,15 @@ fn ranked(title: &str, rows: &[TensorStat]) -> String {
 
 fn render(i: &Info) -> String {
     let kv = |k: &str, v: String| format!("  {k:<26} {v}\n");
-    let mut s = format!("bigsmall container: {}\n", i.file);
+    let mut s = if i.shards.is_empty() {
+        format!("bigsmall container: {}\n", i.file)
+    } else {
+        format!(
+            "bigsmall directory: {} ({} shards)\n",
+            i.file,
+            i.shards.len()
+        )
+    };
     s += &kv("container_version", i.container_version.clone());
     s += &kv("created_by", i.created_by.clone());
     s += &kv("mode", i.mode.clone());
@@ -76,6 +84,20 @@ fn render(i: &Info) -> String {
         ),
     );
     s += &kv("ratio", format!("{:.2}% of source", i.ratio_pct));
+    if !i.shards.is_empty() {
+        s += "  shards (the index and side files not counted)\n";
+        let w = i.shards.iter().map(|x| x.file.len()).max().unwrap_or(0);
+        for x in &i.shards {
+            s += &format!(
+                "    {:<w$} {:>5} tensors {:>12} -> {:>12} {:>8}\n",
+                x.file,
+                x.tensor_count,
+                human(x.source_size),
+                human(x.file_size),
+                pct(x.file_size, x.source_size)
+            );
+        }
+    }
     if i.duplicates > 0 {
         s += &kv(
             "duplicates",
@@ -159,33 +181,20 @@ fn render(i: &Info) -> String {
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let files = container_files(&a.file)?;
-    let mut infos = Vec::new();
-    for f in &files {
-        infos.push(info(&Container::open(f)?));
-    }
-    if a.json {
-        if infos.len() == 1 {
-            emit_json(&infos[0]);
-        } else {
-            emit_json(&infos);
+    let i = if is_bs_dir(&a.file) {
+        let mut shards = Vec::new();
+        for f in &files {
+            let name = f.strip_prefix(&a.file).unwrap_or(f);
+            shards.push((name.display().to_string(), Container::open(f)?));
         }
+        info_dir(&a.file, &shards)
     } else {
-        let mut s = String::new();
-        for i in &infos {
-            s += &render(i);
-        }
-        if infos.len() > 1 {
-            let file: u64 = infos.iter().map(|i| i.file_size).sum();
-            let src: u64 = infos.iter().map(|i| i.source_size).sum();
-            s += &format!(
-                "total: {} shards, {} bytes of {} ({})\n",
-                infos.len(),
-                thousands(file),
-                thousands(src),
-                pct(file, src)
-            );
-        }
-        emit(&s);
+        info(&Container::open(&a.file)?)
+    };
+    if a.json {
+        emit_json(&i);
+    } else {
+        emit(&render(&i));
     }
     Ok(0)
 }
