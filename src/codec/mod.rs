@@ -260,17 +260,20 @@ pub fn encode_sparse_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u
         };
         (best, planes + 1, plane_h)
     });
+    // Runs of zeros are where an LZ coder beats order-0 coding, even in inference mode; it
+    // is not tried where the zeros lie scattered (except in storage mode, which tries all).
+    let lz = effort.zstd_always() || !words.as_deref().is_some_and(stream::zeros_scattered);
     let best = match whole {
         Some((Some(whole), planes, ..))
             if !effort.zstd_always()
                 && (whole.bytes() * 10 < planes * 9
-                    || (effort.zstd_level().is_none() && whole.bytes() < planes)) =>
+                    || ((effort.zstd_level().is_none() || !lz) && whole.bytes() < planes)) =>
         {
             whole.write()
         }
         Some((whole, _, plane_h)) => {
             let words = words.as_deref().expect("16-bit elements");
-            let planes = encode_planes16(words, &plane_h, effort);
+            let planes = encode_planes16(words, &plane_h, effort, lz);
             match whole {
                 Some(whole) if whole.bytes() + 1 < planes.len() => whole.write(),
                 _ => planes,
@@ -278,8 +281,7 @@ pub fn encode_sparse_chunk(kind: ElemKind, data: &[u8], effort: Effort) -> Vec<u
         }
         None => encode_planes(data, w, effort),
     };
-    // Long zero runs are where an LZ coder beats order-0 coding, even in inference mode.
-    let level = Some(effort.zstd_level().unwrap_or(1).max(3));
+    let level = lz.then(|| effort.zstd_level().unwrap_or(1).max(3));
     zstd_or_raw(data, effort, level, best)
 }
 
@@ -392,7 +394,12 @@ pub fn decodes_to(kind: ElemKind, blob: &[u8], data: &[u8]) -> bool {
 
 /// `encode_planes` for 16-bit elements whose planes' histograms are counted: the planes are
 /// read in place from the words (no plane is gathered unless zstd is tried on it).
-fn encode_planes16(words: &[u16], planes: &[stream::Histogram; 2], effort: Effort) -> Vec<u8> {
+fn encode_planes16(
+    words: &[u16],
+    planes: &[stream::Histogram; 2],
+    effort: Effort,
+    lz: bool,
+) -> Vec<u8> {
     let mut out = vec![tag::PLANES];
     let keys = [
         rans::WordKey {
@@ -409,7 +416,13 @@ fn encode_planes16(words: &[u16], planes: &[stream::Histogram; 2], effort: Effor
         },
     ];
     for (key, h) in keys.into_iter().zip(planes) {
-        stream::write_byte_stream(stream::ByteStream::Field(words, key), h, effort, &mut out);
+        stream::write_byte_stream(
+            stream::ByteStream::Field(words, key),
+            h,
+            effort,
+            lz,
+            &mut out,
+        );
     }
     out
 }
@@ -661,6 +674,63 @@ mod tests {
         }
     }
 
+    /// A 1 MiB chunk of differences, 576-element rows: `changed(row, col)` says which
+    /// elements differ; those get small random values, as ±1–3-ulp nudges leave.
+    fn differences(changed: impl Fn(usize, usize) -> bool) -> Vec<u16> {
+        let mut x = 99u64;
+        (0..1usize << 19)
+            .map(|i| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                if changed(i / 576, i % 576) {
+                    1 + (x >> 61) as u16
+                } else {
+                    0
+                }
+            })
+            .collect()
+    }
+
+    /// zstd is tried on a difference where unchanged weights come in runs (half the rows of
+    /// a chunk: too many changes for SPARSE16), and wins there by a tenth or more; it is
+    /// skipped where they lie scattered.
+    #[test]
+    fn differences_try_zstd_only_on_runs_of_zeros() {
+        let hash = |r: usize, c: usize| (r * 7919 + c * 104729) % 1000;
+        let rows = differences(|r, _| hash(r, 0) < 500);
+        let scattered = differences(|r, c| hash(r, c) < 500);
+        assert!(!stream::zeros_scattered(&rows));
+        assert!(stream::zeros_scattered(&scattered));
+        // Too short to tell, nearly all zero, or hardly any zero.
+        assert!(!stream::zeros_scattered(&scattered[..4096]));
+        assert!(!stream::zeros_scattered(&differences(
+            |r, c| r == 5 && c < 40
+        )));
+        assert!(stream::zeros_scattered(&differences(|_, _| true)));
+        for effort in [Effort::Balanced, Effort::Inference] {
+            for (name, words, runs) in [("rows", &rows, true), ("scattered", &scattered, false)] {
+                let data: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+                let blob = encode_sparse_chunk(ElemKind::Bf16, &data, effort);
+                let mut back = vec![0u8; data.len()];
+                decode_chunk(ElemKind::Bf16, &blob, &mut back).unwrap();
+                assert!(back == data, "{name} {effort:?}");
+                let (_, planes) = stream::Histogram::of_words_planes(words);
+                let order0 = encode_planes16(words, &planes, Effort::Inference, false);
+                if runs {
+                    assert!(
+                        blob.len() * 10 < order0.len() * 9,
+                        "{name} {effort:?}: {} against order-0 planes {}",
+                        blob.len(),
+                        order0.len()
+                    );
+                } else {
+                    assert!(blob.len() <= order0.len(), "{name} {effort:?}");
+                }
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn any_bytes_roundtrip(kind_i in 0usize..6, bytes in proptest::collection::vec(any::<u8>(), 0..4000)) {
@@ -698,7 +768,7 @@ mod tests {
             let planes = stream::Histogram::of_words(&words).byte_planes();
             for effort in [Effort::Storage, Effort::Balanced, Effort::Inference, Effort::Speed] {
                 prop_assert_eq!(
-                    encode_planes16(&words, &planes, effort),
+                    encode_planes16(&words, &planes, effort, true),
                     encode_planes(&bytes, 2, effort)
                 );
             }
