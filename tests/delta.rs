@@ -1478,7 +1478,7 @@ fn parse_pick(line: &str) -> (PathBuf, f64) {
         .strip_prefix("auto-delta: base ")
         .unwrap_or_else(|| panic!("not a pick: {line}"));
     let (path, rest) = rest.split_once(" (distance ").expect("distance");
-    let d = rest.split(';').next().expect("number");
+    let d = rest.split([';', ',']).next().expect("number");
     (
         PathBuf::from(path),
         d.parse().unwrap_or_else(|_| panic!("distance in {line}")),
@@ -1489,6 +1489,89 @@ fn auto_line(err: &str) -> &str {
     err.lines()
         .find(|l| l.starts_with("auto-delta: "))
         .unwrap_or_else(|| panic!("no auto-delta line in {err:?}"))
+}
+
+/// The base with each BF16 tensor's elements in another order: the same names, shapes and
+/// histograms, other values at every position.
+fn shuffled(src: &Path, dst: &Path) {
+    let mut rng = Rng(0x5eed);
+    derive(src, dst, |ts| {
+        for t in ts.iter_mut().filter(|t| t.dtype == "BF16") {
+            let n = t.data.len() / 2;
+            for i in (1..n).rev() {
+                let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+                for b in 0..2 {
+                    t.data.swap(2 * i + b, 2 * j + b);
+                }
+            }
+        }
+    });
+}
+
+/// Candidates that histograms cannot tell from the base (another fine-tune of it, the base's
+/// values shuffled) sort before it by name; the sampled values pick the base all the same,
+/// fresh and from the cache, and its estimated patch is the smallest.
+#[test]
+fn auto_delta_tells_the_base_from_a_sibling_and_a_shuffle() {
+    let dir = tmp();
+    let d = dir.path();
+    let bases = d.join("bases");
+    fs::create_dir(&bases).expect("mkdir");
+    let real = bases.join("c-base.safetensors");
+    fs::copy(base_file(), &real).expect("copy");
+    let sibling = bases.join("a-sibling.safetensors");
+    sft(&base_file(), &sibling, 0.10, 77);
+    shuffled(&base_file(), &bases.join("b-shuffled.safetensors"));
+    let fine = d.join("sft-10.safetensors");
+    sft(&base_file(), &fine, 0.10, 10);
+    for round in ["fresh", "cached"] {
+        let out = d.join(format!("{round}.bs"));
+        let o = run([
+            "compress",
+            s(&fine),
+            "-o",
+            s(&out),
+            "--auto-delta",
+            "--base-dir",
+            s(&bases),
+            "--json",
+        ]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let v = json(&stdout(&o));
+        let a = &v["auto_delta"];
+        assert_eq!(a["base"], s(&real), "{round}: {a}");
+        let cands = a["candidates"].as_array().expect("candidates");
+        assert_eq!(cands.len(), 3, "{a}");
+        for c in cands {
+            assert!(c["distance"].as_f64() < Some(0.05), "{round}: {c}");
+        }
+        let share = |c: &Value| c["patch_share_est"].as_f64().expect("estimate");
+        assert_eq!(cands[0]["path"], s(&real), "{a}");
+        assert!(share(&cands[0]) < share(&cands[1]), "{a}");
+        assert_eq!(cands[1]["path"], s(&sibling), "{a}");
+        let cached = if round == "fresh" { 0 } else { 3 };
+        assert_eq!(a["cached_fingerprints"], cached, "{round}: {a}");
+        assert_rebuilds(&fine, &out, &real, d, round);
+    }
+    // A cache written before values were sampled is not used: it is rewritten.
+    let cache = bases.join(".bigsmall-fingerprints.json");
+    let mut old = json(&fs::read_to_string(&cache).expect("cache"));
+    old.as_object_mut().expect("object").remove("version");
+    fs::write(&cache, old.to_string()).expect("write");
+    let o = run([
+        "compress",
+        s(&fine),
+        "-o",
+        s(&d.join("again.bs")),
+        "--auto-delta",
+        "--base-dir",
+        s(&bases),
+        "--no-progress",
+    ]);
+    let line = auto_line(&stderr(&o)).to_string();
+    assert_eq!(parse_pick(&line).0, real, "{line}");
+    assert!(line.contains("0 fingerprints cached"), "{line}");
+    assert!(line.contains("patch ~"), "{line}");
 }
 
 #[test]

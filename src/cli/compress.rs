@@ -32,7 +32,9 @@ pub struct Args {
         conflicts_with = "auto_delta"
     )]
     delta_from: Option<PathBuf>,
-    /// Pick the closest base under the --base-dir directories by fingerprint
+    /// Pick a base under the --base-dir directories: of the models whose tensor names,
+    /// shapes and exponent histograms match closely enough, the one whose sampled values
+    /// promise the smallest patch
     #[arg(long, requires = "base_dir")]
     auto_delta: bool,
     /// Where --auto-delta looks for bases (repeatable); their fingerprints are cached in
@@ -97,32 +99,41 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let base_path = if a.auto_delta {
         let (pick, considered) = auto::pick(&a.src, &a.base_dir)?;
         auto_json = Some(serde_json::json!({
-            "base": pick.as_ref().map(|p| p.base.display().to_string()),
-            "distance": pick.as_ref().map(|p| p.distance),
+            "base": pick.as_ref().map(|p| p.base.path.display().to_string()),
+            "distance": pick.as_ref().map(|p| p.base.distance),
+            "patch_share_est": pick.as_ref().and_then(|p| p.base.patch_share),
             "max_distance": auto::MAX_DISTANCE,
             "cached_fingerprints": pick.as_ref().map_or(0, |p| p.cached),
             "candidates": considered
                 .iter()
-                .map(|(c, d)| serde_json::json!({ "path": c.display().to_string(), "distance": d }))
+                .map(|c| serde_json::json!({
+                    "path": c.path.display().to_string(),
+                    "distance": c.distance,
+                    "patch_share_est": c.patch_share,
+                }))
                 .collect::<Vec<_>>(),
         }));
         match pick {
             Some(p) => {
+                let est = p.base.patch_share.map_or(String::new(), |e| {
+                    format!(", patch ~{:.0}% of the input by sampled values", e * 100.0)
+                });
                 notes += &format!(
-                    "auto-delta: base {} (distance {:.4}; {} candidates, {} fingerprints cached)\n",
-                    p.base.display(),
-                    p.distance,
+                    "auto-delta: base {} (distance {:.4}{est}; {} candidates, {} fingerprints cached)\n",
+                    p.base.path.display(),
+                    p.base.distance,
                     considered.len(),
                     p.cached
                 );
-                Some(p.base)
+                Some(p.base.path)
             }
             None => {
+                // None within reach: the candidates are in order of distance.
                 notes += &match considered.first() {
-                    Some((c, d)) => format!(
+                    Some(c) => format!(
                         "auto-delta: no base close enough (nearest {} at distance {:.4} > {}); writing a standalone file\n",
-                        c.display(),
-                        d,
+                        c.path.display(),
+                        c.distance,
                         auto::MAX_DISTANCE
                     ),
                     None => "auto-delta: no candidate bases found; writing a standalone file\n".into(),

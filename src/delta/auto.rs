@@ -2,10 +2,17 @@
 //!
 //! A fingerprint is the model's tensor list (name, dtype, shape, bytes) plus, for its eight
 //! largest float tensors, the histogram of the top byte (sign and high exponent bits) over a
-//! deterministic sample of elements. Fine-tunes keep their base's names and shapes and almost
-//! exactly its exponent histograms; unrelated models differ in both. Distance:
+//! deterministic sample of elements, and the bits of 1024 of those elements. Fine-tunes keep
+//! their base's names and shapes and almost exactly its exponent histograms; unrelated models
+//! differ in both. Distance, which decides whether a candidate is a base at all:
 //! `(1 − share of the input's bytes whose name, dtype and shape match) + ½·mean L1 distance of
 //! the histograms of the sampled tensors present in both`.
+//!
+//! Among the candidates within `MAX_DISTANCE`, the pick is the one with the smallest
+//! estimated patch: the unmatched share plus the matched share times the sampled elements'
+//! difference (the mean width of their XOR, as a share of their bits). Histograms cannot
+//! tell a base from another fine-tune of it (a sibling), nor from a copy whose values moved;
+//! the sampled values can, and they rank candidates as the difference coding will pay.
 //!
 //! Fingerprints of candidates are cached in `<base-dir>/.bigsmall-fingerprints.json` (or, when
 //! that directory is not writable, in `$XDG_CACHE_HOME/bigsmall/` or `~/.cache/bigsmall/`),
@@ -26,6 +33,8 @@ use crate::store_dir::DIR_INDEX;
 pub const MAX_DISTANCE: f64 = 0.25;
 const SAMPLED: usize = 8;
 const SAMPLE_ELEMENTS: usize = 65_536;
+/// Elements of each sampled tensor whose bits are kept, evenly spaced over its first chunk.
+const SAMPLE_VALUES: usize = 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Fingerprint {
@@ -33,6 +42,9 @@ pub struct Fingerprint {
     pub tensors: BTreeMap<String, (String, Vec<u64>, u64)>,
     /// name -> normalised histogram of the elements' top byte (256 bins)
     pub hist: BTreeMap<String, Vec<f32>>,
+    /// name -> the bits of `SAMPLE_VALUES` elements (little-endian, zero-extended)
+    #[serde(default)]
+    pub values: BTreeMap<String, Vec<u32>>,
 }
 
 /// Top-byte histogram of a deterministic sample of a float tensor's elements.
@@ -46,6 +58,25 @@ fn histogram(bytes: &[u8], width: usize) -> Vec<f32> {
         count += 1;
     }
     h.iter().map(|&c| c as f32 / count.max(1) as f32).collect()
+}
+
+/// The bits of `SAMPLE_VALUES` elements evenly spaced over `bytes` (all, when fewer).
+fn sample_values(bytes: &[u8], width: usize) -> Vec<u32> {
+    let n = bytes.len() / width;
+    let step = (n / SAMPLE_VALUES).max(1);
+    bytes
+        .chunks_exact(width)
+        .step_by(step)
+        .take(SAMPLE_VALUES)
+        .map(|e| e.iter().rev().fold(0u32, |v, &b| (v << 8) | u32::from(b)))
+        .collect()
+}
+
+/// Records a sampled tensor's histogram and values from its first chunk's bytes.
+fn sample(fp: &mut Fingerprint, name: &str, bytes: &[u8], width: usize) {
+    fp.hist.insert(name.to_string(), histogram(bytes, width));
+    fp.values
+        .insert(name.to_string(), sample_values(bytes, width));
 }
 
 fn is_float(dtype: &str) -> Option<usize> {
@@ -76,6 +107,7 @@ pub fn fingerprint(path: &Path) -> Result<Fingerprint> {
     let mut fp = Fingerprint {
         tensors: BTreeMap::new(),
         hist: BTreeMap::new(),
+        values: BTreeMap::new(),
     };
     let containers = crate::store_dir::containers_at(path)?;
     if !containers.is_empty() {
@@ -103,7 +135,7 @@ pub fn fingerprint(path: &Path) -> Result<Fingerprint> {
                         let mut buf = vec![0u8; ch.raw_len as usize];
                         c.decode_chunk_into(i, 0, &mut buf)?;
                         let w = is_float(&c.index.tensors[i].dtype).unwrap_or(1);
-                        fp.hist.insert(name.clone(), histogram(&buf, w));
+                        sample(&mut fp, &name, &buf, w);
                     }
                 }
             }
@@ -134,7 +166,7 @@ pub fn fingerprint(path: &Path) -> Result<Fingerprint> {
                 let bytes = st.tensor_bytes(t);
                 let w = is_float(&dtype_name(t.dtype)).unwrap_or(1);
                 let cut = bytes.len().min(crate::format::CHUNK_BYTES / w * w);
-                fp.hist.insert(name.clone(), histogram(&bytes[..cut], w));
+                sample(&mut fp, &name, &bytes[..cut], w);
             }
         }
     }
@@ -168,6 +200,40 @@ pub fn distance(input: &Fingerprint, base: &Fingerprint) -> f64 {
         l1.iter().sum::<f64>() / l1.len() as f64
     };
     (1.0 - overlap) + 0.5 * hist
+}
+
+/// The estimated size of a patch of `input` against `base`, as a share of the input: its
+/// unmatched bytes whole, its matched bytes at the sampled elements' difference (the mean
+/// width of their XOR over their width). `None` where no sampled tensor is in both with the
+/// same name, dtype and shape (a patch as candidate: its values need its own base).
+pub fn patch_share(input: &Fingerprint, base: &Fingerprint) -> Option<f64> {
+    let total: u64 = input.tensors.values().map(|t| t.2).sum();
+    let matched: u64 = input
+        .tensors
+        .iter()
+        .filter(|(n, t)| base.tensors.get(*n) == Some(t))
+        .map(|(_, t)| t.2)
+        .sum();
+    let (mut bits, mut of) = (0u64, 0u64);
+    for (n, a) in &input.values {
+        let same = input
+            .tensors
+            .get(n)
+            .filter(|t| base.tensors.get(n) == Some(t));
+        let (Some((dtype, ..)), Some(b)) = (same, base.values.get(n)) else {
+            continue;
+        };
+        let width = 8 * is_float(dtype).unwrap_or(1) as u64;
+        for (x, y) in a.iter().zip(b) {
+            bits += u64::from(32 - (x ^ y).leading_zeros());
+            of += width;
+        }
+    }
+    if of == 0 {
+        return None;
+    }
+    let matched = matched as f64 / total.max(1) as f64;
+    Some((1.0 - matched) + matched * bits as f64 / of as f64)
 }
 
 /// Model-like entries directly under a base directory.
@@ -223,9 +289,15 @@ fn stamp(path: &Path) -> String {
 
 #[derive(Default, Serialize, Deserialize)]
 struct Cache {
+    /// `CACHE_VERSION` of the fingerprints; a cache of another version is not used.
+    #[serde(default)]
+    version: u32,
     /// candidate file name -> (stamp, fingerprint)
     entries: BTreeMap<String, (String, Fingerprint)>,
 }
+
+/// 2: fingerprints carry sampled values.
+const CACHE_VERSION: u32 = 2;
 
 fn cache_paths(dir: &Path) -> Vec<PathBuf> {
     let mut v = vec![dir.join(".bigsmall-fingerprints.json")];
@@ -242,22 +314,29 @@ fn cache_paths(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Every candidate considered, with its distance, nearest first.
-pub type Considered = Vec<(PathBuf, f64)>;
+/// A candidate base and how close it is.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub path: PathBuf,
+    pub distance: f64,
+    /// `patch_share` against it.
+    pub patch_share: Option<f64>,
+}
+
+/// Every candidate considered: those within `MAX_DISTANCE` first, smallest estimated patch
+/// first (those without an estimate after them), then the rest, nearest first.
+pub type Considered = Vec<Candidate>;
 
 /// The pick of `--auto-delta`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Pick {
-    pub base: PathBuf,
-    pub distance: f64,
-    /// Every candidate considered, with its distance.
-    pub considered: Vec<(PathBuf, f64)>,
+    pub base: Candidate,
     /// Candidates whose fingerprint came from the cache.
     pub cached: usize,
 }
 
-/// Finds the closest candidate; `None` in `base` position when none is within
-/// `MAX_DISTANCE` (the caller then writes a standalone file).
+/// Finds the candidate with the smallest estimated patch among those within `MAX_DISTANCE`;
+/// `None` when there is none (the caller then writes a standalone file).
 pub fn pick(input: &Path, base_dirs: &[PathBuf]) -> Result<(Option<Pick>, Considered)> {
     let me = fingerprint(input)?;
     let input_canon = input.canonicalize().ok();
@@ -271,8 +350,10 @@ pub fn pick(input: &Path, base_dirs: &[PathBuf]) -> Result<(Option<Pick>, Consid
         let mut cache: Cache = paths
             .iter()
             .find_map(|p| std::fs::read(p).ok())
-            .and_then(|b| serde_json::from_slice(&b).ok())
+            .and_then(|b| serde_json::from_slice::<Cache>(&b).ok())
+            .filter(|c| c.version == CACHE_VERSION)
             .unwrap_or_default();
+        cache.version = CACHE_VERSION;
         let mut dirty = false;
         for cand in candidates(dir)? {
             if cand.canonicalize().ok() == input_canon {
@@ -298,7 +379,11 @@ pub fn pick(input: &Path, base_dirs: &[PathBuf]) -> Result<(Option<Pick>, Consid
                     Err(_) => continue,
                 },
             };
-            considered.push((cand, distance(&me, &fp)));
+            considered.push(Candidate {
+                distance: distance(&me, &fp),
+                patch_share: patch_share(&me, &fp),
+                path: cand,
+            });
         }
         if dirty {
             let json = serde_json::to_vec(&cache).expect("cache serialises");
@@ -314,16 +399,21 @@ pub fn pick(input: &Path, base_dirs: &[PathBuf]) -> Result<(Option<Pick>, Consid
             }
         }
     }
-    considered.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-    let best = considered.first().cloned();
-    Ok((
-        best.filter(|b| b.1 <= MAX_DISTANCE)
-            .map(|(base, distance)| Pick {
-                base,
-                distance,
-                considered: considered.clone(),
-                cached,
-            }),
-        considered,
-    ))
+    let far = |c: &Candidate| c.distance > MAX_DISTANCE;
+    considered.sort_by(|a, b| {
+        far(a).cmp(&far(b)).then_with(|| {
+            let share = |c: &Candidate| c.patch_share.filter(|_| !far(c));
+            match (share(a), share(b)) {
+                (Some(x), Some(y)) => x.total_cmp(&y),
+                (x, y) => y.is_some().cmp(&x.is_some()),
+            }
+            .then(a.distance.total_cmp(&b.distance))
+            .then(a.path.cmp(&b.path))
+        })
+    });
+    let pick = considered.first().filter(|c| !far(c)).map(|c| Pick {
+        base: c.clone(),
+        cached,
+    });
+    Ok((pick, considered))
 }
