@@ -58,6 +58,16 @@ pub fn remove_temps_on_interrupt() {
     });
 }
 
+/// Makes a write past the file-size limit (`ulimit -f`) fail with an error (EFBIG), which
+/// is reported and cleaned up like a full disk, instead of killing the process (the default
+/// action of SIGXFSZ), which would leave its temporary output behind.
+pub fn file_size_limit_is_an_error() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
 /// Refuses to clobber an existing path unless `overwrite`.
 pub fn check_output(path: &Path, overwrite: bool) -> Result<()> {
     let Ok(meta) = fs::symlink_metadata(path) else {
@@ -89,8 +99,51 @@ pub fn temp_name(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.bigsmall-tmp-{}", std::process::id()))
 }
 
+/// Removes what runs that were killed outright (`kill -9`, a power cut) left while writing
+/// `path`: temporary outputs beside it whose process no longer exists. A live process's
+/// (another run writing the same output) are left alone.
+pub fn remove_stale_temps(path: &Path) {
+    let (Some(name), Some(parent)) = (path.file_name(), path.parent()) else {
+        return;
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let prefix = format!(".{}.bigsmall-tmp-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let entry = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = entry.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<libc::pid_t>() else {
+            continue;
+        };
+        if pid <= 0 || process_exists(pid) {
+            continue;
+        }
+        let p = e.path();
+        let _ = if p.is_dir() && !p.is_symlink() {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+    }
+}
+
+fn process_exists(pid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 impl AtomicFile {
     pub fn create(path: &Path) -> Result<AtomicFile> {
+        remove_stale_temps(path);
         let tmp_path = temp_name(path);
         track_temp(&tmp_path);
         let file = File::create(&tmp_path).map_err(|e| {
@@ -166,12 +219,20 @@ impl AtomicFile {
             .map_err(|e| Error::io(&self.final_path, e))
     }
 
-    /// Flushes and renames into place.
+    /// Flushes and renames into place. A failed flush (a full disk) removes the temporary
+    /// file, as dropping an unfinished one does.
     pub fn commit(mut self) -> Result<()> {
         let out = self.out.take().expect("commit once");
-        let file = out
-            .into_inner()
-            .map_err(|e| Error::io(&self.final_path, e.into_error()))?;
+        let file = match out.into_inner() {
+            Ok(f) => f,
+            Err(e) => {
+                if !self.keep_partial {
+                    let _ = fs::remove_file(&self.tmp_path);
+                    untrack_temp(&self.tmp_path);
+                }
+                return Err(Error::io(&self.final_path, e.into_error()));
+            }
+        };
         drop(file);
         let renamed = fs::rename(&self.tmp_path, &self.final_path).map_err(|e| {
             let _ = fs::remove_file(&self.tmp_path);

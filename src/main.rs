@@ -8,6 +8,7 @@ use clap::Parser;
 fn main() {
     let args = cli::Cli::parse();
     bigsmall::fsutil::remove_temps_on_interrupt();
+    bigsmall::fsutil::file_size_limit_is_an_error();
     let code = match cli::run(args) {
         Ok(code) => code,
         Err(err) => {

@@ -93,6 +93,7 @@ impl StagedDir {
                 });
             }
         }
+        crate::fsutil::remove_stale_temps(dst);
         let tmp = crate::fsutil::temp_name(dst);
         let _ = fs::remove_dir_all(&tmp);
         crate::fsutil::track_temp(&tmp);

@@ -1003,6 +1003,81 @@ fn unwritable_output_leaves_nothing() {
     assert_no_leftovers(dir.path());
 }
 
+/// A write that fails part-way (here the file-size limit, `ulimit -f`, as a full disk would)
+/// is one error line, and no temporary file is left: at every limit, including one that only
+/// the final flush of the index crosses.
+#[test]
+fn a_write_that_fails_part_way_leaves_nothing() {
+    let dir = tmp();
+    let d = dir.path();
+    let src = fixture("smollm-bf16.safetensors");
+    let full = d.join("full.bs");
+    ok(&run([
+        "compress",
+        path_str(&src),
+        "-o",
+        path_str(&full),
+        "--no-progress",
+    ]));
+    let size = len(&full);
+    let sharded = fixture("sharded");
+    let out_dir = d.join("outs");
+    fs::create_dir(&out_dir).expect("mkdir");
+    // (sh's ulimit -f counts 512-byte blocks; the directory's shards are under 300 KB)
+    for blocks in [8, size / 1024, (size - 1) / 512] {
+        for (what, input, name) in [
+            ("compress", &src, "x.bs"),
+            ("decompress", &full, "x.safetensors"),
+            ("compress", &sharded, "x-dir.bs"),
+        ] {
+            if input == &sharded && blocks * 512 > 200_000 {
+                continue;
+            }
+            let out = out_dir.join(name);
+            let o = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "ulimit -f {blocks}; exec \"$0\" {what} \"$1\" -o \"$2\" --no-progress"
+                ))
+                .arg(env!("CARGO_BIN_EXE_bigsmall"))
+                .arg(input)
+                .arg(&out)
+                .output()
+                .expect("sh runs");
+            let e = fails(&o, 1);
+            assert!(
+                e.contains("File too large"),
+                "{what} at {blocks} blocks: {e}"
+            );
+            assert!(
+                !out.exists(),
+                "{what} at {blocks} blocks: output under its final name"
+            );
+            assert_no_leftovers(&out_dir);
+        }
+    }
+    // What a killed run left (its process gone) is removed by the next run to the same
+    // output; a live process's temporary output is not.
+    let stale = out_dir.join(".x.bs.bigsmall-tmp-99999999");
+    let stale_dir = out_dir.join(".x-dir.bs.bigsmall-tmp-99999998");
+    let live = out_dir.join(format!(".x.bs.bigsmall-tmp-{}", std::process::id()));
+    fs::write(&stale, b"partial").expect("write");
+    fs::create_dir_all(stale_dir.join("sub")).expect("mkdir");
+    fs::write(&live, b"partial").expect("write");
+    let x = out_dir.join("x.bs");
+    ok(&run([
+        "compress",
+        path_str(&src),
+        "-o",
+        path_str(&x),
+        "--no-progress",
+    ]));
+    let xd = out_dir.join("x-dir.bs");
+    ok(&run(["compress", path_str(&sharded), "-o", path_str(&xd)]));
+    assert!(!stale.exists() && !stale_dir.exists());
+    assert!(live.exists());
+}
+
 /// An output path that is an existing directory, with -f: the final rename fails, and the
 /// temporary file must not be left beside it.
 #[test]
