@@ -20,12 +20,14 @@ pub enum Error {
     #[error("{path}: {why}")]
     BadContainer { path: PathBuf, why: String },
     /// The container was written by a newer, incompatible format version.
-    #[error("{path}: written by a newer bigsmall (format {major}.{minor}); this build reads format {supported}.x — upgrade bigsmall")]
+    #[error("{path}: written by a newer bigsmall (format {major}.{minor}); this build reads format {supported}.x — upgrade bigsmall{hint}")]
     NewerFormat {
         path: PathBuf,
         major: u16,
         minor: u16,
         supported: u16,
+        /// What else it may be (damage), or nothing.
+        hint: &'static str,
     },
     /// A chunk failed to decode.
     #[error("{path}: tensor '{tensor}' chunk {chunk}: {source}")]

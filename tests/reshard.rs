@@ -570,7 +570,7 @@ fn a_damaged_input_fails_and_leaves_nothing() {
     // Structural damage is caught before anything is written.
     let bytes = fs::read(&bs).expect("read");
     fs::write(&bs, &bytes[..bytes.len() - 3]).expect("truncate");
-    let err = reshard_fails(&[&bs], &out, &[], 1);
+    let err = reshard_fails(&[&bs], &out, &[], 3);
     assert!(err.contains("smol.bs"), "{err}");
     assert!(!out.exists());
     assert_no_leftovers(dir.path());

@@ -490,7 +490,7 @@ fn bad_input_is_refused_and_nothing_is_left() {
             lying.as_os_str(),
             d.path().join("l.bsr").as_os_str(),
         ]),
-        1,
+        3,
     );
     assert!(e.contains("duplicate"), "{e}");
 

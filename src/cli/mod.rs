@@ -100,6 +100,9 @@ pub fn one_line(err: &anyhow::Error) -> String {
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     match err.downcast_ref::<Error>() {
         Some(e) if e.is_integrity() => 3,
+        // A file that starts as a container but whose structure is damaged (truncated, a bad
+        // index) is damage found, from every command, as `verify` reports it.
+        Some(Error::BadContainer { path, .. }) if bigsmall::format::is_container(path) => 3,
         _ => 1,
     }
 }

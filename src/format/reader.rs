@@ -37,6 +37,30 @@ pub struct Container {
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// The trailer of a mapped container (at least `DATA_START + TRAILER_LEN` bytes) and the
+/// packed index it locates, its checksum checked.
+fn packed_index(m: &[u8]) -> std::result::Result<(Trailer, &[u8]), &'static str> {
+    let len = m.len() as u64;
+    let tb: &[u8; TRAILER_LEN] = m[m.len() - TRAILER_LEN..]
+        .try_into()
+        .expect("length checked");
+    let trailer = Trailer::from_bytes(tb)
+        .ok_or("truncated or damaged: no trailer at the end of the file")?;
+    let index_end = trailer
+        .index_offset
+        .checked_add(trailer.index_len)
+        .filter(|&e| e == len - TRAILER_LEN as u64)
+        .ok_or("trailer points outside the file (truncated or damaged)")?;
+    if trailer.index_offset < DATA_START || trailer.index_len == 0 {
+        return Err("trailer has an impossible index location");
+    }
+    let packed = &m[trailer.index_offset as usize..index_end as usize];
+    if fast_hash(packed) != trailer.index_hash {
+        return Err("index checksum mismatch (the index is damaged)");
+    }
+    Ok((trailer, packed))
+}
+
 impl Container {
     pub fn open(path: &Path) -> Result<Container> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
@@ -63,11 +87,19 @@ impl Container {
         let major = u16::from_le_bytes([mmap[8], mmap[9]]);
         let minor = u16::from_le_bytes([mmap[10], mmap[11]]);
         if major > MAJOR {
+            // A flipped bit in the version reads as a newer format too: where the rest reads
+            // as this build's format, the error says so.
+            let hint = if packed_index(&mmap).is_ok() {
+                "; or its version bytes are damaged, since its index checks out as this build's format"
+            } else {
+                ""
+            };
             return Err(Error::NewerFormat {
                 path: path.to_path_buf(),
                 major,
                 minor,
                 supported: MAJOR,
+                hint,
             });
         }
         if major == 0 {
@@ -81,24 +113,7 @@ impl Container {
                     .into(),
             ));
         }
-        let len = mmap.len() as u64;
-        let tb: &[u8; TRAILER_LEN] = mmap[mmap.len() - TRAILER_LEN..]
-            .try_into()
-            .expect("length checked");
-        let trailer = Trailer::from_bytes(tb)
-            .ok_or_else(|| bad("truncated or damaged: no trailer at the end of the file".into()))?;
-        let index_end = trailer
-            .index_offset
-            .checked_add(trailer.index_len)
-            .filter(|&e| e == len - TRAILER_LEN as u64)
-            .ok_or_else(|| bad("trailer points outside the file (truncated or damaged)".into()))?;
-        if trailer.index_offset < DATA_START || trailer.index_len == 0 {
-            return Err(bad("trailer has an impossible index location".into()));
-        }
-        let packed = &mmap[trailer.index_offset as usize..index_end as usize];
-        if fast_hash(packed) != trailer.index_hash {
-            return Err(bad("index checksum mismatch (the index is damaged)".into()));
-        }
+        let (trailer, packed) = packed_index(&mmap).map_err(|why| bad(why.into()))?;
         if trailer.index_json_len > MAX_INDEX_JSON {
             return Err(bad(format!(
                 "index claims {} bytes, more than the {} allowed",
