@@ -299,6 +299,7 @@ fn directory_roundtrip() {
         vec!["verify", path_str(&bs)],
         vec!["verify", "--fast", path_str(&bs)],
         vec!["verify", "--source", path_str(&src), path_str(&bs)],
+        vec!["verify", "--no-progress", path_str(&bs)],
     ] {
         assert_eq!(last_line(&ok(&run(&args))), "OK", "{args:?}");
     }

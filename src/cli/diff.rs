@@ -57,6 +57,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     let r = diff(&a.a, &a.b)?;
     let mut patch = None;
+    // The patch written, reported after the diff (on stdout: a success says nothing on stderr).
+    let mut patch_line = String::new();
     if let Some(out) = &a.patch {
         let base = open_base(&a.a)?;
         let opts = CompressOptions {
@@ -71,14 +73,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         } else {
             compress_file_against(&a.b, out, &opts, Some(base.as_ref()), None, &bar)?
         };
-        if !a.json {
-            eprintln!(
-                "patch: {} -> {} ({} bytes)",
-                a.b.display(),
-                out.display(),
-                rep.output_bytes
-            );
-        }
+        patch_line = format!(
+            "patch: {} -> {} ({} bytes)\n",
+            a.b.display(),
+            out.display(),
+            rep.output_bytes
+        );
         if let Some(d) = &rep.delta {
             super::compress::regime_warning(d, a.force_delta);
         }
@@ -128,6 +128,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             e.sub_bytes
         );
     }
+    s += &patch_line;
     emit(&s);
     Ok(0)
 }

@@ -33,14 +33,14 @@ pub struct Args {
     mode: ModeArg,
     /// Independently decodable streams per big tensor [default: 16 in speed mode; balanced
     /// and ratio keep the source's 1 MiB chunks]
-    #[arg(long, value_name = "N")]
-    n_streams: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    n_streams: Option<u64>,
     /// Speed mode: how many percentage points of the raw model may go to keeping hot tensors
     /// (embeddings, tensors under 1 MiB) raw, least compressible first, estimated from the
     /// source's sizes; norms, biases and tensors under 64 KiB are raw regardless (0 keeps only
     /// those; 100 makes every hot tensor raw)
     /// [default: 2; per shard for a directory]
-    #[arg(long, value_name = "PP")]
+    #[arg(long, value_name = "PP", value_parser = percentage_points)]
     raw_budget: Option<f64>,
     /// Threads to re-encode (and measure decode) with, 1 to 1024 [default: all cores]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -59,19 +59,19 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(a: Args) -> anyhow::Result<i32> {
-    if a.n_streams == Some(0) {
-        anyhow::bail!("--n-streams must be at least 1");
+fn percentage_points(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
+        Ok(_) => Err("must be between 0 and 100 (percentage points of the raw model)".into()),
+        Err(e) => Err(e.to_string()),
     }
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
     if a.raw_budget.is_some() && !matches!(a.mode, ModeArg::Speed) {
         anyhow::bail!("--raw-budget applies to --mode speed only");
     }
     let raw_budget = a.raw_budget.unwrap_or(DEFAULT_RAW_BUDGET_PP);
-    if !(0.0..=100.0).contains(&raw_budget) {
-        anyhow::bail!(
-            "--raw-budget must be between 0 and 100 (percentage points of the raw model)"
-        );
-    }
     let mode = match a.mode {
         ModeArg::Speed => Mode::Speed,
         ModeArg::Balanced => Mode::Balanced,
@@ -79,7 +79,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     };
     let opts = TranscodeOptions {
         mode,
-        n_streams: a.n_streams,
+        n_streams: a
+            .n_streams
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         raw_budget_pp: raw_budget,
         overwrite: a.force,
         measure: !a.no_measure,

@@ -33,6 +33,9 @@ pub struct Args {
     /// Print details
     #[arg(short, long)]
     verbose: bool,
+    /// Hide the progress bar
+    #[arg(long)]
+    no_progress: bool,
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
@@ -56,6 +59,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             .unwrap_or(0)
     });
     let mut reports: Vec<VerifyReport> = Vec::new();
+    let bar = super::Bar::new(a.no_progress);
     if super::is_bs_dir(&a.file) {
         // Shards swapped or replaced under their names: the directory is damaged.
         let index = bigsmall::store_dir::read_dir_index(&a.file)?;
@@ -110,7 +114,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             Some(p) => Some(open_base(p)?),
             None => None,
         };
-        reports.push(verify_with(f, &mode, base)?);
+        reports.push(verify_with(f, &mode, base, &bar)?);
     }
     // ECC sidecars are checked too where present (structure-only runs skip the data pass).
     let mut ecc_lines = Vec::new();

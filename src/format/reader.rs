@@ -44,8 +44,8 @@ fn packed_index(m: &[u8]) -> std::result::Result<(Trailer, &[u8]), &'static str>
     let tb: &[u8; TRAILER_LEN] = m[m.len() - TRAILER_LEN..]
         .try_into()
         .expect("length checked");
-    let trailer = Trailer::from_bytes(tb)
-        .ok_or("truncated or damaged: no trailer at the end of the file")?;
+    let trailer =
+        Trailer::from_bytes(tb).ok_or("truncated or damaged: no trailer at the end of the file")?;
     let index_end = trailer
         .index_offset
         .checked_add(trailer.index_len)

@@ -74,14 +74,16 @@ fn splitmix(state: &mut u64) -> u64 {
 /// Verifies one container. Structural damage is an `Err`; decoded-data mismatches are listed
 /// in the report's `problems` so every bad tensor is named, not just the first.
 pub fn verify(path: &Path, mode: &VerifyMode) -> Result<VerifyReport> {
-    verify_with(path, mode, None)
+    verify_with(path, mode, None, &crate::progress::Silent)
 }
 
-/// Verifies a container; a patch needs its base for every mode but `Fast`.
+/// Verifies a container; a patch needs its base for every mode but `Fast`. `progress` gets
+/// the decoded bytes.
 pub fn verify_with(
     path: &Path,
     mode: &VerifyMode,
     base: Option<std::sync::Arc<dyn crate::delta::BaseSource>>,
+    progress: &dyn crate::progress::Progress,
 ) -> Result<VerifyReport> {
     let mut c = match Container::open(path) {
         Ok(c) => c,
@@ -156,6 +158,10 @@ pub fn verify_with(
                     .collect();
                 picks.push(all[(splitmix(&mut rng) % all.len() as u64) as usize]);
             }
+            progress.start(
+                picks.iter().map(|&(t, k)| c.chunks(t)[k].raw_len).sum(),
+                "verifying",
+            );
             let bytes: u64 = picks
                 .par_iter()
                 .map(|&(t, k)| {
@@ -164,6 +170,7 @@ pub fn verify_with(
                     if let Err(e) = c.decode_chunk_into(t, k, &mut buf) {
                         note(e);
                     }
+                    progress.advance(n);
                     n
                 })
                 .sum();
@@ -176,6 +183,10 @@ pub fn verify_with(
                 .collect();
             // Biggest first, so the last tensors to finish are small ones.
             order.sort_by_key(|&t| std::cmp::Reverse(c.index.tensors[t].raw_len()));
+            progress.start(
+                order.iter().map(|&t| c.index.tensors[t].raw_len()).sum(),
+                "verifying",
+            );
             order.par_iter().for_each(|&t| {
                 let te = &c.index.tensors[t];
                 let mut h = Md5::new();
@@ -186,6 +197,7 @@ pub fn verify_with(
                         note(e);
                         return;
                     }
+                    progress.advance(ch.raw_len);
                     h.update(&buf);
                 }
                 if hex(&h.finalize()) != te.md5 {
@@ -229,6 +241,7 @@ pub fn verify_with(
                     ),
                 ));
             }
+            progress.start(c.raw_data_len(), "verifying");
             (0..c.index.tensors.len()).into_par_iter().for_each(|t| {
                 let te = &c.index.tensors[t];
                 let Some(st) = s.tensors.iter().find(|x| x.name == te.name) else {
@@ -257,6 +270,7 @@ pub fn verify_with(
                         return;
                     }
                     pos += buf.len();
+                    progress.advance(ch.raw_len);
                 }
                 if pos != orig.len() {
                     note(Error::invalid(
@@ -273,6 +287,7 @@ pub fn verify_with(
             report.bytes_checked = c.raw_data_len();
         }
     }
+    progress.finish();
     report.problems = problems.into_inner().expect("no poisoned lock");
     report.problems.sort();
     Ok(report)
