@@ -165,18 +165,22 @@ impl StagedDir {
     }
 }
 
-/// The files a compressed directory's index lists (its shards, side files and the index
-/// itself), relative to it: a bigsmall output that a run may replace even where it writes
-/// other names (a reshard into another shard count). Nothing for any other directory.
+/// The files a compressed directory's index lists (its shards with their ECC sidecars, side
+/// files and the index itself), relative to it: a bigsmall output that a run may replace even
+/// where it writes other names (a reshard into another shard count, a run without `--ecc`).
+/// Nothing for any other directory.
 fn listed_in(dir: &Path) -> std::collections::HashSet<PathBuf> {
     let Ok(index) = read_dir_index(dir) else {
         return Default::default();
     };
-    let files = index.shards.iter().map(|s| s.file.as_str());
-    files
-        .chain(index.side_files.iter().map(String::as_str))
-        .chain([DIR_INDEX])
-        .map(PathBuf::from)
+    let shards = index.shards.iter().map(|s| PathBuf::from(&s.file));
+    let sidecars = shards
+        .clone()
+        .map(|s| crate::integrity::ecc::sidecar_path(&s));
+    shards
+        .chain(sidecars)
+        .chain(index.side_files.iter().map(PathBuf::from))
+        .chain([PathBuf::from(DIR_INDEX)])
         .collect()
 }
 

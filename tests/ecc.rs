@@ -273,3 +273,37 @@ fn a_compressed_directory_is_checked_and_repaired_shard_by_shard() {
     assert!(!d.join("fixed").exists());
     assert_no_leftovers(dir.path());
 }
+
+/// `-f` replaces a file and its sidecar with it: a run without `--ecc` leaves no sidecar of
+/// the file it replaced (it would only report the new file as damaged); a directory that had
+/// sidecars is replaced too, not refused for holding files this run does not write.
+#[test]
+fn replacing_an_output_replaces_its_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let bs = compressed_fixture(dir.path());
+    ok(&run([
+        "compress".as_ref(),
+        fixture("minilm-f16.safetensors").as_os_str(),
+        "-o".as_ref(),
+        bs.as_os_str(),
+        "-f".as_ref(),
+        "--no-progress".as_ref(),
+    ]));
+    assert!(!sidecar_path(&bs).exists());
+    let v = ok(&run(["verify", path_str(&bs)]));
+    assert!(!v.contains("ecc"), "{v}");
+
+    let d = dir.path().join("model");
+    let sharded = fixture("sharded");
+    for ecc in [true, false] {
+        let mut args = vec!["compress", path_str(&sharded), "-o", path_str(&d), "-f"];
+        if ecc {
+            args.push("--ecc");
+        }
+        ok(&run(&args));
+        assert_eq!(
+            sidecar_path(&d.join("model-00001-of-00002.bs")).exists(),
+            ecc
+        );
+    }
+}

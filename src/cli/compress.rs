@@ -19,7 +19,8 @@ pub struct Args {
     /// Output file (default: SRC with .bs extension; a directory for directory input)
     #[arg(short, long)]
     output: Option<PathBuf>,
-    /// Overwrite the output if it exists (a directory only when the run replaces all it holds)
+    /// Overwrite the output if it exists (a directory only when the run replaces all it
+    /// holds); an ECC sidecar of the file replaced goes with it
     #[arg(short, long)]
     force: bool,
     #[command(flatten)]

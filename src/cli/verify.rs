@@ -144,7 +144,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 });
                 ecc_reports.push(e);
             }
-            Err(e) => ecc_lines.push(format!("ecc: {}: {e}", side.display())),
+            // (the error names the sidecar)
+            Err(e) => ecc_lines.push(format!("ecc: {e}")),
         }
     }
     // A sidecar that finds damaged blocks means the file differs from what was written.

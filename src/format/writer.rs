@@ -85,7 +85,13 @@ impl ContainerWriter {
         self.out.write_all(&packed)?;
         self.out.write_all(&trailer.to_bytes())?;
         let total = self.pos + packed.len() as u64 + super::TRAILER_LEN as u64;
+        let sidecar = crate::integrity::ecc::sidecar_path(self.out.path());
         self.out.commit()?;
+        // A sidecar beside it protected the file this one replaced (`-f`): it would only
+        // ever report this file as damaged. `--ecc` writes a fresh one.
+        if sidecar.is_file() {
+            let _ = std::fs::remove_file(&sidecar);
+        }
         Ok(total)
     }
 }
