@@ -44,6 +44,9 @@ pub enum Error {
         tensor: String,
         what: String,
     },
+    /// A compressed directory lacks a part its index lists.
+    #[error("{path}: {why}")]
+    Incomplete { path: PathBuf, why: String },
     /// Damage beyond what the ECC sidecar can repair.
     #[error("{path}: {why}")]
     Unrepairable { path: PathBuf, why: String },
@@ -82,7 +85,10 @@ impl Error {
     pub fn is_integrity(&self) -> bool {
         matches!(
             self,
-            Error::Integrity { .. } | Error::Decode { .. } | Error::Unrepairable { .. }
+            Error::Integrity { .. }
+                | Error::Decode { .. }
+                | Error::Unrepairable { .. }
+                | Error::Incomplete { .. }
         )
     }
 }

@@ -517,11 +517,23 @@ pub fn read_dir_index(dir: &Path) -> Result<DirIndex> {
 /// it decompresses to and its tensor count must be the ones the index records (a migrated
 /// shard changes its own size, not these), and, where the weight map is unambiguous (no
 /// tensor name in two shards), it must place every tensor of the container in that shard.
+/// A shard the directory index lists and the directory lacks: damage (exit 3), said as such.
+pub fn missing_shard(path: &Path) -> Result<()> {
+    if fs::symlink_metadata(path).is_err() {
+        return Err(Error::Incomplete {
+            path: path.to_path_buf(),
+            why: "shard listed in the directory index is missing".into(),
+        });
+    }
+    Ok(())
+}
+
 pub fn check_shards(dir: &Path, index: &DirIndex) -> Result<()> {
     let total: usize = index.shards.iter().map(|s| s.tensors).sum();
     let map_usable = index.weight_map.len() == total;
     for s in &index.shards {
         let path = dir.join(&s.file);
+        missing_shard(&path)?;
         let c = crate::format::reader::Container::open(&path)?;
         let stray =
             c.index.tensors.iter().find(|t| {

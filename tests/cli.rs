@@ -303,6 +303,29 @@ fn directory_roundtrip() {
     ] {
         assert_eq!(last_line(&ok(&run(&args))), "OK", "{args:?}");
     }
+    // A source of the other kind (a file for a directory, a directory for a file) is named
+    // as such.
+    let one = src.join("model-00001-of-00002.safetensors");
+    let e = fails(
+        &run(["verify", "--source", path_str(&one), path_str(&bs)]),
+        1,
+    );
+    assert!(e.contains("is not a directory"), "{e}");
+    let shard = bs.join("model-00001-of-00002.bs");
+    let e = fails(
+        &run(["verify", "--source", path_str(&src), path_str(&shard)]),
+        1,
+    );
+    assert!(e.contains("is a directory, but"), "{e}");
+    assert_eq!(
+        last_line(&ok(&run([
+            "verify",
+            "--source",
+            path_str(&one),
+            path_str(&shard)
+        ]))),
+        "OK"
+    );
     let scan = json(&ok(&run(["scan", path_str(&src), "--json"])));
     assert_eq!(scan["shards"], 2);
     assert_eq!(scan["tensors_total"], 20);
@@ -1485,6 +1508,27 @@ fn swapped_or_doubled_shards_are_refused() {
         "{}",
         stdout(&o)
     );
+
+    // A shard gone: damage found by verify (reported) and by decompress (exit 3).
+    fs::copy(bs.join(&side), swapped.join(&side)).expect("copy");
+    fs::remove_file(swapped.join(&files[1])).expect("rm");
+    let o = run(["verify", path_str(&swapped)]);
+    assert_eq!(code(&o), 3, "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(&format!(
+            "{}: shard listed in the directory index is missing",
+            files[1]
+        )),
+        "{}",
+        stdout(&o)
+    );
+    let e = fails(
+        &run(["decompress", path_str(&swapped), "-o", path_str(&back)]),
+        3,
+    );
+    assert!(e.contains("is missing"), "{e}");
+    fails(&run(["info", path_str(&swapped)]), 3);
+    assert!(!back.exists());
 
     let mut doubled = v.clone();
     doubled["shards"][1]["source"] = doubled["shards"][0]["source"].clone();

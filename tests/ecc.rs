@@ -70,6 +70,17 @@ fn zeroed_sector_and_truncated_tail_are_rebuilt() {
     }
     let r = repaired_equals(&data[..data.len() - 9000], &bs, dir.path());
     assert!(r.rebuilt_blocks > 0);
+    // The promised burst, 14,082 bytes, wherever it falls: at the worst place it leaves 17
+    // wrong bytes at the end of one block (beyond the first layer), 63 whole blocks, and 16
+    // in the next (within it).
+    let burst = 14_082;
+    for off in [0usize, 223 * 100 + 206, 223 * 500 + 100, data.len() - burst] {
+        let mut d = data.clone();
+        d[off..off + burst].iter_mut().for_each(|b| *b = !*b);
+        repaired_equals(&d, &bs, dir.path());
+    }
+    let r = repaired_equals(&data[..data.len() - burst], &bs, dir.path());
+    assert!(r.rebuilt_blocks > 0);
 }
 
 #[test]

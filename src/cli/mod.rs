@@ -212,7 +212,11 @@ pub fn is_bs_dir(p: &Path) -> bool {
 pub fn container_files(p: &Path) -> anyhow::Result<Vec<PathBuf>> {
     if is_bs_dir(p) {
         let idx = bigsmall::store_dir::read_dir_index(p)?;
-        Ok(idx.shards.iter().map(|s| p.join(&s.file)).collect())
+        let files: Vec<PathBuf> = idx.shards.iter().map(|s| p.join(&s.file)).collect();
+        for f in &files {
+            bigsmall::store_dir::missing_shard(f)?;
+        }
+        Ok(files)
     } else if p.is_dir() {
         Err(Error::invalid(
             p,

@@ -9,7 +9,7 @@ use super::{emit, emit_json, thousands};
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  bigsmall repair corrupted.bs -o recovered.bs           # uses corrupted.bs.ecc\n  bigsmall repair model-dir/ -o recovered-dir/          # every shard from its SHARD.bs.ecc\n  bigsmall repair corrupted.bs -o recovered.bs --ecc model.bs.ecc\n  bigsmall repair model.bs --check                         # report only\nCorrects up to 16 wrong bytes in every 223-byte block, and any burst of up to 14 KiB (a zeroed\nsector, a lost tail) per 1.8 MB. Exit codes: 0 repaired or clean, 3 damage beyond the parity."
+    after_help = "Examples:\n  bigsmall repair corrupted.bs -o recovered.bs           # uses corrupted.bs.ecc\n  bigsmall repair model-dir/ -o recovered-dir/          # every shard from its SHARD.bs.ecc\n  bigsmall repair corrupted.bs -o recovered.bs --ecc model.bs.ecc\n  bigsmall repair model.bs --check                         # report only\nCorrects up to 16 wrong bytes in every 223-byte block, and any burst of up to 14,082 bytes (a\nzeroed sector, a lost tail) per 1.8 MB. Exit codes: 0 repaired or clean, 3 damage beyond the parity."
 )]
 pub struct Args {
     /// The damaged file, or a compressed directory (each shard with its sidecar)

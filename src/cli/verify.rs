@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use bigsmall::delta::open_base;
+use bigsmall::error::Error;
 use bigsmall::integrity::{verify_with, VerifyMode, VerifyReport};
 
 use super::{container_files, emit, emit_json, thousands};
@@ -51,13 +52,45 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    let files = container_files(&a.file)?;
+    // A compressed directory's missing shards are findings (below), not errors.
+    let files: Vec<PathBuf> = if super::is_bs_dir(&a.file) {
+        let index = bigsmall::store_dir::read_dir_index(&a.file)?;
+        index.shards.iter().map(|s| a.file.join(&s.file)).collect()
+    } else {
+        container_files(&a.file)?
+    };
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
     });
+    if let Some(src) = &a.source {
+        // A directory's shards map to files of a directory; one .bs to one file.
+        match (src.is_dir(), super::is_bs_dir(&a.file)) {
+            (true, false) => {
+                return Err(Error::invalid(
+                    src,
+                    format!(
+                        "is a directory, but {} is one .bs: give the .safetensors file it was made from",
+                        a.file.display()
+                    ),
+                )
+                .into())
+            }
+            (false, true) => {
+                return Err(Error::invalid(
+                    src,
+                    format!(
+                        "is not a directory, but {} is a compressed directory: give the model directory it was made from",
+                        a.file.display()
+                    ),
+                )
+                .into())
+            }
+            _ => {}
+        }
+    }
     let mut reports: Vec<VerifyReport> = Vec::new();
     let bar = super::Bar::new(a.no_progress);
     if super::is_bs_dir(&a.file) {
@@ -68,6 +101,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             .map(|e| e.to_string())
             .into_iter()
             .collect();
+        for f in &files {
+            if let Err(e) = bigsmall::store_dir::missing_shard(f) {
+                problems.push(e.to_string());
+            }
+        }
+        problems.sort();
+        problems.dedup();
         // Side files (config, tokenizer) are carried as they are: they must all be there.
         for rel in &index.side_files {
             let p = a.file.join(rel);
@@ -87,7 +127,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             });
         }
     }
-    for f in &files {
+    let is_dir = super::is_bs_dir(&a.file);
+    for f in files.iter().filter(|f| !is_dir || f.exists()) {
         let mode = if a.fast {
             VerifyMode::Fast
         } else if let Some(fr) = a.sample {

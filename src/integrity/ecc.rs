@@ -5,9 +5,10 @@
 //!   at unknown positions, are corrected;
 //! - blocks are grouped in superblocks of 8192 (1.8 MB); block `q` of a superblock belongs to
 //!   group `q mod 64`, and each group has an XOR parity block (itself RS-protected). A block
-//!   the first layer cannot fix is rebuilt from its group, so any burst of up to 64
-//!   consecutive blocks (14 KiB: a zeroed 4 KiB sector, a lost tail) per superblock is
-//!   recovered.
+//!   the first layer cannot fix is rebuilt from its group, so any 64 consecutive blocks per
+//!   superblock are recovered: any burst of up to 14,082 bytes (63 whole blocks and 16 + 17
+//!   bytes at the ends, of which the first layer fixes the 16: a zeroed 4 KiB sector, a lost
+//!   tail), longer ones depending on where they fall.
 //!
 //! Layout (little-endian):
 //! ```text
