@@ -1402,6 +1402,10 @@ fn gate_warning(stderr: &str) -> Option<f64> {
         .find(|l| l.starts_with("bigsmall: warning:"))?;
     assert!(line.contains("over 30%"), "{line}");
     assert!(line.contains("--force-delta"), "{line}");
+    assert!(
+        line.contains("were smaller as differences and"),
+        "the measured split: {line}"
+    );
     let pct = line
         .trim_start_matches("bigsmall: warning: ")
         .split('%')

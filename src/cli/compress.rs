@@ -308,10 +308,14 @@ pub fn regime_warning(d: &DeltaStats, forced: bool) {
         return;
     }
     if d.changed_fraction() > DeltaStats::REGIME_LIMIT && !forced {
+        // The regime is where differences usually do not pay; what this run measured is said
+        // with it, since each chunk was stored the smaller way.
         eprintln!(
-            "bigsmall: warning: {:.0}% of matched weight bytes changed (over {:.0}%): delta coding is in its measured does-not-pay regime; each chunk was still stored the smaller way (--force-delta silences this)",
+            "bigsmall: warning: {:.0}% of matched weight bytes changed (over {:.0}%), where delta coding usually does not pay; measured per chunk, {} were smaller as differences and {} standalone (--force-delta silences this)",
             d.changed_fraction() * 100.0,
-            DeltaStats::REGIME_LIMIT * 100.0
+            DeltaStats::REGIME_LIMIT * 100.0,
+            d.delta_chunks,
+            d.standalone_chunks
         );
     }
 }
