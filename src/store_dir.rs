@@ -257,6 +257,7 @@ pub fn check_or_repair_dir(
     dir: &Path,
     output: Option<&Path>,
     overwrite: bool,
+    progress: &dyn crate::progress::Progress,
 ) -> Result<Vec<ShardRepair>> {
     let index_path = dir.join(DIR_INDEX);
     let index = read_dir_index(dir)?;
@@ -284,7 +285,12 @@ pub fn check_or_repair_dir(
             }
             None => None,
         };
-        let report = crate::integrity::ecc::check_or_repair(&shard, &sidecar, out.as_deref())?;
+        let report = crate::integrity::ecc::check_or_repair_with(
+            &shard,
+            &sidecar,
+            out.as_deref(),
+            progress,
+        )?;
         reports.push(ShardRepair {
             file: s.file.clone(),
             report,

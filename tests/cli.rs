@@ -548,9 +548,29 @@ fn verify_every_mode_passes_on_a_good_file() {
 fn help_of_every_subcommand_has_examples() {
     let top = ok(&run(["--help"]));
     assert!(top.contains("Examples"), "{top}");
-    for sub in ["compress", "decompress", "info", "stat", "scan", "verify"] {
+    let every = [
+        "compress",
+        "decompress",
+        "info",
+        "stat",
+        "scan",
+        "verify",
+        "apply",
+        "diff",
+        "repair",
+        "migrate",
+        "transcode",
+        "reshard",
+        "benchmark",
+    ];
+    for sub in every {
         let h = ok(&run([sub, "--help"]));
         assert!(h.contains("Examples"), "{sub} --help: {h}");
+        // Every command that reads weights can take long and shows a progress bar that
+        // --no-progress hides; info and stat read only the index.
+        if sub != "info" && sub != "stat" {
+            assert!(h.contains("--no-progress"), "{sub} --help: {h}");
+        }
     }
     let v = ok(&run(["--version"]));
     assert!(v.starts_with("bigsmall "), "{v}");

@@ -349,8 +349,17 @@ fn low_zero_fraction(bytes: &[u8]) -> f64 {
 }
 
 /// Scans a safetensors file or model directory.
-pub fn scan(path: &Path) -> Result<Scan> {
+/// Scans a safetensors file or model directory, reading every tensor once (each is let go
+/// of when read, so resident memory stays near a few tensors); `progress` gets the bytes read.
+pub fn scan(path: &Path, progress: &dyn crate::progress::Progress) -> Result<Scan> {
     let files = crate::model::dir::weight_files(path)?;
+    progress.start(
+        files
+            .iter()
+            .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+            .sum(),
+        "scanning",
+    );
     let mut s = Scan {
         path: path.display().to_string(),
         shards: files.len(),
@@ -374,7 +383,10 @@ pub fn scan(path: &Path) -> Result<Scan> {
             .map(|t| {
                 let bytes = st.tensor_bytes(t);
                 let native = (t.dtype == safetensors::Dtype::F32).then(|| low_zero_fraction(bytes));
-                (entropy::tensor_bounds(t.dtype, bytes), native)
+                let b = entropy::tensor_bounds(t.dtype, bytes);
+                st.release(st.data_offset() + t.start, st.data_offset() + t.end);
+                progress.advance(bytes.len() as u64);
+                (b, native)
             })
             .collect();
         for (t, (b, native)) in st.tensors.iter().zip(per) {
@@ -397,6 +409,7 @@ pub fn scan(path: &Path) -> Result<Scan> {
         }
         st.release(0, st.bytes().len());
     }
+    progress.finish();
     s.layer_count = layers.len();
     let total_bits = s.total_bytes.max(1) as f64 * 8.0;
     s.bound_conditional_pct = bounds.conditional_bits * 100.0 / total_bits;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use bigsmall::integrity::ecc::{check_or_repair, sidecar_path, EccReport};
+use bigsmall::integrity::ecc::{check_or_repair_with, sidecar_path, EccReport};
 
 use super::{emit, emit_json, thousands};
 
@@ -29,6 +29,9 @@ pub struct Args {
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
+    /// Hide the progress bar
+    #[arg(long)]
+    no_progress: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
@@ -42,7 +45,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         bigsmall::fsutil::check_output(o, a.force)?;
     }
     let started = std::time::Instant::now();
-    let r = check_or_repair(&a.file, &sidecar, output.as_deref())?;
+    let r = check_or_repair_with(
+        &a.file,
+        &sidecar,
+        output.as_deref(),
+        &super::Bar::new(a.no_progress),
+    )?;
     let secs = started.elapsed().as_secs_f64();
     if a.json {
         emit_json(&r);
@@ -106,7 +114,12 @@ fn run_dir(a: Args) -> anyhow::Result<i32> {
         bigsmall::fsutil::check_apart(&a.file, o)?;
     }
     let started = std::time::Instant::now();
-    let shards = bigsmall::store_dir::check_or_repair_dir(&a.file, output.as_deref(), a.force)?;
+    let shards = bigsmall::store_dir::check_or_repair_dir(
+        &a.file,
+        output.as_deref(),
+        a.force,
+        &super::Bar::new(a.no_progress),
+    )?;
     let secs = started.elapsed().as_secs_f64();
     let lost: u64 = shards.iter().map(|s| s.report.lost_blocks).sum();
     let clean = shards.iter().all(|s| s.report.clean);

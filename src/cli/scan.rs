@@ -16,10 +16,13 @@ pub struct Args {
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
+    /// Hide the progress bar
+    #[arg(long)]
+    no_progress: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    let s = scan(&a.path)?;
+    let s = scan(&a.path, &super::Bar::new(a.no_progress))?;
     if a.json {
         emit_json(&s);
         return Ok(0);

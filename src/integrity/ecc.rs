@@ -331,6 +331,17 @@ fn repair_section(data: &[u8], side: &[u8], sb: usize, h: &Header) -> SectionOut
 /// there (temp name, then rename) when every block could be recovered and the result hashes
 /// to the original file's xxh3, plus a fresh sidecar next to it.
 pub fn check_or_repair(file: &Path, sidecar: &Path, output: Option<&Path>) -> Result<EccReport> {
+    check_or_repair_with(file, sidecar, output, &crate::progress::Silent)
+}
+
+/// `check_or_repair`, telling `progress` the bytes checked block by block (a clean file with
+/// no output is settled by one checksum, without it).
+pub fn check_or_repair_with(
+    file: &Path,
+    sidecar: &Path,
+    output: Option<&Path>,
+    progress: &dyn crate::progress::Progress,
+) -> Result<EccReport> {
     let (side, header, header_damaged) = open_sidecar(sidecar)?;
     let f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
     let len = f.metadata().map_err(|e| Error::io(file, e))?.len();
@@ -372,6 +383,7 @@ pub fn check_or_repair(file: &Path, sidecar: &Path, output: Option<&Path>) -> Re
     };
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut parity_fixed = false;
+    progress.start(header.data_len, "repairing");
     for start in (0..sbs).step_by(32) {
         let outs: Vec<SectionOut> = (start..(start + 32).min(sbs))
             .into_par_iter()
@@ -387,8 +399,10 @@ pub fn check_or_repair(file: &Path, sidecar: &Path, output: Option<&Path>) -> Re
                 hasher.update(&o.data);
                 out.write_all(&o.data)?;
             }
+            progress.advance(o.data.len() as u64);
         }
     }
+    progress.finish();
     report.sidecar_damaged |= parity_fixed;
     // Real damage touches some blocks; a sidecar made for another file disagrees everywhere.
     if report.blocks >= 16 && report.lost_blocks * 2 > report.blocks {
@@ -427,8 +441,10 @@ pub fn check_or_repair(file: &Path, sidecar: &Path, output: Option<&Path>) -> Re
     } else {
         let dst = sidecar_path(out_path);
         let tmp = crate::fsutil::temp_name(&dst);
-        std::fs::copy(sidecar, &tmp).map_err(|e| Error::io(&dst, e))?;
-        std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+        if let Err(e) = std::fs::copy(sidecar, &tmp).and_then(|_| std::fs::rename(&tmp, &dst)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::io(&dst, e));
+        }
     }
     report.repaired = true;
     Ok(report)
