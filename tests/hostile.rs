@@ -1037,6 +1037,16 @@ fn hostile_safetensors_are_refused() {
             1,
         );
         assert!(e.contains(&file_name(&p)), "{what}: {e}");
+        // Where the safetensors crate's words are vague, the error says what is wrong.
+        let why = match *what {
+            "offsets past the end" | "truncated data" | "10^12 elements" => "truncated",
+            "trailing data" => "4 bytes after the last tensor",
+            "shape overflow" => "tensor 'a': its shape overflows",
+            "shape disagrees with offsets" => "need 12 bytes, its data_offsets [0, 16] give 16",
+            "header length past the end" => "does not fit in the file",
+            _ => "",
+        };
+        assert!(e.contains(why), "{what}: {e}");
         assert!(!out.exists(), "{what}: output created");
         fails(&run(["scan", path_str(&p)]), 1);
     }

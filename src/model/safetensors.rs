@@ -72,6 +72,82 @@ pub fn elem_kind(d: Dtype) -> ElemKind {
     }
 }
 
+/// What a safetensors parse error means for this file, in its own terms where the crate's
+/// words are vague: which tensor's offsets are wrong, or how much of the data is missing.
+fn explain(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
+    use safetensors::SafeTensorError as E;
+    let generic = e.to_string();
+    let n = u64::from_le_bytes(file[..8].try_into().expect("8 bytes checked"));
+    let data_len = (file.len() as u64).saturating_sub(8).saturating_sub(n);
+    if matches!(e, E::InvalidHeaderLength) {
+        return format!(
+            "header length {n} does not fit in the file ({} bytes): truncated, or not safetensors",
+            file.len()
+        );
+    }
+    if !matches!(
+        e,
+        E::MetadataIncompleteBuffer | E::TensorInvalidInfo | E::ValidationOverflow
+    ) {
+        return generic;
+    }
+    let Some(header) = usize::try_from(n)
+        .ok()
+        .and_then(|n| file.get(8..8 + n))
+        .and_then(|h| serde_json::from_slice::<serde_json::Value>(h).ok())
+    else {
+        return generic;
+    };
+    let mut declared_end = 0u64;
+    for (name, t) in header.as_object().into_iter().flatten() {
+        if name == "__metadata__" {
+            continue;
+        }
+        let offsets: Option<Vec<u64>> = t["data_offsets"]
+            .as_array()
+            .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect());
+        let (Some([start, end]), Ok(dtype)) = (
+            offsets
+                .as_deref()
+                .and_then(|o| <[u64; 2]>::try_from(o).ok()),
+            serde_json::from_value::<Dtype>(t["dtype"].clone()),
+        ) else {
+            return format!("tensor '{name}': its dtype or data_offsets are malformed");
+        };
+        declared_end = declared_end.max(end);
+        let shape: Option<Vec<u64>> = t["shape"]
+            .as_array()
+            .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect());
+        let need = shape
+            .as_deref()
+            .and_then(|d| d.iter().try_fold(1u64, |p, &x| p.checked_mul(x)))
+            .and_then(|elems| elems.checked_mul(dtype.bitsize() as u64))
+            .map(|bits| bits.div_ceil(8));
+        match need {
+            None => return format!("tensor '{name}': its shape overflows (absurd sizes)"),
+            Some(need) if end < start || end - start != need => {
+                return format!(
+                    "tensor '{name}': its shape and dtype need {need} bytes, its data_offsets [{start}, {end}] give {}",
+                    end.saturating_sub(start)
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    if declared_end > data_len {
+        format!(
+            "truncated: the header declares {declared_end} bytes of tensor data, the file holds {data_len}"
+        )
+    } else if declared_end < data_len {
+        format!(
+            "{} bytes after the last tensor's data (the header declares {declared_end} of {data_len})",
+            data_len - declared_end
+        )
+    } else {
+        generic
+    }
+}
+
 impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<SafetensorsFile> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
@@ -92,7 +168,8 @@ impl SafetensorsFile {
         // SAFETY: the map is read-only; bigsmall never writes to its inputs. A file truncated
         // by another process while mapped is outside what any mmap reader can defend against.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let (n, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| bad(e.to_string()))?;
+        let (n, metadata) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| bad(explain(&e, &mmap)))?;
         let mut tensors = Vec::new();
         let infos = metadata.tensors();
         for name in metadata.offset_keys() {
