@@ -518,11 +518,6 @@ pub fn read_dir_index(dir: &Path) -> Result<DirIndex> {
     Ok(index)
 }
 
-/// Checks each shard's container against the directory index, so that swapped or replaced
-/// shard files are refused instead of written under each other's names: the size of the file
-/// it decompresses to and its tensor count must be the ones the index records (a migrated
-/// shard changes its own size, not these), and, where the weight map is unambiguous (no
-/// tensor name in two shards), it must place every tensor of the container in that shard.
 /// A shard the directory index lists and the directory lacks: damage (exit 3), said as such.
 pub fn missing_shard(path: &Path) -> Result<()> {
     if fs::symlink_metadata(path).is_err() {
@@ -534,6 +529,11 @@ pub fn missing_shard(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Checks each shard's container against the directory index, so that swapped or replaced
+/// shard files are refused instead of written under each other's names: the size of the file
+/// it decompresses to and its tensor count must be the ones the index records (a migrated
+/// shard changes its own size, not these), and, where the weight map is unambiguous (no
+/// tensor name in two shards), it must place every tensor of the container in that shard.
 pub fn check_shards(dir: &Path, index: &DirIndex) -> Result<()> {
     let total: usize = index.shards.iter().map(|s| s.tensors).sum();
     let map_usable = index.weight_map.len() == total;
