@@ -1584,6 +1584,42 @@ fn auto_delta_tells_the_base_from_a_sibling_and_a_shuffle() {
     assert_eq!(parse_pick(&line).0, real, "{line}");
     assert!(line.contains("0 fingerprints cached"), "{line}");
     assert!(line.contains("patch ~"), "{line}");
+
+    // The base as a speed-tuned .bsr (chunks cut four to a tensor): its sample is the same
+    // elements as the fine-tune's, so it still beats the sibling.
+    let other = d.join("bases-bsr");
+    fs::create_dir(&other).expect("mkdir");
+    let base_bs = d.join("base.bs");
+    ok(&run([
+        "compress",
+        s(&real),
+        "-o",
+        s(&base_bs),
+        "--no-progress",
+    ]));
+    let base_bsr = other.join("base.bsr");
+    ok(&run([
+        "transcode",
+        s(&base_bs),
+        s(&base_bsr),
+        "--n-streams",
+        "4",
+        "--no-measure",
+        "--no-progress",
+    ]));
+    fs::copy(&sibling, other.join("a-sibling.safetensors")).expect("copy");
+    let o = run([
+        "compress",
+        s(&fine),
+        "-o",
+        s(&d.join("vs-bsr.bs")),
+        "--auto-delta",
+        "--base-dir",
+        s(&other),
+        "--no-progress",
+    ]);
+    let line = auto_line(&stderr(&o)).to_string();
+    assert_eq!(parse_pick(&line).0, base_bsr, "{line}");
 }
 
 #[test]

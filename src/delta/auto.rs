@@ -129,12 +129,23 @@ pub fn fingerprint(path: &Path) -> Result<Fingerprint> {
                     if c.is_patch() {
                         continue;
                     }
-                    // The first chunk is a deterministic sample.
-                    let ch = c.chunks(i).first().copied();
-                    if let Some(ch) = ch {
-                        let mut buf = vec![0u8; ch.raw_len as usize];
-                        c.decode_chunk_into(i, 0, &mut buf)?;
-                        let w = is_float(&c.index.tensors[i].dtype).unwrap_or(1);
+                    // The sample is the tensor's first `CHUNK_BYTES`, as for a safetensors
+                    // file, whatever the chunks' sizes (a `.bsr` cuts them shorter, a tensor
+                    // kept raw is one chunk): the same elements on both sides.
+                    let w = is_float(&c.index.tensors[i].dtype).unwrap_or(1);
+                    let want = (c.index.tensors[i].raw_len() as usize)
+                        .min(crate::format::CHUNK_BYTES / w * w);
+                    let mut buf = Vec::with_capacity(want);
+                    for (k, ch) in c.chunks(i).iter().enumerate() {
+                        if buf.len() >= want {
+                            break;
+                        }
+                        let at = buf.len();
+                        buf.resize(at + ch.raw_len as usize, 0);
+                        c.decode_chunk_into(i, k, &mut buf[at..])?;
+                    }
+                    buf.truncate(want);
+                    if !buf.is_empty() {
                         sample(&mut fp, &name, &buf, w);
                     }
                 }
@@ -296,8 +307,9 @@ struct Cache {
     entries: BTreeMap<String, (String, Fingerprint)>,
 }
 
-/// 2: fingerprints carry sampled values.
-const CACHE_VERSION: u32 = 2;
+/// 2: fingerprints carry sampled values; 3: a container's sample is its tensors' first
+/// `CHUNK_BYTES` whatever its chunks (version 2 sampled a `.bsr`'s shorter first chunk).
+const CACHE_VERSION: u32 = 3;
 
 fn cache_paths(dir: &Path) -> Vec<PathBuf> {
     let mut v = vec![dir.join(".bigsmall-fingerprints.json")];
