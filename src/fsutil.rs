@@ -99,9 +99,19 @@ pub fn temp_name(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.bigsmall-tmp-{}", std::process::id()))
 }
 
+/// Takes an exclusive lock on an open file or directory without waiting; false where another
+/// open file description holds it. A run holds one on each temporary output it writes, so that
+/// `remove_stale_temps` can tell them from what a killed run left, across PID namespaces too.
+pub fn try_lock(f: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor we own for the duration of the call.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
 /// Removes what runs that were killed outright (`kill -9`, a power cut) left while writing
-/// `path`: temporary outputs beside it whose process no longer exists. A live process's
-/// (another run writing the same output) are left alone.
+/// `path`: temporary outputs beside it whose process no longer exists and whose lock no one
+/// holds. A live run's (another run writing the same output, here or in another container
+/// sharing the directory) are left alone.
 pub fn remove_stale_temps(path: &Path) {
     let (Some(name), Some(parent)) = (path.file_name(), path.parent()) else {
         return;
@@ -127,6 +137,13 @@ pub fn remove_stale_temps(path: &Path) {
             continue;
         }
         let p = e.path();
+        // Held until the removal is done: no run can be writing it meanwhile.
+        let Ok(held) = File::open(&p) else {
+            continue;
+        };
+        if !try_lock(&held) {
+            continue;
+        }
         let _ = if p.is_dir() && !p.is_symlink() {
             fs::remove_dir_all(&p)
         } else {
@@ -150,6 +167,7 @@ impl AtomicFile {
             untrack_temp(&tmp_path);
             Error::io(path, e)
         })?;
+        try_lock(&file);
         Ok(AtomicFile {
             final_path: path.to_path_buf(),
             tmp_path,

@@ -78,6 +78,8 @@ pub(crate) struct StagedDir {
     done: bool,
     /// Resumable staging (`<dst>.progress/`) survives an interrupted run.
     keep: bool,
+    /// The staging directory, locked while this run writes it (`fsutil::try_lock`).
+    _lock: Option<fs::File>,
 }
 
 impl StagedDir {
@@ -101,11 +103,16 @@ impl StagedDir {
             crate::fsutil::untrack_temp(&tmp);
             Error::io(dst, e)
         })?;
+        let lock = fs::File::open(&tmp).ok();
+        if let Some(l) = &lock {
+            crate::fsutil::try_lock(l);
+        }
         Ok(StagedDir {
             final_path: dst.to_path_buf(),
             tmp,
             done: false,
             keep: false,
+            _lock: lock,
         })
     }
 
@@ -123,6 +130,7 @@ impl StagedDir {
             tmp,
             done: false,
             keep: true,
+            _lock: None,
         })
     }
 

@@ -1108,6 +1108,11 @@ fn a_write_that_fails_part_way_leaves_nothing() {
     fs::write(&stale, b"partial").expect("write");
     fs::create_dir_all(stale_dir.join("sub")).expect("mkdir");
     fs::write(&live, b"partial").expect("write");
+    // A run in another PID namespace looks dead by its number; its lock says it is not.
+    let locked = out_dir.join(".x.bs.bigsmall-tmp-99999997");
+    fs::write(&locked, b"partial").expect("write");
+    let held = fs::File::open(&locked).expect("open");
+    assert!(bigsmall::fsutil::try_lock(&held));
     let x = out_dir.join("x.bs");
     ok(&run([
         "compress",
@@ -1119,7 +1124,8 @@ fn a_write_that_fails_part_way_leaves_nothing() {
     let xd = out_dir.join("x-dir.bs");
     ok(&run(["compress", path_str(&sharded), "-o", path_str(&xd)]));
     assert!(!stale.exists() && !stale_dir.exists());
-    assert!(live.exists());
+    assert!(live.exists() && locked.exists());
+    drop(held);
 }
 
 /// An output path that is an existing directory, with -f: the final rename fails, and the
