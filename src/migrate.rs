@@ -179,11 +179,20 @@ pub fn migrate(
     if dry_run {
         let _ = std::fs::remove_file(&new_path);
     } else {
+        // The file's ECC sidecar protects the old bytes: it goes with the backup (or away).
+        let sidecar = crate::integrity::ecc::sidecar_path(path);
         if keep_backup {
             std::fs::rename(path, &bak).map_err(|e| Error::io(path, e))?;
             report.backup = Some(bak.display().to_string());
+            if sidecar.is_file() {
+                let to = crate::integrity::ecc::sidecar_path(&bak);
+                std::fs::rename(&sidecar, &to).map_err(|e| Error::io(&sidecar, e))?;
+            }
         }
         std::fs::rename(&new_path, path).map_err(|e| Error::io(path, e))?;
+        if sidecar.is_file() {
+            let _ = std::fs::remove_file(&sidecar);
+        }
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

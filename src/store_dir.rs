@@ -269,6 +269,9 @@ pub fn check_or_repair_dir(
 ) -> Result<Vec<ShardRepair>> {
     let index_path = dir.join(DIR_INDEX);
     let index = read_dir_index(dir)?;
+    for s in &index.shards {
+        missing_shard(&dir.join(safe_rel(&index_path, &s.file)?))?;
+    }
     let staged = output
         .map(|o| StagedDir::create(o, overwrite))
         .transpose()?;

@@ -317,6 +317,12 @@ fn directory_roundtrip() {
         1,
     );
     assert!(e.contains("is a directory, but"), "{e}");
+    let nowhere = dir.path().join("nowhere");
+    let e = fails(
+        &run(["verify", "--source", path_str(&nowhere), path_str(&bs)]),
+        1,
+    );
+    assert!(e.contains("No such file"), "{e}");
     assert_eq!(
         last_line(&ok(&run([
             "verify",
@@ -1554,7 +1560,17 @@ fn swapped_or_doubled_shards_are_refused() {
     );
     assert!(e.contains("is missing"), "{e}");
     fails(&run(["info", path_str(&swapped)]), 3);
-    assert!(!back.exists());
+    let bsr = dir.path().join("t.bsr");
+    for args in [
+        vec!["repair", path_str(&swapped), "--check"],
+        vec!["repair", path_str(&swapped), "-o", path_str(&back)],
+        vec!["transcode", path_str(&swapped), path_str(&bsr)],
+        vec!["reshard", path_str(&swapped), "-o", path_str(&back)],
+    ] {
+        let e = fails(&run(&args), 3);
+        assert!(e.contains("is missing"), "{args:?}: {e}");
+    }
+    assert!(!back.exists() && !bsr.exists());
 
     let mut doubled = v.clone();
     doubled["shards"][1]["source"] = doubled["shards"][0]["source"].clone();

@@ -34,11 +34,20 @@ fn migrate_leaves_a_current_file_alone_and_reencodes_on_request() {
     let f = dir.path().join("m.bs");
     fs::copy(frozen(), &f).unwrap();
     let frozen_bytes = fs::read(&f).unwrap();
-    // A format-1.0 file is older than this build: migrated, with a backup.
+    // With an ECC sidecar, which protects the old bytes.
+    bigsmall::integrity::ecc::create(&f).unwrap();
+    let sidecar = fs::read(dir.path().join("m.bs.ecc")).unwrap();
+    // A format-1.0 file is older than this build: migrated, with a backup; the sidecar goes
+    // with the backup (it would report the new file as damaged).
     let text = ok(&run(["migrate".as_ref(), f.as_os_str()]));
     assert!(text.contains("format 1.0"), "{text}");
     assert_eq!(fs::read(dir.path().join("m.bs.bak")).unwrap(), frozen_bytes);
+    assert_eq!(fs::read(dir.path().join("m.bs.bak.ecc")).unwrap(), sidecar);
+    assert!(!dir.path().join("m.bs.ecc").exists());
+    let v = ok(&run(["verify".as_ref(), f.as_os_str()]));
+    assert!(!v.contains("ecc"), "{v}");
     fs::remove_file(dir.path().join("m.bs.bak")).unwrap();
+    fs::remove_file(dir.path().join("m.bs.bak.ecc")).unwrap();
     // Now current: left alone.
     let before = fs::read(&f).unwrap();
     let text = ok(&run(["migrate".as_ref(), f.as_os_str()]));

@@ -460,7 +460,8 @@ fn a_shard_missing_from_a_directory_is_named() {
     compress(&fixture("sharded"), &bs);
     fs::remove_file(bs.join("model-00002-of-00002.bs")).expect("rm");
     let out = dir.path().join("out");
-    let err = reshard_fails(&[&bs], &out, &[], 1);
+    // Damage found: exit 3, as from every command.
+    let err = reshard_fails(&[&bs], &out, &[], 3);
     assert!(err.contains("model-00002-of-00002.bs"), "{err}");
     assert!(err.contains("missing"), "{err}");
     assert!(!out.exists());

@@ -348,7 +348,6 @@ fn low_zero_fraction(bytes: &[u8]) -> f64 {
     zero as f64 / n as f64
 }
 
-/// Scans a safetensors file or model directory.
 /// Scans a safetensors file or model directory, reading every tensor once (each is let go
 /// of when read, so resident memory stays near a few tensors); `progress` gets the bytes read.
 pub fn scan(path: &Path, progress: &dyn crate::progress::Progress) -> Result<Scan> {

@@ -44,11 +44,14 @@ fn ranked(title: &str, rows: &[TensorStat]) -> String {
     let mut s = format!("  {title}\n");
     for t in rows {
         s += &format!(
-            "    {:>7.2}%  {}  ({} -> {})\n",
+            "    {:>7.2}%  {}  ({} -> {}{})\n",
             t.ratio_pct.unwrap_or(0.0),
             t.name,
             human(t.raw_bytes),
-            human(t.stored_bytes)
+            human(t.stored_bytes),
+            t.shard
+                .as_ref()
+                .map_or(String::new(), |sh| format!(", in {sh}"))
         );
     }
     s

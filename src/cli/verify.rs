@@ -67,6 +67,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     });
     if let Some(src) = &a.source {
         // A directory's shards map to files of a directory; one .bs to one file.
+        if let Err(e) = std::fs::metadata(src) {
+            return Err(Error::io(src, e).into());
+        }
         match (src.is_dir(), super::is_bs_dir(&a.file)) {
             (true, false) => {
                 return Err(Error::invalid(
@@ -160,7 +163,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     // ECC sidecars are checked too where present (structure-only runs skip the data pass).
     let mut ecc_lines = Vec::new();
     let mut ecc_reports = Vec::new();
-    for f in &files {
+    for f in files.iter().filter(|f| f.exists()) {
         let side = bigsmall::integrity::ecc::sidecar_path(f);
         if !side.exists() {
             continue;

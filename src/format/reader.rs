@@ -90,7 +90,7 @@ impl Container {
             // A flipped bit in the version reads as a newer format too: where the rest reads
             // as this build's format, the error says so.
             let hint = if packed_index(&mmap).is_ok() {
-                "; or its version bytes are damaged, since its index checks out as this build's format"
+                "; or its version bytes are damaged, since its trailer and index checksum read as this build's format"
             } else {
                 ""
             };

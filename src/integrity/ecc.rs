@@ -383,7 +383,14 @@ pub fn check_or_repair_with(
     };
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut parity_fixed = false;
-    progress.start(header.data_len, "repairing");
+    progress.start(
+        header.data_len,
+        if output.is_some() {
+            "repairing"
+        } else {
+            "checking"
+        },
+    );
     for start in (0..sbs).step_by(32) {
         let outs: Vec<SectionOut> = (start..(start + 32).min(sbs))
             .into_par_iter()

@@ -265,6 +265,7 @@ fn open_inputs(paths: &[PathBuf]) -> Result<Inputs> {
             |f: &Path| Error::invalid(f, format!("is listed in {} but missing", ipath.display()));
         for s in &idx.shards {
             let f = p.join(&s.file);
+            crate::store_dir::missing_shard(&f)?;
             if !f.is_file() {
                 return Err(missing(&f));
             }

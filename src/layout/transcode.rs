@@ -538,6 +538,7 @@ pub fn transcode_dir(
     crate::fsutil::check_apart(src, dst)?;
     // Open everything first: a missing or damaged shard fails before anything is written.
     for sh in &index.shards {
+        crate::store_dir::missing_shard(&src.join(&sh.file))?;
         Container::open(&src.join(&sh.file))?;
     }
     let staged = StagedDir::create(dst, opts.overwrite)?;

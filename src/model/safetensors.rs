@@ -77,7 +77,12 @@ pub fn elem_kind(d: Dtype) -> ElemKind {
 fn explain(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
     use safetensors::SafeTensorError as E;
     let generic = e.to_string();
-    let n = u64::from_le_bytes(file[..8].try_into().expect("8 bytes checked"));
+    let Some(n) = file
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    else {
+        return generic;
+    };
     let data_len = (file.len() as u64).saturating_sub(8).saturating_sub(n);
     if matches!(e, E::InvalidHeaderLength) {
         return format!(
