@@ -1565,22 +1565,26 @@ fn auto_delta_tells_the_base_from_a_sibling_and_a_shuffle() {
         assert_eq!(a["cached_fingerprints"], cached, "{round}: {a}");
         assert_rebuilds(&fine, &out, &real, d, round);
     }
+    // The pick line of a run over `dir`, writing `out`.
+    let pick_line = |dir: &Path, out: &str| {
+        let o = run([
+            "compress",
+            s(&fine),
+            "-o",
+            s(&d.join(out)),
+            "--auto-delta",
+            "--base-dir",
+            s(dir),
+            "--no-progress",
+        ]);
+        auto_line(&stderr(&o)).to_string()
+    };
     // A cache written before values were sampled is not used: it is rewritten.
     let cache = bases.join(".bigsmall-fingerprints.json");
     let mut old = json(&fs::read_to_string(&cache).expect("cache"));
     old.as_object_mut().expect("object").remove("version");
     fs::write(&cache, old.to_string()).expect("write");
-    let o = run([
-        "compress",
-        s(&fine),
-        "-o",
-        s(&d.join("again.bs")),
-        "--auto-delta",
-        "--base-dir",
-        s(&bases),
-        "--no-progress",
-    ]);
-    let line = auto_line(&stderr(&o)).to_string();
+    let line = pick_line(&bases, "again.bs");
     assert_eq!(parse_pick(&line).0, real, "{line}");
     assert!(line.contains("0 fingerprints cached"), "{line}");
     assert!(line.contains("patch ~"), "{line}");
@@ -1608,17 +1612,7 @@ fn auto_delta_tells_the_base_from_a_sibling_and_a_shuffle() {
         "--no-progress",
     ]));
     fs::copy(&sibling, other.join("a-sibling.safetensors")).expect("copy");
-    let o = run([
-        "compress",
-        s(&fine),
-        "-o",
-        s(&d.join("vs-bsr.bs")),
-        "--auto-delta",
-        "--base-dir",
-        s(&other),
-        "--no-progress",
-    ]);
-    let line = auto_line(&stderr(&o)).to_string();
+    let line = pick_line(&other, "vs-bsr.bs");
     assert_eq!(parse_pick(&line).0, base_bsr, "{line}");
 }
 

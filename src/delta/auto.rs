@@ -184,8 +184,9 @@ pub fn fingerprint(path: &Path) -> Result<Fingerprint> {
     Ok(fp)
 }
 
-/// Distance between an input and a candidate base (0 = same names/shapes and histograms).
-pub fn distance(input: &Fingerprint, base: &Fingerprint) -> f64 {
+/// The share of the input's bytes in tensors that `base` has with the same name, dtype and
+/// shape.
+fn matched_share(input: &Fingerprint, base: &Fingerprint) -> f64 {
     let total: u64 = input.tensors.values().map(|t| t.2).sum();
     let matched: u64 = input
         .tensors
@@ -193,7 +194,12 @@ pub fn distance(input: &Fingerprint, base: &Fingerprint) -> f64 {
         .filter(|(n, t)| base.tensors.get(*n) == Some(t))
         .map(|(_, t)| t.2)
         .sum();
-    let overlap = matched as f64 / total.max(1) as f64;
+    matched as f64 / total.max(1) as f64
+}
+
+/// Distance between an input and a candidate base (0 = same names/shapes and histograms).
+pub fn distance(input: &Fingerprint, base: &Fingerprint) -> f64 {
+    let overlap = matched_share(input, base);
     let mut l1 = Vec::new();
     for (n, h) in &input.hist {
         if let Some(g) = base.hist.get(n) {
@@ -218,13 +224,6 @@ pub fn distance(input: &Fingerprint, base: &Fingerprint) -> f64 {
 /// width of their XOR over their width). `None` where no sampled tensor is in both with the
 /// same name, dtype and shape (a patch as candidate: its values need its own base).
 pub fn patch_share(input: &Fingerprint, base: &Fingerprint) -> Option<f64> {
-    let total: u64 = input.tensors.values().map(|t| t.2).sum();
-    let matched: u64 = input
-        .tensors
-        .iter()
-        .filter(|(n, t)| base.tensors.get(*n) == Some(t))
-        .map(|(_, t)| t.2)
-        .sum();
     let (mut bits, mut of) = (0u64, 0u64);
     for (n, a) in &input.values {
         let same = input
@@ -243,7 +242,7 @@ pub fn patch_share(input: &Fingerprint, base: &Fingerprint) -> Option<f64> {
     if of == 0 {
         return None;
     }
-    let matched = matched as f64 / total.max(1) as f64;
+    let matched = matched_share(input, base);
     Some((1.0 - matched) + matched * bits as f64 / of as f64)
 }
 
