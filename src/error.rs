@@ -20,12 +20,13 @@ pub enum Error {
     #[error("{path}: {why}")]
     BadContainer { path: PathBuf, why: String },
     /// The container was written by a newer, incompatible format version.
-    #[error("{path}: written by a newer bigsmall (format {major}.{minor}); this build reads format {supported}.x — upgrade bigsmall{hint}")]
+    #[error("{path}: written by a newer bigsmall (format {major}.{minor}); this build reads formats up to {supported} — upgrade bigsmall{hint}")]
     NewerFormat {
         path: PathBuf,
         major: u16,
         minor: u16,
-        supported: u16,
+        /// `MAJOR.MINOR` of this build.
+        supported: String,
         /// What else it may be (damage), or nothing.
         hint: &'static str,
     },

@@ -8,7 +8,7 @@ use memmap2::Mmap;
 
 use super::{
     fast_hash, ChunkEntry, Index, TensorEntry, Trailer, BASE_COPY, CHUNK_BYTES, DATA_START, MAGIC,
-    MAJOR, MAX_GROUP_BLOB, MAX_INDEX_JSON, PREAMBLE_LEN, TRAILER_LEN,
+    MAJOR, MAX_GROUP_BLOB, MAX_INDEX_JSON, MINOR, PREAMBLE_LEN, TRAILER_LEN,
 };
 use crate::codec::{decode_chunk, ElemKind};
 use crate::delta::BaseSource;
@@ -98,7 +98,7 @@ impl Container {
                 path: path.to_path_buf(),
                 major,
                 minor,
-                supported: MAJOR,
+                supported: format!("{MAJOR}.{MINOR}"),
                 hint,
             });
         }
@@ -125,9 +125,24 @@ impl Container {
         if json.len() as u64 != trailer.index_json_len {
             return Err(bad("index has the wrong length".into()));
         }
-        let index: Index =
-            serde_json::from_slice(&json).map_err(|e| bad(format!("index is malformed: {e}")))?;
-        let kinds = validate(&index, trailer.index_offset).map_err(bad)?;
+        // An index that passed its checksum and does not read is not damage: it is from a
+        // newer minor format that added what this build does not know, or it was made so.
+        let unreadable = |why: String| {
+            if minor > MINOR {
+                Error::NewerFormat {
+                    path: path.to_path_buf(),
+                    major,
+                    minor,
+                    supported: format!("{MAJOR}.{MINOR}"),
+                    hint: "; its index uses what this build does not know",
+                }
+            } else {
+                bad(why)
+            }
+        };
+        let index: Index = serde_json::from_slice(&json)
+            .map_err(|e| unreadable(format!("index is malformed: {e}")))?;
+        let kinds = validate(&index, trailer.index_offset).map_err(unreadable)?;
         // Unchanged patch tensors get virtual chunks of at least 1 MiB, and few enough that
         // claimed sizes cannot make this allocation large (about a million entries at most).
         let same_bytes: u64 = index
