@@ -877,17 +877,20 @@ fn newer_minor_version_still_reads() {
         Outcome::Decoded(out) => assert!(out == z.src),
         Outcome::Refused(e) => panic!("a minor version bump must stay readable: {e}"),
     }
-    // A newer minor format with a dtype this build does not know (its index checksum right):
-    // a newer format to upgrade for (exit 1), not damage. The same index under this build's
-    // version is a lie (exit 3).
-    let unknown = edit_index(&z.bs, |v| tensors(v)[0]["dtype"] = json!("F5_NEW"));
-    for (minor, want) in [(7u16, 1), (bigsmall::format::MINOR, 3)] {
-        let mut b = unknown.clone();
-        b[10..12].copy_from_slice(&minor.to_le_bytes());
-        let p = dir.path().join(format!("unknown-codec-{minor}.bs"));
-        fs::write(&p, &b).expect("write");
-        let e = fails(&run(["info", path_str(&p)]), want);
-        assert_eq!(e.contains("newer bigsmall"), want == 1, "{e}");
+    // A newer minor format with a dtype or a codec this build does not know (its index
+    // checksum right): a newer format to upgrade for (exit 1), not damage. The same index
+    // under this build's version is a lie (exit 3).
+    let dtype = edit_index(&z.bs, |v| tensors(v)[0]["dtype"] = json!("F5_NEW"));
+    let codec = edit_index(&z.bs, |v| chunk0(v, 0)["c"] = json!(200));
+    for (what, unknown) in [("dtype", dtype), ("codec", codec)] {
+        for (minor, want) in [(7u16, 1), (bigsmall::format::MINOR, 3)] {
+            let mut b = unknown.clone();
+            b[10..12].copy_from_slice(&minor.to_le_bytes());
+            let p = dir.path().join(format!("unknown-{what}-{minor}.bs"));
+            fs::write(&p, &b).expect("write");
+            let e = fails(&run(["info", path_str(&p)]), want);
+            assert_eq!(e.contains("newer bigsmall"), want == 1, "{what}: {e}");
+        }
     }
 }
 

@@ -560,6 +560,14 @@ fn validate(index: &Index, data_end: u64) -> std::result::Result<Vec<ElemKind>, 
                         t.name
                     ));
                 }
+                // Said here rather than when the chunk is decoded: a codec of a newer minor
+                // format is a reason to upgrade, not damage.
+                if crate::codec::tag::name(c.codec) == "unknown" {
+                    return Err(format!(
+                        "tensor '{}' has a chunk of codec {}, which this build does not know",
+                        t.name, c.codec
+                    ));
+                }
                 if (c.skip > 0 && !c.grouped())
                     || c.grouped()
                         && (c.delta
