@@ -450,6 +450,16 @@ fn bad_input_is_refused_and_nothing_is_left() {
             bad[1].as_ref(),
         ]));
     }
+    // --raw-budget outside speed mode, too.
+    usage_error(&run([
+        "transcode".as_ref(),
+        bs.as_os_str(),
+        d.path().join("x.bs").as_os_str(),
+        "--mode".as_ref(),
+        "balanced".as_ref(),
+        "--raw-budget".as_ref(),
+        "5".as_ref(),
+    ]));
     usage_error(&run([
         "transcode".as_ref(),
         bs.as_os_str(),
