@@ -601,6 +601,16 @@ pub fn decompress_dir_with(
     let index = read_dir_index(src)?;
     crate::fsutil::check_apart(src, dst)?;
     check_shards(src, &index)?;
+    // Side files are carried as they are: one gone is damage, found before any work.
+    for rel in &index.side_files {
+        let p = src.join(safe_rel(&src.join(DIR_INDEX), rel)?);
+        if fs::symlink_metadata(&p).is_err() {
+            return Err(Error::Incomplete {
+                path: p,
+                why: "side file listed in the directory index is missing".into(),
+            });
+        }
+    }
     let staged = StagedDir::create(dst, opts.overwrite)?;
     let mut total = DecompressReport {
         output_bytes: 0,

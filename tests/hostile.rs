@@ -1252,8 +1252,12 @@ fn hostile_directory_index_is_refused() {
         assert!(!out.exists(), "{what}: output directory created");
         assert_eq!(tree(root.path()), before, "{what}: files written");
 
-        // A shard gone is damage found (exit 3); the other lies are errors.
-        let want = if *what == "missing shard file" { 3 } else { 1 };
+        // A shard or side file gone is damage found (exit 3); the other lies are errors.
+        let want = if matches!(*what, "missing shard file" | "missing side file") {
+            3
+        } else {
+            1
+        };
         let e = fails(
             &run(["decompress", path_str(&bad), "-o", path_str(&out)]),
             want,
