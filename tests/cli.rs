@@ -550,6 +550,47 @@ fn verify_every_mode_passes_on_a_good_file() {
     assert!(a["files"][0]["chunks_checked"].as_u64().expect("n") >= 1);
 }
 
+/// Storage mode promises the smallest file: on every fixture no tensor is stored larger than
+/// in balanced mode (zstd's high level is not always smaller on a few KiB: both are tried).
+#[test]
+fn storage_stores_no_tensor_larger_than_balanced() {
+    let dir = tmp();
+    let stored = |src: &Path, mode: &str| -> BTreeMap<String, u64> {
+        let out = dir.path().join(format!("{mode}.bs"));
+        ok(&run([
+            "compress",
+            path_str(src),
+            "-o",
+            path_str(&out),
+            mode,
+            "-f",
+            "--no-progress",
+        ]));
+        json(&ok(&run(["stat", path_str(&out), "--json"])))
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| {
+                (
+                    r["name"].as_str().expect("name").to_string(),
+                    r["stored_bytes"].as_u64().expect("bytes"),
+                )
+            })
+            .collect()
+    };
+    for f in fixture_files() {
+        let (s, b) = (stored(&f, "--storage"), stored(&f, "--balanced"));
+        for (name, n) in &s {
+            assert!(
+                *n <= b[name],
+                "{}: {name} {n} bytes in storage, {} balanced",
+                f.display(),
+                b[name]
+            );
+        }
+    }
+}
+
 #[test]
 fn help_of_every_subcommand_has_examples() {
     let top = ok(&run(["--help"]));

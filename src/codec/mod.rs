@@ -159,7 +159,7 @@ fn fill_blob(data: &[u8], w: usize) -> Option<Vec<u8>> {
 fn zstd_or_raw(data: &[u8], effort: Effort, level: Option<i32>, mut best: Vec<u8>) -> Vec<u8> {
     if let Some(level) = level {
         if effort.zstd_always() || stream::worth_trying_zstd(data, best.len()) {
-            if let Some(z) = stream::zstd_compress(data, level) {
+            if let Some(z) = stream::zstd_smallest(data, level) {
                 if z.len() + 1 < best.len() {
                     best = Vec::with_capacity(z.len() + 1);
                     best.push(tag::ZSTD);
@@ -372,7 +372,7 @@ fn zstd_over(data: &[u8], effort: Effort, best_max: usize, limit: usize) -> bool
     if !effort.zstd_always() && !stream::worth_trying_zstd(data, best_max) {
         return true;
     }
-    stream::zstd_compress(data, level).is_none_or(|z| z.len() + 1 > limit)
+    stream::zstd_smallest(data, level).is_none_or(|z| z.len() + 1 > limit)
 }
 
 /// The bit-exact gate: does `blob` decode to exactly `data`? (Scratch kept per thread, only

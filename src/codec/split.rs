@@ -769,7 +769,7 @@ pub fn encode32(data: &[u8], effort: Effort) -> Vec<u8> {
     let zstd_pairs = effort.zstd_level().and_then(|level| {
         let lo = pairs();
         if effort.zstd_always() || stream::worth_trying_zstd(&lo, planes.len()) {
-            stream::zstd_compress(&lo, level)
+            stream::zstd_smallest(&lo, level)
         } else {
             None
         }
