@@ -531,10 +531,19 @@ pub fn read_dir_index(dir: &Path) -> Result<DirIndex> {
 
 /// A shard the directory index lists and the directory lacks: damage (exit 3), said as such.
 pub fn missing_shard(path: &Path) -> Result<()> {
+    listed_part(path, "shard")
+}
+
+/// A side file the directory index lists and the directory lacks, as `missing_shard`.
+pub fn missing_side_file(path: &Path) -> Result<()> {
+    listed_part(path, "side file")
+}
+
+fn listed_part(path: &Path, what: &str) -> Result<()> {
     if fs::symlink_metadata(path).is_err() {
         return Err(Error::Incomplete {
             path: path.to_path_buf(),
-            why: "shard listed in the directory index is missing".into(),
+            why: format!("{what} listed in the directory index is missing"),
         });
     }
     Ok(())
@@ -603,13 +612,7 @@ pub fn decompress_dir_with(
     check_shards(src, &index)?;
     // Side files are carried as they are: one gone is damage, found before any work.
     for rel in &index.side_files {
-        let p = src.join(safe_rel(&src.join(DIR_INDEX), rel)?);
-        if fs::symlink_metadata(&p).is_err() {
-            return Err(Error::Incomplete {
-                path: p,
-                why: "side file listed in the directory index is missing".into(),
-            });
-        }
+        missing_side_file(&src.join(safe_rel(&src.join(DIR_INDEX), rel)?))?;
     }
     let staged = StagedDir::create(dst, opts.overwrite)?;
     let mut total = DecompressReport {

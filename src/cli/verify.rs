@@ -52,12 +52,16 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    // A compressed directory's missing shards are findings (below), not errors.
-    let files: Vec<PathBuf> = if super::is_bs_dir(&a.file) {
-        let index = bigsmall::store_dir::read_dir_index(&a.file)?;
-        index.shards.iter().map(|s| a.file.join(&s.file)).collect()
+    // A compressed directory's index, read once; its missing shards are findings (below),
+    // not errors.
+    let dir_index = if super::is_bs_dir(&a.file) {
+        Some(bigsmall::store_dir::read_dir_index(&a.file)?)
     } else {
-        container_files(&a.file)?
+        None
+    };
+    let files: Vec<PathBuf> = match &dir_index {
+        Some(index) => index.shards.iter().map(|s| a.file.join(&s.file)).collect(),
+        None => container_files(&a.file)?,
     };
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -70,36 +74,21 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         if let Err(e) = std::fs::metadata(src) {
             return Err(Error::io(src, e).into());
         }
-        match (src.is_dir(), super::is_bs_dir(&a.file)) {
-            (true, false) => {
-                return Err(Error::invalid(
-                    src,
-                    format!(
-                        "is a directory, but {} is one .bs: give the .safetensors file it was made from",
-                        a.file.display()
-                    ),
-                )
-                .into())
-            }
-            (false, true) => {
-                return Err(Error::invalid(
-                    src,
-                    format!(
-                        "is not a directory, but {} is a compressed directory: give the model directory it was made from",
-                        a.file.display()
-                    ),
-                )
-                .into())
-            }
-            _ => {}
+        if src.is_dir() != dir_index.is_some() {
+            let f = a.file.display();
+            let why = if src.is_dir() {
+                format!("is a directory, but {f} is one .bs: give the .safetensors file it was made from")
+            } else {
+                format!("is not a directory, but {f} is a compressed directory: give the model directory it was made from")
+            };
+            return Err(Error::invalid(src, why).into());
         }
     }
     let mut reports: Vec<VerifyReport> = Vec::new();
     let bar = super::Bar::new(a.no_progress);
-    if super::is_bs_dir(&a.file) {
+    if let Some(index) = &dir_index {
         // Shards swapped or replaced under their names: the directory is damaged.
-        let index = bigsmall::store_dir::read_dir_index(&a.file)?;
-        let mut problems: Vec<String> = bigsmall::store_dir::check_shards(&a.file, &index)
+        let mut problems: Vec<String> = bigsmall::store_dir::check_shards(&a.file, index)
             .err()
             .map(|e| e.to_string())
             .into_iter()
@@ -113,12 +102,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         problems.dedup();
         // Side files (config, tokenizer) are carried as they are: they must all be there.
         for rel in &index.side_files {
-            let p = a.file.join(rel);
-            if !p.is_file() {
-                problems.push(format!(
-                    "{}: side file listed in the directory index is missing",
-                    p.display()
-                ));
+            if let Err(e) = bigsmall::store_dir::missing_side_file(&a.file.join(rel)) {
+                problems.push(e.to_string());
             }
         }
         if !problems.is_empty() {
@@ -130,27 +115,20 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             });
         }
     }
-    let is_dir = super::is_bs_dir(&a.file);
-    for f in files.iter().filter(|f| !is_dir || f.exists()) {
+    for (i, f) in files.iter().enumerate() {
+        if dir_index.is_some() && !f.exists() {
+            continue;
+        }
         let mode = if a.fast {
             VerifyMode::Fast
         } else if let Some(fr) = a.sample {
             VerifyMode::Sample { fraction: fr, seed }
         } else if let Some(src) = &a.source {
-            let src = if src.is_dir() {
-                // Map the shard back to its source file inside the original directory.
-                let idx = bigsmall::store_dir::read_dir_index(&a.file)?;
-                let rel = f
-                    .strip_prefix(&a.file)
-                    .unwrap_or(f)
-                    .to_string_lossy()
-                    .replace('\\', "/");
-                let shard = idx.shards.iter().find(|s| s.file == rel);
-                src.join(shard.map(|s| s.source.as_str()).unwrap_or(""))
-            } else {
-                src.clone()
-            };
-            VerifyMode::Source(src)
+            // A shard maps back to its source file inside the original directory.
+            VerifyMode::Source(match &dir_index {
+                Some(index) => src.join(&index.shards[i].source),
+                None => src.clone(),
+            })
         } else {
             VerifyMode::Full
         };
