@@ -1393,6 +1393,60 @@ fn diff_lists_changes_from_files_or_receipts_and_writes_patches() {
     }
 }
 
+#[test]
+fn a_dtype_change_is_retyped_and_stored_standalone() {
+    let dir = tmp();
+    let d = dir.path();
+    let base = base_file();
+    // The same bytes and shape read as F16: only the dtype differs.
+    let fine = d.join("retyped.safetensors");
+    let mut name = String::new();
+    derive(&base, &fine, |ts| {
+        let t = ts
+            .iter_mut()
+            .find(|t| t.dtype == "BF16")
+            .expect("a BF16 tensor");
+        t.dtype = "F16".into();
+        name = t.name.clone();
+    });
+    let text = ok(&run(["diff", s(&base), s(&fine)]));
+    assert_eq!(
+        diff_rows(&text),
+        vec![("retyped".to_string(), name.clone())]
+    );
+    assert!(text.contains("BF16") && text.contains("-> F16"), "{text}");
+    assert!(text.contains(", retyped 1,"), "{text}");
+    let r = diff_json(&base, &fine);
+    let r = diff_report(&r);
+    assert_eq!(
+        (r["retyped"].as_u64(), r["resized"].as_u64()),
+        (Some(1), Some(0)),
+        "{r}"
+    );
+    assert_eq!(
+        r["retyped_bytes"],
+        r["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|x| x["name"] == *name)
+            .expect("row")["b"]["bytes"]
+    );
+    // No dtype change: the word is not printed at all.
+    assert!(!ok(&run(["diff", s(&base), s(&base)])).contains("retyped"));
+
+    let p = d.join("retyped.patch.bs");
+    let v = patch(&fine, &base, &p);
+    assert_eq!(
+        strings(&v["delta"]["resized_tensors"]),
+        vec![name.clone()],
+        "{v}"
+    );
+    let back = d.join("retyped.back");
+    apply(&base, &p, &back);
+    assert_eq!(sha256_file(&back), sha256_file(&fine));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7: the regime gate
 

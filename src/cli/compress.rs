@@ -234,7 +234,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 &d.base_fingerprint[..16]
             );
             s += &format!(
-                "patch:      {} matched tensors ({} unchanged; of the rest, {} chunks as differences, {} standalone), {} added, {} resized (both standalone), {} removed\n",
+                "patch:      {} matched tensors ({} unchanged; of the rest, {} chunks as differences, {} standalone), {} added, {} resized or retyped (both standalone), {} removed\n",
                 d.matched_tensors,
                 d.unchanged_tensors,
                 d.delta_chunks,

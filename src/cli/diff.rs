@@ -99,7 +99,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             continue;
         }
         let desc = match (&row.a, &row.b) {
-            (Some(x), Some(y)) if row.status == "resized" => {
+            (Some(x), Some(y)) if matches!(row.status, "resized" | "retyped") => {
                 format!("{} {:?} -> {} {:?}", x.dtype, x.shape, y.dtype, y.shape)
             }
             (_, Some(y)) => format!("{} {:?} {}", y.dtype, y.shape, human(y.bytes)),
@@ -108,8 +108,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         };
         s += &format!("  {:<9} {}  {}\n", row.status, row.name, desc);
     }
+    // A dtype change is rare enough to be named only when there is one.
+    let (retyped, retyped_bytes) = match r.retyped {
+        0 => (String::new(), String::new()),
+        n => (
+            format!(", retyped {n}"),
+            format!(", {} retyped", human(r.retyped_bytes)),
+        ),
+    };
     s += &format!(
-        "added {}, removed {}, changed {}, resized {}, unchanged {} ({} changed, {} resized, {} unchanged)\n",
+        "added {}, removed {}, changed {}, resized {}{retyped}, unchanged {} ({} changed, {} resized{retyped_bytes}, {} unchanged)\n",
         r.added,
         r.removed,
         r.changed,

@@ -70,7 +70,8 @@ pub fn signatures(path: &Path) -> Result<BTreeMap<String, TensorSig>> {
 #[derive(Debug, Clone, Serialize)]
 pub struct DiffRow {
     pub name: String,
-    /// added, removed, changed, resized (dtype or shape changed), unchanged
+    /// added, removed, changed, resized (shape changed), retyped (dtype changed, same shape),
+    /// unchanged
     pub status: &'static str,
     pub a: Option<TensorSig>,
     pub b: Option<TensorSig>,
@@ -84,10 +85,12 @@ pub struct DiffReport {
     pub removed: usize,
     pub changed: usize,
     pub resized: usize,
+    pub retyped: usize,
     pub unchanged: usize,
-    /// Bytes (in B) of the changed tensors, of the resized ones, and of the unchanged ones.
+    /// Bytes (in B) of the changed, resized, retyped and unchanged tensors.
     pub changed_bytes: u64,
     pub resized_bytes: u64,
+    pub retyped_bytes: u64,
     pub unchanged_bytes: u64,
     pub rows: Vec<DiffRow>,
 }
@@ -103,9 +106,11 @@ pub fn diff(a: &Path, b: &Path) -> Result<DiffReport> {
         removed: 0,
         changed: 0,
         resized: 0,
+        retyped: 0,
         unchanged: 0,
         changed_bytes: 0,
         resized_bytes: 0,
+        retyped_bytes: 0,
         unchanged_bytes: 0,
         rows: Vec::new(),
     };
@@ -121,10 +126,15 @@ pub fn diff(a: &Path, b: &Path) -> Result<DiffReport> {
                 r.removed += 1;
                 "removed"
             }
-            (Some(x), Some(y)) if x.dtype != y.dtype || x.shape != y.shape => {
+            (Some(x), Some(y)) if x.shape != y.shape => {
                 r.resized += 1;
                 r.resized_bytes += y.bytes;
                 "resized"
+            }
+            (Some(x), Some(y)) if x.dtype != y.dtype => {
+                r.retyped += 1;
+                r.retyped_bytes += y.bytes;
+                "retyped"
             }
             (Some(x), Some(y)) if x.md5 != y.md5 => {
                 r.changed += 1;
