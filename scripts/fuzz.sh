@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 SECS=${1:-60}
-for t in container codec safetensors ecc; do
+for t in container codec roundtrip safetensors ecc; do
   log=$(mktemp)
   if ! cargo +nightly fuzz run "$t" -- -max_total_time="$SECS" -rss_limit_mb=2048 >"$log" 2>&1; then
     tail -30 "$log"
