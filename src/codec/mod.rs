@@ -335,7 +335,10 @@ pub fn encode_chunk_within(
         ElemKind::F32 => split::encode32(data, effort),
         ElemKind::Byte => {
             let mut out = vec![tag::BYTES];
-            stream::write_bytes(data, effort, &mut out);
+            // zstd is tried on the whole chunk below, the very bytes of this stream, and that
+            // blob is the smaller (no stream framing): the stream does not try it too.
+            let h = stream::Histogram::of(data.iter().map(|&b| u16::from(b)), 8);
+            stream::write_byte_stream(stream::ByteStream::Bytes(data), &h, effort, false, &mut out);
             // Inference and speed modes pair the exponents (half the decoder's symbols)
             // unless that costs more than a fiftieth of the byte stream's size.
             if matches!(effort, Effort::Inference | Effort::Speed) {
