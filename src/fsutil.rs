@@ -68,26 +68,42 @@ pub fn file_size_limit_is_an_error() {
     }
 }
 
-/// Refuses to clobber an existing path unless `overwrite`.
+/// Refuses to clobber an existing path with a file output unless `overwrite`.
 pub fn check_output(path: &Path, overwrite: bool) -> Result<()> {
+    check_output_as(path, overwrite, false)
+}
+
+/// Refuses to clobber an existing path unless `overwrite`, and even then anything but an
+/// output's own kind (a file for a file, a directory for a directory) or a link: -f renames
+/// the new output over the old one, so a device or a pipe would be replaced rather than
+/// written to, and a file a directory output lands on (or the reverse) is more likely a
+/// mistyped path than an old output. An empty directory takes a directory output freely.
+pub fn check_output_as(path: &Path, overwrite: bool, dir: bool) -> Result<()> {
     let Ok(meta) = fs::symlink_metadata(path) else {
         return Ok(());
     };
+    let kind = meta.file_type();
+    let empty_dir = || fs::read_dir(path).is_ok_and(|mut d| d.next().is_none());
+    if dir && kind.is_dir() && empty_dir() {
+        return Ok(());
+    }
     if !overwrite {
         return Err(Error::OutputExists {
             path: path.to_path_buf(),
         });
     }
-    // -f renames a new file over the old one: a device or a pipe would be replaced, not
-    // written to.
-    let kind = meta.file_type();
-    if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
-        return Err(Error::invalid(
-            path,
-            "is not a regular file or directory; -f only replaces those",
-        ));
-    }
-    Ok(())
+    let why = match (kind.is_file(), kind.is_dir()) {
+        _ if kind.is_symlink() => return Ok(()),
+        (false, false) => "is not a regular file or directory; -f only replaces those",
+        (false, true) if !dir => {
+            "is a directory, and this output is a file: -f replaces only the same kind"
+        }
+        (true, _) if dir => {
+            "is a file, and this output is a directory: -f replaces only the same kind"
+        }
+        _ => return Ok(()),
+    };
+    Err(Error::invalid(path, why))
 }
 
 /// The temporary name used beside `path` while it is written.
@@ -309,8 +325,10 @@ fn resolved(p: &Path) -> PathBuf {
 }
 
 /// Refuses an output that is one of this run's inputs (by path, or by file identity: a link
-/// or another spelling of it), or a directory that holds one. `-f` replaces an output, never
-/// an input: a patch written over its own base would lose both.
+/// or another spelling of it), a directory that holds one, or a path inside an input
+/// directory (a model directory, a base). `-f` replaces an output, never an input: a patch
+/// written over its own base would lose both, and an output written into a base would make
+/// it another model.
 pub fn check_not_input(output: &Path, inputs: &[&Path]) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let id = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
@@ -332,22 +350,15 @@ pub fn check_not_input(output: &Path, inputs: &[&Path]) -> Result<()> {
                 format!("holds the input {}; choose another output", input.display()),
             ));
         }
-    }
-    Ok(())
-}
-
-/// Refuses an output directory that holds the input (replacing it would delete the input) or
-/// lies inside it.
-pub fn check_apart(input: &Path, output: &Path) -> Result<()> {
-    check_not_input(output, &[input])?;
-    if resolved(output).starts_with(resolved(input)) {
-        return Err(Error::invalid(
-            output,
-            format!(
-                "is inside the input {}; choose another output",
-                input.display()
-            ),
-        ));
+        if o.starts_with(&i) {
+            return Err(Error::invalid(
+                output,
+                format!(
+                    "is inside the input {}; choose another output",
+                    input.display()
+                ),
+            ));
+        }
     }
     Ok(())
 }

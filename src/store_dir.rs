@@ -84,17 +84,7 @@ pub(crate) struct StagedDir {
 
 impl StagedDir {
     pub(crate) fn create(dst: &Path, overwrite: bool) -> Result<StagedDir> {
-        if let Ok(meta) = fs::symlink_metadata(dst) {
-            let empty_dir = meta.is_dir()
-                && fs::read_dir(dst)
-                    .map(|mut d| d.next().is_none())
-                    .unwrap_or(false);
-            if !overwrite && !empty_dir {
-                return Err(Error::OutputExists {
-                    path: dst.to_path_buf(),
-                });
-            }
-        }
+        crate::fsutil::check_output_as(dst, overwrite, true)?;
         crate::fsutil::remove_stale_temps(dst);
         let tmp = crate::fsutil::temp_name(dst);
         let _ = fs::remove_dir_all(&tmp);
@@ -118,11 +108,7 @@ impl StagedDir {
 
     /// Stages in `<dst>.progress/`, reusing what an interrupted run left there.
     fn resumable(dst: &Path, overwrite: bool) -> Result<StagedDir> {
-        if !overwrite && fs::symlink_metadata(dst).is_ok() {
-            return Err(Error::OutputExists {
-                path: dst.to_path_buf(),
-            });
-        }
+        crate::fsutil::check_output_as(dst, overwrite, true)?;
         let tmp = crate::store::progress_dir(dst);
         fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         Ok(StagedDir {
@@ -356,7 +342,7 @@ pub fn compress_dir_against(
             "has the name of a compressed output (a shard's .bs or bigsmall.index.json); rename it",
         ));
     }
-    crate::fsutil::check_apart(src, dst)?;
+    crate::fsutil::check_not_input(dst, &[src])?;
     let staged = if opts.resume {
         StagedDir::resumable(dst, opts.overwrite)?
     } else {
@@ -608,7 +594,7 @@ pub fn decompress_dir_with(
     progress: &dyn Progress,
 ) -> Result<DecompressReport> {
     let index = read_dir_index(src)?;
-    crate::fsutil::check_apart(src, dst)?;
+    crate::fsutil::check_not_input(dst, &[src])?;
     check_shards(src, &index)?;
     // Side files are carried as they are: one gone is damage, found before any work.
     for rel in &index.side_files {

@@ -1486,6 +1486,115 @@ fn force_refuses_a_pipe_or_device() {
     use std::os::unix::fs::FileTypeExt;
     assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
     assert_no_leftovers(dir.path());
+
+    // A directory output neither: every command that writes one (compress, decompress,
+    // reshard of a model directory) stops before any work, and leaves the pipe as it was.
+    let model = fixture("sharded");
+    let cdir = dir.path().join("cdir");
+    ok(&run(["compress", path_str(&model), "-o", path_str(&cdir)]));
+    for args in [
+        vec!["compress", path_str(&model), "-o", path_str(&fifo), "-f"],
+        vec!["decompress", path_str(&cdir), "-o", path_str(&fifo), "-f"],
+        vec![
+            "reshard",
+            path_str(&cdir),
+            "--output-dir",
+            path_str(&fifo),
+            "-f",
+        ],
+    ] {
+        let e = fails(&run(&args), 1);
+        assert!(e.contains("not a regular file"), "{args:?}: {e}");
+        assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    }
+
+    // -f replaces only an output's own kind: a file is not turned into a directory, nor a
+    // directory into a file (that one used to fail only after all the work).
+    let file = dir.path().join("notes.txt");
+    fs::write(&file, b"mine").expect("write");
+    let e = fails(
+        &run(["compress", path_str(&model), "-o", path_str(&file), "-f"]),
+        1,
+    );
+    assert!(
+        e.contains("is a file, and this output is a directory"),
+        "{e}"
+    );
+    assert_eq!(fs::read(&file).expect("read"), b"mine");
+    let e = fails(
+        &run(["compress", path_str(&src), "-o", path_str(&cdir), "-f"]),
+        1,
+    );
+    assert!(
+        e.contains("is a directory, and this output is a file"),
+        "{e}"
+    );
+    assert!(cdir.join("bigsmall.index.json").is_file());
+    assert_no_leftovers(dir.path());
+}
+
+/// An output inside a base directory would change the base (and break it: two copies of
+/// each tensor): refused like one inside the model being compressed.
+#[test]
+fn output_inside_the_base_is_refused() {
+    let dir = tmp();
+    let base = dir.path().join("base");
+    let copy = std::process::Command::new("cp")
+        .args(["-r", path_str(&fixture("sharded")), path_str(&base)])
+        .status()
+        .expect("cp runs");
+    assert!(copy.success());
+    let before = tree(&base);
+    let patch = dir.path().join("p.bs");
+    ok(&run([
+        "compress",
+        path_str(&base),
+        "--delta-from",
+        path_str(&base),
+        "-o",
+        path_str(&patch),
+    ]));
+    let inside = base.join("out");
+    for args in [
+        vec![
+            "decompress",
+            path_str(&patch),
+            "--base",
+            path_str(&base),
+            "-o",
+            path_str(&inside),
+            "-f",
+        ],
+        vec![
+            "apply",
+            path_str(&base),
+            path_str(&patch),
+            "-o",
+            path_str(&inside),
+            "-f",
+        ],
+        vec![
+            "compress",
+            path_str(&base),
+            "--delta-from",
+            path_str(&base),
+            "-o",
+            path_str(&inside),
+            "-f",
+        ],
+        vec![
+            "diff",
+            path_str(&base),
+            path_str(&base),
+            "--patch",
+            path_str(&inside),
+            "-f",
+        ],
+    ] {
+        let e = fails(&run(&args), 1);
+        assert!(e.contains("is inside the input"), "{args:?}: {e}");
+    }
+    assert_eq!(tree(&base), before, "the base is untouched");
 }
 
 /// Stat marks an empty tensor's ratio as none ("-", JSON null) and sorts it after the others,

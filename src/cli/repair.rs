@@ -111,7 +111,7 @@ fn run_dir(a: Args) -> anyhow::Result<i32> {
     }
     let output = if a.check { None } else { a.output.clone() };
     if let Some(o) = &output {
-        bigsmall::fsutil::check_apart(&a.file, o)?;
+        bigsmall::fsutil::check_not_input(o, &[&a.file])?;
     }
     let started = std::time::Instant::now();
     let shards = bigsmall::store_dir::check_or_repair_dir(

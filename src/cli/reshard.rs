@@ -73,9 +73,6 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     };
     let inputs: Vec<&std::path::Path> = a.inputs.iter().map(|p| p.as_path()).collect();
     bigsmall::fsutil::check_not_input(&a.output_dir, &inputs)?;
-    for dir in inputs.iter().filter(|p| p.is_dir()) {
-        bigsmall::fsutil::check_apart(dir, &a.output_dir)?;
-    }
     let bar = Bar::new(a.no_progress);
     let r = reshard(&a.inputs, &a.output_dir, &opts, &bar)?;
     if a.json {

@@ -535,7 +535,7 @@ pub fn transcode_dir(
     use crate::store_dir::{copy_side_file, read_dir_index, StagedDir, DIR_INDEX};
     let started = Instant::now();
     let mut index = read_dir_index(src)?;
-    crate::fsutil::check_apart(src, dst)?;
+    crate::fsutil::check_not_input(dst, &[src])?;
     // Open everything first: a missing or damaged shard fails before anything is written.
     for sh in &index.shards {
         crate::store_dir::missing_shard(&src.join(&sh.file))?;
