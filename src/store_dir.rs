@@ -438,21 +438,36 @@ pub fn compress_dir_against(
     Ok(total)
 }
 
-/// Adds one shard's delta figures to the directory's.
+/// Adds one shard's delta figures to the directory's. (Destructured whole, so that a new
+/// figure cannot be left out of a directory's report.)
 fn merge_stats(total: &mut crate::store::DeltaStats, d: crate::store::DeltaStats) {
-    total.base = d.base;
-    total.base_fingerprint = d.base_fingerprint;
-    total.matched_tensors += d.matched_tensors;
-    total.matched_bytes += d.matched_bytes;
-    total.changed_bytes += d.changed_bytes;
-    total.unchanged_tensors += d.unchanged_tensors;
-    total.delta_chunks += d.delta_chunks;
-    total.standalone_chunks += d.standalone_chunks;
-    total.added_tensors.extend(d.added_tensors);
-    total.removed_tensors = d.removed_tensors;
+    let crate::store::DeltaStats {
+        base,
+        base_fingerprint,
+        matched_tensors,
+        matched_bytes,
+        changed_bytes,
+        unchanged_tensors,
+        delta_chunks,
+        standalone_chunks,
+        added_tensors,
+        resized_tensors,
+        removed_tensors,
+    } = d;
+    total.base = base;
+    total.base_fingerprint = base_fingerprint;
+    total.matched_tensors += matched_tensors;
+    total.matched_bytes += matched_bytes;
+    total.changed_bytes += changed_bytes;
+    total.unchanged_tensors += unchanged_tensors;
+    total.delta_chunks += delta_chunks;
+    total.standalone_chunks += standalone_chunks;
+    total.added_tensors.extend(added_tensors);
+    total.resized_tensors.extend(resized_tensors);
+    // Every shard is given the whole model's names, so each finds the same removed ones.
+    total.removed_tensors = removed_tensors;
 }
 
-/// Reads and checks a directory's `bigsmall.index.json`.
 /// The containers at `path`: every shard of a compressed directory, the file itself if it is a
 /// container, else none (a safetensors file or a model directory).
 pub fn containers_at(path: &Path) -> Result<Vec<PathBuf>> {
@@ -466,6 +481,7 @@ pub fn containers_at(path: &Path) -> Result<Vec<PathBuf>> {
     }
 }
 
+/// Reads and checks a directory's `bigsmall.index.json`.
 pub fn read_dir_index(dir: &Path) -> Result<DirIndex> {
     let path = dir.join(DIR_INDEX);
     let meta = fs::metadata(&path).map_err(|e| Error::io(&path, e))?;

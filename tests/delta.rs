@@ -579,6 +579,28 @@ fn directory_patches_rebuild_from_model_and_compressed_dir_bases() {
         );
     }
 
+    // A tensor retyped in the second shard: the directory's report names it like a single
+    // file's (each shard's list is summed), and the counts cover every tensor.
+    let retyped_dir = d.join("retyped");
+    copy_tree(&base_dir, &retyped_dir);
+    let shard = retyped_dir.join("model-00002-of-00002.safetensors");
+    let edited = d.join("shard2.safetensors");
+    let mut name = String::new();
+    derive(&shard, &edited, |ts| {
+        let t = ts
+            .iter_mut()
+            .find(|t| t.dtype == "BF16")
+            .expect("a BF16 tensor");
+        t.dtype = "F16".into();
+        name = t.name.clone();
+    });
+    fs::rename(&edited, &shard).expect("mv");
+    let p = d.join("retyped.patch.bs");
+    let r = patch(&retyped_dir, &base_dir, &p);
+    assert_eq!(strings(&r["delta"]["resized_tensors"]), vec![name], "{r}");
+    assert_eq!(r["delta"]["matched_tensors"].as_u64(), Some(19), "{r}");
+    assert_rebuilds(&retyped_dir, &p, &base_dir, &scratch, "retyped dir");
+
     // A single-file fine-tune of the same model against the sharded base, both forms; and a
     // patch made against the single-file base applies with the sharded one (same tensors).
     let fine = d.join("sft-10.safetensors");
