@@ -1533,6 +1533,36 @@ fn force_refuses_a_pipe_or_device() {
     assert_no_leftovers(dir.path());
 }
 
+/// A sharded model whose index names a shard that is not there (an interrupted download) is
+/// refused, naming the shard, not compressed into a smaller model that still carries an
+/// index naming the missing file.
+#[test]
+fn a_shard_missing_from_a_model_directory_is_refused() {
+    let dir = tmp();
+    let model = dir.path().join("model");
+    let copy = std::process::Command::new("cp")
+        .args(["-r", path_str(&fixture("sharded")), path_str(&model)])
+        .status()
+        .expect("cp runs");
+    assert!(copy.success());
+    fs::remove_file(model.join("model-00002-of-00002.safetensors")).expect("rm");
+    let out = dir.path().join("out.bs");
+    for args in [
+        vec!["compress", path_str(&model), "-o", path_str(&out)],
+        vec!["scan", path_str(&model)],
+    ] {
+        let e = fails(&run(&args), 1);
+        assert!(
+            e.contains("model-00002-of-00002.safetensors")
+                && e.contains("model.safetensors.index.json")
+                && e.contains("missing"),
+            "{args:?}: {e}"
+        );
+    }
+    assert!(!out.exists());
+    assert_no_leftovers(dir.path());
+}
+
 /// An output inside a base directory would change the base (and break it: two copies of
 /// each tensor): refused like one inside the model being compressed.
 #[test]

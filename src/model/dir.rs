@@ -42,7 +42,56 @@ pub fn scan_dir(root: &Path) -> Result<ModelDir> {
             "directory contains no .safetensors files",
         ));
     }
+    check_shard_indexes(root, &out)?;
     Ok(out)
+}
+
+/// Larger than any real shard index (a few hundred KiB for the largest models).
+const MAX_SHARD_INDEX: u64 = 64 << 20;
+
+/// A sharded checkpoint's index (`*.safetensors.index.json`) names every shard in its
+/// `weight_map`: one named but absent means the model is incomplete (an interrupted
+/// download), which must not pass for a smaller model. An index that does not read as one is
+/// left alone: it is carried as a side file like any other.
+fn check_shard_indexes(root: &Path, dir: &ModelDir) -> Result<()> {
+    let weights: std::collections::HashSet<&Path> =
+        dir.weights.iter().map(PathBuf::as_path).collect();
+    for rel in &dir.side_files {
+        let is_index = rel
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with(".safetensors.index.json"));
+        let path = root.join(rel);
+        if !is_index || fs::metadata(&path).map_or(true, |m| m.len() > MAX_SHARD_INDEX) {
+            continue;
+        }
+        let index: Option<serde_json::Value> = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let Some(map) = index
+            .as_ref()
+            .and_then(|i| i.get("weight_map"))
+            .and_then(|m| m.as_object())
+        else {
+            continue;
+        };
+        let at = rel.parent().unwrap_or(Path::new(""));
+        let mut named: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+        named.sort_unstable();
+        named.dedup();
+        if let Some(missing) = named
+            .iter()
+            .find(|f| !weights.contains(at.join(f).as_path()))
+        {
+            return Err(Error::invalid(
+                root.join(at).join(missing),
+                format!(
+                    "is a shard that {} names, and it is missing: the model is incomplete",
+                    rel.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn walk(root: &Path, rel: &Path, out: &mut ModelDir) -> Result<()> {
