@@ -492,20 +492,22 @@ pub fn read_dir_index(dir: &Path) -> Result<DirIndex> {
         ));
     }
     let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let index: DirIndex = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::container(&path, format!("malformed directory index: {e}")))?;
-    if index.format != "bigsmall-dir" {
-        return Err(Error::container(&path, "not a bigsmall directory index"));
+    let malformed =
+        |e: serde_json::Error| Error::container(&path, format!("malformed directory index: {e}"));
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(malformed)?;
+    // Format and version first, so that a newer index is for an upgrade to read (exit 1)
+    // whatever its fields; past them it is ours, and what does not hold together is damage.
+    if value.get("format").and_then(|f| f.as_str()) != Some("bigsmall-dir") {
+        return Err(Error::invalid(&path, "not a bigsmall directory index"));
     }
-    if index.version > 1 {
-        return Err(Error::container(
+    let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
+    if version > 1 {
+        return Err(Error::invalid(
             &path,
-            format!(
-                "directory index version {} is newer than this bigsmall reads (1)",
-                index.version
-            ),
+            format!("directory index version {version} is newer than this bigsmall reads (1); upgrade bigsmall"),
         ));
     }
+    let index: DirIndex = serde_json::from_value(value).map_err(malformed)?;
     for s in &index.shards {
         safe_rel(&path, &s.file)?;
         safe_rel(&path, &s.source)?;
@@ -527,6 +529,23 @@ pub fn read_dir_index(dir: &Path) -> Result<DirIndex> {
                 format!("directory index names '{name}' twice"),
             ));
         }
+    }
+    // Every compressed model has a shard, and the weight map places each tensor in one of
+    // them: a shard dropped from the list would otherwise pass for a smaller model.
+    if index.shards.is_empty() {
+        return Err(Error::container(&path, "directory index lists no shards"));
+    }
+    let files: std::collections::BTreeSet<&str> =
+        index.shards.iter().map(|s| s.file.as_str()).collect();
+    if let Some((tensor, file)) = index
+        .weight_map
+        .iter()
+        .find(|(_, f)| !files.contains(f.as_str()))
+    {
+        return Err(Error::container(
+            &path,
+            format!("directory index places tensor '{tensor}' in '{file}', which is not one of its shards"),
+        ));
     }
     Ok(index)
 }

@@ -1752,15 +1752,53 @@ fn swapped_or_doubled_shards_are_refused() {
     }
     assert!(!back.exists() && !bsr.exists());
 
+    // Swapped shards are damage for the report commands too, not a report of wrong sizes.
+    fs::copy(bs.join(&files[0]), swapped.join(&files[1])).expect("copy");
+    fs::copy(bs.join(&files[1]), swapped.join(&files[0])).expect("copy");
+    for args in [
+        vec!["info", path_str(&swapped)],
+        vec!["stat", path_str(&swapped)],
+    ] {
+        let e = fails(&run(&args), 3);
+        assert!(e.contains("swapped"), "{args:?}: {e}");
+    }
+
+    // An index that does not hold together is damage (exit 3) for every command: a shard
+    // named twice, a shard dropped from the list (which the weight map still names: it
+    // would pass for a smaller model), no shards at all, unreadable JSON. A newer index is
+    // for an upgrade (exit 1).
     let mut doubled = v.clone();
     doubled["shards"][1]["source"] = doubled["shards"][0]["source"].clone();
-    fs::write(&index, doubled.to_string()).expect("write");
-    let e = fails(
-        &run(["decompress", path_str(&bs), "-o", path_str(&back)]),
-        1,
-    );
-    assert!(e.contains("twice"), "{e}");
-    assert!(!back.exists());
+    let mut dropped = v.clone();
+    dropped["shards"].as_array_mut().expect("shards").remove(1);
+    let mut none = v.clone();
+    none["shards"] = serde_json::json!([]);
+    let mut newer = v.clone();
+    newer["version"] = serde_json::json!(2);
+    newer["shards"] = serde_json::json!("a shape this build does not know");
+    let text = v.to_string();
+    for (edited, code, says) in [
+        (doubled.to_string(), 3, "twice"),
+        (dropped.to_string(), 3, "not one of its shards"),
+        (none.to_string(), 3, "lists no shards"),
+        (
+            text[..text.len() / 2].to_string(),
+            3,
+            "malformed directory index",
+        ),
+        (newer.to_string(), 1, "newer than this bigsmall reads"),
+    ] {
+        fs::write(&index, &edited).expect("write");
+        for args in [
+            vec!["decompress", path_str(&bs), "-o", path_str(&back)],
+            vec!["info", path_str(&bs)],
+            vec!["verify", path_str(&bs)],
+        ] {
+            let e = fails(&run(&args), code);
+            assert!(e.contains(says), "{args:?} {says}: {e}");
+        }
+        assert!(!back.exists());
+    }
     assert_no_leftovers(dir.path());
 }
 

@@ -103,6 +103,13 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         // A file that starts as a container but whose structure is damaged (truncated, a bad
         // index) is damage found, from every command, as `verify` reports it.
         Some(Error::BadContainer { path, .. }) if bigsmall::format::is_container(path) => 3,
+        // So is a compressed directory's index that does not hold together (unreadable,
+        // shards it does not list, paths out of the directory).
+        Some(Error::BadContainer { path, .. })
+            if path.file_name() == Some(std::ffi::OsStr::new(bigsmall::store_dir::DIR_INDEX)) =>
+        {
+            3
+        }
         _ => 1,
     }
 }
@@ -212,11 +219,9 @@ pub fn is_bs_dir(p: &Path) -> bool {
 pub fn container_files(p: &Path) -> anyhow::Result<Vec<PathBuf>> {
     if is_bs_dir(p) {
         let idx = bigsmall::store_dir::read_dir_index(p)?;
-        let files: Vec<PathBuf> = idx.shards.iter().map(|s| p.join(&s.file)).collect();
-        for f in &files {
-            bigsmall::store_dir::missing_shard(f)?;
-        }
-        Ok(files)
+        // Missing, swapped or replaced shards are damage here too, not a wrong report.
+        bigsmall::store_dir::check_shards(p, &idx)?;
+        Ok(idx.shards.iter().map(|s| p.join(&s.file)).collect())
     } else if p.is_dir() {
         Err(Error::invalid(
             p,
