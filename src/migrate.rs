@@ -1,7 +1,9 @@
 //! `migrate`: rewrite a container made by an older bigsmall (or an older format version)
 //! with the current codecs. Every tensor is decoded and checked against its md5 receipt, its
 //! chunks re-encoded, and the new file fully verified before it replaces the old one (kept as
-//! `.bak` unless asked otherwise). Patch chunks stored against a base are copied as they are.
+//! `.bak` unless asked otherwise). Patch chunks stored against a base are copied as they are,
+//! unchecked (checking them needs the base), and the report says so. A file protected by an
+//! ECC sidecar gets a new one: the old one, which protects the old bytes, goes with the backup.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -24,14 +26,19 @@ pub struct MigrateReport {
     pub from_version: String,
     pub from_created_by: String,
     pub to_created_by: String,
-    /// Already written by this bigsmall in the current format: left untouched.
+    /// Already written by this bigsmall in the current format.
     pub current: bool,
+    /// Current, and no re-encoding asked for: left as it is, nothing measured.
+    pub untouched: bool,
     pub dry_run: bool,
     pub before_bytes: u64,
     pub after_bytes: u64,
     pub reencoded_chunks: usize,
+    /// A patch's difference chunks, copied as they are and unchecked (they need the base).
     pub copied_chunks: usize,
     pub backup: Option<String>,
+    /// An ECC sidecar was written for the new file (the old file had one).
+    pub ecc_rewritten: bool,
     pub seconds: f64,
 }
 
@@ -68,15 +75,18 @@ pub fn migrate(
         from_created_by: c.index.created_by.clone(),
         to_created_by: created_by(),
         current: c.version == (MAJOR, MINOR) && c.index.created_by == created_by(),
+        untouched: false,
         dry_run,
         before_bytes: c.file_size(),
         after_bytes: c.file_size(),
         reencoded_chunks: 0,
         copied_chunks: 0,
         backup: None,
+        ecc_rewritten: false,
         seconds: 0.0,
     };
     if report.current && !reencode_current {
+        report.untouched = true;
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
@@ -179,19 +189,23 @@ pub fn migrate(
     if dry_run {
         let _ = std::fs::remove_file(&new_path);
     } else {
-        // The file's ECC sidecar protects the old bytes: it goes with the backup (or away).
+        // The file's ECC sidecar protects the old bytes: it goes with the backup (or away),
+        // and the new file gets one of its own.
         let sidecar = crate::integrity::ecc::sidecar_path(path);
+        let protected = sidecar.is_file();
         if keep_backup {
             std::fs::rename(path, &bak).map_err(|e| Error::io(path, e))?;
             report.backup = Some(bak.display().to_string());
-            if sidecar.is_file() {
+            if protected {
                 let to = crate::integrity::ecc::sidecar_path(&bak);
                 std::fs::rename(&sidecar, &to).map_err(|e| Error::io(&sidecar, e))?;
             }
         }
         std::fs::rename(&new_path, path).map_err(|e| Error::io(path, e))?;
-        if sidecar.is_file() {
+        if protected {
             let _ = std::fs::remove_file(&sidecar);
+            crate::integrity::ecc::create(path)?;
+            report.ecc_rewritten = true;
         }
     }
     report.seconds = started.elapsed().as_secs_f64();

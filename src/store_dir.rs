@@ -438,6 +438,23 @@ pub fn compress_dir_against(
     Ok(total)
 }
 
+/// Records the shards' sizes in the directory index after they were rewritten in place
+/// (`migrate`); the index is replaced atomically.
+pub fn record_shard_sizes(dir: &Path) -> Result<()> {
+    let mut index = read_dir_index(dir)?;
+    for s in &mut index.shards {
+        let shard = dir.join(&s.file);
+        s.size = fs::metadata(&shard)
+            .map_err(|e| Error::io(&shard, e))?
+            .len();
+    }
+    index.metadata.total_size = index.shards.iter().map(|s| s.size).sum();
+    let path = dir.join(DIR_INDEX);
+    let mut out = crate::fsutil::AtomicFile::create(&path)?;
+    out.write_all(&serde_json::to_vec_pretty(&index).expect("index serialises"))?;
+    out.commit()
+}
+
 /// Adds one shard's delta figures to the directory's. (Destructured whole, so that a new
 /// figure cannot be left out of a directory's report.)
 fn merge_stats(total: &mut crate::store::DeltaStats, d: crate::store::DeltaStats) {

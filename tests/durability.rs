@@ -38,16 +38,22 @@ fn migrate_leaves_a_current_file_alone_and_reencodes_on_request() {
     bigsmall::integrity::ecc::create(&f).unwrap();
     let sidecar = fs::read(dir.path().join("m.bs.ecc")).unwrap();
     // A format-1.0 file is older than this build: migrated, with a backup; the sidecar goes
-    // with the backup (it would report the new file as damaged).
+    // with the backup (it protects the old bytes), and the new file gets one of its own.
     let text = ok(&run(["migrate".as_ref(), f.as_os_str()]));
     assert!(text.contains("format 1.0"), "{text}");
+    assert!(
+        text.contains("every receipt verified; ECC sidecar rewritten"),
+        "{text}"
+    );
     assert_eq!(fs::read(dir.path().join("m.bs.bak")).unwrap(), frozen_bytes);
     assert_eq!(fs::read(dir.path().join("m.bs.bak.ecc")).unwrap(), sidecar);
-    assert!(!dir.path().join("m.bs.ecc").exists());
     let v = ok(&run(["verify".as_ref(), f.as_os_str()]));
-    assert!(!v.contains("ecc"), "{v}");
+    assert!(v.contains("m.bs.ecc present, file intact"), "{v}");
+    let check = ok(&run(["repair".as_ref(), f.as_os_str(), "--check".as_ref()]));
+    assert!(check.contains("file is intact"), "{check}");
     fs::remove_file(dir.path().join("m.bs.bak")).unwrap();
     fs::remove_file(dir.path().join("m.bs.bak.ecc")).unwrap();
+    fs::remove_file(dir.path().join("m.bs.ecc")).unwrap();
     // Now current: left alone.
     let before = fs::read(&f).unwrap();
     let text = ok(&run(["migrate".as_ref(), f.as_os_str()]));
@@ -352,4 +358,84 @@ fn an_interrupt_leaves_no_partial_output() {
         interrupted >= 2,
         "only {interrupted} of 6 runs were caught mid-write"
     );
+}
+
+/// A compressed directory: migrating its shards records their new sizes in the directory
+/// index. A patch: its difference chunks are copied unchecked, and the report says so.
+#[test]
+fn migrate_records_a_directorys_sizes_and_says_what_a_patch_leaves_unchecked() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    fs::create_dir(&model).unwrap();
+    fs::copy(
+        fixture("minilm-bf16.safetensors"),
+        model.join("minilm-bf16.safetensors"),
+    )
+    .unwrap();
+    let out = dir.path().join("model.bs");
+    ok(&run([
+        "compress".as_ref(),
+        model.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]));
+    // The shard as the format-1.0 file of the same weights, its size recorded as such.
+    let shard = out.join("minilm-bf16.bs");
+    fs::copy(frozen(), &shard).unwrap();
+    let index = out.join("bigsmall.index.json");
+    let mut v = json(&fs::read_to_string(&index).unwrap());
+    let old = fs::metadata(&shard).unwrap().len();
+    v["shards"][0]["size"] = old.into();
+    v["metadata"]["total_size"] = old.into();
+    fs::write(&index, v.to_string()).unwrap();
+    ok(&run([
+        "migrate".as_ref(),
+        out.as_os_str(),
+        "--no-backup".as_ref(),
+    ]));
+    let new = fs::metadata(&shard).unwrap().len();
+    assert_ne!(new, old, "the 1.0 file is re-encoded");
+    let v = json(&fs::read_to_string(&index).unwrap());
+    assert_eq!(v["shards"][0]["size"].as_u64(), Some(new), "{v}");
+    assert_eq!(v["metadata"]["total_size"].as_u64(), Some(new), "{v}");
+    let back = dir.path().join("back");
+    ok(&run([
+        "decompress".as_ref(),
+        out.as_os_str(),
+        "-o".as_ref(),
+        back.as_os_str(),
+    ]));
+    assert_eq!(
+        sha256_file(&back.join("minilm-bf16.safetensors")),
+        sha256_file(&fixture("minilm-bf16.safetensors"))
+    );
+
+    // A fine-tune with a few changed bytes, as a patch.
+    let fine = dir.path().join("fine.safetensors");
+    fs::copy(fixture("minilm-bf16.safetensors"), &fine).unwrap();
+    let len = fs::metadata(&fine).unwrap().len();
+    for k in 1..40 {
+        xor_byte(&fine, len - k * 997, 1);
+    }
+    let patch = dir.path().join("fine.patch.bs");
+    ok(&run([
+        "compress".as_ref(),
+        fine.as_os_str(),
+        "--delta-from".as_ref(),
+        fixture("minilm-bf16.safetensors").as_os_str(),
+        "-o".as_ref(),
+        patch.as_os_str(),
+    ]));
+    let text = ok(&run([
+        "migrate".as_ref(),
+        patch.as_os_str(),
+        "--reencode".as_ref(),
+        "--dry-run".as_ref(),
+    ]));
+    assert!(
+        text.contains("difference chunks copied unchecked"),
+        "{text}"
+    );
+    assert!(!text.contains("every receipt verified"), "{text}");
+    assert_no_leftovers(dir.path());
 }

@@ -36,21 +36,33 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     for f in container_files(&a.file)? {
         reports.push(migrate(&f, a.dry_run, !a.no_backup, a.reencode, &bar)?);
     }
+    let rewritten = reports.iter().any(|r| !r.dry_run && !r.untouched);
+    if super::is_bs_dir(&a.file) && rewritten {
+        bigsmall::store_dir::record_shard_sizes(&a.file)?;
+    }
     if a.json {
         emit_json(&reports);
         return Ok(0);
     }
     let mut s = String::new();
     for r in &reports {
-        if r.current && r.reencoded_chunks == 0 {
+        if r.untouched {
             s += &format!(
                 "{}: already current (format {}, {}); left untouched\n",
                 r.file, r.from_version, r.from_created_by
             );
             continue;
         }
+        // A patch's differences cannot be checked without the base: said, not glossed over.
+        let checked = match r.copied_chunks {
+            0 => "every receipt verified".to_string(),
+            n => format!(
+                "receipts verified; {n} difference chunks copied unchecked (they need the base: bigsmall verify {} --base BASE)",
+                a.file.display()
+            ),
+        };
         s += &format!(
-            "{}{}: format {} ({}) -> {}: {} -> {} bytes ({:+.2}%), {} chunks re-encoded, {} copied, every receipt verified{}\n",
+            "{}{}: format {} ({}) -> {}: {} -> {} bytes ({:+.2}%), {} chunks re-encoded, {checked}{}{}\n",
             if r.dry_run { "[dry run] " } else { "" },
             r.file,
             r.from_version,
@@ -60,7 +72,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             thousands(r.after_bytes),
             (r.after_bytes as f64 - r.before_bytes as f64) * 100.0 / r.before_bytes.max(1) as f64,
             r.reencoded_chunks,
-            r.copied_chunks,
+            if r.ecc_rewritten { "; ECC sidecar rewritten" } else { "" },
             match &r.backup {
                 Some(b) => format!("; backup {b}"),
                 None => String::new(),
