@@ -227,9 +227,18 @@ fn a_compressed_directory_is_checked_and_repaired_shard_by_shard() {
     let v = run(["verify", &dp]);
     assert_eq!(code(&v), 3);
     assert!(stdout(&v).contains("repairable with `bigsmall repair`"));
-    let check = ok(&run(["repair", &dp, "--check"]));
+    // The check finds damage: exit 3, as verify's; it says what a repair would correct.
+    let c = run(["repair", &dp, "--check"]);
+    assert_eq!(code(&c), 3);
+    let check = stdout(&c);
     assert!(check.contains("repairable: run with -o OUT"), "{check}");
-    let j = json(&ok(&run(["repair", &dp, "--check", "--json"])));
+    assert!(
+        check.contains("bytes to correct") && !check.contains("bytes corrected"),
+        "{check}"
+    );
+    let c = run(["repair", &dp, "--check", "--json"]);
+    assert_eq!(code(&c), 3);
+    let j = json(&stdout(&c));
     assert_eq!(j["shards"][1]["file"], "model-00002-of-00002.bs");
     assert!(j["shards"][1]["damaged_blocks"].as_u64().unwrap() > 0);
     assert_eq!(j["lost_blocks"], 0);
@@ -274,8 +283,9 @@ fn a_compressed_directory_is_checked_and_repaired_shard_by_shard() {
         "{e}"
     );
     assert!(!never.exists());
-    let e = fails(&run(["repair", &dp, "--check", "--ecc", "x.ecc"]), 1);
-    assert!(e.contains("--ecc"), "{e}");
+    let o = run(["repair", &dp, "--check", "--ecc", "x.ecc"]);
+    assert_eq!(code(&o), 2, "a usage error");
+    assert!(stderr(&o).contains("--ecc"), "{}", stderr(&o));
     // The output may not be the directory itself, nor lie inside it.
     for o in [d.clone(), d.join("fixed")] {
         let e = fails(&run(["repair", &dp, "-o", path_str(&o), "-f"]), 1);

@@ -1201,7 +1201,15 @@ fn hostile_directory_index_is_refused() {
         ("empty file", Vec::new(), true, "malformed"),
         (
             "missing shard file",
-            edit(&|v| v["shards"][0]["file"] = json!("missing.bs")),
+            edit(&|v| {
+                let old = v["shards"][0]["file"].clone();
+                v["shards"][0]["file"] = json!("missing.bs");
+                for (_, f) in v["weight_map"].as_object_mut().expect("map").iter_mut() {
+                    if *f == old {
+                        *f = json!("missing.bs");
+                    }
+                }
+            }),
             false,
             "missing.bs",
         ),
@@ -1252,11 +1260,12 @@ fn hostile_directory_index_is_refused() {
         assert!(!out.exists(), "{what}: output directory created");
         assert_eq!(tree(root.path()), before, "{what}: files written");
 
-        // A shard or side file gone is damage found (exit 3); the other lies are errors.
-        let want = if matches!(*what, "missing shard file" | "missing side file") {
-            3
-        } else {
+        // An index that is not ours, or is newer, is an error (exit 1); every other lie, and
+        // a shard or side file gone, is damage found (exit 3).
+        let want = if matches!(*what, "version 99" | "wrong format") {
             1
+        } else {
+            3
         };
         let e = fails(
             &run(["decompress", path_str(&bad), "-o", path_str(&out)]),
@@ -1266,12 +1275,12 @@ fn hostile_directory_index_is_refused() {
         assert_eq!(tree(root.path()), before, "{what}: the CLI wrote files");
         if *index_fails {
             for cmd in ["info", "stat", "verify"] {
-                fails(&run([cmd, path_str(&bad)]), 1);
+                fails(&run([cmd, path_str(&bad)]), want);
             }
         }
     }
-    // A weight_map full of hostile paths is never used to write: decompression succeeds and
-    // writes only inside its output directory.
+    // A weight_map full of hostile paths is never used to write: it places tensors in files
+    // that are not shards, so the index is damage, refused before anything is written.
     let bad = work.join("bad.bs");
     let _ = fs::remove_dir_all(&bad);
     fs::create_dir(&bad).expect("mkdir");
@@ -1291,13 +1300,14 @@ fn hostile_directory_index_is_refused() {
     fs::write(bad.join(DIR_INDEX), serde_json::to_vec(&v).expect("json")).expect("write");
     let out = work.join("out");
     let before = tree(root.path());
-    decompress_dir(&bad, &out, &DecompressOptions::default(), &Silent).expect("decompresses");
-    let after: Vec<_> = tree(root.path())
-        .into_iter()
-        .filter(|(p, _)| !p.starts_with("work/out"))
-        .collect();
-    assert_eq!(after, before, "only work/out may change");
-    assert_eq!(tree(&out), tree(&fixture("sharded")));
+    let e =
+        decompress_dir(&bad, &out, &DecompressOptions::default(), &Silent).expect_err("refused");
+    assert!(e.to_string().contains("not one of its shards"), "{e}");
+    fails(
+        &run(["decompress", path_str(&bad), "-o", path_str(&out)]),
+        3,
+    );
+    assert_eq!(tree(root.path()), before, "nothing written");
 
     assert!(!abs.exists());
     assert!(!work.join("escape.safetensors").exists());
@@ -1315,7 +1325,7 @@ fn oversized_directory_index_is_not_read() {
     let e = read_dir_index(&d).expect_err("refused");
     let s = one_line(&e, &d);
     assert!(s.contains("implausibly large"), "{s}");
-    fails(&run(["info", path_str(&d)]), 1);
+    fails(&run(["info", path_str(&d)]), 3);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ use super::{emit, emit_json, thousands};
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  bigsmall repair corrupted.bs -o recovered.bs           # uses corrupted.bs.ecc\n  bigsmall repair model-dir/ -o recovered-dir/          # every shard from its SHARD.bs.ecc\n  bigsmall repair corrupted.bs -o recovered.bs --ecc model.bs.ecc\n  bigsmall repair model.bs --check                         # report only\nCorrects up to 16 wrong bytes in every 223-byte block, and any burst of up to 14,082 bytes (a\nzeroed sector, a lost tail) per 1.8 MB. Exit codes: 0 repaired or clean, 3 damage beyond the parity."
+    after_help = "Examples:\n  bigsmall repair corrupted.bs -o recovered.bs           # uses corrupted.bs.ecc\n  bigsmall repair model-dir/ -o recovered-dir/          # every shard from its SHARD.bs.ecc\n  bigsmall repair corrupted.bs -o recovered.bs --ecc model.bs.ecc\n  bigsmall repair model.bs --check                         # report only\nCorrects up to 16 wrong bytes in every 223-byte block, and any burst of up to 14,082 bytes (a\nzeroed sector, a lost tail) per 1.8 MB. Exit codes: 0 clean or repaired; 3 damage found by --check (repairable or not), or\ndamage beyond the parity."
 )]
 pub struct Args {
     /// The damaged file, or a compressed directory (each shard with its sidecar)
@@ -60,6 +60,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             &r,
             "  ",
             "file is intact (matches the checksum recorded in the sidecar)",
+            output.is_none(),
         );
         if let Some(o) = &output {
             s += &format!(
@@ -78,16 +79,32 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
         emit(&s);
     }
-    Ok(if r.lost_blocks > 0 { 3 } else { 0 })
+    Ok(exit_code(r.lost_blocks, r.clean, output.is_none()))
 }
 
-/// The lines saying what a check found in one file (`intact` when nothing), indented.
-fn state(r: &EccReport, indent: &str, intact: &str) -> String {
+/// 3 where damage is beyond the parity, and where a check (no output) found any: a script
+/// asking whether a file is damaged gets the answer `verify` gives.
+fn exit_code(lost_blocks: u64, clean: bool, checking: bool) -> i32 {
+    if lost_blocks > 0 || (checking && !clean) {
+        3
+    } else {
+        0
+    }
+}
+
+/// The lines saying what a check found in one file (`intact` when nothing), indented; a
+/// check (`checking`) says what a repair would correct, not what it did.
+fn state(r: &EccReport, indent: &str, intact: &str, checking: bool) -> String {
+    let (corrected, rebuilt) = if checking {
+        ("bytes to correct", "blocks to rebuild from group parity")
+    } else {
+        ("bytes corrected", "blocks rebuilt from group parity")
+    };
     let mut s = if r.clean {
         format!("{indent}{intact}\n")
     } else {
         format!(
-            "{indent}damaged blocks: {} of {}; bytes corrected: {}; blocks rebuilt from group parity: {}; unrecoverable: {}\n",
+            "{indent}damaged blocks: {} of {}; {corrected}: {}; {rebuilt}: {}; unrecoverable: {}\n",
             thousands(r.damaged_blocks),
             thousands(r.blocks),
             thousands(r.corrected_bytes),
@@ -104,10 +121,12 @@ fn state(r: &EccReport, indent: &str, intact: &str) -> String {
 /// `repair DIR`: every shard of a compressed directory against its own sidecar.
 fn run_dir(a: Args) -> anyhow::Result<i32> {
     if a.ecc.is_some() {
-        anyhow::bail!(
-            "{}: --ecc names one sidecar; a directory's shards each use their own (SHARD.bs.ecc)",
-            a.file.display()
-        );
+        // A usage error (exit 2), like the ones clap finds itself.
+        clap::Error::raw(
+            clap::error::ErrorKind::ArgumentConflict,
+            "--ecc names one sidecar; a directory's shards each use their own (SHARD.bs.ecc)\n",
+        )
+        .exit();
     }
     let output = if a.check { None } else { a.output.clone() };
     if let Some(o) = &output {
@@ -140,7 +159,7 @@ fn run_dir(a: Args) -> anyhow::Result<i32> {
         );
         for sh in &shards {
             s += &format!("  {}:\n", sh.file);
-            s += &state(&sh.report, "    ", "intact");
+            s += &state(&sh.report, "    ", "intact", output.is_none());
         }
         if let Some(o) = &output {
             let bytes: u64 = shards.iter().map(|s| s.report.data_len).sum();
@@ -160,5 +179,5 @@ fn run_dir(a: Args) -> anyhow::Result<i32> {
         }
         emit(&s);
     }
-    Ok(if lost > 0 { 3 } else { 0 })
+    Ok(exit_code(lost, clean, output.is_none()))
 }
