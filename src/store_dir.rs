@@ -258,6 +258,9 @@ pub fn check_or_repair_dir(
     for s in &index.shards {
         missing_shard(&dir.join(safe_rel(&index_path, &s.file)?))?;
     }
+    for rel in &index.side_files {
+        missing_side_file(&dir.join(safe_rel(&index_path, rel)?))?;
+    }
     let staged = output
         .map(|o| StagedDir::create(o, overwrite))
         .transpose()?;
@@ -490,7 +493,12 @@ fn merge_stats(total: &mut crate::store::DeltaStats, d: crate::store::DeltaStats
 pub fn containers_at(path: &Path) -> Result<Vec<PathBuf>> {
     if path.is_dir() && path.join(DIR_INDEX).is_file() {
         let idx = read_dir_index(path)?;
-        Ok(idx.shards.iter().map(|s| path.join(&s.file)).collect())
+        let shards: Vec<PathBuf> = idx.shards.iter().map(|s| path.join(&s.file)).collect();
+        // One gone is damage (exit 3), said as such, not an OS error on opening it.
+        for s in &shards {
+            missing_shard(s)?;
+        }
+        Ok(shards)
     } else if path.is_file() && crate::format::is_container(path) {
         Ok(vec![path.to_path_buf()])
     } else {

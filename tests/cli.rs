@@ -1746,6 +1746,23 @@ fn swapped_or_doubled_shards_are_refused() {
         vec!["repair", path_str(&swapped), "-o", path_str(&back)],
         vec!["transcode", path_str(&swapped), path_str(&bsr)],
         vec!["reshard", path_str(&swapped), "-o", path_str(&back)],
+        // As a base too.
+        vec!["diff", path_str(&swapped), path_str(&fixture("sharded"))],
+        vec![
+            "compress",
+            path_str(&fixture("sharded")),
+            "--delta-from",
+            path_str(&swapped),
+            "-o",
+            path_str(&back),
+        ],
+        vec![
+            "apply",
+            path_str(&swapped),
+            path_str(&bs),
+            "-o",
+            path_str(&back),
+        ],
     ] {
         let e = fails(&run(&args), 3);
         assert!(e.contains("is missing"), "{args:?}: {e}");

@@ -274,6 +274,19 @@ fn a_compressed_directory_is_checked_and_repaired_shard_by_shard() {
     assert_eq!(code(&c), 3);
     assert!(stdout(&c).contains("NOT repairable"), "{}", stdout(&c));
 
+    // A side file gone: damage (exit 3) before anything is checked or written.
+    let config = fs::read(d.join("config.json")).unwrap();
+    fs::remove_file(d.join("config.json")).unwrap();
+    for args in [
+        vec!["repair", &dp, "--check"],
+        vec!["repair", &dp, "-o", path_str(&never)],
+    ] {
+        let e = fails(&run(&args), 3);
+        assert!(e.contains("config.json") && e.contains("missing"), "{e}");
+    }
+    assert!(!never.exists());
+    fs::write(d.join("config.json"), config).unwrap();
+
     // A shard without its sidecar, and --ecc with a directory, are errors.
     fs::write(&shard, &pristine).unwrap();
     fs::remove_file(sidecar_path(&d.join("model-00001-of-00002.bs"))).unwrap();
