@@ -45,7 +45,7 @@ pub enum Error {
         tensor: String,
         what: String,
     },
-    /// A compressed directory lacks a part its index lists.
+    /// A compressed directory lacks a part its index lists, or holds another in its place.
     #[error("{path}: {why}")]
     Incomplete { path: PathBuf, why: String },
     /// Damage beyond what the ECC sidecar can repair.

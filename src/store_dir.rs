@@ -27,6 +27,11 @@ pub struct DirIndex {
     pub created_by: String,
     pub shards: Vec<Shard>,
     pub side_files: Vec<String>,
+    /// md5 of each side file's bytes when it was carried in: a side file replaced or damaged
+    /// is found like a damaged shard. (Added within version 1: an index without it, written
+    /// before, still reads, and its side files are only checked for being there.)
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub side_file_md5: BTreeMap<String, String>,
     /// Tensor name -> `.bs` file, like HF's `weight_map`.
     pub weight_map: BTreeMap<String, String>,
     pub metadata: DirTotals,
@@ -223,14 +228,63 @@ impl Drop for StagedDir {
     }
 }
 
-pub(crate) fn copy_side_file(src_root: &Path, dst_root: &Path, rel: &Path) -> Result<()> {
+/// Copies a side file into a directory being built; returns the md5 of the bytes copied,
+/// which must be `expect` where that is given (a compressed directory's receipt).
+pub(crate) fn copy_side_file(
+    src_root: &Path,
+    dst_root: &Path,
+    rel: &Path,
+    expect: Option<&str>,
+) -> Result<String> {
     let to = dst_root.join(rel);
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
     let from = src_root.join(rel);
-    fs::copy(&from, &to).map_err(|e| Error::io(&from, e))?;
-    Ok(())
+    let bytes = fs::read(&from).map_err(|e| Error::io(&from, e))?;
+    let md5 = crate::store::md5_hex(&bytes);
+    if expect.is_some_and(|e| e != md5) {
+        return Err(side_file_changed(&from));
+    }
+    fs::write(&to, &bytes).map_err(|e| Error::io(&to, e))?;
+    Ok(md5)
+}
+
+fn side_file_changed(path: &Path) -> Error {
+    Error::Incomplete {
+        path: path.to_path_buf(),
+        why: "side file is not the one compressed (md5 receipt mismatch)".into(),
+    }
+}
+
+/// What is wrong with a compressed directory's side files: each one its index lists must be
+/// there and be the one compressed (where the index has its receipt). Every problem found.
+pub fn side_file_damage(dir: &Path, index: &DirIndex) -> Vec<Error> {
+    let index_path = dir.join(DIR_INDEX);
+    let check = |rel: &String| -> Result<()> {
+        let path = dir.join(safe_rel(&index_path, rel)?);
+        missing_side_file(&path)?;
+        if let Some(want) = index.side_file_md5.get(rel) {
+            let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            if crate::store::md5_hex(&bytes) != *want {
+                return Err(side_file_changed(&path));
+            }
+        }
+        Ok(())
+    };
+    index
+        .side_files
+        .iter()
+        .filter_map(|rel| check(rel).err())
+        .collect()
+}
+
+/// `side_file_damage` before any work: its first finding is the error (exit 3).
+pub fn check_side_files(dir: &Path, index: &DirIndex) -> Result<()> {
+    match side_file_damage(dir, index).into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// One shard's part of a directory's ECC check or repair.
@@ -258,9 +312,7 @@ pub fn check_or_repair_dir(
     for s in &index.shards {
         missing_shard(&dir.join(safe_rel(&index_path, &s.file)?))?;
     }
-    for rel in &index.side_files {
-        missing_side_file(&dir.join(safe_rel(&index_path, rel)?))?;
-    }
+    check_side_files(dir, &index)?;
     let staged = output
         .map(|o| StagedDir::create(o, overwrite))
         .transpose()?;
@@ -298,9 +350,10 @@ pub fn check_or_repair_dir(
     }
     if let Some(st) = staged {
         for rel in &index.side_files {
-            copy_side_file(dir, &st.tmp, &safe_rel(&index_path, rel)?)?;
+            let expect = index.side_file_md5.get(rel).map(String::as_str);
+            copy_side_file(dir, &st.tmp, &safe_rel(&index_path, rel)?, expect)?;
         }
-        copy_side_file(dir, &st.tmp, Path::new(DIR_INDEX))?;
+        copy_side_file(dir, &st.tmp, Path::new(DIR_INDEX), None)?;
         st.commit()?;
     }
     Ok(reports)
@@ -419,14 +472,16 @@ pub fn compress_dir_against(
         total.duplicates += r.duplicates;
         total.seconds += r.seconds;
     }
+    let mut side_file_md5 = BTreeMap::new();
     for rel in &listing.side_files {
-        copy_side_file(src, &staged.tmp, rel)?;
+        side_file_md5.insert(rel_str(rel), copy_side_file(src, &staged.tmp, rel, None)?);
     }
     let index = DirIndex {
         format: "bigsmall-dir".into(),
         version: 1,
         created_by: format!("bigsmall {}", env!("CARGO_PKG_VERSION")),
         side_files: listing.side_files.iter().map(|p| rel_str(p)).collect(),
+        side_file_md5,
         weight_map,
         metadata: DirTotals {
             total_source_size: total.source_bytes,
@@ -656,10 +711,9 @@ pub fn decompress_dir_with(
     let index = read_dir_index(src)?;
     crate::fsutil::check_not_input(dst, &[src])?;
     check_shards(src, &index)?;
-    // Side files are carried as they are: one gone is damage, found before any work.
-    for rel in &index.side_files {
-        missing_side_file(&src.join(safe_rel(&src.join(DIR_INDEX), rel)?))?;
-    }
+    // Side files are carried as they are: one gone or changed is damage, found before any
+    // work (and again as each is copied).
+    check_side_files(src, &index)?;
     let staged = StagedDir::create(dst, opts.overwrite)?;
     let mut total = DecompressReport {
         output_bytes: 0,
@@ -690,7 +744,8 @@ pub fn decompress_dir_with(
         total.seconds += r.seconds;
     }
     for rel in &index.side_files {
-        copy_side_file(src, &staged.tmp, Path::new(rel))?;
+        let expect = index.side_file_md5.get(rel).map(String::as_str);
+        copy_side_file(src, &staged.tmp, Path::new(rel), expect)?;
     }
     staged.commit()?;
     Ok(total)

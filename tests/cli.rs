@@ -1563,6 +1563,113 @@ fn a_shard_missing_from_a_model_directory_is_refused() {
     assert_no_leftovers(dir.path());
 }
 
+/// A compressed directory's side files (config, tokenizer) carry md5 receipts in its index:
+/// one replaced is damage for verify, decompress and transcode (exit 3, nothing written), and
+/// `verify --source` compares them with the source's. An index from before the receipts
+/// still reads.
+#[test]
+fn side_files_are_checked_against_their_receipts() {
+    let dir = tmp();
+    let model = fixture("sharded");
+    let bs = dir.path().join("model.bs");
+    ok(&run(["compress", path_str(&model), "-o", path_str(&bs)]));
+    let index = bs.join("bigsmall.index.json");
+    let v = json(&fs::read_to_string(&index).expect("index"));
+    let recorded = v["side_file_md5"].as_object().expect("receipts").clone();
+    assert_eq!(
+        recorded.len(),
+        v["side_files"].as_array().expect("list").len()
+    );
+    assert_eq!(
+        recorded["config.json"],
+        bigsmall::store::md5_hex(&fs::read(model.join("config.json")).expect("read"))
+    );
+    let v_ok = ok(&run([
+        "verify",
+        path_str(&bs),
+        "--source",
+        path_str(&model),
+    ]));
+    assert_eq!(v_ok.lines().last(), Some("OK"), "{v_ok}");
+
+    // Replaced in the compressed directory.
+    let config = bs.join("config.json");
+    let pristine = fs::read(&config).expect("read");
+    fs::write(&config, b"{\"x\": 1}").expect("write");
+    let back = dir.path().join("back");
+    let bsr = dir.path().join("t.bs");
+    let o = run(["verify", path_str(&bs)]);
+    assert_eq!(code(&o), 3, "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("config.json: side file is not the one compressed"),
+        "{}",
+        stdout(&o)
+    );
+    for args in [
+        vec!["decompress", path_str(&bs), "-o", path_str(&back)],
+        vec!["transcode", path_str(&bs), path_str(&bsr)],
+    ] {
+        let e = fails(&run(&args), 3);
+        assert!(
+            e.contains("config.json") && e.contains("md5"),
+            "{args:?}: {e}"
+        );
+    }
+    assert!(!back.exists() && !bsr.exists());
+    fs::write(&config, &pristine).expect("write");
+
+    // Different in the source: verify --source says so.
+    let src = dir.path().join("src");
+    fs::create_dir(&src).expect("mkdir");
+    for e in fs::read_dir(&model).expect("ls") {
+        let p = e.expect("entry").path();
+        fs::copy(&p, src.join(p.file_name().expect("name"))).expect("copy");
+    }
+    fs::write(src.join("config.json"), b"{}").expect("write");
+    let o = run(["verify", path_str(&bs), "--source", path_str(&src)]);
+    assert_eq!(code(&o), 3, "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("differs from the source's"),
+        "{}",
+        stdout(&o)
+    );
+
+    // Reshard records receipts for what it writes, its new HF index included.
+    let re = dir.path().join("re");
+    ok(&run([
+        "reshard",
+        path_str(&bs),
+        "--output-dir",
+        path_str(&re),
+        "--shards",
+        "1",
+    ]));
+    let rv = json(&fs::read_to_string(re.join("bigsmall.index.json")).expect("index"));
+    for f in rv["side_files"].as_array().expect("list") {
+        let f = f.as_str().expect("name");
+        assert_eq!(
+            rv["side_file_md5"][f],
+            bigsmall::store::md5_hex(&fs::read(re.join(f)).expect("read")),
+            "{f}"
+        );
+    }
+    assert_eq!(
+        ok(&run(["verify", path_str(&re)])).lines().last(),
+        Some("OK")
+    );
+
+    // An index without receipts (an earlier bigsmall's) reads, and round-trips.
+    let mut old = v.clone();
+    old.as_object_mut().expect("object").remove("side_file_md5");
+    fs::write(&index, old.to_string()).expect("write");
+    ok(&run(["decompress", path_str(&bs), "-o", path_str(&back)]));
+    assert_eq!(
+        fs::read(back.join("config.json")).expect("read"),
+        fs::read(model.join("config.json")).expect("read")
+    );
+    assert_no_leftovers(dir.path());
+}
+
 /// An output inside a base directory would change the base (and break it: two copies of
 /// each tensor): refused like one inside the model being compressed.
 #[test]

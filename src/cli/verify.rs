@@ -100,10 +100,25 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
         problems.sort();
         problems.dedup();
-        // Side files (config, tokenizer) are carried as they are: they must all be there.
-        for rel in &index.side_files {
-            if let Err(e) = bigsmall::store_dir::missing_side_file(&a.file.join(rel)) {
-                problems.push(e.to_string());
+        // Side files (config, tokenizer) are carried as they are: they must all be there,
+        // as compressed, and, against the source, as there.
+        problems.extend(
+            bigsmall::store_dir::side_file_damage(&a.file, index)
+                .iter()
+                .map(ToString::to_string),
+        );
+        if let Some(src) = &a.source {
+            for rel in &index.side_files {
+                let (ours, theirs) = (a.file.join(rel), src.join(rel));
+                match (std::fs::read(&ours), std::fs::read(&theirs)) {
+                    (Ok(x), Ok(y)) if x != y => problems.push(format!(
+                        "{}: side file differs from the source's {}",
+                        ours.display(),
+                        theirs.display()
+                    )),
+                    (Ok(_), Err(e)) => problems.push(format!("{}: {e}", theirs.display())),
+                    _ => {}
+                }
             }
         }
         if !problems.is_empty() {

@@ -205,8 +205,9 @@ struct Item {
 /// The opened inputs, checked, plus what the output directory carries over.
 struct Inputs {
     containers: Vec<Container>,
-    /// Side files to copy: (input directory, relative path), first occurrence of each name.
-    side_files: Vec<(PathBuf, String)>,
+    /// Side files to copy: (input directory, relative path, its md5 receipt there if
+    /// recorded), first occurrence of each name.
+    side_files: Vec<(PathBuf, String, Option<String>)>,
     /// The safetensors files the inputs were compressed from, as far as known.
     origins: Vec<Source>,
 }
@@ -277,7 +278,7 @@ fn open_inputs(paths: &[PathBuf]) -> Result<Inputs> {
                 return Err(missing(&f));
             }
             if rel != HF_INDEX && side_names.insert(rel.clone()) {
-                side_files.push((p.clone(), rel.clone()));
+                side_files.push((p.clone(), rel.clone(), idx.side_file_md5.get(rel).cloned()));
             }
         }
         origins.extend(extra.origins);
@@ -927,10 +928,10 @@ pub fn reshard(
     if hf_index {
         taken.insert(HF_INDEX);
     }
-    if let Some((dir, rel)) = inputs_opened
+    if let Some((dir, rel, _)) = inputs_opened
         .side_files
         .iter()
-        .find(|(_, rel)| taken.contains(rel.as_str()))
+        .find(|(_, rel, _)| taken.contains(rel.as_str()))
     {
         return Err(Error::invalid(
             dir.join(rel),
@@ -1001,8 +1002,10 @@ pub fn reshard(
     progress.finish();
 
     let mut side_files = Vec::new();
-    for (dir, rel) in &inputs_opened.side_files {
-        copy_side_file(dir, &staged.tmp, Path::new(rel))?;
+    let mut side_file_md5 = BTreeMap::new();
+    for (dir, rel, expect) in &inputs_opened.side_files {
+        let md5 = copy_side_file(dir, &staged.tmp, Path::new(rel), expect.as_deref())?;
+        side_file_md5.insert(rel.clone(), md5);
         side_files.push(rel.clone());
     }
     if hf_index {
@@ -1024,7 +1027,8 @@ pub fn reshard(
         let mut text = serde_json::to_string_pretty(&hf).expect("index serialises");
         text.push('\n');
         let p = staged.tmp.join(HF_INDEX);
-        fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
+        fs::write(&p, &text).map_err(|e| Error::io(&p, e))?;
+        side_file_md5.insert(HF_INDEX.to_string(), crate::store::md5_hex(text.as_bytes()));
         side_files.push(HF_INDEX.to_string());
     }
     let source_total = shards.iter().map(|s| s.source_size).sum();
@@ -1034,6 +1038,7 @@ pub fn reshard(
         created_by: format!("bigsmall {}", env!("CARGO_PKG_VERSION")),
         shards,
         side_files: side_files.clone(),
+        side_file_md5,
         weight_map,
         metadata: DirTotals {
             total_source_size: source_total,

@@ -541,6 +541,7 @@ pub fn transcode_dir(
         crate::store_dir::missing_shard(&src.join(&sh.file))?;
         Container::open(&src.join(&sh.file))?;
     }
+    crate::store_dir::check_side_files(src, &index)?;
     let staged = StagedDir::create(dst, opts.overwrite)?;
     let ext = if opts.mode == Mode::Speed {
         "bsr"
@@ -575,7 +576,8 @@ pub fn transcode_dir(
         total.add(&r);
     }
     for side in &index.side_files {
-        copy_side_file(src, &staged.tmp, Path::new(side))?;
+        let expect = index.side_file_md5.get(side).map(String::as_str);
+        copy_side_file(src, &staged.tmp, Path::new(side), expect)?;
     }
     for file in index.weight_map.values_mut() {
         if let Some(n) = renamed.get(file) {
