@@ -1356,6 +1356,9 @@ pub struct DecompressReport {
     pub chunks: usize,
     pub md5_checked: bool,
     pub seconds: f64,
+    /// Files in a compressed directory that its index does not list (not carried).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_carried: Vec<String>,
 }
 
 /// One decoded window, on its way to the writer thread.
@@ -1536,6 +1539,7 @@ pub fn decompress_file_with(
             chunks: jobs.len(),
             md5_checked: false,
             seconds: started.elapsed().as_secs_f64(),
+            not_carried: Vec::new(),
         });
     }
 
@@ -1637,5 +1641,6 @@ pub fn decompress_file_with(
         chunks: jobs.len(),
         md5_checked: opts.check_md5,
         seconds: started.elapsed().as_secs_f64(),
+        not_carried: Vec::new(),
     })
 }

@@ -183,6 +183,34 @@ fn listed_in(dir: &Path) -> std::collections::HashSet<PathBuf> {
         .collect()
 }
 
+/// Files under a compressed directory that its index does not list (notes, a `.bak` that
+/// `migrate` kept): decompress does not carry them, and says so. Relative paths, sorted.
+fn unlisted(dir: &Path) -> Vec<String> {
+    fn walk(
+        root: &Path,
+        rel: &Path,
+        ours: &std::collections::HashSet<PathBuf>,
+        out: &mut Vec<String>,
+    ) {
+        let Ok(entries) = fs::read_dir(root.join(rel)) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let r = rel.join(e.file_name());
+            match e.file_type() {
+                Ok(t) if t.is_dir() => walk(root, &r, ours, out),
+                _ if !ours.contains(&r) => out.push(rel_str(&r)),
+                _ => {}
+            }
+        }
+    }
+    let ours = listed_in(dir);
+    let mut out = Vec::new();
+    walk(dir, Path::new(""), &ours, &mut out);
+    out.sort();
+    out
+}
+
 /// The first file or directory under `old.join(rel)` (as a path relative to `old`) that
 /// replacing `old` by `new` would delete and that is neither in `new` (as the same kind) nor
 /// one of `ours`.
@@ -721,6 +749,7 @@ pub fn decompress_dir_with(
         chunks: 0,
         md5_checked: opts.check_md5,
         seconds: 0.0,
+        not_carried: unlisted(src),
     };
     let inner = DecompressOptions {
         overwrite: true,

@@ -1572,7 +1572,14 @@ fn side_files_are_checked_against_their_receipts() {
     let dir = tmp();
     let model = fixture("sharded");
     let bs = dir.path().join("model.bs");
-    ok(&run(["compress", path_str(&model), "-o", path_str(&bs)]));
+    let text = ok(&run(["compress", path_str(&model), "-o", path_str(&bs)]));
+    // The report says what its figures cover.
+    assert!(text.contains(" bytes in 2 weight files\n"), "{text}");
+    assert!(text.contains("%) in 2 shards\n"), "{text}");
+    assert!(
+        text.contains("carried:    3 side files, copied as they are"),
+        "{text}"
+    );
     let index = bs.join("bigsmall.index.json");
     let v = json(&fs::read_to_string(&index).expect("index"));
     let recorded = v["side_file_md5"].as_object().expect("receipts").clone();
@@ -1657,6 +1664,22 @@ fn side_files_are_checked_against_their_receipts() {
         ok(&run(["verify", path_str(&re)])).lines().last(),
         Some("OK")
     );
+
+    // Files the index does not list are not carried, and decompress says which.
+    fs::write(bs.join("NOTES.md"), b"mine").expect("write");
+    let notes_back = dir.path().join("notes-back");
+    let text = ok(&run([
+        "decompress",
+        path_str(&bs),
+        "-o",
+        path_str(&notes_back),
+    ]));
+    assert!(
+        text.contains("not carried: 1 file the directory index does not list: NOTES.md"),
+        "{text}"
+    );
+    assert!(!notes_back.join("NOTES.md").exists());
+    fs::remove_file(bs.join("NOTES.md")).expect("rm");
 
     // An index without receipts (an earlier bigsmall's) reads, and round-trips.
     let mut old = v.clone();

@@ -207,12 +207,30 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             dst.display(),
             effort.name()
         );
-        s += &format!("source:     {} bytes\n", thousands(r.source_bytes));
+        // A directory's figures are its weight files' and its shards': what else travels
+        // with them is said apart.
+        let index = is_dir
+            .then(|| bigsmall::store_dir::read_dir_index(&dst))
+            .transpose()?;
+        let (weights, shards) = match &index {
+            Some(i) => (
+                format!(" in {}", super::counted(i.shards.len(), "weight file")),
+                format!(" in {}", super::counted(i.shards.len(), "shard")),
+            ),
+            None => Default::default(),
+        };
+        s += &format!("source:     {} bytes{weights}\n", thousands(r.source_bytes));
         s += &format!(
-            "compressed: {} bytes ({:.2}%)\n",
+            "compressed: {} bytes ({:.2}%){shards}\n",
             thousands(r.output_bytes),
             r.output_bytes as f64 * 100.0 / r.source_bytes.max(1) as f64
         );
+        if let Some(i) = &index {
+            s += &format!(
+                "carried:    {}, copied as they are, and the directory index (not counted above)\n",
+                super::counted(i.side_files.len(), "side file")
+            );
+        }
         s += &saved_line("saved:      ", r.source_bytes, r.output_bytes);
         if r.duplicates > 0 {
             s += &format!("duplicates: {} tensors stored once\n", r.duplicates);
@@ -244,7 +262,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 d.removed_tensors.len()
             );
             s += &format!(
-                "changed:    {} of {} matched bytes ({:.2}%)\n",
+                "changed:    {} of {} matched bytes ({:.2}%), in elements that differ from the base\n",
                 thousands(d.changed_bytes),
                 thousands(d.matched_bytes),
                 d.changed_fraction() * 100.0

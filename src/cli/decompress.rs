@@ -112,14 +112,22 @@ pub fn run_with(
         } else {
             "chunk checksums verified"
         };
-        emit(&format!(
+        let mut s = format!(
             "decompressed {} -> {} ({:.2}s, {:.0} MB/s; {} tensors, {checks})\n",
             a.src.display(),
             dst.display(),
             r.seconds,
             r.output_bytes as f64 / r.seconds.max(1e-9) / 1e6,
             r.tensors
-        ));
+        );
+        if !r.not_carried.is_empty() {
+            s += &format!(
+                "not carried: {} the directory index does not list: {}\n",
+                super::counted(r.not_carried.len(), "file"),
+                r.not_carried.join(", ")
+            );
+        }
+        emit(&s);
     }
     Ok(0)
 }

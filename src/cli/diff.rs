@@ -117,7 +117,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         ),
     };
     s += &format!(
-        "added {}, removed {}, changed {}, resized {}{retyped}, unchanged {} ({} changed, {} resized{retyped_bytes}, {} unchanged)\n",
+        "added {}, removed {}, changed {}, resized {}{retyped}, unchanged {} (tensor sizes: {} changed, {} resized{retyped_bytes}, {} unchanged)\n",
         r.added,
         r.removed,
         r.changed,

@@ -63,9 +63,9 @@ fn render(i: &Info) -> String {
         format!("bigsmall container: {}\n", i.file)
     } else {
         format!(
-            "bigsmall directory: {} ({} shards)\n",
+            "bigsmall directory: {} ({})\n",
             i.file,
-            i.shards.len()
+            super::counted(i.shards.len(), "shard")
         )
     };
     s += &kv("container_version", i.container_version.clone());

@@ -132,6 +132,15 @@ pub fn emit_json<T: serde::Serialize>(value: &T) {
     emit(&s);
 }
 
+/// `1 shard`, `2 shards`.
+pub fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// `1234567` -> `1,234,567`.
 pub fn thousands(n: u64) -> String {
     let s = n.to_string();

@@ -153,9 +153,9 @@ fn run_dir(a: Args) -> anyhow::Result<i32> {
         }));
     } else {
         let mut s = format!(
-            "repair: {} ({} shards, each with its sidecar)\n",
+            "repair: {} ({}, each with its sidecar)\n",
             a.file.display(),
-            shards.len()
+            super::counted(shards.len(), "shard")
         );
         for sh in &shards {
             s += &format!("  {}:\n", sh.file);
@@ -164,9 +164,9 @@ fn run_dir(a: Args) -> anyhow::Result<i32> {
         if let Some(o) = &output {
             let bytes: u64 = shards.iter().map(|s| s.report.data_len).sum();
             s += &format!(
-                "  wrote {} ({} shards with fresh sidecars, the index and side files copied; {:.2}s, {:.0} MB/s), every shard's checksum verified\n",
+                "  wrote {} ({} with fresh sidecars, the index and side files copied; {:.2}s, {:.0} MB/s), every shard's checksum verified\n",
                 o.display(),
-                shards.len(),
+                super::counted(shards.len(), "shard"),
                 secs,
                 bytes as f64 / secs.max(1e-9) / 1e6
             );

@@ -84,11 +84,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         many => format!("{} input files", many.len()),
     };
     let mut s = format!(
-        "resharded {inputs} ({} bytes) -> {}: {} shard{}\n",
+        "resharded {inputs} ({} bytes) -> {}: {}\n",
         thousands(r.input_bytes),
         r.output_dir,
-        r.shards.len(),
-        if r.shards.len() == 1 { "" } else { "s" },
+        super::counted(r.shards.len(), "shard"),
     );
     for sh in &r.shards {
         let layers = match sh.layers {

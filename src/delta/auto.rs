@@ -354,6 +354,9 @@ pub fn pick(input: &Path, base_dirs: &[PathBuf]) -> Result<(Option<Pick>, Consid
     let mut considered = Vec::new();
     let mut cached = 0;
     for dir in base_dirs {
+        if !dir.exists() {
+            return Err(Error::invalid(dir, "--base-dir does not exist"));
+        }
         if !dir.is_dir() {
             return Err(Error::invalid(dir, "--base-dir is not a directory"));
         }
