@@ -482,7 +482,11 @@ pub fn compress_dir_against(
         if let Some(d) = r.delta {
             merge_stats(total.delta.get_or_insert_with(Default::default), d);
         }
-        total.groups.extend(r.groups);
+        // The same group key arises in every shard that holds layers: each is named.
+        total.groups.extend(r.groups.into_iter().map(|mut g| {
+            g.key = format!("{}: {}", rel_str(rel), g.key);
+            g
+        }));
         let c = Container::open(&out)?;
         for t in &c.index.tensors {
             weight_map.insert(t.name.clone(), rel_str(&out_rel));
