@@ -74,10 +74,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
     // A directory's rows say which shard holds them (their # counts within it).
-    let sw = rows
-        .iter()
-        .filter_map(|r| r.shard.as_ref().map(String::len))
-        .max();
+    let sw = sharded.then(|| {
+        rows.iter()
+            .filter_map(|r| r.shard.as_ref().map(String::len))
+            .max()
+            .unwrap_or(0)
+            .max("shard".len())
+    });
     let shard_col = |v: &str| sw.map_or(String::new(), |sw| format!("{v:<sw$}  "));
     let mut s = format!(
         "{}{:>5}  {:<w$}  {:<18} {:<8} {:<14} {:>11} {:>11} {:>8}\n",
