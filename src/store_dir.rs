@@ -322,13 +322,19 @@ pub struct ShardRepair {
     pub file: String,
     #[serde(flatten)]
     pub report: crate::integrity::ecc::EccReport,
+    /// A shard without a sidecar is checked by decoding instead (nothing to repair it from):
+    /// how, when it was. Its report is then clean, with no sidecar and no blocks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_sidecar: Option<String>,
 }
 
 /// Checks every shard of a compressed directory against its sidecar (`SHARD.ecc`, which
 /// `compress --ecc` writes beside each shard); with `output`, writes the recovered directory
 /// there: each shard repaired, with a fresh sidecar beside it, and the index and side files
-/// copied. The index and side files carry no parity. Nothing appears under `output` unless
-/// every shard was recovered.
+/// copied. The index and side files carry no parity. A shard without a sidecar is verified
+/// by decoding (a patch's by its structure: its chunks need the base) and copied as it is;
+/// damaged, it is beyond repair. Nothing appears under `output` unless every shard was
+/// recovered.
 pub fn check_or_repair_dir(
     dir: &Path,
     output: Option<&Path>,
@@ -349,12 +355,6 @@ pub fn check_or_repair_dir(
         let rel = safe_rel(&index_path, &s.file)?;
         let shard = dir.join(&rel);
         let sidecar = crate::integrity::ecc::sidecar_path(&shard);
-        if fs::symlink_metadata(&sidecar).is_err() {
-            return Err(Error::invalid(
-                &shard,
-                "has no ECC sidecar beside it (compress --ecc writes one per shard)",
-            ));
-        }
         let out = match &staged {
             Some(st) => {
                 let o = st.tmp.join(&rel);
@@ -365,6 +365,23 @@ pub fn check_or_repair_dir(
             }
             None => None,
         };
+        if fs::symlink_metadata(&sidecar).is_err() {
+            reports.push(ShardRepair {
+                file: s.file.clone(),
+                report: crate::integrity::ecc::EccReport {
+                    data_len: fs::metadata(&shard)
+                        .map_err(|e| Error::io(&shard, e))?
+                        .len(),
+                    clean: true,
+                    ..Default::default()
+                },
+                no_sidecar: Some(verify_unprotected(&shard, progress)?),
+            });
+            if let Some(o) = &out {
+                fs::copy(&shard, o).map_err(|e| Error::io(&shard, e))?;
+            }
+            continue;
+        }
         let report = crate::integrity::ecc::check_or_repair_with(
             &shard,
             &sidecar,
@@ -374,6 +391,7 @@ pub fn check_or_repair_dir(
         reports.push(ShardRepair {
             file: s.file.clone(),
             report,
+            no_sidecar: None,
         });
     }
     if let Some(st) = staged {
@@ -385,6 +403,33 @@ pub fn check_or_repair_dir(
         st.commit()?;
     }
     Ok(reports)
+}
+
+/// Checks a shard that has no ECC sidecar the way `verify` does (fully; a patch by its
+/// structure, as its chunks need the base): damage is beyond repair (exit 3). Says how it
+/// was checked.
+fn verify_unprotected(shard: &Path, progress: &dyn crate::progress::Progress) -> Result<String> {
+    use crate::integrity::VerifyMode;
+    let patch = crate::format::reader::Container::open(shard)?.is_patch();
+    let (mode, how) = if patch {
+        (
+            VerifyMode::Fast,
+            "no ECC sidecar: structure checked (a patch's chunks need its base: verify --base)",
+        )
+    } else {
+        (
+            VerifyMode::Full,
+            "no ECC sidecar: every chunk decoded and checked against its checksum and md5 receipt",
+        )
+    };
+    let r = crate::integrity::verify_with(shard, &mode, None, progress)?;
+    if let Some(p) = r.problems.first() {
+        return Err(Error::Unrepairable {
+            path: shard.to_path_buf(),
+            why: format!("damaged ({p}), and it has no ECC sidecar to repair it from"),
+        });
+    }
+    Ok(how.to_string())
 }
 
 /// Compresses a model directory into a directory of `.bs` files plus `bigsmall.index.json`.

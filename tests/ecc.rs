@@ -287,15 +287,43 @@ fn a_compressed_directory_is_checked_and_repaired_shard_by_shard() {
     assert!(!never.exists());
     fs::write(d.join("config.json"), config).unwrap();
 
-    // A shard without its sidecar, and --ecc with a directory, are errors.
+    // A shard without its sidecar is verified by decoding and copied as it is, while the
+    // others are repaired; damaged, it is beyond repair (exit 3, nothing written).
+    let first = d.join("model-00001-of-00002.bs");
+    fs::remove_file(sidecar_path(&first)).unwrap();
+    let mut burst = pristine.clone();
+    burst[3000..3400].iter_mut().for_each(|b| *b ^= 0x5a);
+    fs::write(&shard, &burst).unwrap();
+    let mixed = dir.path().join("mixed");
+    let text = ok(&run(["repair", &dp, "-o", path_str(&mixed)]));
+    assert!(
+        text.contains("intact (no ECC sidecar: every chunk decoded"),
+        "{text}"
+    );
+    assert!(text.contains("1 shard without, as they were"), "{text}");
+    assert!(fs::read(mixed.join("model-00002-of-00002.bs")).unwrap() == pristine);
+    assert_eq!(
+        fs::read(mixed.join("model-00001-of-00002.bs")).unwrap(),
+        fs::read(&first).unwrap()
+    );
+    assert!(!sidecar_path(&mixed.join("model-00001-of-00002.bs")).exists());
+    let j = json(&stdout(&run(["repair", &dp, "--check", "--json"])));
+    assert!(j["shards"][0]["no_sidecar"].is_string(), "{j}");
     fs::write(&shard, &pristine).unwrap();
-    fs::remove_file(sidecar_path(&d.join("model-00001-of-00002.bs"))).unwrap();
-    let e = fails(&run(["repair", &dp, "-o", path_str(&never)]), 1);
+    let kept = fs::read(&first).unwrap();
+    let mut bad = kept.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0xff;
+    fs::write(&first, &bad).unwrap();
+    let e = fails(&run(["repair", &dp, "-o", path_str(&never)]), 3);
     assert!(
         e.contains("model-00001-of-00002.bs") && e.contains("no ECC sidecar"),
         "{e}"
     );
     assert!(!never.exists());
+    fs::write(&first, &kept).unwrap();
+
+    // --ecc with a directory is a usage error.
     let o = run(["repair", &dp, "--check", "--ecc", "x.ecc"]);
     assert_eq!(code(&o), 2, "a usage error");
     assert!(stderr(&o).contains("--ecc"), "{}", stderr(&o));

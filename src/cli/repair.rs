@@ -9,10 +9,10 @@ use super::{emit, emit_json, thousands};
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  bigsmall repair corrupted.bs -o recovered.bs           # uses corrupted.bs.ecc\n  bigsmall repair model-dir/ -o recovered-dir/          # every shard from its SHARD.bs.ecc\n  bigsmall repair corrupted.bs -o recovered.bs --ecc model.bs.ecc\n  bigsmall repair model.bs --check                         # report only\nCorrects up to 16 wrong bytes in every 223-byte block, and any burst of up to 14,082 bytes (a\nzeroed sector, a lost tail) per 1.8 MB. Exit codes: 0 clean or repaired; 3 damage found by --check (repairable or not), or\ndamage beyond the parity."
+    after_help = "Examples:\n  bigsmall repair corrupted.bs -o recovered.bs           # uses corrupted.bs.ecc\n  bigsmall repair model-dir/ -o recovered-dir/          # every shard from its SHARD.bs.ecc (one without is verified by decoding)\n  bigsmall repair corrupted.bs -o recovered.bs --ecc model.bs.ecc\n  bigsmall repair model.bs --check                         # report only\nCorrects up to 16 wrong bytes in every 223-byte block, and any burst of up to 14,082 bytes (a\nzeroed sector, a lost tail) per 1.8 MB. Exit codes: 0 clean or repaired; 3 damage found by --check (repairable or not), or\ndamage beyond the parity."
 )]
 pub struct Args {
-    /// The damaged file, or a compressed directory (each shard with its sidecar)
+    /// The damaged file, or a compressed directory (each shard with its sidecar, or verified by decoding)
     file: PathBuf,
     /// Where to write the recovered file (a fresh sidecar is written beside it)
     #[arg(short, long, required_unless_present = "check")]
@@ -141,6 +141,7 @@ fn run_dir(a: Args) -> anyhow::Result<i32> {
     )?;
     let secs = started.elapsed().as_secs_f64();
     let lost: u64 = shards.iter().map(|s| s.report.lost_blocks).sum();
+    let unprotected = shards.iter().filter(|s| s.no_sidecar.is_some()).count();
     let clean = shards.iter().all(|s| s.report.clean);
     if a.json {
         emit_json(&serde_json::json!({
@@ -153,20 +154,27 @@ fn run_dir(a: Args) -> anyhow::Result<i32> {
         }));
     } else {
         let mut s = format!(
-            "repair: {} ({}, each with its sidecar)\n",
+            "repair: {} ({})\n",
             a.file.display(),
             super::counted(shards.len(), "shard")
         );
         for sh in &shards {
             s += &format!("  {}:\n", sh.file);
-            s += &state(&sh.report, "    ", "intact", output.is_none());
+            match &sh.no_sidecar {
+                Some(how) => s += &format!("    intact ({how})\n"),
+                None => s += &state(&sh.report, "    ", "intact", output.is_none()),
+            }
         }
         if let Some(o) = &output {
             let bytes: u64 = shards.iter().map(|s| s.report.data_len).sum();
             s += &format!(
-                "  wrote {} ({} with fresh sidecars, the index and side files copied; {:.2}s, {:.0} MB/s), every shard's checksum verified\n",
+                "  wrote {} ({} with fresh sidecars{}, the index and side files copied; {:.2}s, {:.0} MB/s), every shard's checksum verified\n",
                 o.display(),
-                super::counted(shards.len(), "shard"),
+                super::counted(shards.len() - unprotected, "shard"),
+                match unprotected {
+                    0 => String::new(),
+                    n => format!(", {} without, as they were", super::counted(n, "shard")),
+                },
                 secs,
                 bytes as f64 / secs.max(1e-9) / 1e6
             );
