@@ -334,20 +334,27 @@ pub fn encode_chunk_within(
         }
         ElemKind::F32 => split::encode32(data, effort),
         ElemKind::Byte => {
-            let mut out = vec![tag::BYTES];
-            // zstd is tried on the whole chunk below, the very bytes of this stream, and that
-            // blob is the smaller (no stream framing): the stream does not try it too.
             let h = stream::Histogram::of(data.iter().map(|&b| u16::from(b)), 8);
-            stream::write_byte_stream(stream::ByteStream::Bytes(data), &h, effort, false, &mut out);
             // Inference and speed modes pair the exponents (half the decoder's symbols)
-            // unless that costs more than a fiftieth of the byte stream's size.
-            if matches!(effort, Effort::Inference | Effort::Speed) {
-                let p = pairs::plan8(data);
-                if p.bytes() * 50 <= out.len() * 51 {
-                    out = p.write(data);
+            // unless that costs more than a fiftieth of the byte stream's size, as planned:
+            // only the one kept is written.
+            let pairs = matches!(effort, Effort::Inference | Effort::Speed)
+                .then(|| pairs::plan8(data))
+                .filter(|p| {
+                    p.bytes() * 50 <= (1 + stream::planned_byte_stream_len(&h, data.len())) * 51
+                });
+            match pairs {
+                Some(p) => p.write(data),
+                None => {
+                    let mut out = vec![tag::BYTES];
+                    // zstd is tried on the whole chunk below, the very bytes of this stream,
+                    // and that blob is the smaller (no stream framing): the stream does not
+                    // try it too.
+                    let stream = stream::ByteStream::Bytes(data);
+                    stream::write_byte_stream(stream, &h, effort, false, &mut out);
+                    out
                 }
             }
-            out
         }
         ElemKind::Other(w) => encode_planes(data, w, effort),
     };

@@ -603,6 +603,15 @@ pub fn write_bytes(data: &[u8], effort: Effort, out: &mut Vec<u8>) {
     write_byte_stream(ByteStream::Bytes(data), &h, effort, true, out);
 }
 
+/// The length `write_byte_stream` plans for a stream of `n` bytes with histogram `h`, zstd
+/// aside (const, raw or rANS, to within a few bytes).
+pub fn planned_byte_stream_len(h: &Histogram, n: usize) -> usize {
+    if h.values.len() <= 1 {
+        return 2;
+    }
+    plan_symbols(h).map_or(n + 1, |plan| plan.bytes.min(n + 1))
+}
+
 /// A byte stream to write: bytes, or one byte of each of a run of 16-bit words (a byte plane
 /// of 16-bit elements), read in place through its key.
 #[derive(Clone, Copy)]
