@@ -371,6 +371,9 @@ pub fn scan(path: &Path, progress: &dyn crate::progress::Progress) -> Result<Sca
     for f in &files {
         let st = SafetensorsFile::open(f)?;
         s.total_bytes += st.file_size;
+        // The bar counts whole files: the header (and any bytes no tensor covers) now.
+        let covered: u64 = st.tensors.iter().map(|t| t.len() as u64).sum();
+        progress.advance(st.file_size.saturating_sub(covered));
         let header_bits = st.data_offset() as f64 * 8.0;
         bounds += entropy::Bounds {
             conditional_bits: header_bits,
