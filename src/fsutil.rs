@@ -106,6 +106,26 @@ pub fn check_output_as(path: &Path, overwrite: bool, dir: bool) -> Result<()> {
     Err(Error::invalid(path, why))
 }
 
+/// Whether two files hold the same bytes, read in pieces (either may be large).
+pub fn same_bytes(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let (mut x, mut y) = (File::open(a)?, File::open(b)?);
+    if x.metadata()?.len() != y.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut p, mut q) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = x.read(&mut p)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        y.read_exact(&mut q[..n])?;
+        if p[..n] != q[..n] {
+            return Ok(false);
+        }
+    }
+}
+
 /// The temporary name used beside `path` while it is written.
 pub fn temp_name(path: &Path) -> PathBuf {
     let name = path

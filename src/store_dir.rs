@@ -35,6 +35,10 @@ pub struct DirIndex {
     /// Tensor name -> `.bs` file, like HF's `weight_map`.
     pub weight_map: BTreeMap<String, String>,
     pub metadata: DirTotals,
+    /// Fields this struct does not hold (a resharded directory's `origins`), kept as they
+    /// are when an index is rewritten (`migrate`, `transcode`).
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -256,32 +260,72 @@ impl Drop for StagedDir {
     }
 }
 
-/// Copies a side file into a directory being built; returns the md5 of the bytes copied,
-/// which must be `expect` where that is given (a compressed directory's receipt).
+/// Side files are read in pieces of this size: they can be large (a `.bin`, a `.gguf`
+/// beside the safetensors), and memory stays bounded by a few tensors.
+const SIDE_PIECE: usize = 1 << 20;
+
+/// Copies a side file into a directory being built, permissions included (a script stays
+/// executable, a private file private); returns the md5 of the bytes copied, which must be
+/// `expect` where that is given (a compressed directory's receipt).
 pub(crate) fn copy_side_file(
     src_root: &Path,
     dst_root: &Path,
     rel: &Path,
     expect: Option<&str>,
 ) -> Result<String> {
+    use std::io::{Read, Write};
     let to = dst_root.join(rel);
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
     let from = src_root.join(rel);
-    let bytes = fs::read(&from).map_err(|e| Error::io(&from, e))?;
-    let md5 = crate::store::md5_hex(&bytes);
+    let mut input = fs::File::open(&from).map_err(|e| Error::io(&from, e))?;
+    let perms = input
+        .metadata()
+        .map_err(|e| Error::io(&from, e))?
+        .permissions();
+    let mut output = fs::File::create(&to).map_err(|e| Error::io(&to, e))?;
+    let mut md5 = crate::integrity::md5x::Md5::new();
+    let mut piece = vec![0u8; SIDE_PIECE];
+    loop {
+        let n = input.read(&mut piece).map_err(|e| Error::io(&from, e))?;
+        if n == 0 {
+            break;
+        }
+        md5.update(&piece[..n]);
+        output
+            .write_all(&piece[..n])
+            .map_err(|e| Error::io(&to, e))?;
+    }
+    let md5 = md5.hex();
     if expect.is_some_and(|e| e != md5) {
         return Err(side_file_changed(&from));
     }
-    fs::write(&to, &bytes).map_err(|e| Error::io(&to, e))?;
+    fs::set_permissions(&to, perms).map_err(|e| Error::io(&to, e))?;
     Ok(md5)
+}
+
+/// md5 of a file, read in pieces.
+fn md5_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut input = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut md5 = crate::integrity::md5x::Md5::new();
+    let mut piece = vec![0u8; SIDE_PIECE];
+    loop {
+        let n = input.read(&mut piece).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            return Ok(md5.hex());
+        }
+        md5.update(&piece[..n]);
+    }
 }
 
 fn side_file_changed(path: &Path) -> Error {
     Error::Incomplete {
         path: path.to_path_buf(),
-        why: "side file is not the one compressed (md5 receipt mismatch)".into(),
+        why: "side file is not the one compressed (md5 receipt mismatch); if it was edited on \
+              purpose, remove its entry from side_file_md5 in bigsmall.index.json"
+            .into(),
     }
 }
 
@@ -293,8 +337,7 @@ pub fn side_file_damage(dir: &Path, index: &DirIndex) -> Vec<Error> {
         let path = dir.join(safe_rel(&index_path, rel)?);
         missing_side_file(&path)?;
         if let Some(want) = index.side_file_md5.get(rel) {
-            let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            if crate::store::md5_hex(&bytes) != *want {
+            if md5_file(&path)? != *want {
                 return Err(side_file_changed(&path));
             }
         }
@@ -347,6 +390,16 @@ pub fn check_or_repair_dir(
         missing_shard(&dir.join(safe_rel(&index_path, &s.file)?))?;
     }
     check_side_files(dir, &index)?;
+    if index.shards.iter().all(|s| {
+        let sidecar = crate::integrity::ecc::sidecar_path(&dir.join(&s.file));
+        fs::symlink_metadata(sidecar).is_err()
+    }) {
+        return Err(Error::invalid(
+            dir,
+            "no shard has an ECC sidecar to repair from (compress --ecc writes one per shard); \
+             `bigsmall verify` checks the directory without",
+        ));
+    }
     let staged = output
         .map(|o| StagedDir::create(o, overwrite))
         .transpose()?;
@@ -366,16 +419,29 @@ pub fn check_or_repair_dir(
             None => None,
         };
         if fs::symlink_metadata(&sidecar).is_err() {
+            let (problem, checked) = verify_unprotected(&shard, progress)?;
+            let how = match (&problem, out.is_some()) {
+                (Some(p), true) => {
+                    return Err(Error::Unrepairable {
+                        path: shard,
+                        why: format!("has no ECC sidecar to repair it from, and is damaged: {p}"),
+                    })
+                }
+                (Some(p), false) => format!("DAMAGED, and no ECC sidecar to repair it from: {p}"),
+                (None, _) => format!("intact (no ECC sidecar: {checked})"),
+            };
             reports.push(ShardRepair {
                 file: s.file.clone(),
                 report: crate::integrity::ecc::EccReport {
                     data_len: fs::metadata(&shard)
                         .map_err(|e| Error::io(&shard, e))?
                         .len(),
-                    clean: true,
+                    clean: problem.is_none(),
+                    // Nothing to recover it from: the whole shard counts as one lost block.
+                    lost_blocks: u64::from(problem.is_some()),
                     ..Default::default()
                 },
-                no_sidecar: Some(verify_unprotected(&shard, progress)?),
+                no_sidecar: Some(how),
             });
             if let Some(o) = &out {
                 fs::copy(&shard, o).map_err(|e| Error::io(&shard, e))?;
@@ -406,30 +472,33 @@ pub fn check_or_repair_dir(
 }
 
 /// Checks a shard that has no ECC sidecar the way `verify` does (fully; a patch by its
-/// structure, as its chunks need the base): damage is beyond repair (exit 3). Says how it
-/// was checked.
-fn verify_unprotected(shard: &Path, progress: &dyn crate::progress::Progress) -> Result<String> {
+/// structure, as its chunks need the base): its first problem, if any, and how it was
+/// checked.
+fn verify_unprotected(
+    shard: &Path,
+    progress: &dyn crate::progress::Progress,
+) -> Result<(Option<String>, &'static str)> {
     use crate::integrity::VerifyMode;
     let patch = crate::format::reader::Container::open(shard)?.is_patch();
     let (mode, how) = if patch {
         (
             VerifyMode::Fast,
-            "no ECC sidecar: structure checked (a patch's chunks need its base: verify --base)",
+            "structure checked; a patch's chunks need its base, verify --base",
         )
     } else {
         (
             VerifyMode::Full,
-            "no ECC sidecar: every chunk decoded and checked against its checksum and md5 receipt",
+            "every chunk decoded and checked against its checksum and md5 receipt",
         )
     };
     let r = crate::integrity::verify_with(shard, &mode, None, progress)?;
-    if let Some(p) = r.problems.first() {
-        return Err(Error::Unrepairable {
-            path: shard.to_path_buf(),
-            why: format!("damaged ({p}), and it has no ECC sidecar to repair it from"),
-        });
-    }
-    Ok(how.to_string())
+    // Its problems name the file; the report already does.
+    let prefix = format!("{}: ", shard.display());
+    let problem = r
+        .problems
+        .first()
+        .map(|p| p.strip_prefix(&prefix).unwrap_or(p).to_string());
+    Ok((problem, how))
 }
 
 /// Compresses a model directory into a directory of `.bs` files plus `bigsmall.index.json`.
@@ -529,7 +598,7 @@ pub fn compress_dir_against(
         }
         // The same group key arises in every shard that holds layers: each is named.
         total.groups.extend(r.groups.into_iter().map(|mut g| {
-            g.key = format!("{}: {}", rel_str(rel), g.key);
+            g.key = format!("{}: {}", rel_str(&out_rel), g.key);
             g
         }));
         let c = Container::open(&out)?;
@@ -565,6 +634,7 @@ pub fn compress_dir_against(
             total_size: total.output_bytes,
         },
         shards,
+        extra: BTreeMap::new(),
     };
     let json = serde_json::to_vec_pretty(&index).expect("index serialises");
     let ipath = staged.tmp.join(DIR_INDEX);

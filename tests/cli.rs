@@ -1665,6 +1665,35 @@ fn side_files_are_checked_against_their_receipts() {
         Some("OK")
     );
 
+    // A side file's permissions travel with it (a script stays executable, a private file
+    // private).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        let private = dir.path().join("private");
+        fs::create_dir(&private).expect("mkdir");
+        for e in fs::read_dir(&model).expect("ls") {
+            let p = e.expect("entry").path();
+            fs::copy(&p, private.join(p.file_name().expect("name"))).expect("copy");
+        }
+        let run_sh = private.join("run.sh");
+        fs::write(&run_sh, b"#!/bin/sh\n").expect("write");
+        fs::set_permissions(&run_sh, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let token = private.join("token.txt");
+        fs::write(&token, b"secret").expect("write");
+        fs::set_permissions(&token, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let (pbs, pback) = (
+            dir.path().join("private.bs"),
+            dir.path().join("private.back"),
+        );
+        ok(&run(["compress", path_str(&private), "-o", path_str(&pbs)]));
+        ok(&run(["decompress", path_str(&pbs), "-o", path_str(&pback)]));
+        for d in [&pbs, &pback] {
+            assert_eq!(mode(&d.join("run.sh")), 0o755, "{}", d.display());
+            assert_eq!(mode(&d.join("token.txt")), 0o600, "{}", d.display());
+        }
+    }
+
     // Files the index does not list are not carried, and decompress says which.
     fs::write(bs.join("NOTES.md"), b"mine").expect("write");
     let notes_back = dir.path().join("notes-back");
@@ -1679,6 +1708,19 @@ fn side_files_are_checked_against_their_receipts() {
         "{text}"
     );
     assert!(!notes_back.join("NOTES.md").exists());
+    let j = json(&ok(&run([
+        "decompress",
+        path_str(&bs),
+        "-o",
+        path_str(&notes_back),
+        "-f",
+        "--json",
+    ])));
+    assert_eq!(
+        j["report"]["not_carried"],
+        serde_json::json!(["NOTES.md"]),
+        "{j}"
+    );
     fs::remove_file(bs.join("NOTES.md")).expect("rm");
 
     // An index without receipts (an earlier bigsmall's) reads, and round-trips.

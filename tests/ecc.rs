@@ -300,7 +300,10 @@ fn a_compressed_directory_is_checked_and_repaired_shard_by_shard() {
         text.contains("intact (no ECC sidecar: every chunk decoded"),
         "{text}"
     );
-    assert!(text.contains("1 shard without, as they were"), "{text}");
+    assert!(
+        text.contains("1 shard without one copied as it was"),
+        "{text}"
+    );
     assert!(fs::read(mixed.join("model-00002-of-00002.bs")).unwrap() == pristine);
     assert_eq!(
         fs::read(mixed.join("model-00001-of-00002.bs")).unwrap(),
@@ -321,7 +324,29 @@ fn a_compressed_directory_is_checked_and_repaired_shard_by_shard() {
         "{e}"
     );
     assert!(!never.exists());
+    // The check reports it with the others (exit 3), not in place of them.
+    let c = run(["repair", &dp, "--check"]);
+    assert_eq!(code(&c), 3);
+    let text = stdout(&c);
+    assert!(
+        text.contains("DAMAGED, and no ECC sidecar to repair it from"),
+        "{text}"
+    );
+    assert!(
+        text.contains("model-00002-of-00002.bs:\n    intact"),
+        "{text}"
+    );
     fs::write(&first, &kept).unwrap();
+
+    // No sidecar anywhere: nothing to repair from, said so (a file's too).
+    let second_sidecar = sidecar_path(&shard);
+    let saved = fs::read(&second_sidecar).unwrap();
+    fs::remove_file(&second_sidecar).unwrap();
+    let e = fails(&run(["repair", &dp, "--check"]), 1);
+    assert!(e.contains("no shard has an ECC sidecar"), "{e}");
+    let e = fails(&run(["repair", path_str(&shard), "--check"]), 1);
+    assert!(e.contains("no ECC sidecar at"), "{e}");
+    fs::write(&second_sidecar, saved).unwrap();
 
     // --ecc with a directory is a usage error.
     let o = run(["repair", &dp, "--check", "--ecc", "x.ecc"]);

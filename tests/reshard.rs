@@ -212,6 +212,22 @@ fn split_then_join_is_byte_identical() {
     );
     assert!(!one_out.join("model.safetensors.index.json").exists());
     assert_eq!(sha256_file(&bs), before, "the input was modified");
+
+    // What the split directory records of its origins survives rewriting its index
+    // (migrate), so joining it still gives back the very container.
+    let origins = dir_index(&two)["origins"].clone();
+    assert!(origins.is_array(), "the split records its origins");
+    ok(&run([
+        "migrate",
+        path_str(&two),
+        "--reencode",
+        "--no-backup",
+        "--no-progress",
+    ]));
+    assert_eq!(dir_index(&two)["origins"], origins);
+    let again = dir.path().join("again");
+    reshard(&[&two], &again, &["--join"]);
+    assert_eq!(sha256_file(&again.join("model.bs")), before);
     assert_no_leftovers(dir.path());
 }
 

@@ -4,7 +4,8 @@
 //! Random bytes would only ever reach the raw fallback, so the input is a recipe: element
 //! kind, effort, element count, an alphabet of up to 16 elements, then 4-bit picks from it
 //! (a pick of 15 repeats the previous element, so runs of zeros, few-valued blocks and
-//! palettes all arise). The recipe's bytes, cycled, fill any missing picks.
+//! palettes all arise). Alphabet bytes past the recipe's end wrap around to its start; with
+//! no picks at all, the alphabet repeats in order.
 #![no_main]
 
 use bigsmall::codec::{decode_chunk, encode_chunk, encode_sparse_chunk, Effort, ElemKind};

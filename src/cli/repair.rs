@@ -9,7 +9,7 @@ use super::{emit, emit_json, thousands};
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  bigsmall repair corrupted.bs -o recovered.bs           # uses corrupted.bs.ecc\n  bigsmall repair model-dir/ -o recovered-dir/          # every shard from its SHARD.bs.ecc (one without is verified by decoding)\n  bigsmall repair corrupted.bs -o recovered.bs --ecc model.bs.ecc\n  bigsmall repair model.bs --check                         # report only\nCorrects up to 16 wrong bytes in every 223-byte block, and any burst of up to 14,082 bytes (a\nzeroed sector, a lost tail) per 1.8 MB. Exit codes: 0 clean or repaired; 3 damage found by --check (repairable or not), or\ndamage beyond the parity."
+    after_help = "Examples:\n  bigsmall repair corrupted.bs -o recovered.bs           # uses corrupted.bs.ecc\n  bigsmall repair model-dir/ -o recovered-dir/          # each shard from its SHARD.bs.ecc\n  bigsmall repair corrupted.bs -o recovered.bs --ecc model.bs.ecc\n  bigsmall repair model.bs --check                         # report only\nCorrects up to 16 wrong bytes in every 223-byte block, and any burst of up to 14,082 bytes (a\nzeroed sector, a lost tail) per 1.8 MB. In a directory, a shard without a sidecar is verified\nby decoding and copied as it is. Exit codes: 0 clean or repaired; 3 damage found by --check\n(repairable or not), or damage beyond the parity."
 )]
 pub struct Args {
     /// The damaged file, or a compressed directory (each shard with its sidecar, or verified by decoding)
@@ -39,6 +39,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         return run_dir(a);
     }
     let sidecar = a.ecc.clone().unwrap_or_else(|| sidecar_path(&a.file));
+    if a.file.exists() && std::fs::symlink_metadata(&sidecar).is_err() {
+        return Err(bigsmall::error::Error::invalid(
+            &a.file,
+            format!(
+                "no ECC sidecar at {} to repair from (compress --ecc writes one; --ecc names another)",
+                sidecar.display()
+            ),
+        )
+        .into());
+    }
     let output = if a.check { None } else { a.output.clone() };
     if let Some(o) = &output {
         bigsmall::fsutil::check_not_input(o, &[&a.file, &sidecar])?;
@@ -124,7 +134,10 @@ fn run_dir(a: Args) -> anyhow::Result<i32> {
         // A usage error (exit 2), like the ones clap finds itself.
         clap::Error::raw(
             clap::error::ErrorKind::ArgumentConflict,
-            "--ecc names one sidecar; a directory's shards each use their own (SHARD.bs.ecc)\n",
+            format!(
+                "--ecc names one sidecar, and {} is a directory: its shards each use their own (SHARD.bs.ecc)\n",
+                a.file.display()
+            ),
         )
         .exit();
     }
@@ -161,7 +174,7 @@ fn run_dir(a: Args) -> anyhow::Result<i32> {
         for sh in &shards {
             s += &format!("  {}:\n", sh.file);
             match &sh.no_sidecar {
-                Some(how) => s += &format!("    intact ({how})\n"),
+                Some(how) => s += &format!("    {how}\n"),
                 None => s += &state(&sh.report, "    ", "intact", output.is_none()),
             }
         }
@@ -173,7 +186,8 @@ fn run_dir(a: Args) -> anyhow::Result<i32> {
                 super::counted(shards.len() - unprotected, "shard"),
                 match unprotected {
                     0 => String::new(),
-                    n => format!(", {} without, as they were", super::counted(n, "shard")),
+                    1 => ", 1 shard without one copied as it was".to_string(),
+                    n => format!(", {n} shards without one copied as they were"),
                 },
                 secs,
                 bytes as f64 / secs.max(1e-9) / 1e6

@@ -110,14 +110,17 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         if let Some(src) = &a.source {
             for rel in &index.side_files {
                 let (ours, theirs) = (a.file.join(rel), src.join(rel));
-                match (std::fs::read(&ours), std::fs::read(&theirs)) {
-                    (Ok(x), Ok(y)) if x != y => problems.push(format!(
+                if !ours.is_file() {
+                    continue; // already a finding above
+                }
+                match bigsmall::fsutil::same_bytes(&ours, &theirs) {
+                    Ok(true) => {}
+                    Ok(false) => problems.push(format!(
                         "{}: side file differs from the source's {}",
                         ours.display(),
                         theirs.display()
                     )),
-                    (Ok(_), Err(e)) => problems.push(format!("{}: {e}", theirs.display())),
-                    _ => {}
+                    Err(e) => problems.push(format!("{}: {e}", theirs.display())),
                 }
             }
         }

@@ -212,13 +212,6 @@ struct Inputs {
     origins: Vec<Source>,
 }
 
-/// The part of an output directory index that `DirIndex` does not hold.
-#[derive(Deserialize)]
-struct DirOrigins {
-    #[serde(default)]
-    origins: Vec<Source>,
-}
-
 #[derive(Serialize)]
 struct DirIndexOut<'a> {
     #[serde(flatten)]
@@ -258,30 +251,31 @@ fn open_inputs(paths: &[PathBuf]) -> Result<Inputs> {
             ));
         }
         let idx = read_dir_index(p)?;
-        let bytes = fs::read(&ipath).map_err(|e| Error::io(&ipath, e))?;
-        let extra: DirOrigins = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::container(&ipath, format!("malformed origins in directory index: {e}"))
-        })?;
-        let missing =
-            |f: &Path| Error::invalid(f, format!("is listed in {} but missing", ipath.display()));
+        let recorded: Vec<Source> = match idx.extra.get("origins") {
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+                Error::container(&ipath, format!("malformed origins in directory index: {e}"))
+            })?,
+            None => Vec::new(),
+        };
         for s in &idx.shards {
             let f = p.join(&s.file);
             crate::store_dir::missing_shard(&f)?;
             if !f.is_file() {
-                return Err(missing(&f));
+                return Err(Error::invalid(
+                    &f,
+                    format!("is listed in {} but not a file", ipath.display()),
+                ));
             }
-            files.push((f, !extra.origins.is_empty()));
+            files.push((f, !recorded.is_empty()));
         }
+        // Side files gone or changed are damage, found before any work.
+        crate::store_dir::check_side_files(p, &idx)?;
         for rel in &idx.side_files {
-            let f = p.join(rel);
-            if !f.is_file() {
-                return Err(missing(&f));
-            }
             if rel != HF_INDEX && side_names.insert(rel.clone()) {
                 side_files.push((p.clone(), rel.clone(), idx.side_file_md5.get(rel).cloned()));
             }
         }
-        origins.extend(extra.origins);
+        origins.extend(recorded);
     }
     let mut containers = Vec::with_capacity(files.len());
     for (f, recorded) in &files {
@@ -1044,6 +1038,7 @@ pub fn reshard(
             total_source_size: source_total,
             total_size: output_bytes,
         },
+        extra: BTreeMap::new(),
     };
     let json = serde_json::to_vec_pretty(&DirIndexOut {
         index: &index,
