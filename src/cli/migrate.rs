@@ -33,12 +33,14 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let bar = Bar::new(a.no_progress);
     let mut reports = Vec::new();
+    let dir = super::is_bs_dir(&a.file);
     for f in container_files(&a.file)? {
-        reports.push(migrate(&f, a.dry_run, !a.no_backup, a.reencode, &bar)?);
-    }
-    let rewritten = reports.iter().any(|r| !r.dry_run && !r.untouched);
-    if super::is_bs_dir(&a.file) && rewritten {
-        bigsmall::store_dir::record_shard_sizes(&a.file)?;
+        let r = migrate(&f, a.dry_run, !a.no_backup, a.reencode, &bar)?;
+        // Recorded shard by shard: a run stopped by a later shard leaves a true index.
+        if dir && !r.dry_run && !r.untouched {
+            bigsmall::store_dir::record_shard_sizes(&a.file)?;
+        }
+        reports.push(r);
     }
     if a.json {
         emit_json(&reports);
