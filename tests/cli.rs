@@ -1540,11 +1540,7 @@ fn force_refuses_a_pipe_or_device() {
 fn a_shard_missing_from_a_model_directory_is_refused() {
     let dir = tmp();
     let model = dir.path().join("model");
-    let copy = std::process::Command::new("cp")
-        .args(["-r", path_str(&fixture("sharded")), path_str(&model)])
-        .status()
-        .expect("cp runs");
-    assert!(copy.success());
+    copy_tree(&fixture("sharded"), &model);
     fs::remove_file(model.join("model-00002-of-00002.safetensors")).expect("rm");
     let out = dir.path().join("out.bs");
     for args in [
@@ -1627,11 +1623,7 @@ fn side_files_are_checked_against_their_receipts() {
 
     // Different in the source: verify --source says so.
     let src = dir.path().join("src");
-    fs::create_dir(&src).expect("mkdir");
-    for e in fs::read_dir(&model).expect("ls") {
-        let p = e.expect("entry").path();
-        fs::copy(&p, src.join(p.file_name().expect("name"))).expect("copy");
-    }
+    copy_tree(&model, &src);
     fs::write(src.join("config.json"), b"{}").expect("write");
     let o = run(["verify", path_str(&bs), "--source", path_str(&src)]);
     assert_eq!(code(&o), 3, "{}", stdout(&o));
@@ -1671,11 +1663,7 @@ fn side_files_are_checked_against_their_receipts() {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & 0o777;
         let private = dir.path().join("private");
-        fs::create_dir(&private).expect("mkdir");
-        for e in fs::read_dir(&model).expect("ls") {
-            let p = e.expect("entry").path();
-            fs::copy(&p, private.join(p.file_name().expect("name"))).expect("copy");
-        }
+        copy_tree(&model, &private);
         let run_sh = private.join("run.sh");
         fs::write(&run_sh, b"#!/bin/sh\n").expect("write");
         fs::set_permissions(&run_sh, fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -1741,11 +1729,7 @@ fn side_files_are_checked_against_their_receipts() {
 fn output_inside_the_base_is_refused() {
     let dir = tmp();
     let base = dir.path().join("base");
-    let copy = std::process::Command::new("cp")
-        .args(["-r", path_str(&fixture("sharded")), path_str(&base)])
-        .status()
-        .expect("cp runs");
-    assert!(copy.success());
+    copy_tree(&fixture("sharded"), &base);
     let before = tree(&base);
     let patch = dir.path().join("p.bs");
     ok(&run([

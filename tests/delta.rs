@@ -1045,19 +1045,6 @@ fn missing_or_unneeded_bases_are_one_line_errors() {
     assert_no_leftovers(d);
 }
 
-fn copy_tree(src: &Path, dst: &Path) {
-    fs::create_dir_all(dst).unwrap();
-    for e in fs::read_dir(src).unwrap() {
-        let p = e.unwrap().path();
-        let to = dst.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_tree(&p, &to);
-        } else {
-            fs::copy(&p, &to).unwrap();
-        }
-    }
-}
-
 /// `-f` replaces outputs, never inputs: an output that is one of the run's inputs (by its
 /// path, a symlink or a hard link), or a directory that holds one, is refused before any work,
 /// and every input is left as it was.

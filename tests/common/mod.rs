@@ -205,6 +205,20 @@ pub fn tree(root: &Path) -> Vec<(String, Option<u64>)> {
 // ---------------------------------------------------------------------------------------------
 // Hashing and byte surgery
 
+/// Copies a directory tree (a fixture model to edit).
+pub fn copy_tree(src: &Path, dst: &Path) {
+    fs::create_dir_all(dst).unwrap_or_else(|e| panic!("{}: {e}", dst.display()));
+    for e in fs::read_dir(src).unwrap_or_else(|e| panic!("{}: {e}", src.display())) {
+        let p = e.expect("entry").path();
+        let to = dst.join(p.file_name().expect("name"));
+        if p.is_dir() {
+            copy_tree(&p, &to);
+        } else {
+            fs::copy(&p, &to).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        }
+    }
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let d = Sha256::digest(bytes);
     let mut s = String::with_capacity(64);
