@@ -273,31 +273,19 @@ pub(crate) fn copy_side_file(
     rel: &Path,
     expect: Option<&str>,
 ) -> Result<String> {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let to = dst_root.join(rel);
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
     let from = src_root.join(rel);
-    let mut input = fs::File::open(&from).map_err(|e| Error::io(&from, e))?;
-    let perms = input
-        .metadata()
+    let perms = fs::metadata(&from)
         .map_err(|e| Error::io(&from, e))?
         .permissions();
     let mut output = fs::File::create(&to).map_err(|e| Error::io(&to, e))?;
-    let mut md5 = crate::integrity::md5x::Md5::new();
-    let mut piece = vec![0u8; SIDE_PIECE];
-    loop {
-        let n = input.read(&mut piece).map_err(|e| Error::io(&from, e))?;
-        if n == 0 {
-            break;
-        }
-        md5.update(&piece[..n]);
-        output
-            .write_all(&piece[..n])
-            .map_err(|e| Error::io(&to, e))?;
-    }
-    let md5 = md5.hex();
+    let md5 = md5_file_through(&from, |piece| {
+        output.write_all(piece).map_err(|e| Error::io(&to, e))
+    })?;
     if expect.is_some_and(|e| e != md5) {
         return Err(side_file_changed(&from));
     }
@@ -305,8 +293,8 @@ pub(crate) fn copy_side_file(
     Ok(md5)
 }
 
-/// md5 of a file, read in pieces.
-fn md5_file(path: &Path) -> Result<String> {
+/// md5 of a file, read in pieces, each also handed to `each`.
+fn md5_file_through(path: &Path, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<String> {
     use std::io::Read;
     let mut input = fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut md5 = crate::integrity::md5x::Md5::new();
@@ -317,6 +305,7 @@ fn md5_file(path: &Path) -> Result<String> {
             return Ok(md5.hex());
         }
         md5.update(&piece[..n]);
+        each(&piece[..n])?;
     }
 }
 
@@ -337,7 +326,7 @@ pub fn side_file_damage(dir: &Path, index: &DirIndex) -> Vec<Error> {
         let path = dir.join(safe_rel(&index_path, rel)?);
         missing_side_file(&path)?;
         if let Some(want) = index.side_file_md5.get(rel) {
-            if md5_file(&path)? != *want {
+            if md5_file_through(&path, |_| Ok(()))? != *want {
                 return Err(side_file_changed(&path));
             }
         }
@@ -366,7 +355,8 @@ pub struct ShardRepair {
     #[serde(flatten)]
     pub report: crate::integrity::ecc::EccReport,
     /// A shard without a sidecar is checked by decoding instead (nothing to repair it from):
-    /// how, when it was. Its report is then clean, with no sidecar and no blocks.
+    /// what that found. Its report then has no sidecar and no blocks, and counts the shard as
+    /// one lost block if it is damaged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_sidecar: Option<String>,
 }
