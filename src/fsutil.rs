@@ -68,6 +68,15 @@ pub fn file_size_limit_is_an_error() {
     }
 }
 
+/// An input that is a pipe or a device: bigsmall maps its inputs (random access, bounded
+/// memory), which a stream cannot give.
+pub fn not_a_regular_file(path: &Path) -> Error {
+    Error::invalid(
+        path,
+        "is not a regular file (a pipe or device): bigsmall reads its inputs from files",
+    )
+}
+
 /// Refuses to clobber an existing path with a file output unless `overwrite`.
 pub fn check_output(path: &Path, overwrite: bool) -> Result<()> {
     check_output_as(path, overwrite, false)
@@ -79,6 +88,12 @@ pub fn check_output(path: &Path, overwrite: bool) -> Result<()> {
 /// written to, and a file a directory output lands on (or the reverse) is more likely a
 /// mistyped path than an old output. An empty directory takes a directory output freely.
 pub fn check_output_as(path: &Path, overwrite: bool, dir: bool) -> Result<()> {
+    if path.as_os_str() == "-" {
+        return Err(Error::invalid(
+            path,
+            "writing to standard output is not supported: give a file name (./- for a file named -)",
+        ));
+    }
     let Ok(meta) = fs::symlink_metadata(path) else {
         return Ok(());
     };

@@ -1723,6 +1723,65 @@ fn side_files_are_checked_against_their_receipts() {
     assert_no_leftovers(dir.path());
 }
 
+/// Inputs of the wrong kind are named for what they are: a device or pipe (bigsmall maps its
+/// inputs), a container given where a safetensors file is expected; `-o -` (stdout) is
+/// refused rather than written as a file named `-`; `apply` with its arguments swapped and
+/// `--seed` without `--sample` are usage errors.
+#[test]
+fn wrong_kinds_of_input_and_output_are_named() {
+    let (dir, src, bs) = compressed_smollm();
+    for args in [
+        vec!["compress", "/dev/null", "-o", "x.bs"],
+        vec!["decompress", "/dev/null", "-o", "x.safetensors"],
+    ] {
+        let e = fails(&run(&args), 1);
+        assert!(e.contains("not a regular file"), "{args:?}: {e}");
+    }
+    for args in [
+        vec!["compress", path_str(&bs), "-o", "x.bs"],
+        vec!["scan", path_str(&bs)],
+    ] {
+        let e = fails(&run(&args), 1);
+        assert!(e.contains("is a bigsmall container"), "{args:?}: {e}");
+    }
+    let e = fails(&run(["compress", path_str(&src), "-o", "-"]), 1);
+    assert!(e.contains("standard output"), "{e}");
+    assert!(!Path::new("-").exists());
+    let patch = dir.path().join("p.bs");
+    ok(&run([
+        "compress",
+        path_str(&src),
+        "--delta-from",
+        path_str(&src),
+        "-o",
+        path_str(&patch),
+    ]));
+    let o = run(["apply", path_str(&patch), path_str(&src), "-o", "x"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("look swapped"), "{}", stderr(&o));
+    assert_eq!(code(&run(["verify", "--seed", "3", path_str(&bs)])), 2);
+    assert_no_leftovers(dir.path());
+}
+
+/// `--ecc` that cannot write its sidecar fails the whole run: the output it just wrote is
+/// removed, so nothing looks like a finished, protected run.
+#[test]
+fn a_sidecar_that_cannot_be_written_leaves_no_output() {
+    let (dir, src, _bs) = compressed_smollm();
+    let out = dir.path().join("out.bs");
+    // A directory of someone else's where the sidecar would go: the rename onto it fails.
+    let blocker = dir.path().join("out.bs.ecc");
+    fs::create_dir(&blocker).expect("mkdir");
+    fs::write(blocker.join("keep"), b"keep").expect("write");
+    fails(
+        &run(["compress", path_str(&src), "-o", path_str(&out), "--ecc"]),
+        1,
+    );
+    assert!(!out.exists());
+    assert_eq!(fs::read(blocker.join("keep")).expect("kept"), b"keep");
+    assert_no_leftovers(dir.path());
+}
+
 /// An output inside a base directory would change the base (and break it: two copies of
 /// each tensor): refused like one inside the model being compressed.
 #[test]

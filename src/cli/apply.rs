@@ -30,6 +30,25 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
+    let is_patch = |p: &std::path::Path| {
+        bigsmall::store_dir::containers_at(p)
+            .ok()
+            .and_then(|c| c.first().cloned())
+            .and_then(|f| bigsmall::format::reader::Container::open(&f).ok())
+            .is_some_and(|c| c.is_patch())
+    };
+    if is_patch(&a.base) && !is_patch(&a.patch) {
+        // A usage error (exit 2), like the ones clap finds itself.
+        clap::Error::raw(
+            clap::error::ErrorKind::ValueValidation,
+            format!(
+                "{} is a patch and {} is not: apply takes BASE then PATCH (the arguments look swapped)\n",
+                a.base.display(),
+                a.patch.display()
+            ),
+        )
+        .exit();
+    }
     super::decompress::run_with(
         a.patch,
         a.output,

@@ -170,8 +170,22 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         } else {
             vec![dst.clone()]
         };
-        for f in files {
-            ecc_bytes += bigsmall::integrity::ecc::create(&f)?;
+        for f in &files {
+            match bigsmall::integrity::ecc::create(f) {
+                Ok(n) => ecc_bytes += n,
+                Err(e) => {
+                    // A run asked for protection fails whole: no output left that looks done.
+                    for f in &files {
+                        let _ = std::fs::remove_file(bigsmall::integrity::ecc::sidecar_path(f));
+                    }
+                    let _ = if is_dir {
+                        std::fs::remove_dir_all(&dst)
+                    } else {
+                        std::fs::remove_file(&dst)
+                    };
+                    return Err(e.into());
+                }
+            }
         }
     }
     if let Some(d) = &r.delta {

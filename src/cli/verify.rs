@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(long, value_name = "FRACTION", value_parser = parse_fraction, conflicts_with = "source")]
     sample: Option<f64>,
     /// Seed for --sample (default: from the clock; printed so a run can be repeated)
-    #[arg(long)]
+    #[arg(long, requires = "sample")]
     seed: Option<u64>,
     /// Compare against the original safetensors file (or directory) instead of receipts
     #[arg(long, value_name = "ORIG")]

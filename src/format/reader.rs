@@ -63,11 +63,15 @@ fn packed_index(m: &[u8]) -> std::result::Result<(Trailer, &[u8]), &'static str>
 
 impl Container {
     pub fn open(path: &Path) -> Result<Container> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        // Checked before opening: opening a FIFO without a writer would block.
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         if meta.is_dir() {
             return Err(Error::invalid(path, "is a directory, expected a .bs file"));
         }
+        if !meta.is_file() {
+            return Err(crate::fsutil::not_a_regular_file(path));
+        }
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let bad = |why: String| Error::container(path, why);
         if meta.len() < DATA_START + TRAILER_LEN as u64 {
             return Err(if meta.len() >= 8 {

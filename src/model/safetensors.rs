@@ -155,12 +155,22 @@ fn explain(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
 
 impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<SafetensorsFile> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        // Checked before opening: opening a FIFO without a writer would block.
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         if meta.is_dir() {
             return Err(Error::invalid(
                 path,
                 "is a directory, expected a .safetensors file",
+            ));
+        }
+        if !meta.is_file() {
+            return Err(crate::fsutil::not_a_regular_file(path));
+        }
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        if crate::format::is_container(path) {
+            return Err(Error::invalid(
+                path,
+                "is a bigsmall container, not a .safetensors file (decompress it first)",
             ));
         }
         let bad = |why: String| Error::BadSafetensors {
