@@ -1456,6 +1456,49 @@ fn a_dtype_change_is_retyped_and_stored_standalone() {
     assert_eq!(sha256_file(&back), sha256_file(&fine));
 }
 
+/// Header metadata is part of a model: `diff` reports an entry added, removed or changed even
+/// where every tensor is equal, from safetensors files and from containers alike.
+#[test]
+fn diff_reports_metadata_changes() {
+    let dir = tmp();
+    let d = dir.path();
+    let base = base_file();
+    let (meta, tensors) = load(&base);
+    assert_eq!(meta.as_deref(), Some(r#"{"format":"pt"}"#));
+    let other = d.join("tf.safetensors");
+    save(&other, Some(r#"{"format":"tf","note":"x"}"#), &tensors);
+    let text = ok(&run(["diff", s(&base), s(&other)]));
+    assert!(
+        text.contains("  metadata  format  \"pt\" -> \"tf\"\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  metadata  note  (none) -> \"x\"\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unchanged 20 ") && text.contains("; 2 metadata entries differ"),
+        "{text}"
+    );
+    let (a, b) = (d.join("a.bs"), d.join("b.bs"));
+    standalone(&base, &a);
+    standalone(&other, &b);
+    let v = diff_json(&a, &b);
+    let m = &diff_report(&v)["metadata"];
+    assert_eq!(
+        m,
+        &serde_json::json!([
+            {"key": "format", "a": "pt", "b": "tf"},
+            {"key": "note", "a": null, "b": "x"}
+        ]),
+        "{v}"
+    );
+    assert_eq!(
+        diff_report(&diff_json(&base, &base))["metadata"],
+        serde_json::json!([])
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7: the regime gate
 

@@ -108,6 +108,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         };
         s += &format!("  {:<9} {}  {}\n", row.status, row.name, desc);
     }
+    for m in &r.metadata {
+        let text = |v: &Option<String>| {
+            v.as_deref()
+                .map_or("(none)".to_string(), |v| format!("{v:?}"))
+        };
+        s += &format!("  metadata  {}  {} -> {}\n", m.key, text(&m.a), text(&m.b));
+    }
     // A dtype change is rare enough to be named only when there is one.
     let (retyped, retyped_bytes) = match r.retyped {
         0 => (String::new(), String::new()),
@@ -117,7 +124,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         ),
     };
     s += &format!(
-        "added {}, removed {}, changed {}, resized {}{retyped}, unchanged {} (tensor sizes: {} changed, {} resized{retyped_bytes}, {} unchanged)\n",
+        "added {}, removed {}, changed {}, resized {}{retyped}, unchanged {} (tensor sizes: {} changed, {} resized{retyped_bytes}, {} unchanged){}\n",
         r.added,
         r.removed,
         r.changed,
@@ -125,7 +132,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         r.unchanged,
         human(r.changed_bytes),
         human(r.resized_bytes),
-        human(r.unchanged_bytes)
+        human(r.unchanged_bytes),
+        match r.metadata.len() {
+            0 => String::new(),
+            1 => "; 1 metadata entry differs".to_string(),
+            n => format!("; {n} metadata entries differ"),
+        }
     );
     if let Some(e) = entropy {
         s += &format!(

@@ -21,14 +21,30 @@ pub struct TensorSig {
     pub md5: String,
 }
 
+/// The `__metadata__` entries of a safetensors header (all files' together for a directory:
+/// HF shards repeat theirs), as text.
+fn header_metadata(header: &[u8], out: &mut BTreeMap<String, String>) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(header) else {
+        return;
+    };
+    if let Some(m) = v.get("__metadata__").and_then(|m| m.as_object()) {
+        for (k, v) in m {
+            let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+            out.insert(k.clone(), text);
+        }
+    }
+}
+
 /// Reads the tensor signatures of a `.bs`, a compressed directory, a `.safetensors` file or
-/// a model directory.
-pub fn signatures(path: &Path) -> Result<BTreeMap<String, TensorSig>> {
+/// a model directory, and its `__metadata__`.
+pub fn signatures(path: &Path) -> Result<(BTreeMap<String, TensorSig>, BTreeMap<String, String>)> {
     let mut out = BTreeMap::new();
+    let mut meta = BTreeMap::new();
     let containers = crate::store_dir::containers_at(path)?;
     if !containers.is_empty() {
         for f in containers {
             let c = Container::open(&f)?;
+            header_metadata(c.index.source.header.as_bytes(), &mut meta);
             for t in &c.index.tensors {
                 out.insert(
                     t.name.clone(),
@@ -41,11 +57,12 @@ pub fn signatures(path: &Path) -> Result<BTreeMap<String, TensorSig>> {
                 );
             }
         }
-        return Ok(out);
+        return Ok((out, meta));
     }
     let files = crate::model::dir::weight_files(path)?;
     for f in files {
         let st = SafetensorsFile::open(&f)?;
+        header_metadata(&st.header, &mut meta);
         let sigs: Vec<(String, TensorSig)> = st
             .tensors
             .par_iter()
@@ -64,7 +81,15 @@ pub fn signatures(path: &Path) -> Result<BTreeMap<String, TensorSig>> {
         out.extend(sigs);
         st.release(0, st.bytes().len());
     }
-    Ok(out)
+    Ok((out, meta))
+}
+
+/// A `__metadata__` entry that differs: added (no `a`), removed (no `b`) or changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct MetadataChange {
+    pub key: String,
+    pub a: Option<String>,
+    pub b: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,11 +118,13 @@ pub struct DiffReport {
     pub retyped_bytes: u64,
     pub unchanged_bytes: u64,
     pub rows: Vec<DiffRow>,
+    /// Header `__metadata__` entries that differ (the weights may be equal).
+    pub metadata: Vec<MetadataChange>,
 }
 
 /// Compares two models tensor by tensor.
 pub fn diff(a: &Path, b: &Path) -> Result<DiffReport> {
-    let (sa, sb) = (signatures(a)?, signatures(b)?);
+    let ((sa, ma), (sb, mb)) = (signatures(a)?, signatures(b)?);
     let mut rows = Vec::new();
     let mut r = DiffReport {
         a: a.display().to_string(),
@@ -113,6 +140,18 @@ pub fn diff(a: &Path, b: &Path) -> Result<DiffReport> {
         retyped_bytes: 0,
         unchanged_bytes: 0,
         rows: Vec::new(),
+        metadata: ma
+            .keys()
+            .chain(mb.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter(|k| ma.get(*k) != mb.get(*k))
+            .map(|k| MetadataChange {
+                key: k.clone(),
+                a: ma.get(k).cloned(),
+                b: mb.get(k).cloned(),
+            })
+            .collect(),
     };
     let names: std::collections::BTreeSet<&String> = sa.keys().chain(sb.keys()).collect();
     for name in names {
