@@ -1796,6 +1796,19 @@ fn auto_delta_picks_the_real_base_and_caches_fingerprints() {
             .is_some_and(|x| x < 0.01),
         "{v}"
     );
+    // The estimate is of the patch's size: within a factor of two of the patch written.
+    let est = v["auto_delta"]["candidates"]
+        .as_array()
+        .expect("candidates")
+        .iter()
+        .find(|c| c["path"] == s(&real))
+        .and_then(|c| c["patch_share_est"].as_f64())
+        .expect("an estimate for the base");
+    let actual = len(&pj) as f64 / len(&fine) as f64;
+    assert!(
+        est > actual / 2.0 && est < actual * 2.0,
+        "estimated {est:.4}, patch {actual:.4}"
+    );
 
     let scratch = d.join("scratch");
     fs::create_dir(&scratch).expect("mkdir");

@@ -10,7 +10,8 @@
 //!
 //! Among the candidates within `MAX_DISTANCE`, the pick is the one with the smallest
 //! estimated patch: the unmatched share plus the matched share times the sampled elements'
-//! difference (the mean width of their XOR, as a share of their bits). Histograms cannot
+//! difference (the zeroth-order entropy of their XOR by byte planes, as a share of their
+//! bits). Histograms cannot
 //! tell a base from another fine-tune of it (a sibling), nor from a copy whose values moved;
 //! the sampled values can, and they rank candidates as the difference coding will pay.
 //!
@@ -220,11 +221,14 @@ pub fn distance(input: &Fingerprint, base: &Fingerprint) -> f64 {
 }
 
 /// The estimated size of a patch of `input` against `base`, as a share of the input: its
-/// unmatched bytes whole, its matched bytes at the sampled elements' difference (the mean
-/// width of their XOR over their width). `None` where no sampled tensor is in both with the
-/// same name, dtype and shape (a patch as candidate: its values need its own base).
+/// unmatched bytes whole, its matched bytes at the zeroth-order entropy of the sampled
+/// elements' XOR, byte plane by byte plane, pooled over the sampled tensors of each width
+/// (which is what an order-0 coder of the difference pays; pooling keeps the estimate from
+/// running low on a tensor's 1024 samples). `None` where no sampled tensor is in both with
+/// the same name, dtype and shape (a patch as candidate: its values need its own base).
 pub fn patch_share(input: &Fingerprint, base: &Fingerprint) -> Option<f64> {
-    let (mut bits, mut of) = (0u64, 0u64);
+    // Per element width (1, 2 or 4 bytes): elements sampled, and each byte plane's histogram.
+    let mut pools: BTreeMap<usize, (u64, Vec<[u64; 256]>)> = BTreeMap::new();
     for (n, a) in &input.values {
         let same = input
             .tensors
@@ -233,17 +237,34 @@ pub fn patch_share(input: &Fingerprint, base: &Fingerprint) -> Option<f64> {
         let (Some((dtype, ..)), Some(b)) = (same, base.values.get(n)) else {
             continue;
         };
-        let width = 8 * is_float(dtype).unwrap_or(1) as u64;
+        let width = is_float(dtype).unwrap_or(1);
+        let (count, planes) = pools
+            .entry(width)
+            .or_insert_with(|| (0, vec![[0u64; 256]; width]));
         for (x, y) in a.iter().zip(b) {
-            bits += u64::from(32 - (x ^ y).leading_zeros());
-            of += width;
+            let d = x ^ y;
+            for (p, h) in planes.iter_mut().enumerate() {
+                h[((d >> (8 * p)) & 0xff) as usize] += 1;
+            }
+            *count += 1;
         }
     }
-    if of == 0 {
+    let (mut bits, mut of) = (0.0f64, 0.0f64);
+    for (width, (count, planes)) in &pools {
+        for h in planes {
+            bits += h
+                .iter()
+                .filter(|&&c| c > 0)
+                .map(|&c| -(c as f64) * (c as f64 / *count as f64).log2())
+                .sum::<f64>();
+        }
+        of += (*count * 8 * *width as u64) as f64;
+    }
+    if of == 0.0 {
         return None;
     }
     let matched = matched_share(input, base);
-    Some((1.0 - matched) + matched * bits as f64 / of as f64)
+    Some((1.0 - matched) + matched * bits / of)
 }
 
 /// Model-like entries directly under a base directory.
