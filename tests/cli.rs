@@ -1918,6 +1918,9 @@ fn swapped_or_doubled_shards_are_refused() {
     let o = run(["verify", path_str(&swapped)]);
     assert_eq!(code(&o), 3, "{}", stdout(&o));
     assert!(stdout(&o).contains("swapped"));
+    // One line on stderr too, for a script that keeps only that.
+    let e = one_line_error(&stderr(&o));
+    assert!(e.contains("verification failed (1 problem found"), "{e}");
 
     // A side file gone from the directory: verify says which.
     let side = v["side_files"][0]

@@ -230,5 +230,19 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         s += if ok { "OK\n" } else { "FAILED\n" };
         emit(&s);
     }
+    if !ok {
+        // The report is on stdout; a script that keeps only stderr still learns why it failed.
+        let problems: usize = reports.iter().map(|r| r.problems.len()).sum();
+        let damaged = ecc_reports.iter().filter(|e| e.damaged_blocks > 0).count();
+        eprintln!(
+            "bigsmall: {}: verification failed ({} found{}; the report is on stdout)",
+            a.file.display(),
+            super::counted(problems, "problem"),
+            match damaged {
+                0 => String::new(),
+                n => format!(", damaged blocks in {}", super::counted(n, "sidecar check")),
+            }
+        );
+    }
     Ok(if ok { 0 } else { 3 })
 }
