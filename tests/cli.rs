@@ -429,6 +429,32 @@ fn info_reports_the_container() {
     let raw: u64 = st.tensors.iter().map(|t| t.len() as u64).sum();
     assert_eq!(i["dtypes"]["BF16"]["raw_bytes"].as_u64(), Some(raw));
     assert!(i["best"].as_array().expect("best").len() <= 5);
+    // A file alone: its kind from its tensor names, said so.
+    assert_eq!(i["model_type"], "llama-style decoder (from tensor names)");
+    assert!(text.contains("model_type"), "{text}");
+    // A directory: from its config.json. And the BERT-style names of the MiniLM cut.
+    let dir = tmp();
+    let cdir = dir.path().join("model.bs");
+    ok(&run([
+        "compress",
+        path_str(&fixture("sharded")),
+        "-o",
+        path_str(&cdir),
+    ]));
+    let i = json(&ok(&run(["info", path_str(&cdir), "--json"])));
+    assert_eq!(
+        i["model_type"],
+        "llama (LlamaForCausalLM; from config.json)"
+    );
+    let minilm = dir.path().join("minilm.bs");
+    ok(&run([
+        "compress",
+        path_str(&fixture("minilm-bf16.safetensors")),
+        "-o",
+        path_str(&minilm),
+    ]));
+    let i = json(&ok(&run(["info", path_str(&minilm), "--json"])));
+    assert_eq!(i["model_type"], "BERT-style encoder (from tensor names)");
 }
 
 #[test]

@@ -120,6 +120,9 @@ pub struct Info {
     pub created_by: String,
     pub mode: String,
     pub source_file: String,
+    /// What kind of model it is: a directory's `config.json` says, or else the tensor names
+    /// suggest (and the text says which).
+    pub model_type: String,
     pub file_size: u64,
     pub source_size: u64,
     pub ratio_pct: f64,
@@ -159,7 +162,7 @@ pub struct ShardInfo {
 }
 
 pub fn info(c: &Container) -> Info {
-    summarize(c.path.display().to_string(), &[(None, c)])
+    summarize(c.path.display().to_string(), &[(None, c)], None)
 }
 
 /// `info` of a compressed directory: one report for the whole model. Layers, the streaming
@@ -168,7 +171,58 @@ pub fn info(c: &Container) -> Info {
 pub fn info_dir(dir: &Path, shards: &[(String, Container)]) -> Info {
     let named: Vec<(Option<&str>, &Container)> =
         shards.iter().map(|(n, c)| (Some(n.as_str()), c)).collect();
-    summarize(dir.display().to_string(), &named)
+    summarize(
+        dir.display().to_string(),
+        &named,
+        Some(&dir.join("config.json")),
+    )
+}
+
+/// `config.json` larger than this is not a model config.
+const MAX_CONFIG: u64 = 4 << 20;
+
+/// A model's kind: from its `config.json` (`model_type`, `architectures`) where there is
+/// one, else from the tensor naming conventions of the common families.
+fn model_type<'a>(names: impl Iterator<Item = &'a str> + Clone, config: Option<&Path>) -> String {
+    let from_config = config
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() <= MAX_CONFIG))
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            let kind = v
+                .get("model_type")
+                .and_then(|t| t.as_str())
+                .map(str::to_string);
+            let arch = v
+                .get("architectures")
+                .and_then(|a| a.get(0))
+                .and_then(|a| a.as_str())
+                .map(str::to_string);
+            match (kind, arch) {
+                (Some(k), Some(a)) => Some(format!("{k} ({a}; from config.json)")),
+                (Some(k), None) => Some(format!("{k} (from config.json)")),
+                (None, Some(a)) => Some(format!("{a} (from config.json)")),
+                (None, None) => None,
+            }
+        });
+    if let Some(t) = from_config {
+        return t;
+    }
+    let any = |pat: &str| names.clone().any(|n| n.contains(pat));
+    let kind = if any(".block_sparse_moe.") || any(".mlp.experts.") {
+        "mixture-of-experts decoder"
+    } else if any("model.layers.") && any(".self_attn.") {
+        "llama-style decoder"
+    } else if any("transformer.h.") {
+        "GPT-2-style decoder"
+    } else if any("encoder.layer.") {
+        "BERT-style encoder"
+    } else if any("decoder.layers.") && any("encoder.layers.") {
+        "encoder-decoder"
+    } else {
+        return "unknown (no config.json, and no tensor naming of a known family)".into();
+    };
+    format!("{kind} (from tensor names)")
 }
 
 /// The distinct `values`, in order of first appearance, joined with ", " (shards normally
@@ -183,7 +237,7 @@ fn distinct(values: impl IntoIterator<Item = String>) -> String {
     seen.join(", ")
 }
 
-fn summarize(file: String, cs: &[(Option<&str>, &Container)]) -> Info {
+fn summarize(file: String, cs: &[(Option<&str>, &Container)], config: Option<&Path>) -> Info {
     let stats: Vec<TensorStat> = cs
         .iter()
         .flat_map(|&(shard, c)| {
@@ -246,8 +300,10 @@ fn summarize(file: String, cs: &[(Option<&str>, &Container)]) -> Info {
             })
         })
         .collect();
+    let model_type = model_type(stats.iter().map(|s| s.name.as_str()), config);
     Info {
         file,
+        model_type,
         container_version: distinct(
             cs.iter()
                 .map(|(_, c)| format!("{}.{}", c.version.0, c.version.1)),

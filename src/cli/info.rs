@@ -72,6 +72,7 @@ fn render(i: &Info) -> String {
     s += &kv("created_by", i.created_by.clone());
     s += &kv("mode", i.mode.clone());
     s += &kv("source", i.source_file.clone());
+    s += &kv("model_type", i.model_type.clone());
     s += &kv("tensor_count", thousands(i.tensor_count as u64));
     s += &kv("chunk_count", thousands(i.chunk_count as u64));
     s += &kv(
