@@ -134,6 +134,21 @@ fn half_replaced(src: &Path, dst: &Path) {
     });
 }
 
+/// A copy of `src` whose first BF16 tensor reads as F16: the same bytes and shape, only the
+/// dtype differs. Returns its name.
+fn retyped(src: &Path, dst: &Path) -> String {
+    let mut name = String::new();
+    derive(src, dst, |ts| {
+        let t = ts
+            .iter_mut()
+            .find(|t| t.dtype == "BF16")
+            .expect("a BF16 tensor");
+        t.dtype = "F16".into();
+        name = t.name.clone();
+    });
+    name
+}
+
 const ADDED: &str = "model.extra_adapter.weight";
 
 /// What `reshaped` did: (resized, added, removed) tensor names.
@@ -585,15 +600,7 @@ fn directory_patches_rebuild_from_model_and_compressed_dir_bases() {
     copy_tree(&base_dir, &retyped_dir);
     let shard = retyped_dir.join("model-00002-of-00002.safetensors");
     let edited = d.join("shard2.safetensors");
-    let mut name = String::new();
-    derive(&shard, &edited, |ts| {
-        let t = ts
-            .iter_mut()
-            .find(|t| t.dtype == "BF16")
-            .expect("a BF16 tensor");
-        t.dtype = "F16".into();
-        name = t.name.clone();
-    });
+    let name = retyped(&shard, &edited);
     fs::rename(&edited, &shard).expect("mv");
     let p = d.join("retyped.patch.bs");
     let r = patch(&retyped_dir, &base_dir, &p);
@@ -1407,17 +1414,8 @@ fn a_dtype_change_is_retyped_and_stored_standalone() {
     let dir = tmp();
     let d = dir.path();
     let base = base_file();
-    // The same bytes and shape read as F16: only the dtype differs.
     let fine = d.join("retyped.safetensors");
-    let mut name = String::new();
-    derive(&base, &fine, |ts| {
-        let t = ts
-            .iter_mut()
-            .find(|t| t.dtype == "BF16")
-            .expect("a BF16 tensor");
-        t.dtype = "F16".into();
-        name = t.name.clone();
-    });
+    let name = retyped(&base, &fine);
     let text = ok(&run(["diff", s(&base), s(&fine)]));
     assert_eq!(
         diff_rows(&text),
