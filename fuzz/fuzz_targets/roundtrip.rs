@@ -8,21 +8,16 @@
 //! no picks at all, the alphabet repeats in order.
 #![no_main]
 
-use bigsmall::codec::{decode_chunk, encode_chunk, encode_sparse_chunk, Effort, ElemKind};
+mod kinds;
+
+use bigsmall::codec::{decode_chunk, encode_chunk, encode_sparse_chunk, Effort};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 6 {
         return;
     }
-    let kind = match data[0] % 6 {
-        0 => ElemKind::Bf16,
-        1 => ElemKind::F16,
-        2 => ElemKind::F32,
-        3 => ElemKind::Byte,
-        4 => ElemKind::Other(2),
-        _ => ElemKind::Other(8),
-    };
+    let kind = kinds::kind(data[0]);
     let effort = [Effort::Storage, Effort::Balanced, Effort::Inference, Effort::Speed]
         [data[1] as usize % 4];
     let n = u16::from_le_bytes([data[2], data[3]]) as usize % 40_000 + 1;
