@@ -201,7 +201,10 @@ fn unlisted(dir: &Path) -> Vec<String> {
         };
         for e in entries.flatten() {
             let r = rel.join(e.file_name());
+            let hidden = e.file_name().to_string_lossy().starts_with('.');
             match e.file_type() {
+                // A hidden directory (`.git`, `.cache`) is one entry, not its every file.
+                Ok(t) if t.is_dir() && hidden => out.push(format!("{}/", rel_str(&r))),
                 Ok(t) if t.is_dir() => walk(root, &r, ours, out),
                 _ if !ours.contains(&r) => out.push(rel_str(&r)),
                 _ => {}

@@ -1710,6 +1710,9 @@ fn side_files_are_checked_against_their_receipts() {
 
     // Files the index does not list are not carried, and decompress says which.
     fs::write(bs.join("NOTES.md"), b"mine").expect("write");
+    // A hidden directory is one entry, not its every file.
+    fs::create_dir_all(bs.join(".git/objects")).expect("mkdir");
+    fs::write(bs.join(".git/objects/a"), b"x").expect("write");
     let notes_back = dir.path().join("notes-back");
     let text = ok(&run([
         "decompress",
@@ -1718,7 +1721,7 @@ fn side_files_are_checked_against_their_receipts() {
         path_str(&notes_back),
     ]));
     assert!(
-        text.contains("not carried: 1 file the directory index does not list: NOTES.md"),
+        text.contains("not carried (not in the directory index): .git/, NOTES.md\n"),
         "{text}"
     );
     assert!(!notes_back.join("NOTES.md").exists());
@@ -1732,10 +1735,11 @@ fn side_files_are_checked_against_their_receipts() {
     ])));
     assert_eq!(
         j["report"]["not_carried"],
-        serde_json::json!(["NOTES.md"]),
+        serde_json::json!([".git/", "NOTES.md"]),
         "{j}"
     );
     fs::remove_file(bs.join("NOTES.md")).expect("rm");
+    fs::remove_dir_all(bs.join(".git")).expect("rm");
 
     // An index without receipts (an earlier bigsmall's) reads, and round-trips.
     let mut old = v.clone();

@@ -122,8 +122,7 @@ pub fn run_with(
         );
         if !r.not_carried.is_empty() {
             s += &format!(
-                "not carried: {} the directory index does not list: {}\n",
-                super::counted(r.not_carried.len(), "file"),
+                "not carried (not in the directory index): {}\n",
                 r.not_carried.join(", ")
             );
         }
