@@ -790,6 +790,11 @@ fn file_without_tensors_roundtrips() {
         ] {
             ok(&run(&args));
         }
+        let scan = ok(&run(["scan", path_str(&src)]));
+        assert!(
+            scan.contains("recommendation:          no tensor data"),
+            "{scan}"
+        );
     }
 }
 

@@ -486,7 +486,9 @@ fn recommend(s: &Scan) -> String {
     let bytes_of = |d: &str| s.dtypes.get(d).map(|b| b.raw_bytes).unwrap_or(0);
     let total: u64 = s.dtypes.values().map(|b| b.raw_bytes).sum::<u64>().max(1);
     let share = |d: &str| bytes_of(d) as f64 / total as f64;
-    if s.model_is_bf16_native {
+    if s.dtypes.values().all(|b| b.raw_bytes == 0) {
+        "no tensor data: compressing keeps the header and metadata, and saves nothing".into()
+    } else if s.model_is_bf16_native {
         "F32 holding BF16 values (upcast): the low halves cost almost nothing, so compress as \
          is (bit-exact); a BF16 cast would be lossless only where every low half is zero"
             .into()
