@@ -1452,6 +1452,17 @@ fn a_dtype_change_is_retyped_and_stored_standalone() {
     let back = d.join("retyped.back");
     apply(&base, &p, &back);
     assert_eq!(sha256_file(&back), sha256_file(&fine));
+    // apply --json says which base it used.
+    let j = json(&ok(&run([
+        "apply",
+        s(&base),
+        s(&p),
+        "-o",
+        s(&back),
+        "-f",
+        "--json",
+    ])));
+    assert_eq!(j["base"], s(&base), "{j}");
 }
 
 /// Header metadata is part of a model: `diff` reports an entry added, removed or changed even

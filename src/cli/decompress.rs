@@ -103,6 +103,7 @@ pub fn run_with(
     if a.json {
         emit_json(&serde_json::json!({
             "source": a.src.display().to_string(),
+            "base": a.base.as_ref().map(|b| b.display().to_string()),
             "output": dst.display().to_string(),
             "report": r,
         }));
