@@ -77,6 +77,16 @@ pub fn not_a_regular_file(path: &Path) -> Error {
     )
 }
 
+/// Opens an input for reading, refusing a pipe or device first (opening a FIFO with no
+/// writer would block).
+pub fn open_regular(path: &Path) -> Result<File> {
+    let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() && !meta.is_dir() {
+        return Err(not_a_regular_file(path));
+    }
+    File::open(path).map_err(|e| Error::io(path, e))
+}
+
 /// Refuses to clobber an existing path with a file output unless `overwrite`.
 pub fn check_output(path: &Path, overwrite: bool) -> Result<()> {
     check_output_as(path, overwrite, false)

@@ -299,7 +299,7 @@ pub(crate) fn copy_side_file(
 /// md5 of a file, read in pieces, each also handed to `each`.
 fn md5_file_through(path: &Path, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<String> {
     use std::io::Read;
-    let mut input = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut input = crate::fsutil::open_regular(path)?;
     let mut md5 = crate::integrity::md5x::Md5::new();
     let mut piece = vec![0u8; SIDE_PIECE];
     loop {
@@ -472,7 +472,8 @@ fn verify_unprotected(
     progress: &dyn crate::progress::Progress,
 ) -> Result<(Option<String>, &'static str)> {
     use crate::integrity::VerifyMode;
-    let patch = crate::format::reader::Container::open(shard)?.is_patch();
+    // A shard too damaged to open is a finding of `verify_with` below, like a bad chunk.
+    let patch = crate::format::reader::Container::open(shard).is_ok_and(|c| c.is_patch());
     let (mode, how) = if patch {
         (
             VerifyMode::Fast,

@@ -1794,6 +1794,30 @@ fn wrong_kinds_of_input_and_output_are_named() {
     let o = run(["apply", path_str(&patch), path_str(&src), "-o", "x"]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("look swapped"), "{}", stderr(&o));
+    // A patch argument that is missing is not a swap.
+    let e = fails(
+        &run(["apply", path_str(&patch), "no-such.bs", "-o", "x"]),
+        1,
+    );
+    assert!(!e.contains("swapped"), "{e}");
+    // A FIFO is refused before it is opened (opening one with no writer would block), by
+    // every command that reads one, benchmark and repair included.
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    for args in [
+        vec!["benchmark", path_str(&fifo)],
+        vec!["repair", path_str(&fifo), "--check"],
+        vec!["repair", path_str(&bs), "--ecc", path_str(&fifo), "--check"],
+        vec!["info", path_str(&fifo)],
+    ] {
+        let e = fails(&run(&args), 1);
+        assert!(e.contains("not a regular file"), "{args:?}: {e}");
+    }
+    fs::remove_file(&fifo).expect("rm");
     assert_eq!(code(&run(["verify", "--seed", "3", path_str(&bs)])), 2);
     assert_no_leftovers(dir.path());
 }
@@ -1814,6 +1838,22 @@ fn a_sidecar_that_cannot_be_written_leaves_no_output() {
     );
     assert!(!out.exists());
     assert_eq!(fs::read(blocker.join("keep")).expect("kept"), b"keep");
+    // Replacing an output (-f), the new one is complete and stays (the old one is already
+    // gone): the error says its sidecar is missing.
+    fs::write(&out, b"an old output").expect("write");
+    let e = fails(
+        &run([
+            "compress",
+            path_str(&src),
+            "-o",
+            path_str(&out),
+            "--ecc",
+            "-f",
+        ]),
+        1,
+    );
+    assert!(e.contains("is written, without its sidecar"), "{e}");
+    ok(&run(["verify", path_str(&out), "--fast"]));
     assert_no_leftovers(dir.path());
 }
 

@@ -336,6 +336,17 @@ fn a_compressed_directory_is_checked_and_repaired_shard_by_shard() {
         text.contains("model-00002-of-00002.bs:\n    intact"),
         "{text}"
     );
+    assert!(text.contains("a damaged shard has no sidecar"), "{text}");
+    // Too damaged to open (truncated): still one shard's finding among the others.
+    fs::write(&first, &kept[..kept.len() - 100]).unwrap();
+    let c = run(["repair", &dp, "--check"]);
+    assert_eq!(code(&c), 3);
+    let text = stdout(&c);
+    assert!(text.contains("DAMAGED, and no ECC sidecar"), "{text}");
+    assert!(
+        text.contains("model-00002-of-00002.bs:\n    intact"),
+        "{text}"
+    );
     fs::write(&first, &kept).unwrap();
 
     // No sidecar anywhere: nothing to repair from, said so (a file's too).

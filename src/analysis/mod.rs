@@ -214,7 +214,8 @@ fn model_type<'a>(names: impl Iterator<Item = &'a str> + Clone, config: Option<&
     } else if any("model.layers.") && any(".self_attn.") {
         "llama-style decoder"
     } else if any("transformer.h.") {
-        "GPT-2-style decoder"
+        // GPT-2's naming, which Falcon, BLOOM and GPT-J share.
+        "decoder with GPT-2-style names (transformer.h.N)"
     } else if any("encoder.layer.") {
         "BERT-style encoder"
     } else if any("decoder.layers.") && any("encoder.layers.") {

@@ -30,14 +30,27 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    let is_patch = |p: &std::path::Path| {
+    // Whether a path opens as a container, and as a patch (None: not one, or unreadable,
+    // which the run itself reports).
+    let patch_kind = |p: &std::path::Path| {
         bigsmall::store_dir::containers_at(p)
             .ok()
             .and_then(|c| c.first().cloned())
             .and_then(|f| bigsmall::format::reader::Container::open(&f).ok())
-            .is_some_and(|c| c.is_patch())
+            .map(|c| c.is_patch())
     };
-    if is_patch(&a.base) && !is_patch(&a.patch) {
+    // A model that is no container at all (a .safetensors file or model directory), as
+    // opposed to one missing or damaged, which the run reports for what it is.
+    let plain_model = |p: &std::path::Path| {
+        p.exists()
+            && !bigsmall::format::is_container(p)
+            && !p.join(bigsmall::store_dir::DIR_INDEX).exists()
+    };
+    let patch_second = match patch_kind(&a.patch) {
+        Some(is_patch) => is_patch,
+        None => !plain_model(&a.patch),
+    };
+    if patch_kind(&a.base) == Some(true) && !patch_second {
         // A usage error (exit 2), like the ones clap finds itself.
         clap::Error::raw(
             clap::error::ErrorKind::ValueValidation,

@@ -157,6 +157,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         Some(p) => Some(open_base(p)?),
         None => None,
     };
+    // Whether the run makes its output or replaces one (-f; an empty directory): only one it
+    // made is taken back if its sidecar cannot be written.
+    let fresh = std::fs::symlink_metadata(&dst).is_err();
     let bar = Bar::new(a.no_progress);
     let r = if is_dir {
         compress_dir_against(&a.src, &dst, &opts, base.as_deref(), &bar)?
@@ -170,11 +173,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         } else {
             vec![dst.clone()]
         };
+        // A fresh output without the protection asked for is taken back, on an error here
+        // and on an interrupt (Ctrl-C removes what is tracked); a replaced one stays, being
+        // complete, with the error saying its sidecar is missing.
+        if fresh {
+            bigsmall::fsutil::track_temp(&dst);
+        }
         for f in &files {
             match bigsmall::integrity::ecc::create(f) {
                 Ok(n) => ecc_bytes += n,
-                Err(e) => {
-                    // A run asked for protection fails whole: no output left that looks done.
+                Err(e) if fresh => {
                     for f in &files {
                         let _ = std::fs::remove_file(bigsmall::integrity::ecc::sidecar_path(f));
                     }
@@ -183,10 +191,18 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                     } else {
                         std::fs::remove_file(&dst)
                     };
+                    bigsmall::fsutil::untrack_temp(&dst);
                     return Err(e.into());
+                }
+                Err(e) => {
+                    return Err(anyhow::anyhow!(
+                        "{e}; {} is written, without its sidecar",
+                        f.display()
+                    ))
                 }
             }
         }
+        bigsmall::fsutil::untrack_temp(&dst);
     }
     if let Some(d) = &r.delta {
         regime_warning(d, a.force_delta);

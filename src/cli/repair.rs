@@ -39,6 +39,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         return run_dir(a);
     }
     let sidecar = a.ecc.clone().unwrap_or_else(|| sidecar_path(&a.file));
+    if a.file.exists() && !a.file.is_file() {
+        return Err(bigsmall::fsutil::not_a_regular_file(&a.file).into());
+    }
     if a.file.exists() && std::fs::symlink_metadata(&sidecar).is_err() {
         return Err(bigsmall::error::Error::invalid(
             &a.file,
@@ -193,10 +196,13 @@ fn run_dir(a: Args) -> anyhow::Result<i32> {
                 bytes as f64 / secs.max(1e-9) / 1e6
             );
         } else if !clean {
-            s += if lost == 0 {
-                "  repairable: run with -o OUT\n"
-            } else {
-                "  NOT repairable: damage exceeds the parity\n"
+            let bare = shards
+                .iter()
+                .any(|s| s.no_sidecar.is_some() && s.report.lost_blocks > 0);
+            s += match (lost, bare) {
+                (0, _) => "  repairable: run with -o OUT\n",
+                (_, true) => "  NOT repairable: a damaged shard has no sidecar (or damage exceeds the parity)\n",
+                _ => "  NOT repairable: damage exceeds the parity\n",
             };
         }
         emit(&s);

@@ -255,6 +255,10 @@ pub fn preamble() -> [u8; PREAMBLE_LEN] {
 /// True when the file starts with the container magic (anything unreadable is not one).
 pub fn is_container(path: &std::path::Path) -> bool {
     use std::io::Read;
+    // Not a file (a pipe, whose open would block without a writer): not a container.
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
     let mut magic = [0u8; 8];
     std::fs::File::open(path)
         .and_then(|mut f| f.read_exact(&mut magic))

@@ -206,7 +206,7 @@ pub struct EccReport {
 
 /// Reads and validates a sidecar's header (either copy).
 fn open_sidecar(path: &Path) -> Result<(memmap2::Mmap, Header, bool)> {
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let f = crate::fsutil::open_regular(path)?;
     // SAFETY: read-only map.
     let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
     let first = Header::parse(&map[..map.len().min(HEADER)]);
@@ -343,7 +343,7 @@ pub fn check_or_repair_with(
     progress: &dyn crate::progress::Progress,
 ) -> Result<EccReport> {
     let (side, header, header_damaged) = open_sidecar(sidecar)?;
-    let f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
+    let f = crate::fsutil::open_regular(file)?;
     let len = f.metadata().map_err(|e| Error::io(file, e))?.len();
     if len > header.data_len {
         return Err(Error::invalid(
