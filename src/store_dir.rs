@@ -173,9 +173,11 @@ impl StagedDir {
 /// where it writes other names (a reshard into another shard count, a run without `--ecc`).
 /// Nothing for any other directory.
 fn listed_in(dir: &Path) -> std::collections::HashSet<PathBuf> {
-    let Ok(index) = read_dir_index(dir) else {
-        return Default::default();
-    };
+    read_dir_index(dir).map_or_else(|_| Default::default(), |index| listed(&index))
+}
+
+/// The files `index` lists, as `listed_in`.
+fn listed(index: &DirIndex) -> std::collections::HashSet<PathBuf> {
     let shards = index.shards.iter().map(|s| PathBuf::from(&s.file));
     let sidecars = shards
         .clone()
@@ -189,7 +191,7 @@ fn listed_in(dir: &Path) -> std::collections::HashSet<PathBuf> {
 
 /// Files under a compressed directory that its index does not list (notes, a `.bak` that
 /// `migrate` kept): decompress does not carry them, and says so. Relative paths, sorted.
-fn unlisted(dir: &Path) -> Vec<String> {
+fn unlisted(dir: &Path, index: &DirIndex) -> Vec<String> {
     fn walk(
         root: &Path,
         rel: &Path,
@@ -211,7 +213,7 @@ fn unlisted(dir: &Path) -> Vec<String> {
             }
         }
     }
-    let ours = listed_in(dir);
+    let ours = listed(index);
     let mut out = Vec::new();
     walk(dir, Path::new(""), &ours, &mut out);
     out.sort();
@@ -862,7 +864,7 @@ pub fn decompress_dir_with(
         chunks: 0,
         md5_checked: opts.check_md5,
         seconds: 0.0,
-        not_carried: unlisted(src),
+        not_carried: unlisted(src, &index),
     };
     let inner = DecompressOptions {
         overwrite: true,

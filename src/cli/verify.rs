@@ -240,7 +240,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             super::counted(problems, "problem"),
             match damaged {
                 0 => String::new(),
-                n => format!(", damaged blocks in {}", super::counted(n, "sidecar check")),
+                n => format!(
+                    "; ECC sidecars find damaged blocks in {}",
+                    super::counted(n, "file")
+                ),
             }
         );
     }

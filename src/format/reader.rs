@@ -1,7 +1,6 @@
 //! Container reader: maps the file, validates trailer and index against the file size before
 //! anything is sliced or allocated, and decodes chunks on demand.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -63,15 +62,11 @@ fn packed_index(m: &[u8]) -> std::result::Result<(Trailer, &[u8]), &'static str>
 
 impl Container {
     pub fn open(path: &Path) -> Result<Container> {
-        // Checked before opening: opening a FIFO without a writer would block.
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        if meta.is_dir() {
+        if path.is_dir() {
             return Err(Error::invalid(path, "is a directory, expected a .bs file"));
         }
-        if !meta.is_file() {
-            return Err(crate::fsutil::not_a_regular_file(path));
-        }
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = crate::fsutil::open_regular(path)?;
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
         let bad = |why: String| Error::container(path, why);
         if meta.len() < DATA_START + TRAILER_LEN as u64 {
             return Err(if meta.len() >= 8 {

@@ -1,7 +1,6 @@
 //! Reading safetensors files: memory-mapped, validated before any slice is taken, tensors in
 //! file order. The exact header bytes are kept so a decompressed file can be byte-identical.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -155,18 +154,14 @@ fn explain(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
 
 impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<SafetensorsFile> {
-        // Checked before opening: opening a FIFO without a writer would block.
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        if meta.is_dir() {
+        if path.is_dir() {
             return Err(Error::invalid(
                 path,
                 "is a directory, expected a .safetensors file",
             ));
         }
-        if !meta.is_file() {
-            return Err(crate::fsutil::not_a_regular_file(path));
-        }
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = crate::fsutil::open_regular(path)?;
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
         if crate::format::is_container(path) {
             return Err(Error::invalid(
                 path,
