@@ -1504,11 +1504,7 @@ fn tensor_name_with_newline_still_gives_one_line() {
 fn force_refuses_a_pipe_or_device() {
     let (dir, src, _bs) = compressed_smollm();
     let fifo = dir.path().join("fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .expect("mkfifo runs");
-    assert!(made.success());
+    mkfifo(&fifo);
     let e = fails(
         &run(["compress", path_str(&src), "-o", path_str(&fifo), "-f"]),
         1,
@@ -1803,11 +1799,7 @@ fn wrong_kinds_of_input_and_output_are_named() {
     // A FIFO is refused before it is opened (opening one with no writer would block), by
     // every command that reads one, benchmark and repair included.
     let fifo = dir.path().join("fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .expect("mkfifo runs");
-    assert!(made.success());
+    mkfifo(&fifo);
     for args in [
         vec!["benchmark", path_str(&fifo)],
         vec!["repair", path_str(&fifo), "--check"],

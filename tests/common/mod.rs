@@ -205,6 +205,15 @@ pub fn tree(root: &Path) -> Vec<(String, Option<u64>)> {
 // ---------------------------------------------------------------------------------------------
 // Hashing and byte surgery
 
+/// Makes a named pipe at `path`.
+pub fn mkfifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
 /// Copies a directory tree (a fixture model to edit).
 pub fn copy_tree(src: &Path, dst: &Path) {
     fs::create_dir_all(dst).unwrap_or_else(|e| panic!("{}: {e}", dst.display()));
