@@ -98,12 +98,6 @@ pub fn check_output(path: &Path, overwrite: bool) -> Result<()> {
 /// written to, and a file a directory output lands on (or the reverse) is more likely a
 /// mistyped path than an old output. An empty directory takes a directory output freely.
 pub fn check_output_as(path: &Path, overwrite: bool, dir: bool) -> Result<()> {
-    if path.as_os_str() == "-" {
-        return Err(Error::invalid(
-            path,
-            "writing to standard output is not supported: give a file name (./- for a file named -)",
-        ));
-    }
     let Ok(meta) = fs::symlink_metadata(path) else {
         return Ok(());
     };

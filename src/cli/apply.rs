@@ -13,7 +13,7 @@ pub struct Args {
     /// The patch (.bs or compressed directory)
     patch: PathBuf,
     /// Output file or directory
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = super::output_path)]
     output: Option<PathBuf>,
     /// Overwrite the output if it exists
     #[arg(short, long)]

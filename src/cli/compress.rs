@@ -17,7 +17,7 @@ pub struct Args {
     /// The .safetensors file or model directory to compress
     src: PathBuf,
     /// Output file (default: SRC with .bs extension; a directory for directory input)
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = super::output_path)]
     output: Option<PathBuf>,
     /// Overwrite the output if it exists (a directory only when the run replaces all it
     /// holds); an ECC sidecar of the file replaced goes with it

@@ -16,7 +16,7 @@ pub struct Args {
     /// The .bs file or compressed directory
     src: PathBuf,
     /// Output file or directory (default: SRC with .safetensors extension, or without .bs)
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = super::output_path)]
     output: Option<PathBuf>,
     /// Overwrite the output if it exists (a directory only when the run replaces all it holds)
     #[arg(short, long)]

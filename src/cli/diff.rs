@@ -21,7 +21,7 @@ pub struct Args {
     /// The second model
     b: PathBuf,
     /// Also write the patch from A to B (B must be a .safetensors file or model dir)
-    #[arg(long, value_name = "OUT")]
+    #[arg(long, value_name = "OUT", value_parser = super::output_path)]
     patch: Option<PathBuf>,
     /// List unchanged tensors too
     #[arg(short, long)]

@@ -84,6 +84,15 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// Parses an output path. `-` is refused as a usage error: every output is written under a
+/// temporary name and renamed into place, which standard output cannot be.
+pub fn output_path(s: &str) -> Result<PathBuf, String> {
+    if s == "-" {
+        return Err("writing to standard output is not supported: give a file name (./- for a file named -)".into());
+    }
+    Ok(PathBuf::from(s))
+}
+
 /// The error and its causes on one line.
 pub fn one_line(err: &anyhow::Error) -> String {
     let mut s = err.to_string();

@@ -15,7 +15,7 @@ pub struct Args {
     /// The damaged file, or a compressed directory (each shard with its sidecar, or verified by decoding)
     file: PathBuf,
     /// Where to write the recovered file (a fresh sidecar is written beside it)
-    #[arg(short, long, required_unless_present = "check")]
+    #[arg(short, long, required_unless_present = "check", value_parser = super::output_path)]
     output: Option<PathBuf>,
     /// The sidecar (default: FILE.ecc; not for a directory)
     #[arg(long, value_name = "SIDECAR")]

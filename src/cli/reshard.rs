@@ -16,7 +16,7 @@ pub struct Args {
     #[arg(required = true, value_name = "INPUT")]
     inputs: Vec<PathBuf>,
     /// Output directory: the shards and a new bigsmall.index.json
-    #[arg(short = 'o', long, value_name = "DIR")]
+    #[arg(short = 'o', long, value_name = "DIR", value_parser = super::output_path)]
     output_dir: PathBuf,
     /// Target shard size in GB (10^9 bytes of stored data); a larger layer gets its own shard
     #[arg(long, value_name = "N", default_value_t = 2.0, value_parser = positive_gb)]

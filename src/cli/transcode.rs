@@ -27,6 +27,7 @@ pub struct Args {
     /// The .bs (or .bsr) file to re-encode, or a directory made by compress or reshard
     src: PathBuf,
     /// Output file (.bsr by convention for speed mode), or directory for a directory
+    #[arg(value_parser = super::output_path)]
     dst: PathBuf,
     /// What the output is tuned for
     #[arg(long, value_enum, default_value = "speed")]
