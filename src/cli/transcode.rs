@@ -114,7 +114,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         _ => "1 MiB chunks".into(),
     };
     let mut s = format!(
-        "transcode[{}]: {} -> {}\n{} -> {} bytes ({:.2}% -> {:.2}% of raw, {:+.2} pp; {:+.2}% vs source)\n",
+        "transcode[{}]: {} -> {}\n{} -> {} bytes ({:.2}% -> {:.2}% of the tensor bytes, {:+.2} pp; {:+.2}% vs the input)\n",
         mode.name(),
         r.source,
         r.output,
