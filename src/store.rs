@@ -88,6 +88,56 @@ struct Checkpoint {
     changed_bytes: u64,
     delta_chunks: usize,
     standalone_chunks: usize,
+    /// `plan_hash` of the run's chunks: where the source's duplicates or unchanged tensors
+    /// are not what they were, the windows would not line up.
+    #[serde(default)]
+    plan: u64,
+    /// The writer's `written_hash` at `data_end`.
+    #[serde(default)]
+    data_hash: u64,
+}
+
+/// xxh3 of the chunk plan: every chunk's tensor and byte range, in order.
+fn plan_hash(jobs: &[ChunkJob]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for j in jobs {
+        for v in [j.tensor, j.start, j.end] {
+            h.update(&(v as u64).to_le_bytes());
+        }
+    }
+    h.digest()
+}
+
+/// Checks that a checkpoint still describes `src`: the same chunk plan, and every chunk
+/// already written made from the bytes the source holds now (their checksums). A source
+/// rewritten in place keeps its size and header, and can keep its modification time
+/// (`cp -p`, `rsync -t`), which is all the key compares.
+fn check_reused(src: &SafetensorsFile, cp: &Checkpoint, plan: u64, pdir: &Path) -> Result<()> {
+    let changed = |what: String| {
+        Error::invalid(
+            pdir,
+            format!(
+                "{what} since the interrupted run; delete the progress directory to start again"
+            ),
+        )
+    };
+    if cp.plan != plan {
+        return Err(changed(
+            "the source's duplicate or unchanged tensors differ".into(),
+        ));
+    }
+    for (t, entries) in src.tensors.iter().zip(&cp.chunks) {
+        let bytes = src.tensor_bytes(t);
+        let mut at = 0usize;
+        for c in entries {
+            let end = at + c.raw_len as usize;
+            if bytes.get(at..end).map(fast_hash) != Some(c.hash) {
+                return Err(changed(format!("the source's tensor '{}' changed", t.name)));
+            }
+            at = end;
+        }
+    }
+    Ok(())
 }
 
 fn save_checkpoint(dir: &Path, cp: &Checkpoint) -> Result<()> {
@@ -839,11 +889,15 @@ pub fn compress_file_against(
         } else {
             None
         };
+        let plan = plan_hash(&jobs);
+        if let Some(c) = &checkpoint {
+            check_reused(&src, c, plan, &pdir)?;
+        }
         let mut writer = if opts.resume {
             ContainerWriter::resumable(
                 dst,
                 &pdir.join("partial.bs"),
-                checkpoint.as_ref().map(|c| c.data_end),
+                checkpoint.as_ref().map(|c| (c.data_end, c.data_hash)),
             )?
         } else {
             ContainerWriter::create(dst)?
@@ -988,6 +1042,8 @@ pub fn compress_file_against(
                         changed_bytes: st.changed_bytes,
                         delta_chunks: st.delta_chunks,
                         standalone_chunks: st.standalone_chunks,
+                        plan,
+                        data_hash: writer.written_hash(),
                     },
                 )?;
                 abort_if("window", window_no);

@@ -512,7 +512,7 @@ pub fn compress_dir_against(
     src: &Path,
     dst: &Path,
     opts: &CompressOptions,
-    base: Option<&dyn crate::delta::BaseSource>,
+    base: Option<&std::sync::Arc<dyn crate::delta::BaseSource>>,
     progress: &dyn Progress,
 ) -> Result<CompressReport> {
     let listing = scan_dir(src)?;
@@ -565,8 +565,18 @@ pub fn compress_dir_against(
             fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
         // With --resume, a shard finished in an earlier run (its .bs complete, no checkpoint
-        // left) is kept as it is.
-        let done = opts.resume && out.is_file() && !crate::store::progress_dir(&out).exists();
+        // left) is kept if it still decodes to its source, byte for byte: the source may have
+        // been replaced since, and a damaged shard is no better. Otherwise it is made again.
+        let done = opts.resume
+            && out.is_file()
+            && !crate::store::progress_dir(&out).exists()
+            && crate::integrity::verify_with(
+                &out,
+                &crate::integrity::VerifyMode::Source(src.join(rel)),
+                base.cloned(),
+                &crate::progress::Silent,
+            )
+            .is_ok_and(|r| r.ok());
         let r = if done {
             let c = Container::open(&out)?;
             CompressReport {
@@ -584,7 +594,7 @@ pub fn compress_dir_against(
                 &src.join(rel),
                 &out,
                 &inner,
-                base,
+                base.map(|b| b.as_ref()),
                 base.map(|_| &model_names),
                 progress,
             )?
@@ -635,8 +645,34 @@ pub fn compress_dir_against(
     let json = serde_json::to_vec_pretty(&index).expect("index serialises");
     let ipath = staged.tmp.join(DIR_INDEX);
     fs::write(&ipath, json).map_err(|e| Error::io(&ipath, e))?;
+    if opts.resume {
+        prune_unlisted(&staged.tmp, &index)?;
+    }
     staged.commit()?;
     Ok(total)
+}
+
+/// Removes what an interrupted run left in a resumable staging directory that this run's
+/// index does not list (the shard of a source file since removed), and the directories that
+/// leaves empty.
+fn prune_unlisted(dir: &Path, index: &DirIndex) -> Result<()> {
+    for rel in unlisted(dir, index) {
+        let p = dir.join(rel.trim_end_matches('/'));
+        let removed = if p.is_dir() {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+        removed.map_err(|e| Error::io(&p, e))?;
+        let mut parent = p.parent();
+        while let Some(d) = parent.filter(|d| *d != dir) {
+            if fs::remove_dir(d).is_err() {
+                break;
+            }
+            parent = d.parent();
+        }
+    }
+    Ok(())
 }
 
 /// Records the shards' sizes in the directory index after they were rewritten in place

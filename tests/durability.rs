@@ -439,3 +439,93 @@ fn migrate_records_a_directorys_sizes_and_says_what_a_patch_leaves_unchecked() {
     assert!(!text.contains("every receipt verified"), "{text}");
     assert_no_leftovers(dir.path());
 }
+
+/// Rewrites one byte of the first tensor's data in place and puts the file's modification
+/// time back, as `cp -p` or `rsync -t` would leave it: size, header and time all as before.
+fn rewrite_keeping_time(path: &std::path::Path) {
+    let mtime = fs::metadata(path).unwrap().modified().unwrap();
+    let mut bytes = fs::read(path).unwrap();
+    let start = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    bytes[start + 1] ^= 0x01;
+    fs::write(path, &bytes).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+}
+
+#[test]
+fn resume_refuses_a_source_rewritten_with_its_time_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("in.safetensors");
+    fs::copy(fixture("smollm-bf16.safetensors"), &src).unwrap();
+    let out = dir.path().join("r.bs");
+    assert!(!compress_resumable(&src, &out, Some("window:2"), &[])
+        .status
+        .success());
+    rewrite_keeping_time(&src);
+    let e = fails(&compress_resumable(&src, &out, None, &[]), 1);
+    assert!(e.contains("changed since the interrupted run"), "{e}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn resume_refuses_a_damaged_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("smollm-bf16.safetensors");
+    let out = dir.path().join("r.bs");
+    assert!(!compress_resumable(&src, &out, Some("window:2"), &[])
+        .status
+        .success());
+    let partial = dir.path().join("r.bs.progress").join("partial.bs");
+    let mut bytes = fs::read(&partial).unwrap();
+    bytes[1000] ^= 0xff;
+    fs::write(&partial, &bytes).unwrap();
+    let e = fails(&compress_resumable(&src, &out, None, &[]), 1);
+    assert!(
+        e.contains("differs from what its checkpoint recorded"),
+        "{e}"
+    );
+    assert!(!out.exists());
+}
+
+/// A directory run interrupted in its second file: the first file's finished `.bs` is kept
+/// only while it still decodes to its source; one whose source was rewritten since is made
+/// again, and one whose source is gone is not carried into the output.
+#[test]
+fn directory_resume_remakes_shards_whose_source_changed() {
+    for removed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("model");
+        fs::create_dir(&src).unwrap();
+        fs::copy(fixture("ints.safetensors"), src.join("a.safetensors")).unwrap();
+        fs::copy(
+            fixture("smollm-bf16.safetensors"),
+            src.join("b.safetensors"),
+        )
+        .unwrap();
+        let out = dir.path().join("d.bs");
+        assert!(!compress_resumable(&src, &out, Some("window:2"), &[])
+            .status
+            .success());
+        assert!(dir.path().join("d.bs.progress").join("a.bs").is_file());
+        if removed {
+            fs::remove_file(src.join("a.safetensors")).unwrap();
+        } else {
+            rewrite_keeping_time(&src.join("a.safetensors"));
+        }
+        let o = compress_resumable(&src, &out, None, &[]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert_eq!(out.join("a.bs").exists(), !removed);
+        ok(&run([
+            "verify",
+            path_str(&out),
+            "--source",
+            path_str(&src),
+            "--no-progress",
+        ]));
+        assert!(!dir.path().join("d.bs.progress").exists());
+    }
+}

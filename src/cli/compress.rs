@@ -162,7 +162,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let fresh = std::fs::symlink_metadata(&dst).is_err();
     let bar = Bar::new(a.no_progress);
     let r = if is_dir {
-        compress_dir_against(&a.src, &dst, &opts, base.as_deref(), &bar)?
+        compress_dir_against(&a.src, &dst, &opts, base.as_ref(), &bar)?
     } else {
         compress_file_against(&a.src, &dst, &opts, base.as_deref(), None, &bar)?
     };

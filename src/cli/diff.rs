@@ -69,7 +69,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         };
         let bar = Bar::new(a.no_progress);
         let rep = if a.b.is_dir() {
-            compress_dir_against(&a.b, out, &opts, Some(base.as_ref()), &bar)?
+            compress_dir_against(&a.b, out, &opts, Some(&base), &bar)?
         } else {
             compress_file_against(&a.b, out, &opts, Some(base.as_ref()), None, &bar)?
         };

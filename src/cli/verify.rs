@@ -159,6 +159,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     // ECC sidecars are checked too where present (structure-only runs skip the data pass).
     let mut ecc_lines = Vec::new();
     let mut ecc_reports = Vec::new();
+    // A sidecar that cannot be read, or that disagrees with so much of the file that it
+    // cannot tell which is damaged, is a failure too: the file or its protection is not
+    // what was written.
+    let mut ecc_errors = Vec::new();
     for f in files.iter().filter(|f| f.exists()) {
         let side = bigsmall::integrity::ecc::sidecar_path(f);
         if !side.exists() {
@@ -185,17 +189,23 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 ecc_reports.push(e);
             }
             // (the error names the sidecar)
-            Err(e) => ecc_lines.push(format!("ecc: {e}")),
+            Err(e) => {
+                ecc_lines.push(format!("ecc: {e}"));
+                ecc_errors.push(e.to_string());
+            }
         }
     }
     // A sidecar that finds damaged blocks means the file differs from what was written.
-    let ok = reports.iter().all(|r| r.ok()) && ecc_reports.iter().all(|e| e.damaged_blocks == 0);
+    let ok = reports.iter().all(|r| r.ok())
+        && ecc_reports.iter().all(|e| e.damaged_blocks == 0)
+        && ecc_errors.is_empty();
     if a.json {
         emit_json(&serde_json::json!({
             "ok": ok,
             "seed": a.sample.map(|_| seed),
             "files": reports,
             "ecc": ecc_reports,
+            "ecc_errors": ecc_errors,
         }));
     } else {
         let mut s = String::new();
@@ -235,7 +245,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         let problems: usize = reports.iter().map(|r| r.problems.len()).sum();
         let damaged = ecc_reports.iter().filter(|e| e.damaged_blocks > 0).count();
         eprintln!(
-            "bigsmall: {}: verification failed ({} found{}; the report is on stdout)",
+            "bigsmall: {}: verification failed ({} found{}{}; the report is on stdout)",
             a.file.display(),
             super::counted(problems, "problem"),
             match damaged {
@@ -244,6 +254,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                     "; ECC sidecars find damaged blocks in {}",
                     super::counted(n, "file")
                 ),
+            },
+            match ecc_errors.len() {
+                0 => String::new(),
+                n => format!("; {} unusable", super::counted(n, "ECC sidecar")),
             }
         );
     }

@@ -10,6 +10,9 @@ use crate::fsutil::AtomicFile;
 pub struct ContainerWriter {
     out: AtomicFile,
     pos: u64,
+    /// A resumable writer's running xxh3 of every byte written: its checkpoints record it,
+    /// so a resumed run finds damage to the partial file before reusing any of it.
+    hash: Option<xxhash_rust::xxh3::Xxh3>,
 }
 
 impl ContainerWriter {
@@ -20,26 +23,61 @@ impl ContainerWriter {
         Ok(ContainerWriter {
             out,
             pos: DATA_START,
+            hash: None,
         })
     }
 
     /// A resumable writer at `partial` (see `AtomicFile::resumable`): fresh when `resume_at` is
-    /// `None`, else continuing after the first `resume_at` bytes of the partial file.
+    /// `None`, else continuing after the first `len` bytes of the partial file, which must
+    /// hash to `hash` (`written_hash` when they were checkpointed).
     pub fn resumable(
         path: &Path,
         partial: &Path,
-        resume_at: Option<u64>,
+        resume_at: Option<(u64, u64)>,
     ) -> Result<ContainerWriter> {
-        let mut out = AtomicFile::resumable(path, partial, resume_at)?;
+        let out = AtomicFile::resumable(path, partial, resume_at.map(|(len, _)| len))?;
+        let mut hash = xxhash_rust::xxh3::Xxh3::new();
         let pos = match resume_at {
-            Some(p) => p,
+            Some((len, want)) => {
+                hash_prefix(partial, len, &mut hash)?;
+                if hash.digest() != want {
+                    return Err(Error::invalid(
+                        partial,
+                        "differs from what its checkpoint recorded (damaged since the interrupted run); delete the progress directory to start again",
+                    ));
+                }
+                len
+            }
             None => {
-                out.write_all(&preamble())?;
-                out.write_all(&[0u8; DATA_START as usize - PREAMBLE_LEN])?;
-                DATA_START
+                let mut w = ContainerWriter {
+                    out,
+                    pos: 0,
+                    hash: Some(hash),
+                };
+                w.put(&preamble())?;
+                w.put(&[0u8; DATA_START as usize - PREAMBLE_LEN])?;
+                return Ok(w);
             }
         };
-        Ok(ContainerWriter { out, pos })
+        Ok(ContainerWriter {
+            out,
+            pos,
+            hash: Some(hash),
+        })
+    }
+
+    /// The xxh3 of everything a resumable writer has written (0 for another writer).
+    pub fn written_hash(&self) -> u64 {
+        self.hash.as_ref().map_or(0, |h| h.digest())
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out.write_all(bytes)?;
+        if let Some(h) = self.hash.as_mut() {
+            h.update(bytes);
+        }
+        self.pos += bytes.len() as u64;
+        Ok(())
     }
 
     /// Bytes written so far (where the next blob goes, before alignment).
@@ -59,13 +97,11 @@ impl ContainerWriter {
             let want = (self.pos + 1).div_ceil(ALIGN) * ALIGN - 1;
             let pad = (want - self.pos) as usize;
             if pad > 0 {
-                self.out.write_all(&[0u8; ALIGN as usize][..pad])?;
-                self.pos += pad as u64;
+                self.put(&[0u8; ALIGN as usize][..pad])?;
             }
         }
         let at = self.pos;
-        self.out.write_all(blob)?;
-        self.pos += blob.len() as u64;
+        self.put(blob)?;
         Ok(at)
     }
 
@@ -93,5 +129,20 @@ impl ContainerWriter {
             let _ = std::fs::remove_file(&sidecar);
         }
         Ok(total)
+    }
+}
+
+/// Feeds the first `len` bytes of `path` to `hash`, a MiB at a time.
+fn hash_prefix(path: &Path, len: u64, hash: &mut xxhash_rust::xxh3::Xxh3) -> Result<()> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut r = f.take(len);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        hash.update(&buf[..n]);
     }
 }
