@@ -165,6 +165,49 @@ fn verify_reports_the_sidecar() {
     assert!(text.ends_with("FAILED\n"), "{text}");
 }
 
+/// A sidecar that cannot be used (cut short; or disagreeing with the file nearly everywhere,
+/// so that it cannot tell which of the two is damaged) fails verification too: more damage
+/// never gives a better verdict.
+#[test]
+fn verify_fails_on_an_unusable_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let bs = compressed_fixture(dir.path());
+    let side = sidecar_path(&bs);
+    let good = fs::read(&side).unwrap();
+    fs::write(&side, &good[..good.len() / 2]).unwrap();
+    let o = run(["verify", "--fast", path_str(&bs), "--json"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["ecc_errors"].as_array().unwrap().len(), 1);
+    assert!(
+        stderr(&o).contains("1 ECC sidecar unusable"),
+        "{}",
+        stderr(&o)
+    );
+
+    fs::write(&side, &good).unwrap();
+    // Every block of chunk data (the structure --fast reads stays intact) past the parity's
+    // reach.
+    let c = bigsmall::format::reader::Container::open(&bs).unwrap();
+    let chunks = c.index.tensors.iter().flat_map(|t| &t.chunks);
+    let start = chunks.clone().map(|ch| ch.offset).min().unwrap() as usize;
+    let end = chunks.map(|ch| ch.offset + ch.len).max().unwrap() as usize;
+    drop(c);
+    let mut data = fs::read(&bs).unwrap();
+    for block in data[start..end].chunks_mut(223) {
+        for b in block.iter_mut().take(20) {
+            *b ^= 0x5a;
+        }
+    }
+    fs::write(&bs, &data).unwrap();
+    let o = run(["verify", "--fast", path_str(&bs), "--json"]);
+    assert_eq!(code(&o), 3, "{}", stdout(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["files"][0]["problems"].as_array().unwrap().len(), 0);
+    assert_eq!(v["ecc_errors"].as_array().unwrap().len(), 1, "{v}");
+}
+
 mod hostile_sidecars {
     use super::*;
     use proptest::prelude::*;

@@ -416,10 +416,11 @@ pub fn check_or_repair_with(
         return Err(Error::Unrepairable {
             path: sidecar.to_path_buf(),
             why: format!(
-                "does not belong to {} (or the file is damaged beyond repair): {} of {} blocks disagree beyond correction; nothing written",
+                "does not belong to {} (or the file is damaged beyond repair): {} of {} blocks disagree beyond correction{}",
                 file.display(),
                 report.lost_blocks,
-                report.blocks
+                report.blocks,
+                if output.is_some() { "; nothing written" } else { "" }
             ),
         });
     }
