@@ -92,6 +92,13 @@ pub fn check_output(path: &Path, overwrite: bool) -> Result<()> {
     check_output_as(path, overwrite, false)
 }
 
+/// `check_output` for a container, whose ECC sidecar (`OUT.ecc`) goes with it: one already
+/// there is replaced (by a fresh sidecar, or removed as stale) only with `overwrite`.
+pub fn check_container_output(path: &Path, overwrite: bool) -> Result<()> {
+    check_output(path, overwrite)?;
+    check_output(&crate::integrity::ecc::sidecar_path(path), overwrite)
+}
+
 /// Refuses to clobber an existing path unless `overwrite`, and even then anything but an
 /// output's own kind (a file for a file, a directory for a directory) or a link: -f renames
 /// the new output over the old one, so a device or a pipe would be replaced rather than
@@ -294,19 +301,37 @@ impl AtomicFile {
 
     /// Flushes and renames into place. A failed flush (a full disk) removes the temporary
     /// file, as dropping an unfinished one does.
-    pub fn commit(mut self) -> Result<()> {
+    pub fn commit(self) -> Result<()> {
+        self.commit_with(|_| Ok(()))
+    }
+
+    /// `commit`, calling `complete` with the temporary file once it holds every byte and
+    /// before it is renamed: what must exist with the output (its ECC sidecar) is made there,
+    /// so that the output never stands without it. An error from `complete` is handled like a
+    /// failed flush.
+    pub fn commit_with<T>(mut self, complete: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
         let out = self.out.take().expect("commit once");
+        let give_up = |this: &AtomicFile| {
+            if !this.keep_partial {
+                let _ = fs::remove_file(&this.tmp_path);
+                untrack_temp(&this.tmp_path);
+            }
+        };
         let file = match out.into_inner() {
             Ok(f) => f,
             Err(e) => {
-                if !self.keep_partial {
-                    let _ = fs::remove_file(&self.tmp_path);
-                    untrack_temp(&self.tmp_path);
-                }
+                give_up(&self);
                 return Err(Error::io(&self.final_path, e.into_error()));
             }
         };
         drop(file);
+        let made = match complete(&self.tmp_path) {
+            Ok(t) => t,
+            Err(e) => {
+                give_up(&self);
+                return Err(e);
+            }
+        };
         let renamed = fs::rename(&self.tmp_path, &self.final_path).map_err(|e| {
             let _ = fs::remove_file(&self.tmp_path);
             Error::io(&self.final_path, e)
@@ -314,7 +339,7 @@ impl AtomicFile {
         if !self.keep_partial {
             untrack_temp(&self.tmp_path);
         }
-        renamed
+        renamed.map(|_| made)
     }
 }
 

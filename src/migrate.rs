@@ -63,12 +63,6 @@ pub fn migrate(
     let started = Instant::now();
     let c = Container::open(path)?;
     let bak = with_suffix(path, ".bak");
-    if keep_backup && !dry_run && std::fs::symlink_metadata(&bak).is_ok() {
-        return Err(Error::invalid(
-            &bak,
-            "already exists: move it away (or pass --no-backup) before migrating",
-        ));
-    }
     let mut report = MigrateReport {
         file: path.display().to_string(),
         from_version: format!("{}.{}", c.version.0, c.version.1),
@@ -89,6 +83,17 @@ pub fn migrate(
         report.untouched = true;
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
+    }
+    // (A current file needs no backup, so an old one in the way does not matter to it.)
+    if keep_backup && !dry_run {
+        for p in [bak.clone(), crate::integrity::ecc::sidecar_path(&bak)] {
+            if std::fs::symlink_metadata(&p).is_ok() {
+                return Err(Error::invalid(
+                    &p,
+                    "already exists: move it away (or pass --no-backup) before migrating",
+                ));
+            }
+        }
     }
     let new_path = with_suffix(path, ".migrating");
     let mut writer = ContainerWriter::create(&new_path)?;
@@ -190,9 +195,21 @@ pub fn migrate(
         let _ = std::fs::remove_file(&new_path);
     } else {
         // The file's ECC sidecar protects the old bytes: it goes with the backup (or away),
-        // and the new file gets one of its own.
+        // and the new file gets one of its own, made before anything is renamed (a full
+        // disk then changes nothing).
         let sidecar = crate::integrity::ecc::sidecar_path(path);
         let protected = sidecar.is_file();
+        let fresh = if protected {
+            match crate::integrity::ecc::stage(&new_path, &sidecar) {
+                Ok((f, _)) => Some(f),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&new_path);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         if keep_backup {
             std::fs::rename(path, &bak).map_err(|e| Error::io(path, e))?;
             report.backup = Some(bak.display().to_string());
@@ -202,9 +219,8 @@ pub fn migrate(
             }
         }
         std::fs::rename(&new_path, path).map_err(|e| Error::io(path, e))?;
-        if protected {
-            let _ = std::fs::remove_file(&sidecar);
-            crate::integrity::ecc::create(path)?;
+        if let Some(f) = fresh {
+            f.commit()?;
             report.ecc_rewritten = true;
         }
     }

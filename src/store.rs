@@ -43,6 +43,8 @@ pub struct CompressOptions {
     pub resume: bool,
     /// Code small same-role tensors across layers as one stream where that measures smaller.
     pub group_streams: bool,
+    /// Write each `.bs` with its Reed-Solomon sidecar (`OUT.ecc`).
+    pub ecc: bool,
 }
 
 impl Default for CompressOptions {
@@ -52,6 +54,7 @@ impl Default for CompressOptions {
             overwrite: false,
             resume: false,
             group_streams: false,
+            ecc: false,
         }
     }
 }
@@ -824,7 +827,7 @@ pub fn compress_file_against(
 ) -> Result<CompressReport> {
     let started = Instant::now();
     let src = SafetensorsFile::open(src_path)?;
-    check_output(dst, opts.overwrite)?;
+    crate::fsutil::check_container_output(dst, opts.overwrite)?;
     let header = String::from_utf8(src.header.clone()).map_err(|_| Error::BadSafetensors {
         path: src_path.to_path_buf(),
         why: "header is not UTF-8".into(),
@@ -901,7 +904,8 @@ pub fn compress_file_against(
             )?
         } else {
             ContainerWriter::create(dst)?
-        };
+        }
+        .with_ecc(opts.ecc);
         let windows_done = checkpoint.as_ref().map_or(0, |c| c.windows_done);
         let mut chunks: Vec<Vec<ChunkEntry>> = match &checkpoint {
             Some(c) => c.chunks.clone(),

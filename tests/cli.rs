@@ -1831,26 +1831,31 @@ fn wrong_kinds_of_input_and_output_are_named() {
     assert_no_leftovers(dir.path());
 }
 
-/// `--ecc` that cannot write its sidecar fails the whole run: the output it just wrote is
-/// removed, so nothing looks like a finished, protected run.
+/// An output's sidecar name (`OUT.ecc`) is part of the output: a file there is not ours to
+/// replace without -f (with --ecc or without: a stale one would be taken for this file's),
+/// and a directory there is refused even with -f, before any work, leaving an old output as
+/// it was.
 #[test]
-fn a_sidecar_that_cannot_be_written_leaves_no_output() {
+fn an_existing_sidecar_name_is_refused_up_front() {
     let (dir, src, _bs) = compressed_smollm();
     let out = dir.path().join("out.bs");
-    // A directory of someone else's where the sidecar would go: the rename onto it fails.
-    let blocker = dir.path().join("out.bs.ecc");
-    fs::create_dir(&blocker).expect("mkdir");
-    fs::write(blocker.join("keep"), b"keep").expect("write");
-    fails(
-        &run(["compress", path_str(&src), "-o", path_str(&out), "--ecc"]),
-        1,
-    );
-    assert!(!out.exists());
-    assert_eq!(fs::read(blocker.join("keep")).expect("kept"), b"keep");
-    // Replacing an output (-f), the new one is complete and stays (the old one is already
-    // gone): the error says its sidecar is missing.
+    let side = dir.path().join("out.bs.ecc");
+    fs::write(&side, b"precious").expect("write");
+    for ecc in [false, true] {
+        let mut args = vec!["compress", path_str(&src), "-o", path_str(&out)];
+        if ecc {
+            args.push("--ecc");
+        }
+        let e = fails(&run(&args), 1);
+        assert!(e.contains("out.bs.ecc: already exists"), "{e}");
+        assert!(!out.exists());
+        assert_eq!(fs::read(&side).expect("kept"), b"precious");
+    }
+    fs::remove_file(&side).expect("rm");
+    fs::create_dir(&side).expect("mkdir");
+    fs::write(side.join("keep"), b"keep").expect("write");
     fs::write(&out, b"an old output").expect("write");
-    let e = fails(
+    fails(
         &run([
             "compress",
             path_str(&src),
@@ -1861,8 +1866,8 @@ fn a_sidecar_that_cannot_be_written_leaves_no_output() {
         ]),
         1,
     );
-    assert!(e.contains("is written, without its sidecar"), "{e}");
-    ok(&run(["verify", path_str(&out), "--fast"]));
+    assert_eq!(fs::read(&out).expect("kept"), b"an old output");
+    assert_eq!(fs::read(side.join("keep")).expect("kept"), b"keep");
     assert_no_leftovers(dir.path());
 }
 

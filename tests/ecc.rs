@@ -448,3 +448,29 @@ fn replacing_an_output_replaces_its_sidecar() {
         );
     }
 }
+
+/// The repaired file's sidecar goes beside it: it may not land on the sidecar being read.
+#[test]
+fn a_repair_never_writes_over_its_input_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let bs = compressed_fixture(dir.path());
+    let side = dir.path().join("side.ecc");
+    fs::rename(sidecar_path(&bs), &side).unwrap();
+    let before = fs::read(&side).unwrap();
+    let out = dir.path().join("side");
+    let e = fails(
+        &run([
+            "repair",
+            path_str(&bs),
+            "--ecc",
+            path_str(&side),
+            "-o",
+            path_str(&out),
+            "-f",
+        ]),
+        1,
+    );
+    assert!(e.contains("side.ecc"), "{e}");
+    assert_eq!(fs::read(&side).unwrap(), before);
+    assert!(!out.exists());
+}

@@ -170,6 +170,7 @@ pub fn benchmark(
         overwrite: true,
         resume: false,
         group_streams: false,
+        ecc: false,
     };
     let (cr, bs) = if container_input {
         (None, src.to_path_buf())

@@ -94,6 +94,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         overwrite: a.force,
         resume: a.resume,
         group_streams: a.group_streams,
+        ecc: a.ecc,
     };
     let mut notes = String::new();
     let mut auto_json = None;
@@ -157,53 +158,31 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         Some(p) => Some(open_base(p)?),
         None => None,
     };
-    // Whether the run makes its output or replaces one (-f; an empty directory): only one it
-    // made is taken back if its sidecar cannot be written.
-    let fresh = std::fs::symlink_metadata(&dst).is_err();
     let bar = Bar::new(a.no_progress);
     let r = if is_dir {
         compress_dir_against(&a.src, &dst, &opts, base.as_ref(), &bar)?
     } else {
         compress_file_against(&a.src, &dst, &opts, base.as_deref(), None, &bar)?
     };
-    let mut ecc_bytes = 0u64;
-    if a.ecc {
-        let files: Vec<PathBuf> = if is_dir {
+    // Each `.bs` was written with its sidecar; their sizes are what the report gives.
+    let ecc_bytes: u64 = if a.ecc {
+        let files = if is_dir {
             super::container_files(&dst)?
         } else {
             vec![dst.clone()]
         };
-        // A fresh output without the protection asked for is taken back, on an error here
-        // and on an interrupt (Ctrl-C removes what is tracked); a replaced one stays, being
-        // complete, with the error saying its sidecar is missing.
-        if fresh {
-            bigsmall::fsutil::track_temp(&dst);
-        }
-        for f in &files {
-            match bigsmall::integrity::ecc::create(f) {
-                Ok(n) => ecc_bytes += n,
-                Err(e) if fresh => {
-                    for f in &files {
-                        let _ = std::fs::remove_file(bigsmall::integrity::ecc::sidecar_path(f));
-                    }
-                    let _ = if is_dir {
-                        std::fs::remove_dir_all(&dst)
-                    } else {
-                        std::fs::remove_file(&dst)
-                    };
-                    bigsmall::fsutil::untrack_temp(&dst);
-                    return Err(e.into());
-                }
-                Err(e) => {
-                    return Err(anyhow::anyhow!(
-                        "{e}; {} is written, without its sidecar",
-                        f.display()
-                    ))
-                }
-            }
-        }
-        bigsmall::fsutil::untrack_temp(&dst);
-    }
+        files
+            .iter()
+            .map(|f| bigsmall::integrity::ecc::sidecar_path(f))
+            .map(|s| {
+                std::fs::metadata(&s)
+                    .map(|m| m.len())
+                    .map_err(|e| bigsmall::error::Error::io(&s, e))
+            })
+            .sum::<Result<u64, _>>()?
+    } else {
+        0
+    };
     if let Some(d) = &r.delta {
         regime_warning(d, a.force_delta);
     }

@@ -66,6 +66,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             overwrite: a.force,
             resume: false,
             group_streams: false,
+            ecc: false,
         };
         let bar = Bar::new(a.no_progress);
         let rep = if a.b.is_dir() {

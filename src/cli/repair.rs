@@ -55,7 +55,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let output = if a.check { None } else { a.output.clone() };
     if let Some(o) = &output {
         bigsmall::fsutil::check_not_input(o, &[&a.file, &sidecar])?;
-        bigsmall::fsutil::check_output(o, a.force)?;
+        // Its sidecar is written too, and must not land on an input either.
+        bigsmall::fsutil::check_not_input(&sidecar_path(o), &[&a.file, &sidecar])?;
+        bigsmall::fsutil::check_container_output(o, a.force)?;
     }
     let started = std::time::Instant::now();
     let r = check_or_repair_with(

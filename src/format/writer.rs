@@ -13,6 +13,8 @@ pub struct ContainerWriter {
     /// A resumable writer's running xxh3 of every byte written: its checkpoints record it,
     /// so a resumed run finds damage to the partial file before reusing any of it.
     hash: Option<xxhash_rust::xxh3::Xxh3>,
+    /// Write an ECC sidecar (`OUT.ecc`) with the output.
+    ecc: bool,
 }
 
 impl ContainerWriter {
@@ -24,6 +26,7 @@ impl ContainerWriter {
             out,
             pos: DATA_START,
             hash: None,
+            ecc: false,
         })
     }
 
@@ -53,6 +56,7 @@ impl ContainerWriter {
                     out,
                     pos: 0,
                     hash: Some(hash),
+                    ecc: false,
                 };
                 w.put(&preamble())?;
                 w.put(&[0u8; DATA_START as usize - PREAMBLE_LEN])?;
@@ -63,7 +67,14 @@ impl ContainerWriter {
             out,
             pos,
             hash: Some(hash),
+            ecc: false,
         })
+    }
+
+    /// Makes the output's ECC sidecar with it (see `finish`).
+    pub fn with_ecc(mut self, ecc: bool) -> ContainerWriter {
+        self.ecc = ecc;
+        self
     }
 
     /// The xxh3 of everything a resumable writer has written (0 for another writer).
@@ -122,11 +133,21 @@ impl ContainerWriter {
         self.out.write_all(&trailer.to_bytes())?;
         let total = self.pos + packed.len() as u64 + super::TRAILER_LEN as u64;
         let sidecar = crate::integrity::ecc::sidecar_path(self.out.path());
-        self.out.commit()?;
-        // A sidecar beside it protected the file this one replaced (`-f`): it would only
-        // ever report this file as damaged. `--ecc` writes a fresh one.
-        if sidecar.is_file() {
-            let _ = std::fs::remove_file(&sidecar);
+        // The sidecar is made from the complete file before it is renamed into place, and put
+        // beside it right after: an output asked for with one never stands without it.
+        let ecc = self.ecc;
+        let staged = self.out.commit_with(|tmp| {
+            ecc.then(|| crate::integrity::ecc::stage(tmp, &sidecar))
+                .transpose()
+        })?;
+        match staged {
+            Some((side, _)) => side.commit()?,
+            // One already there protected the file this one replaced (`-f`; outputs refuse an
+            // existing sidecar otherwise): it would only ever report this file as damaged.
+            None if sidecar.is_file() => {
+                let _ = std::fs::remove_file(&sidecar);
+            }
+            None => {}
         }
         Ok(total)
     }

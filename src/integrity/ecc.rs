@@ -155,17 +155,29 @@ fn encode_section(data: &[u8], sb: usize, blocks: usize) -> Vec<u8> {
 
 /// Writes the sidecar for `file` at `<file>.ecc` (atomically). Returns its size.
 pub fn create(file: &Path) -> Result<u64> {
+    let (out, len) = stage(file, &sidecar_path(file))?;
+    out.commit()?;
+    Ok(len)
+}
+
+/// Writes the sidecar of `file` to be committed as `path` (which the caller does once `file`
+/// is in place), and returns it with its length.
+pub fn stage(file: &Path, path: &Path) -> Result<(AtomicFile, u64)> {
     let f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
-    // SAFETY: read-only map of a file we do not modify.
-    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(file, e))?;
-    let data: &[u8] = &map;
+    let len = f.metadata().map_err(|e| Error::io(file, e))?.len();
+    // SAFETY: read-only map of a file we do not modify; an empty file needs no map.
+    let map = if len > 0 {
+        Some(unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(file, e))?)
+    } else {
+        None
+    };
+    let data: &[u8] = map.as_deref().unwrap_or(&[]);
     let header = Header {
         data_len: data.len() as u64,
         data_hash: fast_hash(data),
         blocks: (data.len() as u64).div_ceil(BLOCK as u64),
     };
-    let path = sidecar_path(file);
-    let mut out = AtomicFile::create(&path)?;
+    let mut out = AtomicFile::create(path)?;
     out.write_all(&header.to_bytes())?;
     let blocks = header.blocks as usize;
     let sbs = superblocks(header.blocks) as usize;
@@ -180,8 +192,22 @@ pub fn create(file: &Path) -> Result<u64> {
         }
     }
     out.write_all(&header.to_bytes())?;
-    out.commit()?;
-    Ok(sidecar_len(header.blocks))
+    Ok((out, sidecar_len(header.blocks)))
+}
+
+/// A copy of `from` to be committed as `to`.
+fn copy_staged(from: &Path, to: &Path) -> Result<AtomicFile> {
+    use std::io::Read;
+    let mut f = crate::fsutil::open_regular(from)?;
+    let mut out = AtomicFile::create(to)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(from, e))?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.write_all(&buf[..n])?;
+    }
 }
 
 /// What a check or repair found.
@@ -442,18 +468,18 @@ pub fn check_or_repair_with(
             why: "repaired bytes do not match the original file's checksum (damage beyond the parity); nothing written".into(),
         });
     }
-    out.commit()?;
-    // The output is the original file again, so an undamaged sidecar is its sidecar too.
-    if report.sidecar_damaged {
-        create(out_path)?;
-    } else {
-        let dst = sidecar_path(out_path);
-        let tmp = crate::fsutil::temp_name(&dst);
-        if let Err(e) = std::fs::copy(sidecar, &tmp).and_then(|_| std::fs::rename(&tmp, &dst)) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(Error::io(&dst, e));
+    // The output is the original file again, so an undamaged sidecar is its sidecar too. It
+    // is staged before the output is renamed into place, as `compress --ecc` does.
+    let dst = sidecar_path(out_path);
+    let damaged = report.sidecar_damaged;
+    let side = out.commit_with(|tmp| {
+        if damaged {
+            stage(tmp, &dst).map(|(f, _)| f)
+        } else {
+            copy_staged(sidecar, &dst)
         }
-    }
+    })?;
+    side.commit()?;
     report.repaired = true;
     Ok(report)
 }

@@ -290,7 +290,7 @@ pub fn transcode(
     progress: &dyn Progress,
 ) -> Result<TranscodeReport> {
     let started = Instant::now();
-    crate::fsutil::check_output(dst, opts.overwrite)?;
+    crate::fsutil::check_container_output(dst, opts.overwrite)?;
     let c = Container::open(src)?;
     if c.is_patch() {
         return Err(Error::invalid(

@@ -435,6 +435,7 @@ pub fn compress_lib(src: &Path, dst: &Path, effort: Effort) -> CompressReport {
             overwrite: true,
             resume: false,
             group_streams: false,
+            ecc: false,
         },
         &Silent,
     )
