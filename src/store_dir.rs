@@ -578,6 +578,13 @@ pub fn compress_dir_against(
             )
             .is_ok_and(|r| r.ok());
         let r = if done {
+            // The earlier run may have been asked for sidecars or not: this one's wish holds.
+            let sidecar = crate::integrity::ecc::sidecar_path(&out);
+            if opts.ecc && !sidecar.is_file() {
+                crate::integrity::ecc::create(&out)?;
+            } else if !opts.ecc && sidecar.is_file() {
+                fs::remove_file(&sidecar).map_err(|e| Error::io(&sidecar, e))?;
+            }
             let c = Container::open(&out)?;
             CompressReport {
                 source_bytes: c.index.source.file_size,

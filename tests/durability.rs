@@ -532,3 +532,29 @@ fn directory_resume_remakes_shards_whose_source_changed() {
         assert!(!dir.path().join("d.bs.progress").exists());
     }
 }
+
+/// A directory run resumed with `--ecc` protects every shard, those finished before the
+/// interruption included.
+#[test]
+fn directory_resume_with_ecc_protects_finished_shards_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("model");
+    fs::create_dir(&src).unwrap();
+    fs::copy(fixture("ints.safetensors"), src.join("a.safetensors")).unwrap();
+    fs::copy(
+        fixture("smollm-bf16.safetensors"),
+        src.join("b.safetensors"),
+    )
+    .unwrap();
+    let out = dir.path().join("d.bs");
+    assert!(!compress_resumable(&src, &out, Some("window:2"), &[])
+        .status
+        .success());
+    let o = compress_resumable(&src, &out, None, &["--ecc"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    for shard in ["a.bs", "b.bs"] {
+        assert!(out.join(format!("{shard}.ecc")).is_file(), "{shard}");
+    }
+    let v = ok(&run(["verify", path_str(&out), "--fast"]));
+    assert_eq!(v.matches("file intact").count(), 2, "{v}");
+}
