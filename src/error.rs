@@ -83,6 +83,22 @@ impl Error {
 
     /// True when the error means stored data did not match its receipt or checksum: the
     /// CLI maps these to exit code 3.
+    /// The file the error is about.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            Error::Io { path, .. }
+            | Error::BadSafetensors { path, .. }
+            | Error::BadContainer { path, .. }
+            | Error::NewerFormat { path, .. }
+            | Error::Decode { path, .. }
+            | Error::Integrity { path, .. }
+            | Error::Incomplete { path, .. }
+            | Error::Unrepairable { path, .. }
+            | Error::OutputExists { path }
+            | Error::Invalid { path, .. } => path,
+        }
+    }
+
     pub fn is_integrity(&self) -> bool {
         matches!(
             self,

@@ -413,47 +413,62 @@ pub fn check_or_repair_dir(
             }
             None => None,
         };
-        if fs::symlink_metadata(&sidecar).is_err() {
-            let (problem, checked) = verify_unprotected(&shard, progress)?;
-            let how = match (&problem, out.is_some()) {
-                (Some(p), true) => {
-                    return Err(Error::Unrepairable {
-                        path: shard,
-                        why: format!("has no ECC sidecar to repair it from, and is damaged: {p}"),
-                    })
+        // A sidecar that cannot be used (unreadable, or another file's) leaves its shard to be
+        // checked by decoding, as one without a sidecar is, and is reported with it.
+        let unusable = if fs::symlink_metadata(&sidecar).is_ok() {
+            match crate::integrity::ecc::check_or_repair_with(
+                &shard,
+                &sidecar,
+                out.as_deref(),
+                true,
+                progress,
+            ) {
+                Ok(report) => {
+                    reports.push(ShardRepair {
+                        file: s.file.clone(),
+                        report,
+                        no_sidecar: None,
+                    });
+                    continue;
                 }
-                (Some(p), false) => format!("DAMAGED, and no ECC sidecar to repair it from: {p}"),
-                (None, _) => format!("intact (no ECC sidecar: {checked})"),
-            };
-            reports.push(ShardRepair {
-                file: s.file.clone(),
-                report: crate::integrity::ecc::EccReport {
-                    data_len: fs::metadata(&shard)
-                        .map_err(|e| Error::io(&shard, e))?
-                        .len(),
-                    clean: problem.is_none(),
-                    // Nothing to recover it from: the whole shard counts as one lost block.
-                    lost_blocks: u64::from(problem.is_some()),
-                    ..Default::default()
-                },
-                no_sidecar: Some(how),
-            });
-            if let Some(o) = &out {
-                fs::copy(&shard, o).map_err(|e| Error::io(&shard, e))?;
+                Err(e) if e.path() == sidecar => Some(e.to_string()),
+                Err(e) => return Err(e),
             }
-            continue;
-        }
-        let report = crate::integrity::ecc::check_or_repair_with(
-            &shard,
-            &sidecar,
-            out.as_deref(),
-            progress,
-        )?;
+        } else {
+            None
+        };
+        let (problem, checked) = verify_unprotected(&shard, progress)?;
+        let without = match &unusable {
+            Some(e) => format!("its ECC sidecar is unusable ({e})"),
+            None => "no ECC sidecar".into(),
+        };
+        let how = match (&problem, out.is_some()) {
+            (Some(p), true) => {
+                return Err(Error::Unrepairable {
+                    path: shard,
+                    why: format!("is damaged and {without} to repair it from: {p}"),
+                })
+            }
+            (Some(p), false) => format!("DAMAGED, and {without} to repair it from: {p}"),
+            (None, _) => format!("intact ({without}: {checked})"),
+        };
         reports.push(ShardRepair {
             file: s.file.clone(),
-            report,
-            no_sidecar: None,
+            report: crate::integrity::ecc::EccReport {
+                data_len: fs::metadata(&shard)
+                    .map_err(|e| Error::io(&shard, e))?
+                    .len(),
+                clean: problem.is_none(),
+                // Nothing to recover it from: the whole shard counts as one lost block.
+                lost_blocks: u64::from(problem.is_some()),
+                sidecar_damaged: unusable.is_some(),
+                ..Default::default()
+            },
+            no_sidecar: Some(how),
         });
+        if let Some(o) = &out {
+            fs::copy(&shard, o).map_err(|e| Error::io(&shard, e))?;
+        }
     }
     if let Some(st) = staged {
         for rel in &index.side_files {

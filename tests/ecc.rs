@@ -110,21 +110,26 @@ fn damage_beyond_reach_is_reported_and_nothing_written() {
 fn a_sidecar_for_another_file_or_with_a_damaged_header() {
     let dir = tempfile::tempdir().unwrap();
     let bs = compressed_fixture(dir.path());
-    // Another file: longer than the sidecar's data length.
-    let other = dir.path().join("other.bs");
+    // The file with bytes appended: its first bytes are the protected ones.
+    let longer = dir.path().join("longer.bs");
     let mut big = fs::read(&bs).unwrap();
     big.extend_from_slice(&[0u8; 1000]);
-    fs::write(&other, &big).unwrap();
-    assert!(check_or_repair(&other, &sidecar_path(&bs), None).is_err());
-    // Another file of the same length: refused as not matching.
-    let same_len = dir.path().join("same_len.bs");
+    fs::write(&longer, &big).unwrap();
+    let r = check_or_repair(&longer, &sidecar_path(&bs), None).unwrap();
+    assert!(!r.clean && r.trailing_bytes == 1000 && r.damaged_blocks == 0);
+    // Another file, of the same length or longer: refused as not matching.
     let mut different = fs::read(&bs).unwrap();
     for b in different.iter_mut() {
         *b = b.wrapping_mul(31).wrapping_add(7);
     }
-    fs::write(&same_len, &different).unwrap();
-    let e = check_or_repair(&same_len, &sidecar_path(&bs), None).unwrap_err();
-    assert!(e.to_string().contains("does not belong"), "{e}");
+    for extra in [0, 1000] {
+        let other = dir.path().join("other.bs");
+        let mut bytes = different.clone();
+        bytes.extend(std::iter::repeat_n(9u8, extra));
+        fs::write(&other, &bytes).unwrap();
+        let e = check_or_repair(&other, &sidecar_path(&bs), None).unwrap_err();
+        assert!(e.to_string().contains("does not belong"), "{e}");
+    }
     // The first header copy damaged: the trailer copy is used and reported.
     let side = sidecar_path(&bs);
     let mut s = fs::read(&side).unwrap();
@@ -473,4 +478,75 @@ fn a_repair_never_writes_over_its_input_sidecar() {
     assert!(e.contains("side.ecc"), "{e}");
     assert_eq!(fs::read(&side).unwrap(), before);
     assert!(!out.exists());
+}
+
+/// Bytes appended to a protected file are damage the sidecar finds and a repair drops.
+#[test]
+fn appended_bytes_are_found_and_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let bs = compressed_fixture(dir.path());
+    let original = fs::read(&bs).unwrap();
+    let mut longer = original.clone();
+    longer.extend_from_slice(b"garbage\n");
+    fs::write(&bs, &longer).unwrap();
+    let o = run(["repair", path_str(&bs), "--check"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stdout(&o).contains("8 bytes appended"), "{}", stdout(&o));
+    let out = dir.path().join("fixed.bs");
+    ok(&run(["repair", path_str(&bs), "-o", path_str(&out)]));
+    assert_eq!(fs::read(&out).unwrap(), original);
+}
+
+/// `repair --check` reads the parity as well, so it finds a damaged sidecar beside an intact
+/// file (exit 3: something is damaged); `-o` writes a fresh one.
+#[test]
+fn a_check_finds_a_damaged_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let bs = compressed_fixture(dir.path());
+    xor_byte(&sidecar_path(&bs), 5000, 0x21);
+    let o = run(["repair", path_str(&bs), "--check", "--json"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["clean"], true);
+    assert_eq!(v["sidecar_damaged"], true);
+    let out = dir.path().join("fresh.bs");
+    ok(&run(["repair", path_str(&bs), "-o", path_str(&out)]));
+    ok(&run(["repair", path_str(&out), "--check"]));
+}
+
+/// In a directory, a shard whose sidecar cannot be used is checked by decoding, like one
+/// without: it does not stop the other shards' repair.
+#[test]
+fn an_unusable_shard_sidecar_does_not_block_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("model");
+    ok(&run([
+        "compress",
+        path_str(&fixture("sharded")),
+        "-o",
+        path_str(&d),
+        "--ecc",
+    ]));
+    let first = d.join("model-00001-of-00002.bs");
+    let second = sidecar_path(&d.join("model-00002-of-00002.bs"));
+    xor_byte(&first, 3000, 0x40);
+    let s = fs::read(&second).unwrap();
+    fs::write(&second, &s[..s.len() - 100]).unwrap();
+    let o = run(["repair", path_str(&d), "--check"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("its ECC sidecar is unusable"),
+        "{}",
+        stdout(&o)
+    );
+    let out = dir.path().join("fixed");
+    ok(&run(["repair", path_str(&d), "-o", path_str(&out)]));
+    let back = dir.path().join("back");
+    ok(&run(["decompress", path_str(&out), "-o", path_str(&back)]));
+    ok(&run([
+        "verify",
+        path_str(&out),
+        "--source",
+        path_str(&fixture("sharded")),
+    ]));
 }

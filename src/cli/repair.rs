@@ -64,6 +64,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         &a.file,
         &sidecar,
         output.as_deref(),
+        true,
         &super::Bar::new(a.no_progress),
     )?;
     let secs = started.elapsed().as_secs_f64();
@@ -94,7 +95,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
         emit(&s);
     }
-    Ok(exit_code(r.lost_blocks, r.clean, output.is_none()))
+    Ok(exit_code(
+        r.lost_blocks,
+        r.clean && !r.sidecar_damaged,
+        output.is_none(),
+    ))
 }
 
 /// 3 where damage is beyond the parity, and where a check (no output) found any: a script
@@ -117,6 +122,8 @@ fn state(r: &EccReport, indent: &str, intact: &str, checking: bool) -> String {
     };
     let mut s = if r.clean {
         format!("{indent}{intact}\n")
+    } else if r.damaged_blocks == 0 {
+        String::new()
     } else {
         format!(
             "{indent}damaged blocks: {} of {}; {corrected}: {}; {rebuilt}: {}; unrecoverable: {}\n",
@@ -127,8 +134,24 @@ fn state(r: &EccReport, indent: &str, intact: &str, checking: bool) -> String {
             r.lost_blocks
         )
     };
+    if r.trailing_bytes > 0 {
+        s += &format!(
+            "{indent}{} bytes appended after the file's end ({})\n",
+            thousands(r.trailing_bytes),
+            if checking {
+                "a repair drops them"
+            } else {
+                "dropped"
+            }
+        );
+    }
     if r.sidecar_damaged {
-        s += &format!("{indent}the sidecar itself was damaged (corrected from its redundancy)\n");
+        s += if checking {
+            format!("{indent}the sidecar itself is damaged (a repair with -o writes a fresh one)\n")
+        } else {
+            format!("{indent}the sidecar itself was damaged (corrected from its redundancy)\n")
+        }
+        .as_str();
     }
     s
 }
@@ -160,7 +183,9 @@ fn run_dir(a: Args) -> anyhow::Result<i32> {
     let secs = started.elapsed().as_secs_f64();
     let lost: u64 = shards.iter().map(|s| s.report.lost_blocks).sum();
     let unprotected = shards.iter().filter(|s| s.no_sidecar.is_some()).count();
-    let clean = shards.iter().all(|s| s.report.clean);
+    let clean = shards
+        .iter()
+        .all(|s| s.report.clean && !s.report.sidecar_damaged);
     if a.json {
         emit_json(&serde_json::json!({
             "directory": a.file.display().to_string(),

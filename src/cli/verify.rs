@@ -174,9 +174,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                     format!("ecc: {} present, file intact", side.display())
                 } else if e.lost_blocks == 0 {
                     format!(
-                        "ecc: {} present, {} damaged blocks, repairable with `bigsmall repair`",
+                        "ecc: {} present, {} damaged blocks{}, repairable with `bigsmall repair`",
                         side.display(),
-                        e.damaged_blocks
+                        e.damaged_blocks,
+                        match e.trailing_bytes {
+                            0 => String::new(),
+                            n => format!(" and {n} bytes appended"),
+                        }
                     )
                 } else {
                     format!(
@@ -197,7 +201,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     // A sidecar that finds damaged blocks means the file differs from what was written.
     let ok = reports.iter().all(|r| r.ok())
-        && ecc_reports.iter().all(|e| e.damaged_blocks == 0)
+        && ecc_reports.iter().all(|e| e.clean)
         && ecc_errors.is_empty();
     if a.json {
         emit_json(&serde_json::json!({
@@ -243,7 +247,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if !ok {
         // The report is on stdout; a script that keeps only stderr still learns why it failed.
         let problems: usize = reports.iter().map(|r| r.problems.len()).sum();
-        let damaged = ecc_reports.iter().filter(|e| e.damaged_blocks > 0).count();
+        let damaged = ecc_reports.iter().filter(|e| !e.clean).count();
         eprintln!(
             "bigsmall: {}: verification failed ({} found{}{}; the report is on stdout)",
             a.file.display(),

@@ -227,6 +227,8 @@ pub struct EccReport {
     pub lost_blocks: u64,
     /// The sidecar itself was damaged (header copy used, or parity bytes corrected).
     pub sidecar_damaged: bool,
+    /// Bytes found after the file's recorded end (appended by accident); a repair drops them.
+    pub trailing_bytes: u64,
     pub repaired: bool,
 }
 
@@ -253,9 +255,14 @@ fn open_sidecar(path: &Path) -> Result<(memmap2::Mmap, Header, bool)> {
         return Err(Error::container(
             path,
             format!(
-                "ECC sidecar has {} bytes, its header needs {} (truncated?)",
+                "ECC sidecar has {} bytes, its header needs {} ({})",
                 map.len(),
-                sidecar_len(header.blocks)
+                sidecar_len(header.blocks),
+                if (map.len() as u64) < sidecar_len(header.blocks) {
+                    "truncated"
+                } else {
+                    "bytes appended to it"
+                }
             ),
         ));
     }
@@ -357,48 +364,43 @@ fn repair_section(data: &[u8], side: &[u8], sb: usize, h: &Header) -> SectionOut
 /// there (temp name, then rename) when every block could be recovered and the result hashes
 /// to the original file's xxh3, plus a fresh sidecar next to it.
 pub fn check_or_repair(file: &Path, sidecar: &Path, output: Option<&Path>) -> Result<EccReport> {
-    check_or_repair_with(file, sidecar, output, &crate::progress::Silent)
+    check_or_repair_with(file, sidecar, output, false, &crate::progress::Silent)
 }
 
-/// `check_or_repair`, telling `progress` the bytes checked block by block (a clean file with
-/// no output is settled by one checksum, without it).
+/// `check_or_repair`, telling `progress` the bytes checked block by block. A clean file with
+/// no output is settled by one checksum, unless `thorough`: then the parity is read too,
+/// which finds damage in the sidecar itself.
 pub fn check_or_repair_with(
     file: &Path,
     sidecar: &Path,
     output: Option<&Path>,
+    thorough: bool,
     progress: &dyn crate::progress::Progress,
 ) -> Result<EccReport> {
     let (side, header, header_damaged) = open_sidecar(sidecar)?;
     let f = crate::fsutil::open_regular(file)?;
     let len = f.metadata().map_err(|e| Error::io(file, e))?.len();
-    if len > header.data_len {
-        return Err(Error::invalid(
-            sidecar,
-            format!(
-                "is for a file of {} bytes, {} has {} (a sidecar for a different file?)",
-                header.data_len,
-                file.display(),
-                len
-            ),
-        ));
-    }
     // SAFETY: read-only map; an empty file needs no map.
     let map = if len > 0 {
         Some(unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(file, e))?)
     } else {
         None
     };
-    let data: &[u8] = map.as_deref().unwrap_or(&[]);
+    // Bytes past the recorded length are not the file's: the blocks are checked without
+    // them (a sidecar for another file still disagrees nearly everywhere, below).
+    let all: &[u8] = map.as_deref().unwrap_or(&[]);
+    let data = &all[..all.len().min(header.data_len as usize)];
     let mut report = EccReport {
         sidecar: sidecar.display().to_string(),
         data_len: header.data_len,
         blocks: header.blocks,
         sidecar_damaged: header_damaged,
+        trailing_bytes: len.saturating_sub(header.data_len),
         ..Default::default()
     };
-    if len == header.data_len && fast_hash(data) == header.data_hash {
-        report.clean = true;
-        if output.is_none() {
+    if data.len() as u64 == header.data_len && fast_hash(data) == header.data_hash {
+        report.clean = report.trailing_bytes == 0;
+        if output.is_none() && !thorough {
             return Ok(report);
         }
     }
