@@ -10,8 +10,8 @@ pub struct ModeArgs {
     /// Near-smallest file at full decode speed (the default)
     #[arg(long, group = "mode")]
     balanced: bool,
-    /// Fastest decode: byte-aligned fields, two weights per coded symbol, no zstd and no value
-    /// palettes. About 1% larger on trained weights (0.2-0.8% measured on the corpus), far
+    /// Fastest decode: byte-aligned fields, two weights per coded symbol, no value palettes and
+    /// no zstd (but in a patch's difference chunks). About 1% larger on trained weights (0.2-0.8% measured on the corpus), far
     /// larger where zstd or palettes find structure (dequantized weights: 24% larger)
     #[arg(long, group = "mode")]
     inference: bool,
