@@ -40,8 +40,9 @@ pub enum Effort {
     Storage,
     /// The default: near-storage size at full decode speed.
     Balanced,
-    /// Fastest decode: byte-aligned fields only, no zstd, two elements per rANS symbol
-    /// (PAIRS16, PAIRS8) where that costs at most 1% (16-bit) or 2% (bytes).
+    /// Fastest decode: byte-aligned fields only, no zstd (a patch's difference chunks aside),
+    /// two elements per rANS symbol (PAIRS16, PAIRS8) where that costs at most 1% (16-bit) or
+    /// 2% (bytes).
     Inference,
     /// Decode speed first (`transcode --mode speed`): byte-aligned fields, nibble palettes,
     /// pairs as in inference mode, no zstd, and raw storage wherever coding saves less than
