@@ -2187,3 +2187,24 @@ fn stat_of_a_directory_names_each_rows_shard() {
     ])));
     assert!(one[0].get("shard").is_none());
 }
+
+/// A container whose first bytes are damaged is still one (its trailer and index say so):
+/// damage (exit 3), not "not a container" (exit 1).
+#[test]
+fn a_damaged_magic_is_damage() {
+    let (dir, _src, bs) = compressed_smollm();
+    xor_byte(&bs, 0, 0x01);
+    for args in [
+        vec!["verify", path_str(&bs)],
+        vec!["info", path_str(&bs)],
+        vec!["decompress", path_str(&bs), "-o", "x.safetensors"],
+    ] {
+        let o = run(&args);
+        assert_eq!(code(&o), 3, "{args:?}: {}", stderr(&o));
+        assert!(
+            stdout(&o).contains("damaged") || stderr(&o).contains("damaged"),
+            "{args:?}"
+        );
+    }
+    assert!(!dir.path().join("x.safetensors").exists());
+}

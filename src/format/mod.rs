@@ -252,18 +252,26 @@ pub fn preamble() -> [u8; PREAMBLE_LEN] {
     p
 }
 
-/// True when the file starts with the container magic (anything unreadable is not one).
+/// True when the file starts with the container magic, or ends with a container's trailer
+/// (a container whose first bytes are damaged is still one: damage, not a wrong input).
+/// Anything unreadable is not one.
 pub fn is_container(path: &std::path::Path) -> bool {
-    use std::io::Read;
+    use std::io::{Read, Seek, SeekFrom};
     // Not a file (a pipe, whose open would block without a writer): not a container.
     if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
         return false;
     }
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
     let mut magic = [0u8; 8];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .map(|_| &magic == MAGIC)
-        .unwrap_or(false)
+    if f.read_exact(&mut magic).is_ok() && &magic == MAGIC {
+        return true;
+    }
+    let mut trailer = [0u8; TRAILER_LEN];
+    f.seek(SeekFrom::End(-(TRAILER_LEN as i64)))
+        .and_then(|_| f.read_exact(&mut trailer))
+        .is_ok_and(|_| Trailer::from_bytes(&trailer).is_some())
 }
 
 /// Hash used for chunk checks and the index checksum.

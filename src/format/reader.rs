@@ -81,7 +81,12 @@ impl Container {
         // SAFETY: read-only map of a file we never write while reading.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         if &mmap[..8] != MAGIC {
-            return Err(bad("not a bigsmall container (bad magic)".into()));
+            return Err(bad(if packed_index(&mmap).is_ok() {
+                "damaged: its first bytes are not the container magic, but its trailer and index checksum read as a bigsmall container"
+                    .into()
+            } else {
+                "not a bigsmall container (bad magic)".into()
+            }));
         }
         let major = u16::from_le_bytes([mmap[8], mmap[9]]);
         let minor = u16::from_le_bytes([mmap[10], mmap[11]]);
