@@ -25,6 +25,7 @@ pub struct MigrateReport {
     pub file: String,
     pub from_version: String,
     pub from_created_by: String,
+    pub to_version: String,
     pub to_created_by: String,
     /// Already written by this bigsmall in the current format.
     pub current: bool,
@@ -67,6 +68,7 @@ pub fn migrate(
         file: path.display().to_string(),
         from_version: format!("{}.{}", c.version.0, c.version.1),
         from_created_by: c.index.created_by.clone(),
+        to_version: format!("{MAJOR}.{MINOR}"),
         to_created_by: created_by(),
         current: c.version == (MAJOR, MINOR) && c.index.created_by == created_by(),
         untouched: false,

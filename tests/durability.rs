@@ -41,6 +41,12 @@ fn migrate_leaves_a_current_file_alone_and_reencodes_on_request() {
     // with the backup (it protects the old bytes), and the new file gets one of its own.
     let text = ok(&run(["migrate".as_ref(), f.as_os_str()]));
     assert!(text.contains("format 1.0"), "{text}");
+    let now = format!(
+        "-> format {}.{}",
+        bigsmall::format::MAJOR,
+        bigsmall::format::MINOR
+    );
+    assert!(text.contains(&now), "{text}");
     assert!(
         text.contains("every receipt verified; ECC sidecar rewritten"),
         "{text}"

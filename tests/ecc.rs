@@ -550,3 +550,21 @@ fn an_unusable_shard_sidecar_does_not_block_the_directory() {
         path_str(&fixture("sharded")),
     ]));
 }
+
+/// `--json` gives the sidecar's size, as the text report does.
+#[test]
+fn the_json_report_gives_the_sidecar_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let bs = dir.path().join("m.bs");
+    let text = ok(&run([
+        "compress",
+        path_str(&fixture("minilm-f16.safetensors")),
+        "-o",
+        path_str(&bs),
+        "--ecc",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let side = fs::metadata(sidecar_path(&bs)).unwrap().len();
+    assert_eq!(v["ecc_bytes"].as_u64(), Some(side));
+}

@@ -199,6 +199,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             /// candidate's distance.
             #[serde(skip_serializing_if = "Option::is_none")]
             auto_delta: Option<serde_json::Value>,
+            /// `--ecc`: the sidecars' bytes (not in `output_bytes`).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            ecc_bytes: Option<u64>,
         }
         emit_json(&Out {
             source: a.src.display().to_string(),
@@ -207,6 +210,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             report: &r,
             ratio_pct: r.output_bytes as f64 * 100.0 / r.source_bytes.max(1) as f64,
             auto_delta: auto_json,
+            ecc_bytes: a.ecc.then_some(ecc_bytes),
         });
     } else {
         let mb_s = r.source_bytes as f64 / r.seconds.max(1e-9) / 1e6;

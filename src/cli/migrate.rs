@@ -64,11 +64,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             ),
         };
         s += &format!(
-            "{}{}: format {} ({}) -> {}: {} -> {} bytes ({:+.2}%), {} chunks re-encoded, {checked}{}{}\n",
+            "{}{}: format {} ({}) -> format {} ({}): {} -> {} bytes ({:+.2}%), {} chunks re-encoded, {checked}{}{}\n",
             if r.dry_run { "[dry run] " } else { "" },
             r.file,
             r.from_version,
             r.from_created_by,
+            r.to_version,
             r.to_created_by,
             thousands(r.before_bytes),
             thousands(r.after_bytes),
