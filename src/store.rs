@@ -66,6 +66,23 @@ pub fn progress_dir(dst: &Path) -> std::path::PathBuf {
     std::path::PathBuf::from(s)
 }
 
+/// Removes the checkpoint an interrupted `--resume` run left for `dst`, once a run without
+/// `--resume` has written `dst`: it is stale. Only a directory that holds what a checkpoint
+/// holds is removed.
+pub fn remove_stale_progress(dst: &Path) {
+    let pdir = progress_dir(dst);
+    let ours = std::fs::read_dir(&pdir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name == "state.json" || name.ends_with(".bs") || name.ends_with(".progress")
+        })
+    });
+    if ours {
+        let _ = std::fs::remove_dir_all(&pdir);
+    }
+}
+
 /// Everything a checkpoint must agree with to be resumed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct ResumeKey {
@@ -1118,6 +1135,8 @@ pub fn compress_file_against(
         let output_bytes = writer.finish(&index)?;
         if opts.resume {
             let _ = std::fs::remove_dir_all(&pdir);
+        } else {
+            remove_stale_progress(dst);
         }
         progress.finish();
         Ok(CompressReport {

@@ -671,6 +671,9 @@ pub fn compress_dir_against(
         prune_unlisted(&staged.tmp, &index)?;
     }
     staged.commit()?;
+    if !opts.resume {
+        crate::store::remove_stale_progress(dst);
+    }
     Ok(total)
 }
 

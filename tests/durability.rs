@@ -564,3 +564,22 @@ fn directory_resume_with_ecc_protects_finished_shards_too() {
     let v = ok(&run(["verify", path_str(&out), "--fast"]));
     assert_eq!(v.matches("file intact").count(), 2, "{v}");
 }
+
+/// A run without `--resume` that writes the output makes an interrupted run's checkpoint for
+/// it stale: it is removed, for a file and for a directory.
+#[test]
+fn a_plain_run_removes_a_stale_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    for src in [fixture("smollm-bf16.safetensors"), fixture("sharded")] {
+        let out = dir.path().join("o.bs");
+        let _ = fs::remove_dir_all(&out);
+        let _ = fs::remove_file(&out);
+        assert!(!compress_resumable(&src, &out, Some("window:2"), &[])
+            .status
+            .success());
+        let progress = dir.path().join("o.bs.progress");
+        assert!(progress.is_dir());
+        ok(&run(["compress", path_str(&src), "-o", path_str(&out)]));
+        assert!(!progress.exists(), "{}", src.display());
+    }
+}
