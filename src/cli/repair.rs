@@ -9,7 +9,7 @@ use super::{emit, emit_json, thousands};
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  bigsmall repair corrupted.bs -o recovered.bs           # uses corrupted.bs.ecc\n  bigsmall repair model-dir/ -o recovered-dir/          # each shard from its SHARD.bs.ecc\n  bigsmall repair corrupted.bs -o recovered.bs --ecc model.bs.ecc\n  bigsmall repair model.bs --check                         # report only\nCorrects up to 16 wrong bytes in every 223-byte block, and any burst of up to 14,082 bytes (a\nzeroed sector, a lost tail) per 1.8 MB. In a directory, a shard without a sidecar is verified\nby decoding and copied as it is. Exit codes: 0 clean or repaired; 3 damage found by --check\n(repairable or not), or damage beyond the parity."
+    after_help = "Examples:\n  bigsmall repair corrupted.bs -o recovered.bs           # uses corrupted.bs.ecc\n  bigsmall repair model-dir/ -o recovered-dir/          # each shard from its SHARD.bs.ecc\n  bigsmall repair corrupted.bs -o recovered.bs --ecc model.bs.ecc\n  bigsmall repair model.bs --check                         # report only\nCorrects up to 16 wrong bytes in every 223-byte block, and any burst of up to 14,082 bytes (a\nzeroed sector, a lost tail) per 1.8 MB; two damaged stretches in one 1.8 MB are beyond reach\nwhere they hit blocks a multiple of 64 blocks (14,272 bytes) apart. In a directory, a shard\nwithout a sidecar is verified by decoding and copied as it is. Exit codes: 0 clean or repaired; 3 damage found by --check\n(repairable or not), or damage beyond the parity."
 )]
 pub struct Args {
     /// The damaged file, or a compressed directory (each shard with its sidecar, or verified by decoding)
