@@ -489,6 +489,32 @@ fn a_shard_missing_from_a_directory_is_named() {
 }
 
 #[test]
+fn a_shard_replaced_or_duplicated_in_a_directory_is_damage() {
+    let dir = tmp();
+    let bs = dir.path().join("m.bs");
+    compress(&fixture("smollm-bf16.safetensors"), &bs);
+    let split = dir.path().join("split");
+    reshard(&[&bs], &split, &["--shards", "3"]);
+    let other = dir.path().join("other.bs");
+    compress(&fixture("minilm-bf16.safetensors"), &other);
+    let (two, three) = (
+        split.join("model-00002-of-00003.bs"),
+        split.join("model-00003-of-00003.bs"),
+    );
+    let out = dir.path().join("out");
+    // A foreign shard, then shard 2 (as many tensors, as many bytes) copied over shard 3:
+    // both would reshard into a fresh, self-consistent index of the wrong model.
+    for replacement in [&other, &two] {
+        fs::copy(replacement, &three).expect("cp");
+        let err = reshard_fails(&[&split], &out, &["--join"], 3);
+        assert!(err.contains("model-00003-of-00003.bs"), "{err}");
+        assert!(err.contains("shard files swapped or replaced"), "{err}");
+        assert!(!out.exists());
+        assert_no_leftovers(dir.path());
+    }
+}
+
+#[test]
 fn bad_layouts_are_usage_errors() {
     let dir = tmp();
     let bs = dir.path().join("smol.bs");

@@ -405,6 +405,47 @@ fn report_measures_decode_speed_of_both_files() {
 }
 
 #[test]
+fn a_shard_replaced_or_duplicated_in_a_directory_is_damage() {
+    let d = tmp();
+    let bs = d.path().join("m.bs");
+    compress(&fixture("smollm-bf16.safetensors"), &bs);
+    let split = d.path().join("split");
+    ok(&run([
+        "reshard".as_ref(),
+        bs.as_os_str(),
+        "-o".as_ref(),
+        split.as_os_str(),
+        "--shards".as_ref(),
+        "3".as_ref(),
+        "--no-progress".as_ref(),
+    ]));
+    let other = d.path().join("other.bs");
+    compress(&fixture("minilm-bf16.safetensors"), &other);
+    let two = split.join("model-00002-of-00003.bs");
+    let three = split.join("model-00003-of-00003.bs");
+    let out = d.path().join("out");
+    // A foreign shard, then shard 2 (as many tensors, as many bytes) copied over shard 3:
+    // either would be transcoded as if it were the model the index describes.
+    for replacement in [&other, &two] {
+        fs::copy(replacement, &three).unwrap();
+        let e = fails(
+            &run([
+                "transcode".as_ref(),
+                split.as_os_str(),
+                out.as_os_str(),
+                "--no-progress".as_ref(),
+                "--no-measure".as_ref(),
+            ]),
+            3,
+        );
+        assert!(e.contains("model-00003-of-00003.bs"), "{e}");
+        assert!(e.contains("shard files swapped or replaced"), "{e}");
+        assert!(!out.exists());
+        assert_no_leftovers(d.path());
+    }
+}
+
+#[test]
 fn bad_input_is_refused_and_nothing_is_left() {
     let d = tmp();
     let src = fixture("minilm-bf16.safetensors");

@@ -268,6 +268,9 @@ fn open_inputs(paths: &[PathBuf]) -> Result<Inputs> {
             }
             files.push((f, !recorded.is_empty()));
         }
+        // A shard swapped or replaced under its name would otherwise be copied into a fresh,
+        // self-consistent index, and the wrong model would pass verify from then on.
+        crate::store_dir::check_shards(p, &idx)?;
         // Side files gone or changed are damage, found before any work.
         crate::store_dir::check_side_files(p, &idx)?;
         for rel in &idx.side_files {

@@ -536,11 +536,9 @@ pub fn transcode_dir(
     let started = Instant::now();
     let mut index = read_dir_index(src)?;
     crate::fsutil::check_not_input(dst, &[src])?;
-    // Open everything first: a missing or damaged shard fails before anything is written.
-    for sh in &index.shards {
-        crate::store_dir::missing_shard(&src.join(&sh.file))?;
-        Container::open(&src.join(&sh.file))?;
-    }
+    // Open everything first: a missing, damaged, swapped or replaced shard fails before
+    // anything is written.
+    crate::store_dir::check_shards(src, &index)?;
     crate::store_dir::check_side_files(src, &index)?;
     let staged = StagedDir::create(dst, opts.overwrite)?;
     let ext = if opts.mode == Mode::Speed {
