@@ -55,6 +55,8 @@ pub struct BenchReport {
     /// The decompressed file equals the source byte for byte (a container input: every tensor
     /// matched its md5 receipt).
     pub byte_identical: bool,
+    /// What the round-trip check found, one line each (file and tensor); empty when it passed.
+    pub problems: Vec<String>,
     /// Peak resident memory of this process (VmHWM), bytes.
     pub peak_rss_bytes: u64,
     pub roles: Vec<RoleBench>,
@@ -238,11 +240,16 @@ pub fn benchmark(
         },
         progress,
     )?;
-    let identical = if container_input {
+    let problems = if container_input {
         // No source to compare with: every tensor's md5 receipt instead.
-        crate::integrity::verify(&bs, &crate::integrity::VerifyMode::Full)?.ok()
+        crate::integrity::verify(&bs, &crate::integrity::VerifyMode::Full)?.problems
+    } else if same_bytes(src, &back)? {
+        Vec::new()
     } else {
-        same_bytes(src, &back)?
+        vec![format!(
+            "{}: the decompressed file differs from it",
+            src.display()
+        )]
     };
     let source_bytes = c.index.source.file_size;
     let compressed_bytes = c.file_size();
@@ -266,7 +273,8 @@ pub fn benchmark(
         decode_memory_runs: runs,
         decompress_file_mb_s: mb_s(dr.output_bytes, dr.seconds),
         decompress_file_seconds: dr.seconds,
-        byte_identical: identical,
+        byte_identical: problems.is_empty(),
+        problems,
         peak_rss_bytes: peak_rss_bytes(),
         roles,
     })

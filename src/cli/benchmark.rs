@@ -66,6 +66,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 (false, _) => "DIFFERENT",
             }
         );
+        for p in &r.problems {
+            s += &format!("    MISMATCH {p}\n");
+        }
         s += &format!("  peak RSS:          {}\n", human(r.peak_rss_bytes));
         s += "  by role:           tensors          raw       stored    ratio   decode MB/s\n";
         for x in &r.roles {
@@ -80,6 +83,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             );
         }
         emit(&s);
+    }
+    if let Some(first) = r.problems.first() {
+        // The report is on stdout; a script that keeps only stderr still learns why it failed.
+        let more = match r.problems.len() - 1 {
+            0 => String::new(),
+            n => format!(", and {n} more"),
+        };
+        eprintln!("bigsmall: {first}{more}; the report is on stdout");
     }
     Ok(if r.byte_identical { 0 } else { 3 })
 }
