@@ -62,12 +62,25 @@ pub struct BenchReport {
     pub roles: Vec<RoleBench>,
 }
 
-/// Removes its directory when dropped.
+/// The benchmark's workspace: removed when dropped, and by the interrupt handler (it holds a
+/// compressed and a decompressed copy of the model, too big to leave behind).
 struct TempDir(PathBuf);
+
+impl TempDir {
+    fn create(dir: PathBuf) -> Result<TempDir> {
+        // Listed before it exists, so that no interrupt finds it made and unlisted.
+        crate::fsutil::track_temp(&dir);
+        let tmp = TempDir(dir);
+        std::fs::create_dir_all(&tmp.0).map_err(|e| Error::io(&tmp.0, e))?;
+        Ok(tmp)
+    }
+}
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // Removed before it is unlisted, so that an interrupt meanwhile removes the rest.
         let _ = std::fs::remove_dir_all(&self.0);
+        crate::fsutil::untrack_temp(&self.0);
     }
 }
 
@@ -162,8 +175,7 @@ pub fn benchmark(
         drop(SafetensorsFile::open(src)?);
     }
     let dir = std::env::temp_dir().join(format!("bigsmall-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let tmp = TempDir(dir);
+    let tmp = TempDir::create(dir)?;
     let bs = tmp.0.join("model.bs");
     let back = tmp.0.join("back.safetensors");
 
