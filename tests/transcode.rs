@@ -370,6 +370,51 @@ fn the_raw_budget_decides_how_many_hot_tensors_stay_raw() {
     assert_ne!(code(&o), 0);
 }
 
+/// A `.bsr` transcoded again keeps the same tensors raw: a tensor the input already stores raw
+/// is charged what coding would save on it, not nothing, so the budget is not spent again on
+/// each pass (the file grew by about the budget every time).
+#[test]
+fn speed_mode_on_its_own_output_does_not_grow_it() {
+    let d = tmp();
+    let mut rng = Rng(0xb5);
+    // Twelve hot tensors (under 1 MiB) that coding shrinks by about a third, and a big one.
+    let mut tensors: Vec<T> = (0..12)
+        .map(|l| {
+            t(
+                &format!("model.layers.{l}.self_attn.q_proj.weight"),
+                "BF16",
+                &[256, 256],
+                bf16_weights(&mut rng, 256 * 256, 0.02),
+            )
+        })
+        .collect();
+    tensors.push(t(
+        "model.layers.0.mlp.up_proj.weight",
+        "BF16",
+        &[1024, 1024],
+        bf16_weights(&mut rng, 1024 * 1024, 0.02),
+    ));
+    let src = d.path().join("m.safetensors");
+    fs::write(&src, safetensors(&tensors, None)).unwrap();
+    let bs = d.path().join("m.bs");
+    compress(&src, &bs);
+    let a = d.path().join("a.bsr");
+    let b = d.path().join("b.bsr");
+    let ra = transcode(&bs, &a, &["--raw-budget", "5"]);
+    let rb = transcode(&a, &b, &["--raw-budget", "5"]);
+    // The budget keeps some hot tensors raw, not all of them.
+    let raw = ra["raw_tensors"].as_u64().unwrap();
+    assert!((1..12).contains(&raw), "{ra}");
+    assert_eq!(rb["raw_tensors"], ra["raw_tensors"], "{ra}\n{rb}");
+    let len = |p: &Path| fs::metadata(p).unwrap().len();
+    assert!(len(&b) <= len(&a) + 64, "{} -> {}", len(&a), len(&b));
+    decompress(&b, &d.path().join("back.safetensors"));
+    assert_eq!(
+        fs::read(d.path().join("back.safetensors")).unwrap(),
+        fs::read(&src).unwrap()
+    );
+}
+
 #[test]
 fn report_measures_decode_speed_of_both_files() {
     let d = tmp();

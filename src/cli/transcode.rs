@@ -37,8 +37,10 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     n_streams: Option<u64>,
     /// Speed mode: how many percentage points of the raw model may go to keeping hot tensors
-    /// (embeddings, tensors under 1 MiB) raw, least compressible first, estimated from the
-    /// source's sizes; norms, biases and tensors under 64 KiB are raw regardless (0 keeps only
+    /// (embeddings, tensors under 1 MiB) raw, least compressible first, estimated by coding a
+    /// sample of each as speed mode would (whatever the input's coding, so a .bsr transcoded
+    /// again keeps the same ones raw); norms, biases and tensors under 64 KiB are raw
+    /// regardless (0 keeps only
     /// those; 100 makes every hot tensor raw)
     /// [default: 2; per shard for a directory]
     #[arg(long, value_name = "PP", value_parser = percentage_points)]
