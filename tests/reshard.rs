@@ -470,6 +470,46 @@ fn overlapping_tensor_names_are_refused() {
 }
 
 #[test]
+fn side_files_of_one_name_must_be_the_same_file() {
+    let dir = tmp();
+    let mut rng = Rng(5);
+    let mut model = |name: &str, tensor: &str, config: &str| -> PathBuf {
+        let d = dir.path().join(name);
+        fs::create_dir(&d).expect("mkdir");
+        let w = bf16_weights(&mut rng, 64 * 32, 0.02);
+        fs::write(
+            d.join("model.safetensors"),
+            safetensors(&[t(tensor, "BF16", &[64, 32], w)], None),
+        )
+        .expect("write");
+        fs::write(d.join("config.json"), config).expect("write");
+        fs::write(d.join("tokenizer.json"), "{}").expect("write");
+        let bs = dir.path().join(format!("{name}.bs"));
+        compress(&d, &bs);
+        bs
+    };
+    let a = model("a", "a.weight", r#"{"model_type":"bert"}"#);
+    let b = model("b", "b.weight", r#"{"model_type":"llama"}"#);
+    let c = model("c", "c.weight", r#"{"model_type":"bert"}"#);
+    let out = dir.path().join("out");
+    let err = reshard_fails(&[&a, &b], &out, &["--join"], 1);
+    assert!(err.contains("b.bs/config.json"), "{err}");
+    assert!(err.contains("a.bs/config.json"), "{err}");
+    assert!(!out.exists());
+    assert_no_leftovers(dir.path());
+    // The same bytes under the same name are one side file.
+    let r = reshard(&[&a, &c], &out, &["--join"]);
+    assert_eq!(
+        r["side_files"],
+        serde_json::json!(["config.json", "tokenizer.json"])
+    );
+    assert_eq!(
+        fs::read(out.join("config.json")).expect("read"),
+        br#"{"model_type":"bert"}"#
+    );
+}
+
+#[test]
 fn a_shard_missing_from_a_directory_is_named() {
     let dir = tmp();
     let bs = dir.path().join("sharded.bs");
