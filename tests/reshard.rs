@@ -659,6 +659,58 @@ fn a_damaged_input_fails_and_leaves_nothing() {
     assert_no_leftovers(dir.path());
 }
 
+/// Errors name what the user gave: a receipt that fails while the copy is read back is damage
+/// in the input, and a full disk is met writing the output asked for, not its temporary name.
+#[test]
+fn errors_name_the_input_and_the_output_not_temporary_names() {
+    let dir = tmp();
+    let bs = dir.path().join("smol.bs");
+    compress(&fixture("smollm-bf16.safetensors"), &bs);
+    let bad = dir.path().join("bad.bs");
+    let bytes = fs::read(&bs).expect("read");
+    fs::write(
+        &bad,
+        edit_index(&bytes, |v| {
+            v["tensors"][3]["md5"] = Value::from("0".repeat(32))
+        }),
+    )
+    .expect("write");
+    let out = dir.path().join("out");
+    let err = reshard_fails(&[&bad], &out, &["--join", "--md5"], 3);
+    assert!(err.contains("bad.bs: tensor '"), "{err}");
+    assert!(!err.contains("bigsmall-tmp"), "{err}");
+    assert_no_leftovers(dir.path());
+
+    let split = dir.path().join("split");
+    reshard(&[&bs], &split, &["--shards", "2"]);
+    for (args, named) in [
+        (
+            r#"reshard "$1" -o "$2" --shards 2"#,
+            "model-00001-of-00002.bs",
+        ),
+        (r#"transcode "$3" "$2""#, "model-00001-of-00002.bsr"),
+        (
+            r#"decompress "$3" -o "$2""#,
+            "model-00001-of-00002.safetensors",
+        ),
+    ] {
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -f 100; exec \"$0\" {args} --no-progress"))
+            .arg(env!("CARGO_BIN_EXE_bigsmall"))
+            .arg(&bs)
+            .arg(&out)
+            .arg(&split)
+            .output()
+            .expect("sh runs");
+        let err = fails(&o, 1);
+        let want = format!("{}: File too large", out.join(named).display());
+        assert!(err.contains(&want), "{args}: {err}");
+        assert!(!out.exists());
+        assert_no_leftovers(dir.path());
+    }
+}
+
 #[test]
 fn a_patch_is_refused() {
     let dir = tmp();

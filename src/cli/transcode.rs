@@ -99,7 +99,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .build()?;
     let bar = Bar::new(a.no_progress);
     let r = if super::is_bs_dir(&a.src) {
-        pool.install(|| transcode_dir(&a.src, &a.dst, &opts, &bar))?
+        pool.install(|| transcode_dir(&a.src, &a.dst, &opts, &bar))
+            .map_err(|e| e.in_output_dir(&a.dst))?
     } else {
         pool.install(|| transcode(&a.src, &a.dst, &opts, &bar))?
     };

@@ -864,7 +864,13 @@ fn verify_shard(
                 progress.advance(ch.len);
             }
             if hex(&h.finalize()) != out.index.tensors[j].md5 {
-                return Err(wrong(&out.index.tensors[j].name, "md5 receipt"));
+                // The copy's chunks and receipt are the input's (compared above), so a tensor
+                // that decodes cleanly and misses its receipt is damage in the input.
+                return Err(Error::Integrity {
+                    path: containers[plan.items[j].input].path.clone(),
+                    tensor: out.index.tensors[j].name.clone(),
+                    what: "md5 receipt".into(),
+                });
             }
             Ok(())
         })?;
