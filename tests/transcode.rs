@@ -508,17 +508,13 @@ fn bad_input_is_refused_and_nothing_is_left() {
     assert_eq!(fs::read(&out).unwrap(), b"keep me");
     transcode(&bs, &out, &["-f"]);
 
-    // The source as its own output.
-    let e = fails(
-        &run([
-            "transcode".as_ref(),
-            bs.as_os_str(),
-            bs.as_os_str(),
-            "-f".as_ref(),
-        ]),
-        1,
-    );
-    assert!(e.contains("is the input"), "{e}");
+    // The source as its own output, with -f or without.
+    for force in [&["-f"][..], &[]] {
+        let mut args = vec!["transcode".as_ref(), bs.as_os_str(), bs.as_os_str()];
+        args.extend(force.iter().map(std::ffi::OsStr::new));
+        let e = fails(&run(args), 1);
+        assert!(e.contains("is the input"), "{force:?}: {e}");
+    }
 
     // Values out of range are usage errors (exit 2), like every other bad argument.
     for bad in [

@@ -345,6 +345,8 @@ pub fn transcode(
     progress: &dyn Progress,
 ) -> Result<TranscodeReport> {
     let started = Instant::now();
+    // The input given as the output is said as such, -f or not.
+    crate::fsutil::check_not_input(dst, &[src])?;
     crate::fsutil::check_output(dst, opts.overwrite)?;
     let c = Container::open(src)?;
     if c.is_patch() {
@@ -353,7 +355,6 @@ pub fn transcode(
             "is a patch: apply it to its base first (`bigsmall apply`), then transcode the result",
         ));
     }
-    crate::fsutil::check_not_input(dst, &[src])?;
     if opts.n_streams == Some(0) {
         return Err(Error::invalid(
             src,
