@@ -282,11 +282,23 @@ fn size_target_makes_several_shards_without_splitting_layers() {
     let err = reshard_fails(&[&bs], &dir.path().join("nine"), &["--shards", "9"], 1);
     assert!(err.contains("only 8 layer groups"), "{err}");
     assert!(!dir.path().join("nine").exists());
+    let one_layer = dir.path().join("e5m2.bs");
+    compress(&fixture("smollm-e5m2.safetensors"), &one_layer);
+    let err = reshard_fails(
+        &[&one_layer],
+        &dir.path().join("nine"),
+        &["--shards", "9"],
+        1,
+    );
+    assert!(err.contains("only 1 layer group (1 layer)"), "{err}");
 
     // The default target (2 GB) keeps a small model in one file named like a single shard.
     let single = dir.path().join("single");
     let r = reshard(&[&bs], &single, &[]);
     assert_eq!(r["shards"][0]["file"], "model.bs");
+    // One shard's source is named, not counted ("1 safetensors shards").
+    let info = json(&ok(&run(["info", s(&single), "--json"])));
+    assert_eq!(info["source_file"], "llm.safetensors", "{info}");
     assert!(!single.join("model.safetensors.index.json").exists());
     // One shard of exactly one input's tensors: its container comes back unchanged.
     assert_eq!(sha256_file(&single.join("model.bs")), sha256_file(&bs));

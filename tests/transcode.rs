@@ -430,7 +430,10 @@ fn report_measures_decode_speed_of_both_files() {
         "1".as_ref(),
     ]));
     assert!(text.starts_with("transcode[speed]: "), "{text}");
-    assert!(text.contains("decode to memory (1 threads"), "{text}");
+    assert!(
+        text.contains("decode to memory (1 thread, best of 3)"),
+        "{text}"
+    );
     assert!(text.contains("all md5-verified"), "{text}");
 
     // benchmark reads the .bsr directly and reports decode-to-memory apart from whole files.
@@ -447,6 +450,24 @@ fn report_measures_decode_speed_of_both_files() {
     assert!(j["decode_memory_mb_s"].as_f64().unwrap() > 0.0);
     assert!(j["decompress_file_mb_s"].as_f64().unwrap() > 0.0);
     assert_eq!(j["byte_identical"], true);
+    let text = ok(&run([
+        "benchmark".as_ref(),
+        out.as_os_str(),
+        "--runs".as_ref(),
+        "1".as_ref(),
+        "--no-progress".as_ref(),
+    ]));
+    assert!(!text.contains("1 threads"), "{text}");
+    // A container's modes were fixed when it was made: a mode flag would be ignored.
+    for flag in ["--storage", "--balanced", "--inference"] {
+        let o = run(["benchmark".as_ref(), out.as_os_str(), flag.as_ref()]);
+        usage_error(&o);
+        assert!(
+            stderr(&o).contains("fixed when it is made"),
+            "{}",
+            stderr(&o)
+        );
+    }
 }
 
 #[test]

@@ -150,8 +150,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     );
     if let (Some(b), Some(after)) = (r.decode_before_mb_s, r.decode_after_mb_s) {
         s += &format!(
-            "decode to memory ({} threads, best of 3): {:.0} MB/s -> {:.0} MB/s ({:.2}x)\n",
-            r.threads,
+            "decode to memory ({}, best of 3): {:.0} MB/s -> {:.0} MB/s ({:.2}x)\n",
+            super::counted(r.threads, "thread"),
             b,
             after,
             after / b.max(1e-9)

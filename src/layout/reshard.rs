@@ -28,6 +28,7 @@ use crate::integrity::md5x::Md5;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::counted;
 use crate::error::{Error, Result};
 use crate::format::reader::Container;
 use crate::format::writer::ContainerWriter;
@@ -573,8 +574,9 @@ fn plan_shards(inputs: &Inputs, layout: Layout) -> Result<Vec<ShardPlan>> {
             return Err(Error::invalid(
                 first,
                 format!(
-                    "only {} layer groups ({layers} layers{extra}); cannot make {n} shards",
-                    groups.len()
+                    "only {} ({}{extra}); cannot make {n} shards",
+                    counted(groups.len(), "layer group"),
+                    counted(layers, "layer")
                 ),
             ));
         }
