@@ -1,7 +1,7 @@
 //! The library's one error type. Every variant a user can cause names the file and says what
 //! is wrong with it, in one line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::codec::CodecError;
 
@@ -78,6 +78,22 @@ impl Error {
         Error::Invalid {
             path: path.into(),
             why: why.into(),
+        }
+    }
+
+    /// An I/O error inside `dst`'s staging directory (a full disk while a directory output is
+    /// written under its temporary name) named inside `dst`, the directory asked for: the
+    /// temporary name is gone by the time the user reads it.
+    pub fn in_output_dir(self, dst: &Path) -> Error {
+        match self {
+            Error::Io { path, source } => {
+                let path = match path.strip_prefix(crate::fsutil::temp_name(dst)) {
+                    Ok(rest) => dst.join(rest),
+                    Err(_) => path,
+                };
+                Error::Io { path, source }
+            }
+            e => e,
         }
     }
 

@@ -1362,6 +1362,40 @@ fn flipped_blob_byte_is_caught() {
     ok(&run(["stat", b]));
 }
 
+/// A receipt that lies while every chunk checksum holds: benchmark's round trip fails (exit 3),
+/// and stderr, not only the report on stdout, names the file and the tensor.
+#[test]
+fn benchmark_of_a_damaged_container_says_why_on_stderr() {
+    let (dir, _src, bs) = compressed_smollm();
+    let bytes = fs::read(&bs).expect("read");
+    let mut name = String::new();
+    let bad = edit_index(&bytes, |v| {
+        let t = &mut v["tensors"][3];
+        name = t["name"].as_str().expect("name").to_string();
+        t["md5"] = Value::from("0".repeat(32));
+    });
+    let bad_bs = dir.path().join("bad.bs");
+    fs::write(&bad_bs, bad).expect("write");
+    let o = run([
+        "benchmark",
+        path_str(&bad_bs),
+        "--no-progress",
+        "--runs",
+        "1",
+    ]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("MD5 RECEIPT MISMATCH"),
+        "{}",
+        stdout(&o)
+    );
+    let e = one_line_error(&stderr(&o));
+    assert!(e.contains("bad.bs"), "{e}");
+    assert!(e.contains(&name), "{e}");
+    assert!(e.contains("the report is on stdout"), "{e}");
+    assert_no_leftovers(dir.path());
+}
+
 #[test]
 fn flipped_index_byte_is_caught() {
     let (dir, src, bs) = compressed_smollm();

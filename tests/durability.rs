@@ -369,6 +369,37 @@ fn an_interrupt_leaves_no_partial_output() {
     );
 }
 
+/// Ctrl-C during `benchmark`: its workspace (a compressed and a decompressed copy of the
+/// model, under the temporary directory) goes with the partial outputs.
+#[test]
+fn an_interrupted_benchmark_leaves_no_workspace() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_real_input(dir.path());
+    let scratch = dir.path().join("scratch");
+    fs::create_dir(&scratch).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bigsmall"))
+        .env("TMPDIR", &scratch)
+        .args(["benchmark".as_ref(), src.as_os_str()])
+        .args(["--no-progress", "--runs", "1000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let workspace = scratch.join(format!("bigsmall-bench-{}", child.id()));
+    let started = std::time::Instant::now();
+    while !workspace.join("model.bs").exists() && started.elapsed().as_secs() < 30 {
+        assert!(child.try_wait().unwrap().is_none(), "finished too soon");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("interrupted"));
+    assert_eq!(tree(&scratch), vec![], "the workspace is left behind");
+}
+
 /// A compressed directory: migrating its shards records their new sizes in the directory
 /// index. A patch: its difference chunks are copied unchecked, and the report says so.
 #[test]

@@ -282,11 +282,23 @@ fn size_target_makes_several_shards_without_splitting_layers() {
     let err = reshard_fails(&[&bs], &dir.path().join("nine"), &["--shards", "9"], 1);
     assert!(err.contains("only 8 layer groups"), "{err}");
     assert!(!dir.path().join("nine").exists());
+    let one_layer = dir.path().join("e5m2.bs");
+    compress(&fixture("smollm-e5m2.safetensors"), &one_layer);
+    let err = reshard_fails(
+        &[&one_layer],
+        &dir.path().join("nine"),
+        &["--shards", "9"],
+        1,
+    );
+    assert!(err.contains("only 1 layer group (1 layer)"), "{err}");
 
     // The default target (2 GB) keeps a small model in one file named like a single shard.
     let single = dir.path().join("single");
     let r = reshard(&[&bs], &single, &[]);
     assert_eq!(r["shards"][0]["file"], "model.bs");
+    // One shard's source is named, not counted ("1 safetensors shards").
+    let info = json(&ok(&run(["info", s(&single), "--json"])));
+    assert_eq!(info["source_file"], "llm.safetensors", "{info}");
     assert!(!single.join("model.safetensors.index.json").exists());
     // One shard of exactly one input's tensors: its container comes back unchanged.
     assert_eq!(sha256_file(&single.join("model.bs")), sha256_file(&bs));
@@ -470,6 +482,46 @@ fn overlapping_tensor_names_are_refused() {
 }
 
 #[test]
+fn side_files_of_one_name_must_be_the_same_file() {
+    let dir = tmp();
+    let mut rng = Rng(5);
+    let mut model = |name: &str, tensor: &str, config: &str| -> PathBuf {
+        let d = dir.path().join(name);
+        fs::create_dir(&d).expect("mkdir");
+        let w = bf16_weights(&mut rng, 64 * 32, 0.02);
+        fs::write(
+            d.join("model.safetensors"),
+            safetensors(&[t(tensor, "BF16", &[64, 32], w)], None),
+        )
+        .expect("write");
+        fs::write(d.join("config.json"), config).expect("write");
+        fs::write(d.join("tokenizer.json"), "{}").expect("write");
+        let bs = dir.path().join(format!("{name}.bs"));
+        compress(&d, &bs);
+        bs
+    };
+    let a = model("a", "a.weight", r#"{"model_type":"bert"}"#);
+    let b = model("b", "b.weight", r#"{"model_type":"llama"}"#);
+    let c = model("c", "c.weight", r#"{"model_type":"bert"}"#);
+    let out = dir.path().join("out");
+    let err = reshard_fails(&[&a, &b], &out, &["--join"], 1);
+    assert!(err.contains("b.bs/config.json"), "{err}");
+    assert!(err.contains("a.bs/config.json"), "{err}");
+    assert!(!out.exists());
+    assert_no_leftovers(dir.path());
+    // The same bytes under the same name are one side file.
+    let r = reshard(&[&a, &c], &out, &["--join"]);
+    assert_eq!(
+        r["side_files"],
+        serde_json::json!(["config.json", "tokenizer.json"])
+    );
+    assert_eq!(
+        fs::read(out.join("config.json")).expect("read"),
+        br#"{"model_type":"bert"}"#
+    );
+}
+
+#[test]
 fn a_shard_missing_from_a_directory_is_named() {
     let dir = tmp();
     let bs = dir.path().join("sharded.bs");
@@ -486,6 +538,32 @@ fn a_shard_missing_from_a_directory_is_named() {
     fs::create_dir(&plain).expect("mkdir");
     let err = reshard_fails(&[&plain], &out, &[], 1);
     assert!(err.contains("bigsmall.index.json"), "{err}");
+}
+
+#[test]
+fn a_shard_replaced_or_duplicated_in_a_directory_is_damage() {
+    let dir = tmp();
+    let bs = dir.path().join("m.bs");
+    compress(&fixture("smollm-bf16.safetensors"), &bs);
+    let split = dir.path().join("split");
+    reshard(&[&bs], &split, &["--shards", "3"]);
+    let other = dir.path().join("other.bs");
+    compress(&fixture("minilm-bf16.safetensors"), &other);
+    let (two, three) = (
+        split.join("model-00002-of-00003.bs"),
+        split.join("model-00003-of-00003.bs"),
+    );
+    let out = dir.path().join("out");
+    // A foreign shard, then shard 2 (as many tensors, as many bytes) copied over shard 3:
+    // both would reshard into a fresh, self-consistent index of the wrong model.
+    for replacement in [&other, &two] {
+        fs::copy(replacement, &three).expect("cp");
+        let err = reshard_fails(&[&split], &out, &["--join"], 3);
+        assert!(err.contains("model-00003-of-00003.bs"), "{err}");
+        assert!(err.contains("shard files swapped or replaced"), "{err}");
+        assert!(!out.exists());
+        assert_no_leftovers(dir.path());
+    }
 }
 
 #[test]
@@ -591,6 +669,58 @@ fn a_damaged_input_fails_and_leaves_nothing() {
     assert!(err.contains("smol.bs"), "{err}");
     assert!(!out.exists());
     assert_no_leftovers(dir.path());
+}
+
+/// Errors name what the user gave: a receipt that fails while the copy is read back is damage
+/// in the input, and a full disk is met writing the output asked for, not its temporary name.
+#[test]
+fn errors_name_the_input_and_the_output_not_temporary_names() {
+    let dir = tmp();
+    let bs = dir.path().join("smol.bs");
+    compress(&fixture("smollm-bf16.safetensors"), &bs);
+    let bad = dir.path().join("bad.bs");
+    let bytes = fs::read(&bs).expect("read");
+    fs::write(
+        &bad,
+        edit_index(&bytes, |v| {
+            v["tensors"][3]["md5"] = Value::from("0".repeat(32))
+        }),
+    )
+    .expect("write");
+    let out = dir.path().join("out");
+    let err = reshard_fails(&[&bad], &out, &["--join", "--md5"], 3);
+    assert!(err.contains("bad.bs: tensor '"), "{err}");
+    assert!(!err.contains("bigsmall-tmp"), "{err}");
+    assert_no_leftovers(dir.path());
+
+    let split = dir.path().join("split");
+    reshard(&[&bs], &split, &["--shards", "2"]);
+    for (args, named) in [
+        (
+            r#"reshard "$1" -o "$2" --shards 2"#,
+            "model-00001-of-00002.bs",
+        ),
+        (r#"transcode "$3" "$2""#, "model-00001-of-00002.bsr"),
+        (
+            r#"decompress "$3" -o "$2""#,
+            "model-00001-of-00002.safetensors",
+        ),
+    ] {
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -f 100; exec \"$0\" {args} --no-progress"))
+            .arg(env!("CARGO_BIN_EXE_bigsmall"))
+            .arg(&bs)
+            .arg(&out)
+            .arg(&split)
+            .output()
+            .expect("sh runs");
+        let err = fails(&o, 1);
+        let want = format!("{}: File too large", out.join(named).display());
+        assert!(err.contains(&want), "{args}: {err}");
+        assert!(!out.exists());
+        assert_no_leftovers(dir.path());
+    }
 }
 
 #[test]

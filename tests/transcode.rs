@@ -370,6 +370,51 @@ fn the_raw_budget_decides_how_many_hot_tensors_stay_raw() {
     assert_ne!(code(&o), 0);
 }
 
+/// A `.bsr` transcoded again keeps the same tensors raw: a tensor the input already stores raw
+/// is charged what coding would save on it, not nothing, so the budget is not spent again on
+/// each pass (the file grew by about the budget every time).
+#[test]
+fn speed_mode_on_its_own_output_does_not_grow_it() {
+    let d = tmp();
+    let mut rng = Rng(0xb5);
+    // Twelve hot tensors (under 1 MiB) that coding shrinks by about a third, and a big one.
+    let mut tensors: Vec<T> = (0..12)
+        .map(|l| {
+            t(
+                &format!("model.layers.{l}.self_attn.q_proj.weight"),
+                "BF16",
+                &[256, 256],
+                bf16_weights(&mut rng, 256 * 256, 0.02),
+            )
+        })
+        .collect();
+    tensors.push(t(
+        "model.layers.0.mlp.up_proj.weight",
+        "BF16",
+        &[1024, 1024],
+        bf16_weights(&mut rng, 1024 * 1024, 0.02),
+    ));
+    let src = d.path().join("m.safetensors");
+    fs::write(&src, safetensors(&tensors, None)).unwrap();
+    let bs = d.path().join("m.bs");
+    compress(&src, &bs);
+    let a = d.path().join("a.bsr");
+    let b = d.path().join("b.bsr");
+    let ra = transcode(&bs, &a, &["--raw-budget", "5"]);
+    let rb = transcode(&a, &b, &["--raw-budget", "5"]);
+    // The budget keeps some hot tensors raw, not all of them.
+    let raw = ra["raw_tensors"].as_u64().unwrap();
+    assert!((1..12).contains(&raw), "{ra}");
+    assert_eq!(rb["raw_tensors"], ra["raw_tensors"], "{ra}\n{rb}");
+    let len = |p: &Path| fs::metadata(p).unwrap().len();
+    assert!(len(&b) <= len(&a) + 64, "{} -> {}", len(&a), len(&b));
+    decompress(&b, &d.path().join("back.safetensors"));
+    assert_eq!(
+        fs::read(d.path().join("back.safetensors")).unwrap(),
+        fs::read(&src).unwrap()
+    );
+}
+
 #[test]
 fn report_measures_decode_speed_of_both_files() {
     let d = tmp();
@@ -385,7 +430,10 @@ fn report_measures_decode_speed_of_both_files() {
         "1".as_ref(),
     ]));
     assert!(text.starts_with("transcode[speed]: "), "{text}");
-    assert!(text.contains("decode to memory (1 threads"), "{text}");
+    assert!(
+        text.contains("decode to memory (1 thread, best of 3)"),
+        "{text}"
+    );
     assert!(text.contains("all md5-verified"), "{text}");
 
     // benchmark reads the .bsr directly and reports decode-to-memory apart from whole files.
@@ -402,6 +450,65 @@ fn report_measures_decode_speed_of_both_files() {
     assert!(j["decode_memory_mb_s"].as_f64().unwrap() > 0.0);
     assert!(j["decompress_file_mb_s"].as_f64().unwrap() > 0.0);
     assert_eq!(j["byte_identical"], true);
+    let text = ok(&run([
+        "benchmark".as_ref(),
+        out.as_os_str(),
+        "--runs".as_ref(),
+        "1".as_ref(),
+        "--no-progress".as_ref(),
+    ]));
+    assert!(!text.contains("1 threads"), "{text}");
+    // A container's modes were fixed when it was made: a mode flag would be ignored.
+    for flag in ["--storage", "--balanced", "--inference"] {
+        let o = run(["benchmark".as_ref(), out.as_os_str(), flag.as_ref()]);
+        usage_error(&o);
+        assert!(
+            stderr(&o).contains("fixed when it is made"),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn a_shard_replaced_or_duplicated_in_a_directory_is_damage() {
+    let d = tmp();
+    let bs = d.path().join("m.bs");
+    compress(&fixture("smollm-bf16.safetensors"), &bs);
+    let split = d.path().join("split");
+    ok(&run([
+        "reshard".as_ref(),
+        bs.as_os_str(),
+        "-o".as_ref(),
+        split.as_os_str(),
+        "--shards".as_ref(),
+        "3".as_ref(),
+        "--no-progress".as_ref(),
+    ]));
+    let other = d.path().join("other.bs");
+    compress(&fixture("minilm-bf16.safetensors"), &other);
+    let two = split.join("model-00002-of-00003.bs");
+    let three = split.join("model-00003-of-00003.bs");
+    let out = d.path().join("out");
+    // A foreign shard, then shard 2 (as many tensors, as many bytes) copied over shard 3:
+    // either would be transcoded as if it were the model the index describes.
+    for replacement in [&other, &two] {
+        fs::copy(replacement, &three).unwrap();
+        let e = fails(
+            &run([
+                "transcode".as_ref(),
+                split.as_os_str(),
+                out.as_os_str(),
+                "--no-progress".as_ref(),
+                "--no-measure".as_ref(),
+            ]),
+            3,
+        );
+        assert!(e.contains("model-00003-of-00003.bs"), "{e}");
+        assert!(e.contains("shard files swapped or replaced"), "{e}");
+        assert!(!out.exists());
+        assert_no_leftovers(d.path());
+    }
 }
 
 #[test]
@@ -422,17 +529,13 @@ fn bad_input_is_refused_and_nothing_is_left() {
     assert_eq!(fs::read(&out).unwrap(), b"keep me");
     transcode(&bs, &out, &["-f"]);
 
-    // The source as its own output.
-    let e = fails(
-        &run([
-            "transcode".as_ref(),
-            bs.as_os_str(),
-            bs.as_os_str(),
-            "-f".as_ref(),
-        ]),
-        1,
-    );
-    assert!(e.contains("is the input"), "{e}");
+    // The source as its own output, with -f or without.
+    for force in [&["-f"][..], &[]] {
+        let mut args = vec!["transcode".as_ref(), bs.as_os_str(), bs.as_os_str()];
+        args.extend(force.iter().map(std::ffi::OsStr::new));
+        let e = fails(&run(args), 1);
+        assert!(e.contains("is the input"), "{force:?}: {e}");
+    }
 
     // Values out of range are usage errors (exit 2), like every other bad argument.
     for bad in [

@@ -55,17 +55,32 @@ pub struct BenchReport {
     /// The decompressed file equals the source byte for byte (a container input: every tensor
     /// matched its md5 receipt).
     pub byte_identical: bool,
+    /// What the round-trip check found, one line each (file and tensor); empty when it passed.
+    pub problems: Vec<String>,
     /// Peak resident memory of this process (VmHWM), bytes.
     pub peak_rss_bytes: u64,
     pub roles: Vec<RoleBench>,
 }
 
-/// Removes its directory when dropped.
+/// The benchmark's workspace: removed when dropped, and by the interrupt handler (it holds a
+/// compressed and a decompressed copy of the model, too big to leave behind).
 struct TempDir(PathBuf);
+
+impl TempDir {
+    fn create(dir: PathBuf) -> Result<TempDir> {
+        // Listed before it exists, so that no interrupt finds it made and unlisted.
+        crate::fsutil::track_temp(&dir);
+        let tmp = TempDir(dir);
+        std::fs::create_dir_all(&tmp.0).map_err(|e| Error::io(&tmp.0, e))?;
+        Ok(tmp)
+    }
+}
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // Removed before it is unlisted, so that an interrupt meanwhile removes the rest.
         let _ = std::fs::remove_dir_all(&self.0);
+        crate::fsutil::untrack_temp(&self.0);
     }
 }
 
@@ -160,8 +175,7 @@ pub fn benchmark(
         drop(SafetensorsFile::open(src)?);
     }
     let dir = std::env::temp_dir().join(format!("bigsmall-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let tmp = TempDir(dir);
+    let tmp = TempDir::create(dir)?;
     let bs = tmp.0.join("model.bs");
     let back = tmp.0.join("back.safetensors");
 
@@ -239,11 +253,16 @@ pub fn benchmark(
         },
         progress,
     )?;
-    let identical = if container_input {
+    let problems = if container_input {
         // No source to compare with: every tensor's md5 receipt instead.
-        crate::integrity::verify(&bs, &crate::integrity::VerifyMode::Full)?.ok()
+        crate::integrity::verify(&bs, &crate::integrity::VerifyMode::Full)?.problems
+    } else if same_bytes(src, &back)? {
+        Vec::new()
     } else {
-        same_bytes(src, &back)?
+        vec![format!(
+            "{}: the decompressed file differs from it",
+            src.display()
+        )]
     };
     let source_bytes = c.index.source.file_size;
     let compressed_bytes = c.file_size();
@@ -267,7 +286,8 @@ pub fn benchmark(
         decode_memory_runs: runs,
         decompress_file_mb_s: mb_s(dr.output_bytes, dr.seconds),
         decompress_file_seconds: dr.seconds,
-        byte_identical: identical,
+        byte_identical: problems.is_empty(),
+        problems,
         peak_rss_bytes: peak_rss_bytes(),
         roles,
     })

@@ -4,6 +4,15 @@
 pub mod benchmark;
 pub mod entropy;
 
+/// `1 shard`, `2 shards`: the one plural rule of every report and message.
+pub fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -311,7 +320,8 @@ fn summarize(file: String, cs: &[(Option<&str>, &Container)], config: Option<&Pa
         ),
         created_by: distinct(cs.iter().map(|(_, c)| c.index.created_by.clone())),
         mode: distinct(cs.iter().map(|(_, c)| c.index.mode.name().to_string())),
-        source_file: if shards.is_empty() {
+        // One shard's source is a file like any other: named, not counted.
+        source_file: if shards.len() <= 1 {
             distinct(cs.iter().map(|(_, c)| c.index.source.file_name.clone()))
         } else {
             format!("{} safetensors shards", shards.len())

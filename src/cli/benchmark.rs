@@ -12,7 +12,7 @@ use super::{emit, emit_json, human, Bar};
 )]
 pub struct Args {
     /// The .safetensors file to measure (compressed here first), or an existing .bs/.bsr
-    /// (decode only; the mode flags do not apply)
+    /// (decode only; a mode flag is refused)
     src: PathBuf,
     #[command(flatten)]
     mode: super::mode::ModeArgs,
@@ -28,6 +28,14 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
+    if a.mode.given() && bigsmall::format::is_container(&a.src) {
+        // A usage error (exit 2), like the ones clap finds itself: the flag would be ignored.
+        clap::Error::raw(
+            clap::error::ErrorKind::ArgumentConflict,
+            "--storage, --balanced and --inference apply to a .safetensors input: a container's modes are fixed when it is made (benchmark it as it is, or transcode it first)\n",
+        )
+        .exit();
+    }
     let effort = a.mode.effort();
     let bar = Bar::new(a.no_progress);
     let r = benchmark(&a.src, effort, a.runs as usize, &bar)?;
@@ -35,8 +43,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         emit_json(&r);
     } else {
         let mut s = format!(
-            "benchmark: {} [{}] on {} threads\n",
-            r.source, r.mode, r.threads
+            "benchmark: {} [{}] on {}\n",
+            r.source,
+            r.mode,
+            super::counted(r.threads, "thread")
         );
         s += &format!(
             "  size:              {} -> {} ({:.2}%)\n",
@@ -66,6 +76,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 (false, _) => "DIFFERENT",
             }
         );
+        for p in &r.problems {
+            s += &format!("    MISMATCH {p}\n");
+        }
         s += &format!("  peak RSS:          {}\n", human(r.peak_rss_bytes));
         s += "  by role:           tensors          raw       stored    ratio   decode MB/s\n";
         for x in &r.roles {
@@ -80,6 +93,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             );
         }
         emit(&s);
+    }
+    if let Some(first) = r.problems.first() {
+        // The report is on stdout; a script that keeps only stderr still learns why it failed.
+        let more = match r.problems.len() - 1 {
+            0 => String::new(),
+            n => format!(", and {n} more"),
+        };
+        eprintln!("bigsmall: {first}{more}; the report is on stdout");
     }
     Ok(if r.byte_identical { 0 } else { 3 })
 }

@@ -96,7 +96,7 @@ pub fn run_with(
     };
     let bar = Bar::new(a.no_progress);
     let r = if dir {
-        decompress_dir_with(&a.src, &dst, &opts, base, &bar)?
+        decompress_dir_with(&a.src, &dst, &opts, base, &bar).map_err(|e| e.in_output_dir(&dst))?
     } else {
         decompress_file_with(&a.src, &dst, &opts, base, &bar)?
     };

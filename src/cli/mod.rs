@@ -141,14 +141,7 @@ pub fn emit_json<T: serde::Serialize>(value: &T) {
     emit(&s);
 }
 
-/// `1 shard`, `2 shards`.
-pub fn counted(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
-}
+pub use bigsmall::analysis::counted;
 
 /// `1234567` -> `1,234,567`.
 pub fn thousands(n: u64) -> String {

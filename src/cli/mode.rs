@@ -18,6 +18,11 @@ pub struct ModeArgs {
 }
 
 impl ModeArgs {
+    /// Whether a mode flag was given (`--balanced`, the default, included).
+    pub fn given(self) -> bool {
+        self.storage || self.balanced || self.inference
+    }
+
     pub fn effort(self) -> Effort {
         if self.storage {
             Effort::Storage

@@ -74,7 +74,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let inputs: Vec<&std::path::Path> = a.inputs.iter().map(|p| p.as_path()).collect();
     bigsmall::fsutil::check_not_input(&a.output_dir, &inputs)?;
     let bar = Bar::new(a.no_progress);
-    let r = reshard(&a.inputs, &a.output_dir, &opts, &bar)?;
+    let r = reshard(&a.inputs, &a.output_dir, &opts, &bar)
+        .map_err(|e| e.in_output_dir(&a.output_dir))?;
     if a.json {
         emit_json(&r);
         return Ok(0);

@@ -37,8 +37,10 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     n_streams: Option<u64>,
     /// Speed mode: how many percentage points of the raw model may go to keeping hot tensors
-    /// (embeddings, tensors under 1 MiB) raw, least compressible first, estimated from the
-    /// source's sizes; norms, biases and tensors under 64 KiB are raw regardless (0 keeps only
+    /// (embeddings, tensors under 1 MiB) raw, least compressible first, estimated by coding a
+    /// sample of each as speed mode would (whatever the input's coding, so a .bsr transcoded
+    /// again keeps the same ones raw); norms, biases and tensors under 64 KiB are raw
+    /// regardless (0 keeps only
     /// those; 100 makes every hot tensor raw)
     /// [default: 2; per shard for a directory]
     #[arg(long, value_name = "PP", value_parser = percentage_points)]
@@ -97,7 +99,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .build()?;
     let bar = Bar::new(a.no_progress);
     let r = if super::is_bs_dir(&a.src) {
-        pool.install(|| transcode_dir(&a.src, &a.dst, &opts, &bar))?
+        pool.install(|| transcode_dir(&a.src, &a.dst, &opts, &bar))
+            .map_err(|e| e.in_output_dir(&a.dst))?
     } else {
         pool.install(|| transcode(&a.src, &a.dst, &opts, &bar))?
     };
@@ -147,8 +150,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     );
     if let (Some(b), Some(after)) = (r.decode_before_mb_s, r.decode_after_mb_s) {
         s += &format!(
-            "decode to memory ({} threads, best of 3): {:.0} MB/s -> {:.0} MB/s ({:.2}x)\n",
-            r.threads,
+            "decode to memory ({}, best of 3): {:.0} MB/s -> {:.0} MB/s ({:.2}x)\n",
+            super::counted(r.threads, "thread"),
             b,
             after,
             after / b.max(1e-9)

@@ -28,6 +28,7 @@ use crate::integrity::md5x::Md5;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::counted;
 use crate::error::{Error, Result};
 use crate::format::reader::Container;
 use crate::format::writer::ContainerWriter;
@@ -224,13 +225,30 @@ fn same_source(a: &Source, b: &Source) -> bool {
     a.file_name == b.file_name && a.file_size == b.file_size && a.header == b.header
 }
 
+/// Two inputs may carry a side file of the same name only when it is the same file: the output
+/// holds one, and taking either silently would give the other model's config to the tensors.
+fn same_side_file(first: &Path, dir: &Path, rel: &str) -> Result<()> {
+    let (a, b) = (first.join(rel), dir.join(rel));
+    if crate::fsutil::same_bytes(&a, &b).map_err(|e| Error::io(&b, e))? {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        &b,
+        format!(
+            "differs from {}; the output can carry only one side file of that name (are these inputs one model?)",
+            a.display()
+        ),
+    ))
+}
+
 /// Opens and validates every input before anything is written: files as given, directories
 /// through their `bigsmall.index.json`.
 fn open_inputs(paths: &[PathBuf]) -> Result<Inputs> {
     // (container path, its directory records where it came from)
     let mut files: Vec<(PathBuf, bool)> = Vec::new();
     let mut side_files = Vec::new();
-    let mut side_names = HashSet::new();
+    // Side file name -> the input directory it is carried from.
+    let mut side_names: HashMap<String, PathBuf> = HashMap::new();
     let mut origins: Vec<Source> = Vec::new();
     for p in paths {
         if !p.is_dir() {
@@ -268,11 +286,21 @@ fn open_inputs(paths: &[PathBuf]) -> Result<Inputs> {
             }
             files.push((f, !recorded.is_empty()));
         }
+        // A shard swapped or replaced under its name would otherwise be copied into a fresh,
+        // self-consistent index, and the wrong model would pass verify from then on.
+        crate::store_dir::check_shards(p, &idx)?;
         // Side files gone or changed are damage, found before any work.
         crate::store_dir::check_side_files(p, &idx)?;
         for rel in &idx.side_files {
-            if rel != HF_INDEX && side_names.insert(rel.clone()) {
-                side_files.push((p.clone(), rel.clone(), idx.side_file_md5.get(rel).cloned()));
+            if rel == HF_INDEX {
+                continue;
+            }
+            match side_names.get(rel) {
+                Some(first) => same_side_file(first, p, rel)?,
+                None => {
+                    side_names.insert(rel.clone(), p.clone());
+                    side_files.push((p.clone(), rel.clone(), idx.side_file_md5.get(rel).cloned()));
+                }
             }
         }
         origins.extend(recorded);
@@ -546,8 +574,9 @@ fn plan_shards(inputs: &Inputs, layout: Layout) -> Result<Vec<ShardPlan>> {
             return Err(Error::invalid(
                 first,
                 format!(
-                    "only {} layer groups ({layers} layers{extra}); cannot make {n} shards",
-                    groups.len()
+                    "only {} ({}{extra}); cannot make {n} shards",
+                    counted(groups.len(), "layer group"),
+                    counted(layers, "layer")
                 ),
             ));
         }
@@ -837,7 +866,13 @@ fn verify_shard(
                 progress.advance(ch.len);
             }
             if hex(&h.finalize()) != out.index.tensors[j].md5 {
-                return Err(wrong(&out.index.tensors[j].name, "md5 receipt"));
+                // The copy's chunks and receipt are the input's (compared above), so a tensor
+                // that decodes cleanly and misses its receipt is damage in the input.
+                return Err(Error::Integrity {
+                    path: containers[plan.items[j].input].path.clone(),
+                    tensor: out.index.tensors[j].name.clone(),
+                    what: "md5 receipt".into(),
+                });
             }
             Ok(())
         })?;

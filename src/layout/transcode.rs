@@ -141,14 +141,14 @@ struct Piece {
 }
 
 /// The tensors speed mode keeps raw: the small ones always, then hot ones (embeddings, under
-/// 1 MiB) in order of how little coding saves (from the source's sizes) within the budget.
-fn raw_set(c: &Container, budget_pp: f64) -> Vec<bool> {
+/// 1 MiB) in order of how little coding saves within the budget.
+fn raw_set(c: &Container, starts: &[Vec<u64>], budget_pp: f64) -> Result<Vec<bool>> {
     let tensors = &c.index.tensors;
     let small = |t: &crate::format::TensorEntry| {
         t.raw_len() < SMALL_BYTES || role(&t.name) == Role::Norm || t.name.ends_with("bias")
     };
     let mut raw: Vec<bool> = tensors.iter().map(small).collect();
-    let mut hot: Vec<usize> = (0..tensors.len())
+    let hot: Vec<usize> = (0..tensors.len())
         .filter(|&i| {
             let t = &tensors[i];
             !raw[i]
@@ -156,21 +156,76 @@ fn raw_set(c: &Container, budget_pp: f64) -> Vec<bool> {
                 && (t.raw_len() < HOT_BYTES || role(&t.name) == Role::Embedding)
         })
         .collect();
-    let saved = |i: usize| tensors[i].raw_len().saturating_sub(tensors[i].stored_len());
-    hot.sort_by(|&a, &b| {
-        let fa = saved(a) as f64 / tensors[a].raw_len().max(1) as f64;
-        let fb = saved(b) as f64 / tensors[b].raw_len().max(1) as f64;
+    let mut saved: Vec<(usize, u64)> = hot
+        .par_iter()
+        .map(|&i| Ok((i, coding_saves(c, i, &starts[i])?)))
+        .collect::<Result<_>>()?;
+    saved.sort_by(|&(a, sa), &(b, sb)| {
+        let fa = sa as f64 / tensors[a].raw_len().max(1) as f64;
+        let fb = sb as f64 / tensors[b].raw_len().max(1) as f64;
         fa.total_cmp(&fb).then(a.cmp(&b))
     });
     let mut budget = (c.raw_data_len() as f64 * budget_pp.max(0.0) / 100.0) as u64;
-    for i in hot {
-        if saved(i) > budget {
+    for (i, cost) in saved {
+        if cost > budget {
             continue;
         }
-        budget -= saved(i);
+        budget -= cost;
         raw[i] = true;
     }
-    raw
+    Ok(raw)
+}
+
+/// Stretches of a hot tensor coded to estimate what keeping it raw costs, and their size.
+const COST_SAMPLES: u64 = 4;
+const COST_SAMPLE_BYTES: u64 = 256 << 10;
+
+/// What speed mode's coding would save on tensor `t`, estimated by coding up to
+/// `COST_SAMPLES` evenly spaced stretches of it (the whole of a tensor up to 1 MiB). It is
+/// found from the tensor's bytes, not from how the input stores them: a tensor the input
+/// already keeps raw (a `.bsr` transcoded again) costs what it costs, not nothing, so the
+/// same tensors stay raw instead of the budget being spent again on each pass.
+fn coding_saves(c: &Container, t: usize, starts: &[u64]) -> Result<u64> {
+    let len = c.index.tensors[t].raw_len();
+    let w = c.kind(t).width() as u64;
+    let piece = (COST_SAMPLE_BYTES.min(len) / w * w).max(w);
+    let n = len.div_ceil(piece).min(COST_SAMPLES);
+    let (mut sampled, mut coded) = (0u64, 0u64);
+    for i in 0..n {
+        let start = match n {
+            1 => 0,
+            _ => (len - piece) * i / (n - 1) / w * w,
+        };
+        let end = (start + piece).min(len);
+        let data = decode_range(c, t, starts, start, end)?;
+        sampled += end - start;
+        coded += encode_chunk(c.kind(t), &data, Effort::Speed).len() as u64;
+    }
+    let coded_all = (u128::from(coded) * u128::from(len) / u128::from(sampled.max(1))) as u64;
+    Ok(len.saturating_sub(coded_all))
+}
+
+/// Bytes `start..end` of tensor `t`, its source chunks decoded (checksums checked).
+fn decode_range(c: &Container, t: usize, starts: &[u64], start: u64, end: u64) -> Result<Vec<u8>> {
+    let src = covering(starts, start, end);
+    let mut buf = vec![0u8; (starts[src.end] - starts[src.start]) as usize];
+    let mut at = 0;
+    for k in src.clone() {
+        let n = (starts[k + 1] - starts[k]) as usize;
+        c.decode_chunk_into(t, k, &mut buf[at..at + n])?;
+        at += n;
+    }
+    buf.truncate((end - starts[src.start]) as usize);
+    buf.drain(..(start - starts[src.start]) as usize);
+    Ok(buf)
+}
+
+/// The source chunks (indices into `starts`, a tensor's chunk starts) that cover
+/// `start..end`: those with `starts[k] < end` and `starts[k + 1] > start`.
+fn covering(starts: &[u64], start: u64, end: u64) -> std::ops::Range<usize> {
+    let first = starts.partition_point(|&x| x <= start) - 1;
+    let last = starts.partition_point(|&x| x < end) - 1;
+    first..last + 1
 }
 
 fn chunk_starts(chunks: &[ChunkEntry]) -> Vec<u64> {
@@ -290,6 +345,8 @@ pub fn transcode(
     progress: &dyn Progress,
 ) -> Result<TranscodeReport> {
     let started = Instant::now();
+    // The input given as the output is said as such, -f or not.
+    crate::fsutil::check_not_input(dst, &[src])?;
     crate::fsutil::check_container_output(dst, opts.overwrite)?;
     let c = Container::open(src)?;
     if c.is_patch() {
@@ -298,7 +355,6 @@ pub fn transcode(
             "is a patch: apply it to its base first (`bigsmall apply`), then transcode the result",
         ));
     }
-    crate::fsutil::check_not_input(dst, &[src])?;
     if opts.n_streams == Some(0) {
         return Err(Error::invalid(
             src,
@@ -306,18 +362,18 @@ pub fn transcode(
         ));
     }
     let effort = opts.mode.effort();
-    let keep_raw = if opts.mode == Mode::Speed {
-        raw_set(&c, opts.raw_budget_pp)
-    } else {
-        vec![false; c.index.tensors.len()]
-    };
-    let pieces = plan(&c, opts, &keep_raw);
     let starts: Vec<Vec<u64>> = c
         .index
         .tensors
         .iter()
         .map(|t| chunk_starts(&t.chunks))
         .collect();
+    let keep_raw = if opts.mode == Mode::Speed {
+        raw_set(&c, &starts, opts.raw_budget_pp)?
+    } else {
+        vec![false; c.index.tensors.len()]
+    };
+    let pieces = plan(&c, opts, &keep_raw);
 
     let mut writer = ContainerWriter::create(dst)?;
     let mut index = c.index.clone();
@@ -349,12 +405,9 @@ pub fn transcode(
         }
         for s in &mut segments {
             let st = &starts[s.tensor];
-            // Source chunks k with st[k] < end and st[k + 1] > start.
-            let first = st.partition_point(|&x| x <= s.start) - 1;
-            let last = st.partition_point(|&x| x < s.end) - 1;
-            s.src = first..last + 1;
-            s.buf_start = st[first];
-            s.buf = vec![0u8; (st[last + 1] - st[first]) as usize];
+            s.src = covering(st, s.start, s.end);
+            s.buf_start = st[s.src.start];
+            s.buf = vec![0u8; (st[s.src.end] - st[s.src.start]) as usize];
         }
         // Decode every needed source chunk (checksums checked) on all cores.
         segments.par_iter_mut().try_for_each(|s| -> Result<()> {
@@ -536,11 +589,9 @@ pub fn transcode_dir(
     let started = Instant::now();
     let mut index = read_dir_index(src)?;
     crate::fsutil::check_not_input(dst, &[src])?;
-    // Open everything first: a missing or damaged shard fails before anything is written.
-    for sh in &index.shards {
-        crate::store_dir::missing_shard(&src.join(&sh.file))?;
-        Container::open(&src.join(&sh.file))?;
-    }
+    // Open everything first: a missing, damaged, swapped or replaced shard fails before
+    // anything is written.
+    crate::store_dir::check_shards(src, &index)?;
     crate::store_dir::check_side_files(src, &index)?;
     let staged = StagedDir::create(dst, opts.overwrite)?;
     let ext = if opts.mode == Mode::Speed {
