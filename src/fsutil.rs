@@ -39,6 +39,16 @@ pub fn untrack_temp(path: &Path) {
     }
 }
 
+/// The progress a `--resume` run keeps (the outermost, where a directory's shards nest theirs).
+static KEPT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Notes where a `--resume` run keeps its progress, for the interrupt message.
+pub fn note_kept_progress(path: &Path) {
+    if let Ok(mut k) = KEPT.lock() {
+        k.get_or_insert_with(|| path.to_path_buf());
+    }
+}
+
 /// On Ctrl-C or SIGTERM, removes every temporary output still being written, then exits with
 /// 130: an interrupted run leaves nothing behind (a `--resume` run keeps its progress).
 pub fn remove_temps_on_interrupt() {
@@ -53,7 +63,13 @@ pub fn remove_temps_on_interrupt() {
                 };
             }
         }
-        eprintln!("bigsmall: interrupted; partial outputs removed");
+        match KEPT.lock().ok().and_then(|k| k.clone()) {
+            Some(p) => eprintln!(
+                "bigsmall: interrupted; progress kept in {} (run again with --resume to continue)",
+                p.display()
+            ),
+            None => eprintln!("bigsmall: interrupted; partial outputs removed"),
+        }
         std::process::exit(130);
     });
 }

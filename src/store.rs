@@ -905,6 +905,7 @@ pub fn compress_file_against(
             group_streams: opts.group_streams,
         };
         let checkpoint = if opts.resume {
+            crate::fsutil::note_kept_progress(&pdir);
             load_checkpoint(&pdir, &key, src.tensors.len())?
         } else {
             None

@@ -119,6 +119,7 @@ impl StagedDir {
     fn resumable(dst: &Path, overwrite: bool) -> Result<StagedDir> {
         crate::fsutil::check_output_as(dst, overwrite, true)?;
         let tmp = crate::store::progress_dir(dst);
+        crate::fsutil::note_kept_progress(&tmp);
         fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         Ok(StagedDir {
             final_path: dst.to_path_buf(),
