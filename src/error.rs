@@ -97,8 +97,6 @@ impl Error {
         }
     }
 
-    /// True when the error means stored data did not match its receipt or checksum: the
-    /// CLI maps these to exit code 3.
     /// The file the error is about.
     pub fn path(&self) -> &std::path::Path {
         match self {
@@ -115,6 +113,8 @@ impl Error {
         }
     }
 
+    /// True when the error means stored data did not match its receipt or checksum: the
+    /// CLI maps these to exit code 3.
     pub fn is_integrity(&self) -> bool {
         matches!(
             self,

@@ -160,7 +160,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     };
     let bar = Bar::new(a.no_progress);
     let r = if is_dir {
-        compress_dir_against(&a.src, &dst, &opts, base.as_ref(), &bar)?
+        compress_dir_against(&a.src, &dst, &opts, base.as_ref(), &bar)
+            .map_err(|e| e.in_output_dir(&dst))?
     } else {
         compress_file_against(&a.src, &dst, &opts, base.as_deref(), None, &bar)?
     };

@@ -70,7 +70,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         };
         let bar = Bar::new(a.no_progress);
         let rep = if a.b.is_dir() {
-            compress_dir_against(&a.b, out, &opts, Some(&base), &bar)?
+            compress_dir_against(&a.b, out, &opts, Some(&base), &bar)
+                .map_err(|e| e.in_output_dir(out))?
         } else {
             compress_file_against(&a.b, out, &opts, Some(base.as_ref()), None, &bar)?
         };
