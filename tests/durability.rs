@@ -531,6 +531,25 @@ fn resume_refuses_a_damaged_partial_file() {
     assert!(!out.exists());
 }
 
+/// `dir/model` (a small `a.safetensors`, then `b.safetensors`) compressed with `--resume` to
+/// `dir/d.bs` and stopped in b's second window, a's `.bs` finished: (model, output).
+fn interrupted_two_file_dir(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let src = dir.join("model");
+    fs::create_dir(&src).unwrap();
+    fs::copy(fixture("ints.safetensors"), src.join("a.safetensors")).unwrap();
+    fs::copy(
+        fixture("smollm-bf16.safetensors"),
+        src.join("b.safetensors"),
+    )
+    .unwrap();
+    let out = dir.join("d.bs");
+    assert!(!compress_resumable(&src, &out, Some("window:2"), &[])
+        .status
+        .success());
+    assert!(dir.join("d.bs.progress").join("a.bs").is_file());
+    (src, out)
+}
+
 /// A directory run interrupted in its second file: the first file's finished `.bs` is kept
 /// only while it still decodes to its source; one whose source was rewritten since is made
 /// again, and one whose source is gone is not carried into the output.
@@ -538,19 +557,7 @@ fn resume_refuses_a_damaged_partial_file() {
 fn directory_resume_remakes_shards_whose_source_changed() {
     for removed in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("model");
-        fs::create_dir(&src).unwrap();
-        fs::copy(fixture("ints.safetensors"), src.join("a.safetensors")).unwrap();
-        fs::copy(
-            fixture("smollm-bf16.safetensors"),
-            src.join("b.safetensors"),
-        )
-        .unwrap();
-        let out = dir.path().join("d.bs");
-        assert!(!compress_resumable(&src, &out, Some("window:2"), &[])
-            .status
-            .success());
-        assert!(dir.path().join("d.bs.progress").join("a.bs").is_file());
+        let (src, out) = interrupted_two_file_dir(dir.path());
         if removed {
             fs::remove_file(src.join("a.safetensors")).unwrap();
         } else {
@@ -575,18 +582,7 @@ fn directory_resume_remakes_shards_whose_source_changed() {
 #[test]
 fn directory_resume_with_ecc_protects_finished_shards_too() {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("model");
-    fs::create_dir(&src).unwrap();
-    fs::copy(fixture("ints.safetensors"), src.join("a.safetensors")).unwrap();
-    fs::copy(
-        fixture("smollm-bf16.safetensors"),
-        src.join("b.safetensors"),
-    )
-    .unwrap();
-    let out = dir.path().join("d.bs");
-    assert!(!compress_resumable(&src, &out, Some("window:2"), &[])
-        .status
-        .success());
+    let (src, out) = interrupted_two_file_dir(dir.path());
     let o = compress_resumable(&src, &out, None, &["--ecc"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     for shard in ["a.bs", "b.bs"] {
