@@ -111,10 +111,10 @@ struct Checkpoint {
     /// `plan_hash` of the run's chunks: where the source's duplicates or unchanged tensors
     /// are not what they were, the windows would not line up.
     #[serde(default)]
-    plan: u64,
+    plan: Option<u64>,
     /// The writer's `written_hash` at `data_end`.
     #[serde(default)]
-    data_hash: u64,
+    data_hash: Option<u64>,
 }
 
 /// xxh3 of the chunk plan: every chunk's tensor and byte range, in order.
@@ -141,7 +141,7 @@ fn check_reused(src: &SafetensorsFile, cp: &Checkpoint, plan: u64, pdir: &Path) 
             ),
         )
     };
-    if cp.plan != plan {
+    if cp.plan != Some(plan) {
         return Err(changed(
             "the source's duplicate or unchanged tensors differ".into(),
         ));
@@ -645,6 +645,12 @@ fn load_checkpoint(pdir: &Path, key: &ResumeKey, tensors: usize) -> Result<Optio
             "was made for a different input, bigsmall version or flags; delete it to start again",
         ));
     }
+    if cp.plan.is_none() || cp.data_hash.is_none() {
+        return Err(Error::invalid(
+            pdir,
+            "was made by an earlier bigsmall build, which did not record what this one checks before reusing it; delete it to start again",
+        ));
+    }
     Ok(Some(cp))
 }
 
@@ -918,7 +924,9 @@ pub fn compress_file_against(
             ContainerWriter::resumable(
                 dst,
                 &pdir.join("partial.bs"),
-                checkpoint.as_ref().map(|c| (c.data_end, c.data_hash)),
+                checkpoint
+                    .as_ref()
+                    .map(|c| (c.data_end, c.data_hash.unwrap_or_default())),
             )?
         } else {
             ContainerWriter::create(dst)?
@@ -1064,8 +1072,8 @@ pub fn compress_file_against(
                         changed_bytes: st.changed_bytes,
                         delta_chunks: st.delta_chunks,
                         standalone_chunks: st.standalone_chunks,
-                        plan,
-                        data_hash: writer.written_hash(),
+                        plan: Some(plan),
+                        data_hash: Some(writer.written_hash()),
                     },
                 )?;
                 abort_if("window", window_no);

@@ -365,6 +365,10 @@ pub struct ShardRepair {
     /// one lost block if it is damaged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_sidecar: Option<String>,
+    /// Why the shard's sidecar could not be used (then checked as one without); a repair
+    /// gives an intact shard a fresh sidecar.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sidecar_unusable: Option<String>,
 }
 
 /// Checks every shard of a compressed directory against its sidecar (`SHARD.ecc`, which
@@ -429,6 +433,7 @@ pub fn check_or_repair_dir(
                         file: s.file.clone(),
                         report,
                         no_sidecar: None,
+                        sidecar_unusable: None,
                     });
                     continue;
                 }
@@ -451,6 +456,9 @@ pub fn check_or_repair_dir(
                 })
             }
             (Some(p), false) => format!("DAMAGED, and {without} to repair it from: {p}"),
+            (None, true) if unusable.is_some() => {
+                format!("intact ({without}: {checked}); copied with a fresh sidecar")
+            }
             (None, _) => format!("intact ({without}: {checked})"),
         };
         reports.push(ShardRepair {
@@ -462,13 +470,18 @@ pub fn check_or_repair_dir(
                 clean: problem.is_none(),
                 // Nothing to recover it from: the whole shard counts as one lost block.
                 lost_blocks: u64::from(problem.is_some()),
-                sidecar_damaged: unusable.is_some(),
                 ..Default::default()
             },
             no_sidecar: Some(how),
+            sidecar_unusable: unusable.clone(),
         });
         if let Some(o) = &out {
             fs::copy(&shard, o).map_err(|e| Error::io(&shard, e))?;
+            // It had protection: the copy keeps it (the directory is staged, so the sidecar
+            // is there before the output is).
+            if unusable.is_some() {
+                crate::integrity::ecc::create(o)?;
+            }
         }
     }
     if let Some(st) = staged {

@@ -610,3 +610,23 @@ fn a_plain_run_removes_a_stale_checkpoint() {
         assert!(!progress.exists(), "{}", src.display());
     }
 }
+
+/// A checkpoint from a build that did not record what a resumed run now checks is refused
+/// as such (not as a changed source, which it is not).
+#[test]
+fn resume_refuses_a_checkpoint_from_an_earlier_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("smollm-bf16.safetensors");
+    let out = dir.path().join("r.bs");
+    assert!(!compress_resumable(&src, &out, Some("window:2"), &[])
+        .status
+        .success());
+    let state = dir.path().join("r.bs.progress").join("state.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&state).unwrap()).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.remove("plan").unwrap();
+    o.remove("data_hash").unwrap();
+    fs::write(&state, serde_json::to_vec(&v).unwrap()).unwrap();
+    let e = fails(&compress_resumable(&src, &out, None, &[]), 1);
+    assert!(e.contains("earlier bigsmall build"), "{e}");
+}

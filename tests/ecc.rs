@@ -541,6 +541,9 @@ fn an_unusable_shard_sidecar_does_not_block_the_directory() {
     );
     let out = dir.path().join("fixed");
     ok(&run(["repair", path_str(&d), "-o", path_str(&out)]));
+    // The shard keeps its protection: a fresh sidecar, and the copy checks clean.
+    assert!(sidecar_path(&out.join("model-00002-of-00002.bs")).is_file());
+    ok(&run(["repair", path_str(&out), "--check"]));
     let back = dir.path().join("back");
     ok(&run(["decompress", path_str(&out), "-o", path_str(&back)]));
     ok(&run([

@@ -179,13 +179,22 @@ fn run_dir(a: Args) -> anyhow::Result<i32> {
         output.as_deref(),
         a.force,
         &super::Bar::new(a.no_progress),
-    )?;
+    )
+    .map_err(|e| match &output {
+        Some(o) => e.in_output_dir(o),
+        None => e,
+    })?;
     let secs = started.elapsed().as_secs_f64();
     let lost: u64 = shards.iter().map(|s| s.report.lost_blocks).sum();
-    let unprotected = shards.iter().filter(|s| s.no_sidecar.is_some()).count();
+    // Shards copied without a sidecar: those that had none (one whose sidecar was unusable
+    // gets a fresh one).
+    let unprotected = shards
+        .iter()
+        .filter(|s| s.no_sidecar.is_some() && s.sidecar_unusable.is_none())
+        .count();
     let clean = shards
         .iter()
-        .all(|s| s.report.clean && !s.report.sidecar_damaged);
+        .all(|s| s.report.clean && !s.report.sidecar_damaged && s.sidecar_unusable.is_none());
     if a.json {
         emit_json(&serde_json::json!({
             "directory": a.file.display().to_string(),

@@ -255,7 +255,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             match damaged {
                 0 => String::new(),
                 n => format!(
-                    "; ECC sidecars find damaged blocks in {}",
+                    "; ECC sidecars find damage in {}",
                     super::counted(n, "file")
                 ),
             },
