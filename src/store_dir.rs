@@ -556,6 +556,7 @@ pub fn compress_dir_against(
     // directory index would overwrite weights.
     let mut taken = std::collections::HashSet::new();
     taken.insert(PathBuf::from(DIR_INDEX));
+    taken.insert(PathBuf::from(RESUME_KEY));
     for rel in &listing.weights {
         taken.insert(rel.with_extension("bs"));
     }
@@ -567,7 +568,9 @@ pub fn compress_dir_against(
     }
     crate::fsutil::check_not_input(dst, &[src])?;
     let staged = if opts.resume {
-        StagedDir::resumable(dst, opts.overwrite)?
+        let staged = StagedDir::resumable(dst, opts.overwrite)?;
+        check_resume_key(&staged.tmp, opts)?;
+        staged
     } else {
         StagedDir::create(dst, opts.overwrite)?
     };
@@ -689,6 +692,37 @@ pub fn compress_dir_against(
         crate::store::remove_stale_progress(dst);
     }
     Ok(total)
+}
+
+/// Where a resumable directory run records the flags its shards are made with.
+const RESUME_KEY: &str = ".bigsmall-resume.json";
+
+/// A finished shard is kept on resume only if it decodes to its source, which any mode's
+/// does: the flags it was made with must be this run's too, as a single file's checkpoint
+/// requires. Records them in a fresh staging directory.
+fn check_resume_key(staging: &Path, opts: &CompressOptions) -> Result<()> {
+    let key = serde_json::json!({
+        "bigsmall": env!("CARGO_PKG_VERSION"),
+        "mode": opts.effort,
+        "group_streams": opts.group_streams,
+    });
+    let path = staging.join(RESUME_KEY);
+    match fs::read(&path) {
+        Ok(bytes) if serde_json::from_slice::<serde_json::Value>(&bytes).ok().as_ref() == Some(&key) => {
+            Ok(())
+        }
+        Ok(_) => Err(Error::invalid(
+            staging,
+            "was made with other flags or another bigsmall version; delete it to start again",
+        )),
+        Err(_) if fs::read_dir(staging).is_ok_and(|mut d| d.next().is_some()) => {
+            Err(Error::invalid(
+                staging,
+                "was made by an earlier bigsmall build, which did not record its flags; delete it to start again",
+            ))
+        }
+        Err(_) => fs::write(&path, key.to_string()).map_err(|e| Error::io(&path, e)),
+    }
 }
 
 /// Removes what an interrupted run left in a resumable staging directory that this run's

@@ -630,3 +630,18 @@ fn resume_refuses_a_checkpoint_from_an_earlier_build() {
     let e = fails(&compress_resumable(&src, &out, None, &[]), 1);
     assert!(e.contains("earlier bigsmall build"), "{e}");
 }
+
+/// A directory resumed with other flags is refused, as a file's checkpoint is: its finished
+/// shards would keep the first run's mode.
+#[test]
+fn directory_resume_refuses_other_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, out) = interrupted_two_file_dir(dir.path());
+    for flag in ["--storage", "--group-streams"] {
+        let e = fails(&compress_resumable(&src, &out, None, &[flag]), 1);
+        assert!(e.contains("other flags"), "{flag}: {e}");
+    }
+    let o = compress_resumable(&src, &out, None, &[]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!out.join(".bigsmall-resume.json").exists());
+}
