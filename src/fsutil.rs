@@ -39,6 +39,15 @@ pub fn untrack_temp(path: &Path) {
     }
 }
 
+/// Held while an output and its ECC sidecar are renamed into place: an interrupt waits for
+/// both renames, so that neither stands without the other.
+static RENAMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Defers an interrupt's clean-up and exit until the guard is dropped (keep it to renames).
+pub fn hold_interrupts() -> std::sync::MutexGuard<'static, ()> {
+    RENAMING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The progress a `--resume` run keeps (the outermost, where a directory's shards nest theirs).
 static KEPT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
 
@@ -53,6 +62,7 @@ pub fn note_kept_progress(path: &Path) {
 /// 130: an interrupted run leaves nothing behind (a `--resume` run keeps its progress).
 pub fn remove_temps_on_interrupt() {
     let _ = ctrlc::set_handler(|| {
+        let _renames = hold_interrupts();
         // The lock is held while removing so no writer registers a new one meanwhile.
         if let Ok(t) = TEMPS.lock() {
             for p in t.iter() {

@@ -212,6 +212,9 @@ pub fn migrate(
         } else {
             None
         };
+        // From here to the last rename, an interrupt waits: the file, its backup and its
+        // sidecar change together.
+        let _renaming = crate::fsutil::hold_interrupts();
         if keep_backup {
             std::fs::rename(path, &bak).map_err(|e| Error::io(path, e))?;
             report.backup = Some(bak.display().to_string());

@@ -137,11 +137,13 @@ impl ContainerWriter {
         // beside it right after: an output asked for with one never stands without it.
         let ecc = self.ecc;
         let staged = self.out.commit_with(|tmp| {
-            ecc.then(|| crate::integrity::ecc::stage(tmp, &sidecar))
-                .transpose()
+            match ecc.then(|| crate::integrity::ecc::stage(tmp, &sidecar)) {
+                Some(side) => Ok(Some((side?.0, crate::fsutil::hold_interrupts()))),
+                None => Ok(None),
+            }
         })?;
         match staged {
-            Some((side, _)) => side.commit()?,
+            Some((side, _renaming)) => side.commit()?,
             // One already there protected the file this one replaced (`-f`; outputs refuse an
             // existing sidecar otherwise): it would only ever report this file as damaged.
             None if sidecar.is_file() => {

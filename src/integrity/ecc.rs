@@ -474,12 +474,13 @@ pub fn check_or_repair_with(
     // is staged before the output is renamed into place, as `compress --ecc` does.
     let dst = sidecar_path(out_path);
     let damaged = report.sidecar_damaged;
-    let side = out.commit_with(|tmp| {
-        if damaged {
+    let (side, _renaming) = out.commit_with(|tmp| {
+        let side = if damaged {
             stage(tmp, &dst).map(|(f, _)| f)
         } else {
             copy_staged(sidecar, &dst)
-        }
+        }?;
+        Ok((side, crate::fsutil::hold_interrupts()))
     })?;
     side.commit()?;
     report.repaired = true;
