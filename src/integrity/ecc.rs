@@ -218,6 +218,8 @@ pub struct EccReport {
     /// The file is byte-identical to when the sidecar was made.
     pub clean: bool,
     pub blocks: u64,
+    /// Blocks whose bytes or parity were found damaged (a clean file can have some: the
+    /// damage is then in the sidecar, `sidecar_damaged`).
     pub damaged_blocks: u64,
     /// Bytes corrected by the per-block code (data and parity).
     pub corrected_bytes: u64,
