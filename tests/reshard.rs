@@ -785,3 +785,23 @@ fn text_report_names_shards_and_checks() {
     // `info` reads the outputs.
     ok(&run(["info", s(&out)]));
 }
+
+/// `verify --source` maps each shard to the file it was made from; a split has none, and
+/// says so instead of naming a file that never existed as if it were missing.
+#[test]
+fn verify_against_a_source_explains_a_split() {
+    let dir = tmp();
+    let bs = dir.path().join("smol.bs");
+    compress(&fixture("smollm-bf16.safetensors"), &bs);
+    let two = dir.path().join("two");
+    reshard(&[&bs], &two, &["--shards", "2"]);
+    let model = dir.path().join("model");
+    fs::create_dir(&model).unwrap();
+    fs::copy(
+        fixture("smollm-bf16.safetensors"),
+        model.join("model.safetensors"),
+    )
+    .unwrap();
+    let e = fails(&run(["verify", s(&two), "--source", s(&model)]), 1);
+    assert!(e.contains("shards made by reshard have none"), "{e}");
+}

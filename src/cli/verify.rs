@@ -143,10 +143,21 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             VerifyMode::Sample { fraction: fr, seed }
         } else if let Some(src) = &a.source {
             // A shard maps back to its source file inside the original directory.
-            VerifyMode::Source(match &dir_index {
+            let from = match &dir_index {
                 Some(index) => src.join(&index.shards[i].source),
                 None => src.clone(),
-            })
+            };
+            if dir_index.is_some() && !from.exists() {
+                return Err(bigsmall::error::Error::invalid(
+                    &from,
+                    format!(
+                        "not found: --source compares each shard of {} with the file it was made from (shards made by reshard have none: verify without --source, or decompress and compare)",
+                        a.file.display()
+                    ),
+                )
+                .into());
+            }
+            VerifyMode::Source(from)
         } else {
             VerifyMode::Full
         };
