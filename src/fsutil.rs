@@ -419,13 +419,19 @@ fn resolved(p: &Path) -> PathBuf {
 /// directory (a model directory, a base). `-f` replaces an output, never an input: a patch
 /// written over its own base would lose both, and an output written into a base would make
 /// it another model.
-pub fn check_not_input(output: &Path, inputs: &[&Path]) -> Result<()> {
+/// Whether two paths name one file or directory (the same path once links are resolved, or
+/// the same inode: a hard link).
+pub fn same_path(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let id = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-    let (o, o_id) = (resolved(output), id(output));
+    resolved(a) == resolved(b) || id(a).is_some_and(|x| id(b) == Some(x))
+}
+
+pub fn check_not_input(output: &Path, inputs: &[&Path]) -> Result<()> {
+    let o = resolved(output);
     for &input in inputs {
         let i = resolved(input);
-        if i == o || (o_id.is_some() && o_id == id(input)) {
+        if same_path(output, input) {
             return Err(Error::invalid(
                 output,
                 format!(

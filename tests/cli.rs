@@ -1824,16 +1824,30 @@ fn wrong_kinds_of_input_and_output_are_named() {
         assert!(stdout(&o).is_empty(), "{args:?}");
     }
     assert!(!Path::new("-").exists());
+    // The input as its own base is a usage error: the patch would need the input to decode.
     let patch = dir.path().join("p.bs");
-    ok(&run([
+    let o = run([
         "compress",
         path_str(&src),
         "--delta-from",
         path_str(&src),
         "-o",
         path_str(&patch),
+    ]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("itself"), "{}", stderr(&o));
+    assert!(!patch.exists());
+    let base = dir.path().join("base.safetensors");
+    fs::copy(&src, &base).expect("copy");
+    ok(&run([
+        "compress",
+        path_str(&src),
+        "--delta-from",
+        path_str(&base),
+        "-o",
+        path_str(&patch),
     ]));
-    let o = run(["apply", path_str(&patch), path_str(&src), "-o", "x"]);
+    let o = run(["apply", path_str(&patch), path_str(&base), "-o", "x"]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("look swapped"), "{}", stderr(&o));
     // A patch argument that is missing is not a swap.
@@ -1907,11 +1921,13 @@ fn output_inside_the_base_is_refused() {
     let dir = tmp();
     let base = dir.path().join("base");
     copy_tree(&fixture("sharded"), &base);
+    let fine = dir.path().join("fine");
+    copy_tree(&fixture("sharded"), &fine);
     let before = tree(&base);
     let patch = dir.path().join("p.bs");
     ok(&run([
         "compress",
-        path_str(&base),
+        path_str(&fine),
         "--delta-from",
         path_str(&base),
         "-o",
@@ -1938,7 +1954,7 @@ fn output_inside_the_base_is_refused() {
         ],
         vec![
             "compress",
-            path_str(&base),
+            path_str(&fine),
             "--delta-from",
             path_str(&base),
             "-o",

@@ -378,6 +378,17 @@ fn standalone(src: &Path, out: &Path) -> Value {
 }
 
 /// A patch of `fine` against `base` (regime warning silenced); returns the `--json` report.
+/// A copy of `model` in `dir`: a fine-tune that changed nothing (the base itself is refused as
+/// its own base).
+fn unchanged_copy(model: &Path, dir: &Path) -> PathBuf {
+    let copy = dir.join(format!(
+        "unchanged-{}",
+        model.file_name().unwrap().to_string_lossy()
+    ));
+    fs::copy(model, &copy).unwrap();
+    copy
+}
+
 fn patch(fine: &Path, base: &Path, out: &Path) -> Value {
     json(&ok(&run([
         "compress",
@@ -649,7 +660,7 @@ fn unchanged_tensors_cost_at_most_200_bytes_each() {
     standalone(&empty, &floor);
 
     let selfp = d.join("self.patch.bs");
-    let r = patch(&base, &base, &selfp);
+    let r = patch(&unchanged_copy(&base, d), &base, &selfp);
     let dl = &r["delta"];
     let n = tensors.len() as u64;
     assert_eq!(dl["unchanged_tensors"].as_u64(), Some(n), "{r}");
@@ -802,7 +813,7 @@ fn sparse_sft_patches_are_near_the_xor_entropy() {
         let (_, base_t) = load(&model);
         let overhead = if small {
             let selfp = d.join("self.patch.bs");
-            patch(&model, &model, &selfp);
+            patch(&unchanged_copy(&model, d), &model, &selfp);
             len(&selfp)
         } else {
             0
@@ -2165,7 +2176,7 @@ fn verify_sample_counts_agree_on_patches() {
     let dir = tmp();
     let base = base_file();
     let p = dir.path().join("self.patch.bs");
-    patch(&base, &base, &p);
+    patch(&unchanged_copy(&base, dir.path()), &base, &p);
     let v = json(&ok(&run([
         "verify",
         "--json",
