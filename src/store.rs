@@ -1113,6 +1113,18 @@ pub fn compress_file_against(
                 st.base_fingerprint = crate::delta::fingerprint(b)?;
             }
         }
+        // A base that gave nothing (no tensor unchanged, no chunk smaller as its difference)
+        // would only be needed to decode: every blob is standalone, so the file is written as
+        // a standalone one. (A directory's shards stay patches, as its index says.)
+        let base_unused = model_names.is_none()
+            && stats
+                .as_ref()
+                .is_some_and(|st| st.unchanged_tensors == 0 && st.delta_chunks == 0);
+        let (base, stats, matched) = if base_unused {
+            (None, None, matched.iter().map(|_| None).collect())
+        } else {
+            (base, stats, matched)
+        };
         let md5s = tensor_receipts(hashers, &dup, &matched, &groups);
         let tensors = tensor_entries(&src, md5s, &dup, &matched, chunks);
         let index = Index {

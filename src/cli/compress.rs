@@ -121,11 +121,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                     format!(", patch ~{:.0}% of the input by sampled values", e * 100.0)
                 });
                 notes += &format!(
-                    "auto-delta: base {} (distance {:.4}{est}; {} candidates, {} fingerprints cached)\n",
+                    "auto-delta: base {} (distance {:.4}{est}; {}, {} cached)\n",
                     p.base.path.display(),
                     p.base.distance,
-                    considered.len(),
-                    p.cached
+                    super::counted(considered.len(), "candidate"),
+                    super::counted(p.cached, "fingerprint")
                 );
                 Some(p.base.path)
             }
@@ -201,6 +201,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if let Some(d) = &r.delta {
         regime_warning(d, a.force_delta);
     }
+    let base_unused = base_path.is_some() && r.delta.is_none();
+    if base_unused && !a.json {
+        eprintln!("{BASE_UNUSED}");
+    }
     if a.json {
         #[derive(serde::Serialize)]
         struct Out<'a> {
@@ -217,6 +221,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             /// `--ecc`: the sidecars' bytes (not in `output_bytes`).
             #[serde(skip_serializing_if = "Option::is_none")]
             ecc_bytes: Option<u64>,
+            /// A base was given and gave nothing: the file is standalone.
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            base_unused: bool,
         }
         emit_json(&Out {
             source: a.src.display().to_string(),
@@ -226,6 +233,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             ratio_pct: r.output_bytes as f64 * 100.0 / r.source_bytes.max(1) as f64,
             auto_delta: auto_json,
             ecc_bytes: a.ecc.then_some(ecc_bytes),
+            base_unused,
         });
     } else {
         let mb_s = r.source_bytes as f64 / r.seconds.max(1e-9) / 1e6;
@@ -280,10 +288,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 &d.base_fingerprint[..16]
             );
             s += &format!(
-                "patch:      {} matched tensors ({} unchanged; of the rest, {} chunks as differences, {} standalone), {} added, {} resized or retyped (both standalone), {} removed\n",
+                "patch:      {} matched tensors ({} unchanged; of the rest, {} as differences, {} standalone), {} added, {} resized or retyped (both standalone), {} removed\n",
                 d.matched_tensors,
                 d.unchanged_tensors,
-                d.delta_chunks,
+                super::counted(d.delta_chunks, "chunk"),
                 d.standalone_chunks,
                 d.added_tensors.len(),
                 d.resized_tensors.len(),
@@ -344,12 +352,16 @@ fn group_report(groups: &[bigsmall::format::GroupInfo]) -> String {
     s
 }
 
+/// Said when a base was given and no tensor gained from it (none unchanged, no chunk smaller
+/// as its difference): the file was written standalone.
+pub const BASE_UNUSED: &str = "bigsmall: note: the base gave this model nothing (no tensor unchanged, no chunk smaller as its difference): wrote a standalone file, which does not need it";
+
 /// The regime gate: one warning line when most matched weight bytes changed, unless
 /// `--force-delta` (`forced`) silences it; and one, always, when nothing matched at all.
 pub fn regime_warning(d: &DeltaStats, forced: bool) {
     if d.matched_tensors == 0 {
         eprintln!(
-            "bigsmall: warning: no tensor of the base matches by name, dtype and shape: the patch holds every tensor standalone and still needs the base (compress without --delta-from for a plain file)"
+            "bigsmall: warning: no tensor of the base matches by name, dtype and shape: the patch holds every tensor standalone and still needs the base (a plain compress of the model needs none)"
         );
         return;
     }

@@ -76,13 +76,19 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             compress_file_against(&a.b, out, &opts, Some(base.as_ref()), None, &bar)?
         };
         patch_line = format!(
-            "patch: {} -> {} ({} bytes)\n",
+            "patch: {} -> {} ({} bytes{})\n",
             a.b.display(),
             out.display(),
-            rep.output_bytes
+            super::thousands(rep.output_bytes),
+            if rep.delta.is_none() {
+                "; standalone: the base gave nothing"
+            } else {
+                ""
+            }
         );
-        if let Some(d) = &rep.delta {
-            super::compress::regime_warning(d, a.force_delta);
+        match &rep.delta {
+            Some(d) => super::compress::regime_warning(d, a.force_delta),
+            None => eprintln!("{}", super::compress::BASE_UNUSED),
         }
         patch = Some(serde_json::json!({ "output": out.display().to_string(), "report": rep }));
     }
