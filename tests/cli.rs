@@ -2232,3 +2232,30 @@ fn stat_of_a_directory_names_each_rows_shard() {
     ])));
     assert!(one[0].get("shard").is_none());
 }
+
+/// A shard of a compressed directory whose index is damaged is one problem, reported by its
+/// own check (not again by the directory's shard check).
+#[test]
+fn a_damaged_shard_is_reported_once() {
+    let dir = tmp();
+    let d = dir.path().join("d");
+    ok(&run([
+        "compress",
+        path_str(&fixture("sharded")),
+        "-o",
+        path_str(&d),
+    ]));
+    let shard = d.join("model-00002-of-00002.bs");
+    let n = fs::metadata(&shard).expect("shard").len();
+    xor_byte(&shard, n - 100, 0x40);
+    let o = run(["verify", path_str(&d), "--json"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let problems: usize = v["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| f["problems"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(problems, 1, "{v}");
+}

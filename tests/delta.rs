@@ -1852,6 +1852,31 @@ fn auto_delta_picks_the_real_base_and_caches_fingerprints() {
     assert_eq!(len(&p1), len(&p2));
     assert_rebuilds(&fine, &p2, &real, &scratch, "auto-delta patch, cached");
 
+    // A candidate rewritten in place with its size and time kept (`cp -p`) is not taken
+    // from the cache: its stamp samples its bytes.
+    let other = fs::read_dir(&bases)
+        .expect("bases")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p != &real && p.extension().is_some_and(|x| x == "safetensors"))
+        .expect("another candidate");
+    let mtime = fs::metadata(&other).unwrap().modified().unwrap();
+    let mut bytes = fs::read(&other).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0x01;
+    fs::write(&other, &bytes).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&other)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let (_, err) = auto(&d.join("auto-rewritten.bs"));
+    let line = auto_line(&err);
+    assert!(
+        line.contains("3 candidates, 2 fingerprints cached"),
+        "{line}"
+    );
+
     // A compressed base is a candidate too, and a model directory for a directory input.
     let bases2 = d.join("bases2");
     fs::create_dir(&bases2).expect("mkdir");

@@ -87,9 +87,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let mut reports: Vec<VerifyReport> = Vec::new();
     let bar = super::Bar::new(a.no_progress);
     if let Some(index) = &dir_index {
-        // Shards swapped or replaced under their names: the directory is damaged.
+        // Shards swapped or replaced under their names: the directory is damaged. (A shard
+        // that does not open is reported once, by its own check below.)
         let mut problems: Vec<String> = bigsmall::store_dir::check_shards(&a.file, index)
             .err()
+            .filter(|e| bigsmall::format::reader::Container::open(e.path()).is_ok())
             .map(|e| e.to_string())
             .into_iter()
             .collect();

@@ -291,14 +291,30 @@ fn candidates(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Identity of a candidate on disk: total size and newest modification time of its files.
+/// Identity of a candidate on disk: total size and newest modification time of its files,
+/// and a hash of each file's first and last `STAMP_SAMPLE` bytes (a file rewritten in place
+/// can keep its size and time: `cp -p`, `rsync -t`).
 fn stamp(path: &Path) -> String {
-    fn walk(p: &Path, size: &mut u64, newest: &mut u128) {
+    fn sample(p: &Path, len: u64, h: &mut xxhash_rust::xxh3::Xxh3) {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = crate::fsutil::open_regular(p) else {
+            return;
+        };
+        let mut buf = vec![0u8; STAMP_SAMPLE.min(len) as usize];
+        for at in [0, len.saturating_sub(STAMP_SAMPLE)] {
+            if f.seek(SeekFrom::Start(at)).is_ok() && f.read_exact(&mut buf).is_ok() {
+                h.update(&buf);
+            }
+        }
+    }
+    fn walk(p: &Path, size: &mut u64, newest: &mut u128, h: &mut xxhash_rust::xxh3::Xxh3) {
         if let Ok(m) = std::fs::metadata(p) {
             if m.is_dir() {
                 if let Ok(rd) = std::fs::read_dir(p) {
-                    for e in rd.flatten() {
-                        walk(&e.path(), size, newest);
+                    let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+                    entries.sort();
+                    for e in entries {
+                        walk(&e, size, newest, h);
                     }
                 }
             } else {
@@ -310,13 +326,18 @@ fn stamp(path: &Path) -> String {
                         .unwrap_or(0);
                     *newest = (*newest).max(ns);
                 }
+                sample(p, m.len(), h);
             }
         }
     }
     let (mut size, mut newest) = (0u64, 0u128);
-    walk(path, &mut size, &mut newest);
-    format!("{size}:{newest}")
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    walk(path, &mut size, &mut newest, &mut h);
+    format!("{size}:{newest}:{:016x}", h.digest())
 }
+
+/// Bytes read at each end of a candidate's files for its stamp.
+const STAMP_SAMPLE: u64 = 64 << 10;
 
 #[derive(Default, Serialize, Deserialize)]
 struct Cache {
