@@ -204,15 +204,22 @@ fn resume_after_a_kill_at_any_point_gives_the_same_file() {
     }
 }
 
-#[test]
-fn resume_refuses_a_changed_input_or_different_flags() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("in.safetensors");
+/// A copy of a fixture (`dir/in.safetensors`) compressed with `--resume` to `dir/r.bs` and
+/// stopped after its second window: (input, output).
+fn interrupted_copy(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let src = dir.join("in.safetensors");
     fs::copy(fixture("smollm-bf16.safetensors"), &src).unwrap();
-    let out = dir.path().join("r.bs");
+    let out = dir.join("r.bs");
     assert!(!compress_resumable(&src, &out, Some("window:2"), &[])
         .status
         .success());
+    (src, out)
+}
+
+#[test]
+fn resume_refuses_a_changed_input_or_different_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, out) = interrupted_copy(dir.path());
     let o = compress_resumable(&src, &out, None, &["--storage"]);
     let e = fails(&o, 1);
     assert!(e.contains("different"), "{e}");
@@ -499,12 +506,7 @@ fn rewrite_keeping_time(path: &std::path::Path) {
 #[test]
 fn resume_refuses_a_source_rewritten_with_its_time_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("in.safetensors");
-    fs::copy(fixture("smollm-bf16.safetensors"), &src).unwrap();
-    let out = dir.path().join("r.bs");
-    assert!(!compress_resumable(&src, &out, Some("window:2"), &[])
-        .status
-        .success());
+    let (src, out) = interrupted_copy(dir.path());
     rewrite_keeping_time(&src);
     let e = fails(&compress_resumable(&src, &out, None, &[]), 1);
     assert!(e.contains("changed since the interrupted run"), "{e}");
