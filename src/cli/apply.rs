@@ -51,16 +51,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         None => !plain_model(&a.patch),
     };
     if patch_kind(&a.base) == Some(true) && !patch_second {
-        // A usage error (exit 2), like the ones clap finds itself.
-        clap::Error::raw(
+        super::usage_error(
             clap::error::ErrorKind::ValueValidation,
-            format!(
-                "{} is a patch and {} is not: apply takes BASE then PATCH (the arguments look swapped)\n",
+            &format!(
+                "{} is a patch and {} is not: apply takes BASE then PATCH (the arguments look swapped)",
                 a.base.display(),
                 a.patch.display()
             ),
-        )
-        .exit();
+        );
     }
     super::decompress::run_with(
         a.patch,

@@ -29,12 +29,11 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
     if a.mode.given() && bigsmall::format::is_container(&a.src) {
-        // A usage error (exit 2), like the ones clap finds itself: the flag would be ignored.
-        clap::Error::raw(
+        // The flag would be ignored.
+        super::usage_error(
             clap::error::ErrorKind::ArgumentConflict,
-            "--storage, --balanced and --inference apply to a .safetensors input: a container's modes are fixed when it is made (benchmark it as it is, or transcode it first)\n",
-        )
-        .exit();
+            "--storage, --balanced and --inference apply to a .safetensors input: a container's modes are fixed when it is made (benchmark it as it is, or transcode it first)",
+        );
     }
     let effort = a.mode.effort();
     let bar = Bar::new(a.no_progress);

@@ -154,15 +154,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .as_deref()
         .is_some_and(|b| bigsmall::fsutil::same_path(b, &a.src))
     {
-        // A usage error (exit 2), like the ones clap finds itself.
-        clap::Error::raw(
+        super::usage_error(
             clap::error::ErrorKind::ValueValidation,
-            format!(
-                "the base is {} itself: a patch against the input stores nothing and cannot be decoded without it; give the model it was fine-tuned from\n",
+            &format!(
+                "the base is {} itself: a patch against the input stores nothing and cannot be decoded without it; give the model it was fine-tuned from",
                 a.src.display()
             ),
-        )
-        .exit();
+        );
     }
     let inputs: Vec<&std::path::Path> = std::iter::once(a.src.as_path())
         .chain(base_path.as_deref())

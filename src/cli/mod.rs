@@ -93,6 +93,12 @@ pub fn output_path(s: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(s))
 }
 
+/// Ends the run with a usage error (exit 2), as clap does for the errors it finds itself:
+/// for argument combinations clap cannot see (what the files given turn out to be).
+pub fn usage_error(kind: clap::error::ErrorKind, message: &str) -> ! {
+    clap::Error::raw(kind, format!("{message}\n")).exit()
+}
+
 /// The error and its causes on one line.
 pub fn one_line(err: &anyhow::Error) -> String {
     let mut s = err.to_string();

@@ -159,15 +159,13 @@ fn state(r: &EccReport, indent: &str, intact: &str, checking: bool) -> String {
 /// `repair DIR`: every shard of a compressed directory against its own sidecar.
 fn run_dir(a: Args) -> anyhow::Result<i32> {
     if a.ecc.is_some() {
-        // A usage error (exit 2), like the ones clap finds itself.
-        clap::Error::raw(
+        super::usage_error(
             clap::error::ErrorKind::ArgumentConflict,
-            format!(
-                "--ecc names one sidecar, and {} is a directory: its shards each use their own (SHARD.bs.ecc)\n",
+            &format!(
+                "--ecc names one sidecar, and {} is a directory: its shards each use their own (SHARD.bs.ecc)",
                 a.file.display()
             ),
-        )
-        .exit();
+        );
     }
     let output = if a.check { None } else { a.output.clone() };
     if let Some(o) = &output {

@@ -72,12 +72,10 @@ fn percentage_points(s: &str) -> Result<f64, String> {
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
     if a.raw_budget.is_some() && !matches!(a.mode, ModeArg::Speed) {
-        // A usage error (exit 2), like the ones clap finds itself.
-        clap::Error::raw(
+        super::usage_error(
             clap::error::ErrorKind::ArgumentConflict,
-            "--raw-budget applies to --mode speed only\n",
-        )
-        .exit();
+            "--raw-budget applies to --mode speed only",
+        );
     }
     let raw_budget = a.raw_budget.unwrap_or(DEFAULT_RAW_BUDGET_PP);
     let mode = match a.mode {
