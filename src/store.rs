@@ -921,6 +921,9 @@ pub fn compress_file_against(
         if let Some(c) = &checkpoint {
             check_reused(&src, c, plan, &pdir)?;
         }
+        // (Declared before the writer, so that it is dropped after it.)
+        let mut until_checkpoint =
+            UntilCheckpoint((opts.resume && checkpoint.is_none()).then(|| pdir.clone()));
         let mut writer = if opts.resume {
             ContainerWriter::resumable(
                 dst,
@@ -1077,6 +1080,7 @@ pub fn compress_file_against(
                         data_hash: Some(writer.written_hash()),
                     },
                 )?;
+                until_checkpoint.0 = None;
                 abort_if("window", window_no);
             }
         }
@@ -1306,6 +1310,19 @@ struct Shared<'a> {
     /// Windows each side (coding, hashing) is done with.
     passed: [AtomicUsize; 2],
     stop: AtomicBool,
+}
+
+/// A fresh resumable run's progress directory until its first checkpoint: a run that stops
+/// with an error before then leaves nothing a resume could use (a partial file without a
+/// checkpoint, as large as a window), so the directory goes.
+struct UntilCheckpoint(Option<std::path::PathBuf>);
+
+impl Drop for UntilCheckpoint {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
 }
 
 struct StopOnDrop<'a>(Option<std::sync::Arc<Shared<'a>>>);

@@ -647,3 +647,25 @@ fn directory_resume_refuses_other_flags() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(!out.join(".bigsmall-resume.json").exists());
 }
+
+/// A fresh `--resume` run that fails before its first checkpoint (here a file-size limit, as
+/// a full disk would) leaves no progress directory: without a checkpoint, its partial file
+/// could never be resumed.
+#[test]
+fn a_resumable_run_failing_before_its_first_checkpoint_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.bs");
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 100; exec \"$0\" compress \"$1\" -o \"$2\" --resume --no-progress")
+        .arg(env!("CARGO_BIN_EXE_bigsmall"))
+        .arg(fixture("smollm-bf16.safetensors"))
+        .arg(&out)
+        .env("BIGSMALL_WINDOW_BYTES", "10000000")
+        .output()
+        .expect("sh runs");
+    let e = fails(&o, 1);
+    assert!(e.contains("File too large"), "{e}");
+    assert!(!out.exists());
+    assert!(!dir.path().join("r.bs.progress").exists());
+}
