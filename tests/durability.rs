@@ -516,11 +516,7 @@ fn resume_refuses_a_source_rewritten_with_its_time_kept() {
 #[test]
 fn resume_refuses_a_damaged_partial_file() {
     let dir = tempfile::tempdir().unwrap();
-    let src = fixture("smollm-bf16.safetensors");
-    let out = dir.path().join("r.bs");
-    assert!(!compress_resumable(&src, &out, Some("window:2"), &[])
-        .status
-        .success());
+    let (src, out) = interrupted_copy(dir.path());
     let partial = dir.path().join("r.bs.progress").join("partial.bs");
     let mut bytes = fs::read(&partial).unwrap();
     bytes[1000] ^= 0xff;
@@ -618,11 +614,7 @@ fn a_plain_run_removes_a_stale_checkpoint() {
 #[test]
 fn resume_refuses_a_checkpoint_from_an_earlier_build() {
     let dir = tempfile::tempdir().unwrap();
-    let src = fixture("smollm-bf16.safetensors");
-    let out = dir.path().join("r.bs");
-    assert!(!compress_resumable(&src, &out, Some("window:2"), &[])
-        .status
-        .success());
+    let (src, out) = interrupted_copy(dir.path());
     let state = dir.path().join("r.bs.progress").join("state.json");
     let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&state).unwrap()).unwrap();
     let o = v.as_object_mut().unwrap();

@@ -160,17 +160,21 @@ pub fn create(file: &Path) -> Result<u64> {
     Ok(len)
 }
 
+/// A read-only map of `file` (a pipe or device refused), `None` for an empty file, which
+/// cannot be mapped.
+fn map_file(file: &Path) -> Result<Option<memmap2::Mmap>> {
+    let f = crate::fsutil::open_regular(file)?;
+    let len = f.metadata().map_err(|e| Error::io(file, e))?.len();
+    // SAFETY: read-only map of a file bigsmall does not modify while it is mapped.
+    (len > 0)
+        .then(|| unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(file, e)))
+        .transpose()
+}
+
 /// Writes the sidecar of `file` to be committed as `path` (which the caller does once `file`
 /// is in place), and returns it with its length.
 pub fn stage(file: &Path, path: &Path) -> Result<(AtomicFile, u64)> {
-    let f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
-    let len = f.metadata().map_err(|e| Error::io(file, e))?.len();
-    // SAFETY: read-only map of a file we do not modify; an empty file needs no map.
-    let map = if len > 0 {
-        Some(unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(file, e))?)
-    } else {
-        None
-    };
+    let map = map_file(file)?;
     let data: &[u8] = map.as_deref().unwrap_or(&[]);
     let header = Header {
         data_len: data.len() as u64,
@@ -380,14 +384,8 @@ pub fn check_or_repair_with(
     progress: &dyn crate::progress::Progress,
 ) -> Result<EccReport> {
     let (side, header, header_damaged) = open_sidecar(sidecar)?;
-    let f = crate::fsutil::open_regular(file)?;
-    let len = f.metadata().map_err(|e| Error::io(file, e))?.len();
-    // SAFETY: read-only map; an empty file needs no map.
-    let map = if len > 0 {
-        Some(unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(file, e))?)
-    } else {
-        None
-    };
+    let map = map_file(file)?;
+    let len = map.as_ref().map_or(0, |m| m.len() as u64);
     // Bytes past the recorded length are not the file's: the blocks are checked without
     // them (a sidecar for another file still disagrees nearly everywhere, below).
     let all: &[u8] = map.as_deref().unwrap_or(&[]);
