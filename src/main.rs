@@ -16,5 +16,11 @@ fn main() {
             cli::exit_code(&err)
         }
     };
+    // A report that could not be written is a failure, unless the command failed already.
+    let code = if code == 0 && cli::output_failed() {
+        1
+    } else {
+        code
+    };
     std::process::exit(code);
 }

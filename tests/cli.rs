@@ -576,6 +576,51 @@ fn verify_every_mode_passes_on_a_good_file() {
     assert!(a["files"][0]["chunks_checked"].as_u64().expect("n") >= 1);
 }
 
+/// The verdict is the exit code whatever becomes of the report: with stdout a pipe already
+/// closed (`verify bad.bs | true`) a damaged file still exits 3, and its stderr line is
+/// printed; a good file exits 0 (a closed pipe is no failure), and a report that cannot be
+/// written at all (`/dev/full`) is one.
+#[test]
+fn verify_verdict_survives_a_closed_stdout() {
+    let (dir, _src, bs) = compressed_smollm();
+    let bad = dir.path().join("bad.bs");
+    fs::copy(&bs, &bad).expect("copy");
+    xor_byte(&bad, 30_000, 1);
+    let with_closed_stdout = |args: &[&str]| {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        std::process::Command::new(env!("CARGO_BIN_EXE_bigsmall"))
+            .args(args)
+            .stdout(writer)
+            .output()
+            .expect("runs")
+    };
+    for json in [false, true] {
+        let mut args = vec!["verify", path_str(&bad)];
+        if json {
+            args.push("--json");
+        }
+        let o = with_closed_stdout(&args);
+        assert_eq!(code(&o), 3, "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("verification failed"), "{}", stderr(&o));
+        let o = with_closed_stdout(&["verify", path_str(&bs)]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    if Path::new("/dev/full").exists() {
+        let full = fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("opens");
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_bigsmall"))
+            .args(["verify", path_str(&bs)])
+            .stdout(full)
+            .output()
+            .expect("runs");
+        assert_eq!(code(&o), 1, "{}", stderr(&o));
+        assert!(stderr(&o).contains("cannot write output"), "{}", stderr(&o));
+    }
+}
+
 /// Storage mode promises the smallest file: on every fixture no tensor is stored larger than
 /// in balanced mode (zstd's high level is not always smaller on a few KiB: both are tried).
 #[test]

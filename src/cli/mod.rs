@@ -18,6 +18,7 @@ mod verify;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -129,16 +130,33 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     }
 }
 
-/// Writes to stdout; a closed pipe (`| head`) ends the program quietly.
+/// Writes to stdout. A closed pipe (`| head`) drops the rest of the output quietly; any other
+/// failure is reported once. Either way the command goes on, so that its verdict (exit 3 from
+/// `verify`) and its stderr lines are not lost with the report (see `output_failed`).
 pub fn emit(text: &str) {
+    if STDOUT.load(Ordering::Relaxed) != STDOUT_OK {
+        return;
+    }
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
+            STDOUT.store(STDOUT_CLOSED, Ordering::Relaxed);
+        } else {
+            eprintln!("bigsmall: cannot write output: {e}");
+            STDOUT.store(STDOUT_FAILED, Ordering::Relaxed);
         }
-        eprintln!("bigsmall: cannot write output: {e}");
-        std::process::exit(1);
     }
+}
+
+const STDOUT_OK: u8 = 0;
+const STDOUT_CLOSED: u8 = 1;
+const STDOUT_FAILED: u8 = 2;
+static STDOUT: AtomicU8 = AtomicU8::new(STDOUT_OK);
+
+/// Whether writing the report failed (other than on a closed pipe): a command that found
+/// nothing wrong then exits 1, since its caller did not get the report.
+pub fn output_failed() -> bool {
+    STDOUT.load(Ordering::Relaxed) == STDOUT_FAILED
 }
 
 pub fn emit_json<T: serde::Serialize>(value: &T) {
