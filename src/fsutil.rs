@@ -66,11 +66,20 @@ pub fn remove_temps_on_interrupt() {
         // The lock is held while removing so no writer registers a new one meanwhile.
         if let Ok(t) = TEMPS.lock() {
             for p in t.iter() {
-                let _ = if p.is_dir() {
-                    fs::remove_dir_all(p)
+                if p.is_dir() {
+                    // Coding threads still running may add a file to a staged directory (a
+                    // shard renamed into place, a temporary created before it is listed)
+                    // after its listing was read: then the directory is not empty and is
+                    // tried again. They cannot add many: listing a new one waits for the lock.
+                    for _ in 0..100 {
+                        if fs::remove_dir_all(p).is_ok() || !p.exists() {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
                 } else {
-                    fs::remove_file(p)
-                };
+                    let _ = fs::remove_file(p);
+                }
             }
         }
         match KEPT.lock().ok().and_then(|k| k.clone()) {
