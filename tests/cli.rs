@@ -1657,6 +1657,44 @@ fn a_shard_missing_from_a_model_directory_is_refused() {
         );
     }
     assert!(!out.exists());
+
+    // Without the index, the shards' names still count them.
+    let index = model.join("model.safetensors.index.json");
+    let listing = fs::read(&index).expect("index");
+    fs::remove_file(&index).expect("rm");
+    for args in [
+        vec!["compress", path_str(&model), "-o", path_str(&out)],
+        vec!["scan", path_str(&model)],
+    ] {
+        let e = fails(&run(&args), 1);
+        assert!(
+            e.contains("model-00002-of-00002.safetensors") && e.contains("count 2"),
+            "{args:?}: {e}"
+        );
+    }
+    // An index that cannot be read cannot vouch for the shards: refused, not carried blind.
+    fs::copy(
+        fixture("sharded").join("model-00002-of-00002.safetensors"),
+        model.join("model-00002-of-00002.safetensors"),
+    )
+    .expect("copy");
+    for garbled in [
+        b"{\"weight_map\": {".to_vec(),
+        b"{\"weight_map\": []}".to_vec(),
+        b"[]".to_vec(),
+    ] {
+        fs::write(&index, &garbled).expect("write");
+        let e = fails(
+            &run(["compress", path_str(&model), "-o", path_str(&out)]),
+            1,
+        );
+        assert!(
+            e.contains("model.safetensors.index.json") && e.contains("not a readable shard index"),
+            "{e}"
+        );
+    }
+    fs::write(&index, &listing).expect("write");
+    ok(&run(["compress", path_str(&model), "-o", path_str(&out)]));
     assert_no_leftovers(dir.path());
 }
 
