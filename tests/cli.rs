@@ -1698,6 +1698,42 @@ fn a_shard_missing_from_a_model_directory_is_refused() {
     assert_no_leftovers(dir.path());
 }
 
+/// `verify DIR --source MODEL` says OK only if the model directory can be rebuilt in full: a
+/// weight or side file in the source that the compressed directory does not hold is a
+/// mismatch (hidden entries, which compress skips, are not).
+#[test]
+fn verify_source_dir_finds_files_the_container_lacks() {
+    let dir = tmp();
+    let bs = dir.path().join("model.bs");
+    ok(&run([
+        "compress",
+        path_str(&fixture("sharded")),
+        "-o",
+        path_str(&bs),
+    ]));
+    let model = dir.path().join("model");
+    copy_tree(&fixture("sharded"), &model);
+    fs::write(model.join(".gitattributes"), "*.safetensors filter=lfs\n").expect("write");
+    let out = ok(&run([
+        "verify",
+        path_str(&bs),
+        "--source",
+        path_str(&model),
+    ]));
+    assert_eq!(last_line(&out), "OK", "{out}");
+    fs::copy(fixture("ints.safetensors"), model.join("extra.safetensors")).expect("copy");
+    fs::write(model.join("generation_config.json"), "{}").expect("write");
+    let o = run(["verify", path_str(&bs), "--source", path_str(&model)]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let out = stdout(&o);
+    for name in ["extra.safetensors", "generation_config.json"] {
+        assert!(
+            out.contains(&format!("{name}: in the source but not in")),
+            "{out}"
+        );
+    }
+}
+
 /// A compressed directory's side files (config, tokenizer) carry md5 receipts in its index:
 /// one replaced is damage for verify, decompress and transcode (exit 3, nothing written), and
 /// `verify --source` compares them with the source's. An index from before the receipts

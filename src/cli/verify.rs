@@ -125,6 +125,34 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                     Err(e) => problems.push(format!("{}: {e}", theirs.display())),
                 }
             }
+            // OK must mean the source directory can be rebuilt in full: a weight or side
+            // file there that the compressed directory does not hold is a mismatch too.
+            // (Hidden entries are not part of a model: compress skips them.)
+            let held: std::collections::HashSet<&str> = index
+                .shards
+                .iter()
+                .map(|s| s.source.as_str())
+                .chain(index.side_files.iter().map(String::as_str))
+                .collect();
+            match bigsmall::model::dir::scan_dir(src) {
+                Ok(listing) => {
+                    for rel in listing.weights.iter().chain(&listing.side_files) {
+                        let name = rel
+                            .components()
+                            .map(|c| c.as_os_str().to_string_lossy())
+                            .collect::<Vec<_>>()
+                            .join("/");
+                        if !held.contains(name.as_str()) {
+                            problems.push(format!(
+                                "{}: in the source but not in {}",
+                                src.join(rel).display(),
+                                a.file.display()
+                            ));
+                        }
+                    }
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
         }
         if !problems.is_empty() {
             reports.push(VerifyReport {
