@@ -60,6 +60,22 @@ fn packed_index(m: &[u8]) -> std::result::Result<(Trailer, &[u8]), &'static str>
     Ok((trailer, packed))
 }
 
+/// Whether the trailer, the index checksum and the index itself (inflated, parsed and
+/// checked under this build's rules) read as this build's format.
+fn index_reads_as_ours(m: &[u8]) -> bool {
+    let Ok((trailer, packed)) = packed_index(m) else {
+        return false;
+    };
+    if trailer.index_json_len > MAX_INDEX_JSON {
+        return false;
+    }
+    zstd::bulk::decompress(packed, trailer.index_json_len as usize)
+        .ok()
+        .filter(|json| json.len() as u64 == trailer.index_json_len)
+        .and_then(|json| serde_json::from_slice::<Index>(&json).ok())
+        .is_some_and(|index| validate(&index, trailer.index_offset).is_ok())
+}
+
 impl Container {
     pub fn open(path: &Path) -> Result<Container> {
         if path.is_dir() {
@@ -91,8 +107,16 @@ impl Container {
         let major = u16::from_le_bytes([mmap[8], mmap[9]]);
         let minor = u16::from_le_bytes([mmap[10], mmap[11]]);
         if major > MAJOR {
-            // A flipped bit in the version reads as a newer format too: where the rest reads
-            // as this build's format, the error says so.
+            // A flipped bit in the version reads as a newer format too. Where the whole rest
+            // (trailer, index checksum, the index under this build's rules) reads as this
+            // build's format, the version bytes are what is damaged; where only the trailer
+            // does, the error says it may be either.
+            if index_reads_as_ours(&mmap) {
+                return Err(bad(format!(
+                    "damaged: its version bytes read {major}.{minor}, but its trailer, index \
+                     checksum and index read as format {MAJOR}.{MINOR}"
+                )));
+            }
             let hint = if packed_index(&mmap).is_ok() {
                 "; or its version bytes are damaged, since its trailer and index checksum read as this build's format"
             } else {
