@@ -103,6 +103,42 @@ pub fn file_size_limit_is_an_error() {
     }
 }
 
+/// Inputs are mapped, and a read of a mapped page that no longer exists (the file truncated
+/// by another program meanwhile) or cannot be read (a failing device) is a SIGBUS, which
+/// would kill the process with "Bus error" and its temporary outputs left behind. This
+/// handler says what happened on one line, removes the temporary files it can and exits 1.
+/// It does only what a signal handler may: no allocation, no lock it could wait on.
+pub fn stop_on_sigbus() {
+    extern "C" fn on_sigbus(_: libc::c_int) {
+        const MSG: &[u8] = b"bigsmall: an input became unreadable while mapped (truncated by \
+another program, or a read error on its device); stopped, nothing written under the output's name\n";
+        // SAFETY: write(2) and unlink(2) are async-signal-safe; the buffers are on the stack
+        // or static, and `try_lock` never waits.
+        unsafe {
+            libc::write(2, MSG.as_ptr().cast(), MSG.len());
+            if let Ok(t) = TEMPS.try_lock() {
+                for p in t.iter() {
+                    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str());
+                    let mut c = [0u8; 4096];
+                    if bytes.len() < c.len() && !bytes.contains(&0) {
+                        c[..bytes.len()].copy_from_slice(bytes);
+                        // A staged directory is not empty and stays; a file goes.
+                        libc::unlink(c.as_ptr().cast());
+                    }
+                }
+            }
+            libc::_exit(1);
+        }
+    }
+    // SAFETY: installs a handler that only calls async-signal-safe functions (above).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigbus as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+    }
+}
+
 /// An input that is a pipe or a device: bigsmall maps its inputs (random access, bounded
 /// memory), which a stream cannot give.
 pub fn not_a_regular_file(path: &Path) -> Error {

@@ -9,6 +9,7 @@ fn main() {
     let args = cli::Cli::parse();
     bigsmall::fsutil::remove_temps_on_interrupt();
     bigsmall::fsutil::file_size_limit_is_an_error();
+    bigsmall::fsutil::stop_on_sigbus();
     let code = match cli::run(args) {
         Ok(code) => code,
         Err(err) => {

@@ -507,6 +507,11 @@ macro_rules! encode_step {
 /// `t[i]` for each of 16 indices below `32 * K`, the table's first `32 * K` entries held
 /// in registers (`t[j]` entries `16j..16j + 16`): one two-register permute per 32 entries on
 /// the index's low five bits, then blends on its higher bits.
+///
+/// # Safety
+/// The CPU must support AVX-512 F; inlined into an AVX-512 kernel (its only caller), whose
+/// features it then has. It touches no memory, so any index is safe (one of `32 * K` or more
+/// reads as itself modulo `32 * K`, never outside).
 #[inline(always)]
 unsafe fn lookup_regs<const K: usize>(t: &[__m512i; 16], idx: __m512i) -> __m512i {
     let mut p = [_mm512_setzero_si512(); 8];
@@ -545,7 +550,8 @@ pub unsafe fn rans_encode_word_groups(
     words: &mut [u16],
     at: &mut usize,
 ) {
-    debug_assert!(freq_cum.len().is_power_of_two());
+    // Values are masked into the table: a length not a power of two would let them out.
+    assert!(freq_cum.len().is_power_of_two());
     let mask = _mm512_set1_epi32(i32::from(key.mask));
     let shift = _mm_cvtsi32_si128(key.shift as i32);
     let l = i32::from(key.lsb);
@@ -737,7 +743,8 @@ pub unsafe fn palette_build_blocks(
     count: &mut usize,
 ) {
     let blocks = words.len() / 32;
-    debug_assert!(index.len() >= blocks * 32 && palette.len() >= *count + 32 * blocks);
+    // The stores below write whole blocks at `count` and at each block's index.
+    assert!(index.len() >= blocks * 32 && palette.len() >= *count + 32 * blocks);
     let mut iota = [0u16; 32];
     for (j, v) in iota.iter_mut().enumerate() {
         *v = j as u16;
@@ -774,7 +781,8 @@ pub unsafe fn palette_build_blocks(
 
 /// The positions and values of the nonzero words of whole 32-word runs, appended to `at` and
 /// `values` by compressing each run's nonzero lanes (no branch per word). Stops with `false`
-/// as soon as more than `limit` are found; both vectors need room for `limit + 64` entries.
+/// as soon as more than `limit` are found in all (the vectors' lengths, equal, count); both
+/// vectors need room for `limit + 64` entries (checked).
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, BW and VBMI2; `words.len()` must be a multiple of 32 and
@@ -786,7 +794,13 @@ pub unsafe fn nonzero_runs(
     values: &mut Vec<u16>,
     limit: usize,
 ) -> bool {
-    debug_assert!(at.capacity() >= limit + 64 && values.capacity() >= limit + 64);
+    // Every store starts at the count so far, at most `limit`, and writes 32 entries.
+    assert!(
+        at.len() == values.len()
+            && at.len() <= limit
+            && at.capacity() >= limit + 64
+            && values.capacity() >= limit + 64
+    );
     let mut k = at.len();
     let (ap, vp) = (at.as_mut_ptr(), values.as_mut_ptr());
     let lo = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);

@@ -17,10 +17,21 @@ pub struct BlobArena {
     /// The mapping's start, for the concurrent copies `put` makes into disjoint ranges.
     base: *mut u8,
     used: AtomicUsize,
+    /// Counts `clear`s: a slot is only good for the generation that made it.
+    generation: u64,
 }
 
-// SAFETY: `put` hands every caller a range of its own (an atomic bump) and writes only there;
-// reads go through `&self` of ranges whose writes happened before (see `get`).
+/// A blob's place in its arena: made only by `put`, after the blob is written, so whoever
+/// holds one holds bytes that are complete (the slot crossed threads the way any value does,
+/// with the synchronisation that gives).
+pub struct Slot {
+    range: Range<usize>,
+    generation: u64,
+}
+
+// SAFETY: `put` hands every caller a range of its own (an atomic bump) and writes only there,
+// and hands it out only once written; `get` reads only through such a slot of the current
+// generation (`clear`, which needs `&mut`, starts a new one), so no read meets a write.
 unsafe impl Sync for BlobArena {}
 // SAFETY: the pointer is into the mapping the arena owns.
 unsafe impl Send for BlobArena {}
@@ -44,11 +55,12 @@ impl BlobArena {
             map,
             base,
             used: AtomicUsize::new(0),
+            generation: 0,
         })
     }
 
-    /// Copies `blob` in; its range, or `None` when the arena is full.
-    pub fn put(&self, blob: &[u8]) -> Option<Range<usize>> {
+    /// Copies `blob` in; its slot, or `None` when the arena is full.
+    pub fn put(&self, blob: &[u8]) -> Option<Slot> {
         let start = self.used.fetch_add(blob.len(), Ordering::Relaxed);
         let end = start.checked_add(blob.len())?;
         if end > self.map.len() {
@@ -57,24 +69,36 @@ impl BlobArena {
         }
         // SAFETY: `start..end` lies inside the mapping and no other caller got any part of it.
         unsafe { std::ptr::copy_nonoverlapping(blob.as_ptr(), self.base.add(start), blob.len()) };
-        Some(start..end)
+        Some(Slot {
+            range: start..end,
+            generation: self.generation,
+        })
     }
 
-    /// The bytes of a range `put` returned. The caller must have seen the `put` complete
-    /// (e.g. by joining the threads that coded the window).
-    pub fn get(&self, r: Range<usize>) -> &[u8] {
-        &self.map[r]
+    /// The bytes of a blob `put` placed since the last `clear`.
+    pub fn get(&self, slot: &Slot) -> &[u8] {
+        assert!(
+            slot.generation == self.generation && slot.range.end <= self.map.len(),
+            "a blob read from an arena that was cleared since, or another arena"
+        );
+        // SAFETY: in the mapping (checked); written before the slot existed, and not written
+        // again in this generation (`put` never hands out a range twice). Built from the raw
+        // start, not the mapping's `Deref`, which would borrow all of it while other threads
+        // write their own ranges.
+        unsafe { std::slice::from_raw_parts(self.base.add(slot.range.start), slot.range.len()) }
     }
 
-    /// Empties the arena for the next window (its pages stay mapped).
+    /// Empties the arena for the next window (its pages stay mapped); slots of the blobs in
+    /// it are no longer good.
     pub fn clear(&mut self) {
         *self.used.get_mut() = 0;
+        self.generation += 1;
     }
 }
 
 /// A coded blob: in a window's arena, or on the heap when the arena had no room.
 pub enum Blob {
-    Arena(Range<usize>),
+    Arena(Slot),
     Heap(Vec<u8>),
 }
 
@@ -89,7 +113,7 @@ impl Blob {
 
     pub fn bytes<'a>(&'a self, arena: Option<&'a BlobArena>) -> &'a [u8] {
         match (self, arena) {
-            (Blob::Arena(r), Some(a)) => a.get(r.clone()),
+            (Blob::Arena(s), Some(a)) => a.get(s),
             (Blob::Heap(v), _) => v,
             (Blob::Arena(_), None) => unreachable!("an arena blob is read with its arena"),
         }
@@ -121,8 +145,12 @@ mod tests {
             assert_eq!(b.bytes(Some(&a)), &want[..]);
         }
         a.clear();
-        let r = a.put(&[7; 100]).expect("room again after clear");
-        assert_eq!(a.get(r), &[7; 100][..]);
+        let s = a.put(&[7; 100]).expect("room again after clear");
+        assert_eq!(a.get(&s), &[7; 100][..]);
         assert!(a.put(&[1]).is_none());
+        // A slot from before a clear is refused, not read while its bytes are rewritten.
+        a.clear();
+        let stale = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| a.get(&s).len()));
+        assert!(stale.is_err());
     }
 }

@@ -175,8 +175,8 @@ impl SafetensorsFile {
         if meta.len() < 8 {
             return Err(bad(format!("only {} bytes long", meta.len())));
         }
-        // SAFETY: the map is read-only; bigsmall never writes to its inputs. A file truncated
-        // by another process while mapped is outside what any mmap reader can defend against.
+        // SAFETY: the map is read-only; bigsmall never writes to its inputs. Changed bytes are
+        // only wrong data; another process truncating it while mapped makes a read past its new end a SIGBUS, which `fsutil::stop_on_sigbus` turns into a one-line error.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let (n, metadata) =
             SafeTensors::read_metadata(&mmap).map_err(|e| bad(explain(&e, &mmap)))?;
