@@ -49,11 +49,18 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         format!("{:.1}%", s.bf16_native_bytes_frac * 100.0),
     );
     out += &kv(
-        "entropy bound:",
+        "order-0 entropy:",
         format!(
-            "{:.2}% H(s,e)+H(m|e); {:.2}% H(e)+raw (zeroth order, per tensor)",
+            "{:.2}% H(s,e)+H(m|e); {:.2}% H(e)+raw",
             s.bound_conditional_pct, s.bound_exponent_raw_pct
         ),
+    );
+    // What the figures are: the bound an order-0 coder of the float fields meets, not the
+    // file's. Repeated values, structure and non-float tensors are where compress goes under.
+    out += &kv(
+        "",
+        "(float fields at order 0, other tensors raw; repeats that zstd or palettes find go below)"
+            .to_string(),
     );
     out += &kv("recommendation:", s.recommendation.clone());
     emit(&out);
