@@ -621,6 +621,38 @@ fn verify_verdict_survives_a_closed_stdout() {
     }
 }
 
+/// Tensor names come from files: a crafted one with a newline or a terminal escape sequence
+/// is printed escaped, so it can neither split a report's rows nor reach the terminal.
+#[test]
+fn control_characters_in_names_are_printed_escaped() {
+    let dir = tmp();
+    let mut rng = Rng(5);
+    let src = dir.path().join("names.safetensors");
+    let names = ["ab\nrow", "\u{1b}[31mred"];
+    let tensors: Vec<T> = names
+        .iter()
+        .map(|n| t(n, "BF16", &[64, 64], bf16_weights(&mut rng, 64 * 64, 0.02)))
+        .collect();
+    fs::write(&src, safetensors(&tensors, None)).expect("write");
+    let bs = dir.path().join("names.bs");
+    ok(&run(["compress", path_str(&src), "-o", path_str(&bs)]));
+    let other = dir.path().join("other.safetensors");
+    fs::write(&other, safetensors(&tensors[..1], None)).expect("write");
+    for args in [
+        vec!["info", path_str(&bs)],
+        vec!["stat", path_str(&bs)],
+        vec!["diff", path_str(&src), path_str(&other), "--all"],
+    ] {
+        let out = ok(&run(&args));
+        assert!(!out.contains('\u{1b}'), "{args:?}: {out}");
+        assert!(out.contains("\\u{1b}[31mred"), "{args:?}: {out}");
+        assert!(
+            out.contains("ab\\nrow") && !out.contains("ab\nrow"),
+            "{args:?}: {out}"
+        );
+    }
+}
+
 /// Storage mode promises the smallest file: on every fixture no tensor is stored larger than
 /// in balanced mode (zstd's high level is not always smaller on a few KiB: both are tried).
 #[test]

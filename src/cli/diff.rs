@@ -114,7 +114,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             (Some(x), None) => format!("{} {:?} {}", x.dtype, x.shape, human(x.bytes)),
             (None, None) => String::new(),
         };
-        s += &format!("  {:<9} {}  {}\n", row.status, row.name, desc);
+        s += &format!(
+            "  {:<9} {}  {}\n",
+            row.status,
+            super::printable(&row.name),
+            desc
+        );
     }
     for m in &r.metadata {
         let text = |v: &Option<String>| {

@@ -46,7 +46,7 @@ fn ranked(title: &str, rows: &[TensorStat]) -> String {
         s += &format!(
             "    {:>7.2}%  {}  ({} -> {}{})\n",
             t.ratio_pct.unwrap_or(0.0),
-            t.name,
+            super::printable(&t.name),
             human(t.raw_bytes),
             human(t.stored_bytes),
             t.shard

@@ -110,7 +110,31 @@ pub fn one_line(err: &anyhow::Error) -> String {
             s.push_str(&c);
         }
     }
-    s.replace('\n', " ")
+    printable(&s.replace('\n', " ")).into_owned()
+}
+
+/// A name (a tensor's, a file's) as it is safe to print: control characters, which a crafted
+/// file could use to split a table row or send a terminal escape sequence, shown escaped
+/// (`\n`, `\u{1b}`).
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    escape_controls(s, |_| false)
+}
+
+/// `s` with its control characters escaped, except those `keep` lets through.
+fn escape_controls(s: &str, keep: fn(char) -> bool) -> std::borrow::Cow<'_, str> {
+    let escaped = |c: char| c.is_control() && !keep(c);
+    if !s.chars().any(escaped) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if escaped(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
 }
 
 pub fn exit_code(err: &anyhow::Error) -> i32 {
@@ -137,6 +161,9 @@ pub fn emit(text: &str) {
     if STDOUT.load(Ordering::Relaxed) != STDOUT_OK {
         return;
     }
+    // Names are escaped where they are printed (`printable`); this catches any other place a
+    // control character from a file could reach the terminal through.
+    let text = escape_controls(text, |c| c == '\n' || c == '\t');
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {

@@ -72,7 +72,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         emit_json(&rows);
         return Ok(0);
     }
-    let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    let w = rows
+        .iter()
+        .map(|r| super::printable(&r.name).chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     // A directory's rows say which shard holds them (their # counts within it).
     let sw = sharded.then(|| {
         rows.iter()
@@ -107,7 +112,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             "{}{:>5}  {:<w$}  {:<18} {:<8} {:<14} {:>11} {:>11} {:>8}\n",
             shard_col(r.shard.as_deref().unwrap_or("")),
             r.index,
-            r.name,
+            super::printable(&r.name),
             shape,
             r.dtype,
             r.codec,
