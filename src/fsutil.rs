@@ -176,8 +176,33 @@ pub fn check_container_output(path: &Path, overwrite: bool) -> Result<()> {
 /// written to, and a file a directory output lands on (or the reverse) is more likely a
 /// mistyped path than an old output. An empty directory takes a directory output freely.
 pub fn check_output_as(path: &Path, overwrite: bool, dir: bool) -> Result<()> {
+    if !dir && path.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        return Err(Error::invalid(
+            path,
+            "ends in '/', and this output is a file: give a file name",
+        ));
+    }
     let Ok(meta) = fs::symlink_metadata(path) else {
-        return Ok(());
+        // Said here, before any work, rather than as a bare "No such file or directory" when
+        // the output is created.
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        return match fs::metadata(parent) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(Error::invalid(
+                path,
+                format!("cannot be created: {} is not a directory", parent.display()),
+            )),
+            Err(_) => Err(Error::invalid(
+                path,
+                format!(
+                    "cannot be created: its folder {} does not exist",
+                    parent.display()
+                ),
+            )),
+        };
     };
     let kind = meta.file_type();
     let empty_dir = || fs::read_dir(path).is_ok_and(|mut d| d.next().is_none());

@@ -1975,6 +1975,31 @@ fn wrong_kinds_of_input_and_output_are_named() {
         assert!(stdout(&o).is_empty(), "{args:?}");
     }
     assert!(!Path::new("-").exists());
+    // An output that cannot be created is said so before any work, in words: an empty name
+    // (usage), a file name ending in '/', a folder that does not exist, a file as folder.
+    let o = run(["compress", path_str(&src), "-o", ""]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("empty output path"), "{}", stderr(&o));
+    let missing = dir.path().join("nope").join("x.bs");
+    let slash = format!("{}/", dir.path().join("newdir").display());
+    let under_file = src.join("x.safetensors");
+    for (args, want) in [
+        (
+            vec!["compress", path_str(&src), "-o", path_str(&missing)],
+            "its folder",
+        ),
+        (
+            vec!["compress", path_str(&src), "-o", &slash],
+            "ends in '/'",
+        ),
+        (
+            vec!["decompress", path_str(&bs), "-o", path_str(&under_file)],
+            "is not a directory",
+        ),
+    ] {
+        let e = fails(&run(&args), 1);
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
     // The input as its own base is a usage error: the patch would need the input to decode.
     let patch = dir.path().join("p.bs");
     let o = run([

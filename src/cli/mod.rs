@@ -88,6 +88,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 /// Parses an output path. `-` is refused as a usage error: every output is written under a
 /// temporary name and renamed into place, which standard output cannot be.
 pub fn output_path(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        return Err("an empty output path: give a file name".into());
+    }
     if s == "-" {
         return Err("writing to standard output is not supported: give a file name (./- for a file named -)".into());
     }
