@@ -653,6 +653,40 @@ fn control_characters_in_names_are_printed_escaped() {
     }
 }
 
+/// A directory given as `.` (run inside it) gets its default output beside it and named after
+/// it, as `model/` does: `model.bs` from `model`, and `model` back from `model.bs` (refused
+/// while that name is taken), never inside the input.
+#[test]
+fn default_outputs_of_dot_land_beside_the_directory() {
+    let dir = tmp();
+    let model = dir.path().join("model");
+    copy_tree(&fixture("sharded"), &model);
+    let o = bigsmall()
+        .current_dir(&model)
+        .args(["compress", ".", "--no-progress"])
+        .output()
+        .expect("runs");
+    ok(&o);
+    let bs = dir.path().join("model.bs");
+    assert!(bs.join("bigsmall.index.json").is_file());
+    // Decompressing `.` inside model.bs names the output `model` beside it: taken, refused.
+    let o = bigsmall()
+        .current_dir(&bs)
+        .args(["decompress", ".", "--no-progress"])
+        .output()
+        .expect("runs");
+    let e = fails(&o, 1);
+    assert!(e.contains("already exists"), "{e}");
+    fs::remove_dir_all(&model).expect("rm");
+    let o = bigsmall()
+        .current_dir(&bs)
+        .args(["decompress", ".", "--no-progress"])
+        .output()
+        .expect("runs");
+    ok(&o);
+    assert_eq!(tree(&model), tree(&fixture("sharded")));
+}
+
 /// Storage mode promises the smallest file: on every fixture no tensor is stored larger than
 /// in balanced mode (zstd's high level is not always smaller on a few KiB: both are tried).
 #[test]

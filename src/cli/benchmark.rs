@@ -55,7 +55,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         );
         if let (Some(mb_s), Some(secs)) = (r.compress_mb_s, r.compress_seconds) {
             s += &format!(
-                "  compress:          {mb_s:.0} MB/s ({secs:.2}s, md5 receipts included)\n"
+                "  compress:          {mb_s:.0} MB/s ({}, md5 receipts included)\n",
+                super::seconds(secs)
             );
         }
         s += &format!(
@@ -63,8 +64,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             r.decode_memory_mb_s, r.decode_memory_seconds, r.decode_memory_runs
         );
         s += &format!(
-            "  decompress (file): {:.0} MB/s ({:.2}s)\n",
-            r.decompress_file_mb_s, r.decompress_file_seconds
+            "  decompress (file): {:.0} MB/s ({})\n",
+            r.decompress_file_mb_s,
+            super::seconds(r.decompress_file_seconds)
         );
         s += &format!(
             "  round trip:        {}\n",

@@ -6,7 +6,7 @@ use bigsmall::delta::{auto, open_base, BaseSource};
 use bigsmall::store::{compress_file_against, CompressOptions, CompressReport, DeltaStats};
 use bigsmall::store_dir::compress_dir_against;
 
-use super::{emit, emit_json, thousands, Bar};
+use super::{emit, emit_json, seconds, thousands, Bar};
 
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("base_choice").args(["delta_from", "auto_delta"])))]
@@ -71,19 +71,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let is_dir = a.src.is_dir();
     let dst = a.output.clone().unwrap_or_else(|| {
         if is_dir {
-            // `model/` -> `model.bs` beside it (not `model/.bs` inside it).
-            let name = a
-                .src
-                .canonicalize()
-                .ok()
-                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .unwrap_or_else(|| "model".into());
-            let parent = a
-                .src
-                .components()
-                .as_path()
-                .parent()
-                .unwrap_or(std::path::Path::new(""));
+            // `model/` -> `model.bs` beside it (not `model/.bs` inside it; `.` -> `../NAME.bs`).
+            let src = super::named(&a.src);
+            let name = src
+                .file_name()
+                .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+            let parent = src.parent().unwrap_or(std::path::Path::new(""));
             parent.join(format!("{name}.bs"))
         } else {
             a.src.with_extension("bs")
@@ -309,7 +302,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 ecc_bytes as f64 * 100.0 / r.output_bytes.max(1) as f64
             );
         }
-        s += &format!("elapsed:    {:.2}s ({mb_s:.0} MB/s)\n", r.seconds);
+        s += &format!("elapsed:    {} ({mb_s:.0} MB/s)\n", seconds(r.seconds));
         emit(&s);
     }
     Ok(0)

@@ -69,7 +69,8 @@ pub fn run_with(
     let dir = is_bs_dir(&a.src);
     let dst = a.output.clone().unwrap_or_else(|| {
         if dir {
-            let s = a.src.to_string_lossy();
+            let src = super::named(&a.src);
+            let s = src.to_string_lossy();
             PathBuf::from(
                 s.trim_end_matches('/').trim_end_matches(".bs").to_string()
                     + if s.trim_end_matches('/').ends_with(".bs") {
@@ -114,10 +115,10 @@ pub fn run_with(
             "chunk checksums verified"
         };
         let mut s = format!(
-            "decompressed {} -> {} ({:.2}s, {:.0} MB/s; {} tensors, {checks})\n",
+            "decompressed {} -> {} ({}, {:.0} MB/s; {} tensors, {checks})\n",
             a.src.display(),
             dst.display(),
-            r.seconds,
+            super::seconds(r.seconds),
             r.output_bytes as f64 / r.seconds.max(1e-9) / 1e6,
             r.tensors
         );

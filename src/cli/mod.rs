@@ -97,6 +97,27 @@ pub fn output_path(s: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(s))
 }
 
+/// A directory path whose last component is its name: `model/` as it is, `.` or `a/..` by
+/// where they lead (so that a default output named after it lands beside it, not inside).
+pub fn named(dir: &Path) -> PathBuf {
+    let p = dir.components().as_path();
+    if p.file_name().is_some() {
+        p.to_path_buf()
+    } else {
+        dir.canonicalize().unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// A duration as reports print it: `1.23s`, or `0.004s` under a tenth of a second (where two
+/// decimals would print the `0.00s` of a run that still took time).
+pub fn seconds(s: f64) -> String {
+    if s < 0.1 {
+        format!("{s:.3}s")
+    } else {
+        format!("{s:.2}s")
+    }
+}
+
 /// Ends the run with a usage error (exit 2), as clap does for the errors it finds itself:
 /// for argument combinations clap cannot see (what the files given turn out to be).
 pub fn usage_error(kind: clap::error::ErrorKind, message: &str) -> ! {

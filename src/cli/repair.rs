@@ -80,10 +80,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         );
         if let Some(o) = &output {
             s += &format!(
-                "  wrote {} and {} ({:.2}s, {:.0} MB/s), checksum of the original file verified\n",
+                "  wrote {} and {} ({}, {:.0} MB/s), checksum of the original file verified\n",
                 o.display(),
                 sidecar_path(o).display(),
-                secs,
+                super::seconds(secs),
                 r.data_len as f64 / secs.max(1e-9) / 1e6
             );
         } else if !r.clean {
@@ -218,7 +218,7 @@ fn run_dir(a: Args) -> anyhow::Result<i32> {
         if let Some(o) = &output {
             let bytes: u64 = shards.iter().map(|s| s.report.data_len).sum();
             s += &format!(
-                "  wrote {} ({} with fresh sidecars{}, the index and side files copied; {:.2}s, {:.0} MB/s), every shard's checksum verified\n",
+                "  wrote {} ({} with fresh sidecars{}, the index and side files copied; {}, {:.0} MB/s), every shard's checksum verified\n",
                 o.display(),
                 super::counted(shards.len() - unprotected, "shard"),
                 match unprotected {
@@ -226,7 +226,7 @@ fn run_dir(a: Args) -> anyhow::Result<i32> {
                     1 => ", 1 shard without one copied as it was".to_string(),
                     n => format!(", {n} shards without one copied as they were"),
                 },
-                secs,
+                super::seconds(secs),
                 bytes as f64 / secs.max(1e-9) / 1e6
             );
         } else if !clean {

@@ -118,9 +118,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         s += &format!("  side files: {}\n", r.side_files.join(", "));
     }
     s += &format!(
-        "copied {} bytes in {:.2}s: {:.0} MB/s of model data ({} bytes raw), {:.0} MB/s stored\n",
+        "copied {} bytes in {}: {:.0} MB/s of model data ({} bytes raw), {:.0} MB/s stored\n",
         thousands(r.bytes_copied),
-        r.seconds,
+        super::seconds(r.seconds),
         r.raw_mb_per_s,
         thousands(r.raw_bytes),
         r.stored_mb_per_s,
