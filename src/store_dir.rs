@@ -893,13 +893,15 @@ pub fn missing_side_file(path: &Path) -> Result<()> {
 }
 
 fn listed_part(path: &Path, what: &str) -> Result<()> {
-    if fs::symlink_metadata(path).is_err() {
-        return Err(Error::Incomplete {
-            path: path.to_path_buf(),
-            why: format!("{what} listed in the directory index is missing"),
-        });
-    }
-    Ok(())
+    let why = match fs::metadata(path) {
+        Err(_) if fs::symlink_metadata(path).is_err() => "is missing",
+        Ok(m) if m.is_dir() => "is a directory where a file should be",
+        _ => return Ok(()),
+    };
+    Err(Error::Incomplete {
+        path: path.to_path_buf(),
+        why: format!("{what} listed in the directory index {why}"),
+    })
 }
 
 /// Checks each shard's container against the directory index, so that swapped or replaced

@@ -1860,6 +1860,28 @@ fn side_files_are_checked_against_their_receipts() {
         );
     }
     assert!(!back.exists() && !bsr.exists());
+    // Replaced by a directory: damage for every command, as a missing one is.
+    fs::remove_file(&config).expect("rm");
+    fs::create_dir(&config).expect("mkdir");
+    let o = run(["verify", path_str(&bs)]);
+    assert_eq!(code(&o), 3, "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("where a file should be"),
+        "{}",
+        stdout(&o)
+    );
+    for args in [
+        vec!["decompress", path_str(&bs), "-o", path_str(&back)],
+        vec!["transcode", path_str(&bs), path_str(&bsr)],
+    ] {
+        let e = fails(&run(&args), 3);
+        assert!(
+            e.contains("is a directory where a file should be"),
+            "{args:?}: {e}"
+        );
+    }
+    assert!(!back.exists() && !bsr.exists());
+    fs::remove_dir(&config).expect("rmdir");
     fs::write(&config, &pristine).expect("write");
 
     // Different in the source: verify --source says so.
