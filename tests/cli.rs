@@ -1842,45 +1842,29 @@ fn side_files_are_checked_against_their_receipts() {
     fs::write(&config, b"{\"x\": 1}").expect("write");
     let back = dir.path().join("back");
     let bsr = dir.path().join("t.bs");
-    let o = run(["verify", path_str(&bs)]);
-    assert_eq!(code(&o), 3, "{}", stdout(&o));
-    assert!(
-        stdout(&o).contains("config.json: side file is not the one compressed"),
-        "{}",
-        stdout(&o)
-    );
-    for args in [
-        vec!["decompress", path_str(&bs), "-o", path_str(&back)],
-        vec!["transcode", path_str(&bs), path_str(&bsr)],
-    ] {
-        let e = fails(&run(&args), 3);
-        assert!(
-            e.contains("config.json") && e.contains("md5"),
-            "{args:?}: {e}"
-        );
-    }
-    assert!(!back.exists() && !bsr.exists());
+    // Each damage is reported by verify and refused by decompress and transcode (exit 3).
+    let found_everywhere = |report: &str, error: &dyn Fn(&str) -> bool| {
+        let o = run(["verify", path_str(&bs)]);
+        assert_eq!(code(&o), 3, "{}", stdout(&o));
+        assert!(stdout(&o).contains(report), "{}", stdout(&o));
+        for args in [
+            vec!["decompress", path_str(&bs), "-o", path_str(&back)],
+            vec!["transcode", path_str(&bs), path_str(&bsr)],
+        ] {
+            let e = fails(&run(&args), 3);
+            assert!(error(&e), "{args:?}: {e}");
+        }
+        assert!(!back.exists() && !bsr.exists());
+    };
+    found_everywhere("config.json: side file is not the one compressed", &|e| {
+        e.contains("config.json") && e.contains("md5")
+    });
     // Replaced by a directory: damage for every command, as a missing one is.
     fs::remove_file(&config).expect("rm");
     fs::create_dir(&config).expect("mkdir");
-    let o = run(["verify", path_str(&bs)]);
-    assert_eq!(code(&o), 3, "{}", stdout(&o));
-    assert!(
-        stdout(&o).contains("where a file should be"),
-        "{}",
-        stdout(&o)
-    );
-    for args in [
-        vec!["decompress", path_str(&bs), "-o", path_str(&back)],
-        vec!["transcode", path_str(&bs), path_str(&bsr)],
-    ] {
-        let e = fails(&run(&args), 3);
-        assert!(
-            e.contains("is a directory where a file should be"),
-            "{args:?}: {e}"
-        );
-    }
-    assert!(!back.exists() && !bsr.exists());
+    found_everywhere("where a file should be", &|e| {
+        e.contains("is a directory where a file should be")
+    });
     fs::remove_dir(&config).expect("rmdir");
     fs::write(&config, &pristine).expect("write");
 
