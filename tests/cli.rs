@@ -687,6 +687,36 @@ fn default_outputs_of_dot_land_beside_the_directory() {
     assert_eq!(tree(&model), tree(&fixture("sharded")));
 }
 
+/// A full verify reports every damaged chunk, not only each tensor's first: what a repair or a
+/// re-download has to cover.
+#[test]
+fn verify_reports_every_damaged_chunk() {
+    let dir = tmp();
+    let mut rng = Rng(9);
+    let src = dir.path().join("big.safetensors");
+    let n = 3 << 19; // 3 MiB of BF16: three chunks
+    fs::write(
+        &src,
+        safetensors(
+            &[t("w", "BF16", &[n], bf16_weights(&mut rng, n, 0.02))],
+            None,
+        ),
+    )
+    .expect("write");
+    let bs = dir.path().join("big.bs");
+    ok(&run(["compress", path_str(&src), "-o", path_str(&bs)]));
+    let chunks = Container::open(&bs).expect("opens").chunks(0).to_vec();
+    assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+    for c in [&chunks[0], &chunks[2]] {
+        xor_byte(&bs, c.offset + c.len / 2, 0x10);
+    }
+    let o = run(["verify", path_str(&bs), "--json"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let v = json(&stdout(&o));
+    let problems = v["files"][0]["problems"].as_array().expect("list");
+    assert_eq!(problems.len(), 2, "{problems:?}");
+}
+
 /// Storage mode promises the smallest file: on every fixture no tensor is stored larger than
 /// in balanced mode (zstd's high level is not always smaller on a few KiB: both are tried).
 #[test]

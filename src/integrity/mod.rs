@@ -191,16 +191,20 @@ pub fn verify_with(
                 let te = &c.index.tensors[t];
                 let mut h = Md5::new();
                 let mut buf = Vec::new();
+                // Every damaged chunk is reported, not only a tensor's first (what a repair
+                // or a re-download has to cover); the md5 is only checked when all decoded.
+                let mut whole = true;
                 for (k, ch) in c.chunks(t).iter().enumerate() {
                     buf.resize(ch.raw_len as usize, 0);
+                    progress.advance(ch.raw_len);
                     if let Err(e) = c.decode_chunk_into(t, k, &mut buf) {
                         note(e);
-                        return;
+                        whole = false;
+                    } else if whole {
+                        h.update(&buf);
                     }
-                    progress.advance(ch.raw_len);
-                    h.update(&buf);
                 }
-                if hex(&h.finalize()) != te.md5 {
+                if whole && hex(&h.finalize()) != te.md5 {
                     note(Error::Integrity {
                         path: c.path.clone(),
                         tensor: te.name.clone(),
