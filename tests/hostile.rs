@@ -1042,6 +1042,13 @@ fn hostile_safetensors_are_refused() {
                 &[0u8; 16],
             ),
         ),
+        (
+            "a name twice",
+            safetensors_raw(
+                "{\"a\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]},\"a\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[4,8]}}",
+                &[0u8; 8],
+            ),
+        ),
         ("truncated data", valid[..valid.len() - 4].to_vec()),
         ("trailing data", [valid.clone(), vec![0u8; 4]].concat()),
         ("only the length", 8u64.to_le_bytes().to_vec()),
@@ -1079,6 +1086,7 @@ fn hostile_safetensors_are_refused() {
             "shape overflow" => "tensor 'a': its shape overflows",
             "shape disagrees with offsets" => "need 12 bytes, its data_offsets [0, 16] give 16",
             "header length past the end" => "does not fit in the file",
+            "a name twice" => "names tensor `a` twice",
             _ => "",
         };
         assert!(e.contains(why), "{what}: {e}");

@@ -73,6 +73,35 @@ pub fn elem_kind(d: Dtype) -> ElemKind {
 
 /// What a safetensors parse error means for this file, in its own terms where the crate's
 /// words are vague: which tensor's offsets are wrong, or how much of the data is missing.
+/// The first key a JSON header object holds twice (the safetensors reader keeps one of them
+/// and then finds the offsets do not add up, which would be a puzzling error on its own).
+fn duplicate_name(header: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<Option<String>, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some((key, IgnoredAny)) = map.next_entry::<String, IgnoredAny>()? {
+                if !seen.insert(key.clone()) {
+                    return Ok(Some(key));
+                }
+            }
+            Ok(None)
+        }
+    }
+    serde_json::Deserializer::from_slice(header)
+        .deserialize_map(Keys)
+        .ok()
+        .flatten()
+}
+
 fn explain(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
     use safetensors::SafeTensorError as E;
     let generic = e.to_string();
@@ -83,6 +112,13 @@ fn explain(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
         return generic;
     };
     let data_len = (file.len() as u64).saturating_sub(8).saturating_sub(n);
+    if let Some(name) = usize::try_from(n)
+        .ok()
+        .and_then(|n| file.get(8..8 + n))
+        .and_then(duplicate_name)
+    {
+        return format!("names tensor `{name}` twice in its header ({generic})");
+    }
     if matches!(e, E::InvalidHeaderLength) {
         return format!(
             "header length {n} does not fit in the file ({} bytes): truncated, or not safetensors",
