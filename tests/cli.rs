@@ -617,7 +617,11 @@ fn verify_verdict_survives_a_closed_stdout() {
             .output()
             .expect("runs");
         assert_eq!(code(&o), 1, "{}", stderr(&o));
-        assert!(stderr(&o).contains("cannot write output"), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("cannot write the report to standard output"),
+            "{}",
+            stderr(&o)
+        );
     }
 }
 
@@ -628,7 +632,7 @@ fn control_characters_in_names_are_printed_escaped() {
     let dir = tmp();
     let mut rng = Rng(5);
     let src = dir.path().join("names.safetensors");
-    let names = ["ab\nrow", "\u{1b}[31mred"];
+    let names = ["ab\nrow", "\u{1b}[31mred", "w\u{7f}del", "x\u{85}nel"];
     let tensors: Vec<T> = names
         .iter()
         .map(|n| t(n, "BF16", &[64, 64], bf16_weights(&mut rng, 64 * 64, 0.02)))
@@ -651,6 +655,36 @@ fn control_characters_in_names_are_printed_escaped() {
             "{args:?}: {out}"
         );
     }
+    // JSON reports stay valid JSON, the names intact once parsed, with nothing raw that a
+    // terminal acts on (serde leaves DEL and the C1 controls as they are).
+    for args in [
+        vec!["stat", path_str(&bs), "--json"],
+        vec!["info", path_str(&bs), "--json"],
+    ] {
+        let out = ok(&run(&args));
+        assert!(
+            !out.chars().any(|c| c.is_control() && c != '\n'),
+            "{args:?}"
+        );
+        json(&out);
+    }
+    let rows = json(&ok(&run(["stat", path_str(&bs), "--json"])));
+    let got: Vec<&str> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(got, names);
+    // A damaged file's problem lines name the tensor escaped too.
+    let bad = dir.path().join("bad.bs");
+    fs::copy(&bs, &bad).expect("copy");
+    let c = Container::open(&bad).expect("opens").chunks(0).to_vec();
+    xor_byte(&bad, c[0].offset + c[0].len / 2, 0x10);
+    let o = run(["verify", path_str(&bad)]);
+    assert_eq!(code(&o), 3);
+    assert!(stdout(&o).contains("ab\\nrow"), "{}", stdout(&o));
+    assert_eq!(stdout(&o).lines().filter(|l| *l == "row").count(), 0);
 }
 
 /// A directory given as `.` (run inside it) gets its default output beside it and named after

@@ -101,7 +101,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             0 => String::new(),
             n => format!(", and {n} more"),
         };
-        eprintln!("bigsmall: {first}{more}; the report is on stdout");
+        eprintln!(
+            "bigsmall: {first}{more}; {}",
+            super::report_is("the report is on stdout")
+        );
     }
     Ok(if r.byte_identical { 0 } else { 3 })
 }

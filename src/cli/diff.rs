@@ -126,7 +126,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             v.as_deref()
                 .map_or("(none)".to_string(), |v| format!("{v:?}"))
         };
-        s += &format!("  metadata  {}  {} -> {}\n", m.key, text(&m.a), text(&m.b));
+        s += &format!(
+            "  metadata  {}  {} -> {}\n",
+            super::printable(&m.key),
+            text(&m.a),
+            text(&m.b)
+        );
     }
     // A dtype change is rare enough to be named only when there is one.
     let (retyped, retyped_bytes) = match r.retyped {

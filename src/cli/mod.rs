@@ -178,22 +178,48 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     }
 }
 
-/// Writes to stdout. A closed pipe (`| head`) drops the rest of the output quietly; any other
-/// failure is reported once. Either way the command goes on, so that its verdict (exit 3 from
-/// `verify`) and its stderr lines are not lost with the report (see `output_failed`).
+/// Writes a text report to stdout. Names are escaped where they are printed (`printable`);
+/// this catches any other place a control character from a file could reach the terminal
+/// through (newlines and tabs are the report's own).
 pub fn emit(text: &str) {
+    write_stdout(&escape_controls(text, |c| c == '\n' || c == '\t'));
+}
+
+/// Writes a report as JSON. serde escapes the control characters below 0x20; DEL and the C1
+/// controls, which it leaves raw, are written as `\u007f`-style escapes: valid JSON, and
+/// nothing a terminal acts on.
+pub fn emit_json<T: serde::Serialize>(value: &T) {
+    let mut s = serde_json::to_string_pretty(value).expect("reports serialise");
+    s.push('\n');
+    let s = if s.chars().any(|c| c.is_control() && c > '\u{7e}') {
+        let mut out = String::with_capacity(s.len() + 16);
+        for c in s.chars() {
+            if c.is_control() && c > '\u{7e}' {
+                out += &format!("\\u{:04x}", u32::from(c));
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    } else {
+        s
+    };
+    write_stdout(&s);
+}
+
+/// A closed pipe (`| head`) drops the rest of the output quietly; any other failure is
+/// reported once. Either way the command goes on, so that its verdict (exit 3 from `verify`)
+/// and its stderr lines are not lost with the report (see `output_failed`).
+fn write_stdout(text: &str) {
     if STDOUT.load(Ordering::Relaxed) != STDOUT_OK {
         return;
     }
-    // Names are escaped where they are printed (`printable`); this catches any other place a
-    // control character from a file could reach the terminal through.
-    let text = escape_controls(text, |c| c == '\n' || c == '\t');
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             STDOUT.store(STDOUT_CLOSED, Ordering::Relaxed);
         } else {
-            eprintln!("bigsmall: cannot write output: {e}");
+            eprintln!("bigsmall: cannot write the report to standard output: {e}");
             STDOUT.store(STDOUT_FAILED, Ordering::Relaxed);
         }
     }
@@ -210,10 +236,14 @@ pub fn output_failed() -> bool {
     STDOUT.load(Ordering::Relaxed) == STDOUT_FAILED
 }
 
-pub fn emit_json<T: serde::Serialize>(value: &T) {
-    let mut s = serde_json::to_string_pretty(value).expect("reports serialise");
-    s.push('\n');
-    emit(&s);
+/// Where a failing command's stderr line points for the full report: stdout, unless the
+/// report did not get there.
+pub fn report_is(where_: &str) -> &str {
+    if STDOUT.load(Ordering::Relaxed) == STDOUT_OK {
+        where_
+    } else {
+        "the report could not be written"
+    }
 }
 
 pub use bigsmall::analysis::counted;

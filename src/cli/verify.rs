@@ -271,7 +271,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 s += &format!("  file:           {} bytes\n", thousands(r.file_size));
             }
             for p in &r.problems {
-                s += &format!("MISMATCH {p}\n");
+                s += &format!("MISMATCH {}\n", super::printable(p));
             }
         }
         if a.sample.is_some() {
@@ -290,7 +290,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         let problems: usize = reports.iter().map(|r| r.problems.len()).sum();
         let damaged = ecc_reports.iter().filter(|e| !e.clean).count();
         eprintln!(
-            "bigsmall: {}: verification failed ({} found{}{}; the report is on stdout)",
+            "bigsmall: {}: verification failed ({} found{}{}; {})",
             a.file.display(),
             super::counted(problems, "problem"),
             match damaged {
@@ -303,7 +303,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             match ecc_errors.len() {
                 0 => String::new(),
                 n => format!("; {} unusable", super::counted(n, "ECC sidecar")),
-            }
+            },
+            super::report_is("the report is on stdout")
         );
     }
     Ok(if ok { 0 } else { 3 })
