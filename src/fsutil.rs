@@ -117,13 +117,16 @@ another program, or a read error on its device); stopped, nothing written under 
         unsafe {
             libc::write(2, MSG.as_ptr().cast(), MSG.len());
             if let Ok(t) = TEMPS.try_lock() {
-                for p in t.iter() {
+                // Newest first, so that a staged directory comes after the files in it; it
+                // goes where they were all it held (shards already renamed into it stay).
+                for p in t.iter().rev() {
                     let bytes = std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str());
                     let mut c = [0u8; 4096];
                     if bytes.len() < c.len() && !bytes.contains(&0) {
                         c[..bytes.len()].copy_from_slice(bytes);
-                        // A staged directory is not empty and stays; a file goes.
-                        libc::unlink(c.as_ptr().cast());
+                        if libc::unlink(c.as_ptr().cast()) != 0 {
+                            libc::rmdir(c.as_ptr().cast());
+                        }
                     }
                 }
             }
@@ -134,6 +137,8 @@ another program, or a read error on its device); stopped, nothing written under 
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_sigbus as *const () as usize;
+        // On the alternate stack where the thread has one (std gives its threads one).
+        sa.sa_flags = libc::SA_ONSTACK;
         libc::sigemptyset(&mut sa.sa_mask);
         libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
     }

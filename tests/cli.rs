@@ -1864,6 +1864,35 @@ fn verify_source_dir_finds_files_the_container_lacks() {
     }
 }
 
+/// A shard replaced by a directory is damage that verify reports like a missing shard (exit 3,
+/// a report), as every other command refuses it.
+#[test]
+fn verify_reports_a_shard_replaced_by_a_directory() {
+    let dir = tmp();
+    let bs = dir.path().join("model.bs");
+    ok(&run([
+        "compress",
+        path_str(&fixture("sharded")),
+        "-o",
+        path_str(&bs),
+    ]));
+    let shard = bs.join("model-00002-of-00002.bs");
+    fs::remove_file(&shard).expect("rm");
+    fs::create_dir(&shard).expect("mkdir");
+    for args in [
+        vec!["verify", path_str(&bs)],
+        vec!["verify", "--fast", path_str(&bs)],
+    ] {
+        let o = run(&args);
+        assert_eq!(code(&o), 3, "{args:?}: {}", stderr(&o));
+        assert!(
+            stdout(&o).contains("is a directory where a file should be"),
+            "{args:?}: {}",
+            stdout(&o)
+        );
+    }
+}
+
 /// A compressed directory's side files (config, tokenizer) carry md5 receipts in its index:
 /// one replaced is damage for verify, decompress and transcode (exit 3, nothing written), and
 /// `verify --source` compares them with the source's. An index from before the receipts

@@ -912,6 +912,14 @@ fn newer_minor_version_still_reads() {
             "{what}: {e}"
         );
     }
+    // A newer major whose index reads under this build's rules, written by a newer bigsmall:
+    // a newer format too, not damage.
+    let mut b = edit_index(&z.bs, |v| v["created_by"] = json!("bigsmall 9.0.0"));
+    b[8..10].copy_from_slice(&2u16.to_le_bytes());
+    let p = dir.path().join("newer-writer-major.bs");
+    fs::write(&p, &b).expect("write");
+    let e = fails(&run(["info", path_str(&p)]), 1);
+    assert!(e.contains("newer bigsmall"), "{e}");
 }
 
 /// The reader promises (reader.rs, `check_header`) that whatever the index says, a

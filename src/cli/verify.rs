@@ -134,7 +134,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 .map(|s| s.source.as_str())
                 .chain(index.side_files.iter().map(String::as_str))
                 .collect();
-            match bigsmall::model::dir::scan_dir(src) {
+            // Listed as it is (the files are compared one by one, so no completeness check
+            // of its own); a listing that fails is an error, not a mismatch.
+            match bigsmall::model::dir::list_dir(src) {
                 Ok(listing) => {
                     for rel in listing.weights.iter().chain(&listing.side_files) {
                         let name = rel
@@ -151,7 +153,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                         }
                     }
                 }
-                Err(e) => problems.push(e.to_string()),
+                Err(e) => return Err(e.into()),
             }
         }
         if !problems.is_empty() {
@@ -164,7 +166,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
     }
     for (i, f) in files.iter().enumerate() {
-        if dir_index.is_some() && !f.exists() {
+        if dir_index.is_some() && !f.is_file() {
             continue;
         }
         let mode = if a.fast {
@@ -204,7 +206,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     // cannot tell which is damaged, is a failure too: the file or its protection is not
     // what was written.
     let mut ecc_errors = Vec::new();
-    for f in files.iter().filter(|f| f.exists()) {
+    for f in files.iter().filter(|f| f.is_file()) {
         let side = bigsmall::integrity::ecc::sidecar_path(f);
         if !side.exists() {
             continue;

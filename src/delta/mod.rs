@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::format::fast_hash;
 use crate::format::reader::Container;
-use crate::model::dir::scan_dir;
+use crate::model::dir::list_dir;
 use crate::model::safetensors::{dtype_name, SafetensorsFile};
 use crate::store::md5_hex;
 
@@ -85,7 +85,9 @@ pub fn open_base(path: &Path) -> Result<Arc<dyn BaseSource>> {
         return Ok(Arc::new(ContainerBase::open(path, containers)?));
     }
     let files = if path.is_dir() {
-        let listing = scan_dir(path)?;
+        // Not `scan_dir`: a base's tensors are checked by the patch's md5 receipts, so an
+        // odd shard index or numbering in its directory does not stand in the way.
+        let listing = list_dir(path)?;
         listing.weights.iter().map(|p| path.join(p)).collect()
     } else {
         vec![path.to_path_buf()]

@@ -17,7 +17,8 @@ pub struct BlobArena {
     /// The mapping's start, for the concurrent copies `put` makes into disjoint ranges.
     base: *mut u8,
     used: AtomicUsize,
-    /// Counts `clear`s: a slot is only good for the generation that made it.
+    /// Drawn afresh by `new` and every `clear` from one counter for all arenas: a slot is only
+    /// good in the arena and generation that made it.
     generation: u64,
 }
 
@@ -55,7 +56,7 @@ impl BlobArena {
             map,
             base,
             used: AtomicUsize::new(0),
-            generation: 0,
+            generation: next_generation(),
         })
     }
 
@@ -92,8 +93,14 @@ impl BlobArena {
     /// it are no longer good.
     pub fn clear(&mut self) {
         *self.used.get_mut() = 0;
-        self.generation += 1;
+        self.generation = next_generation();
     }
+}
+
+/// A generation no arena has had.
+fn next_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// A coded blob: in a window's arena, or on the heap when the arena had no room.
@@ -152,5 +159,11 @@ mod tests {
         a.clear();
         let stale = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| a.get(&s).len()));
         assert!(stale.is_err());
+        // Nor is a slot read through another arena.
+        let other = BlobArena::new(100).expect("an anonymous mapping");
+        let s = a.put(&[3; 10]).expect("room");
+        let foreign =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| other.get(&s).len()));
+        assert!(foreign.is_err());
     }
 }

@@ -61,7 +61,9 @@ fn packed_index(m: &[u8]) -> std::result::Result<(Trailer, &[u8]), &'static str>
 }
 
 /// Whether the trailer, the index checksum and the index itself (inflated, parsed and
-/// checked under this build's rules) read as this build's format.
+/// checked under this build's rules) read as this build's format, and the index says it was
+/// written by this bigsmall or an older one (a newer writer's file whose index happens to
+/// read under these rules is still a newer format).
 fn index_reads_as_ours(m: &[u8]) -> bool {
     let Ok((trailer, packed)) = packed_index(m) else {
         return false;
@@ -73,7 +75,25 @@ fn index_reads_as_ours(m: &[u8]) -> bool {
         .ok()
         .filter(|json| json.len() as u64 == trailer.index_json_len)
         .and_then(|json| serde_json::from_slice::<Index>(&json).ok())
-        .is_some_and(|index| validate(&index, trailer.index_offset).is_ok())
+        .is_some_and(|index| {
+            written_by_this_or_older(&index.created_by)
+                && validate(&index, trailer.index_offset).is_ok()
+        })
+}
+
+/// `created_by` names bigsmall at this build's version or an earlier one.
+fn written_by_this_or_older(created_by: &str) -> bool {
+    let version = |v: &str| -> Option<Vec<u64>> {
+        v.split(['.', '-', '+'])
+            .take(3)
+            .map(|p| p.parse().ok())
+            .collect()
+    };
+    let ours = version(env!("CARGO_PKG_VERSION"));
+    created_by
+        .strip_prefix("bigsmall ")
+        .and_then(version)
+        .is_some_and(|v| ours.is_some_and(|o| v <= o))
 }
 
 impl Container {

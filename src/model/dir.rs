@@ -29,8 +29,19 @@ pub fn weight_files(path: &Path) -> Result<Vec<PathBuf>> {
     }
 }
 
-/// Lists a model directory. Hidden entries (`.git`, `.cache`) are skipped.
+/// Lists a model directory to be read as a model (compressed, scanned, compared): hidden
+/// entries (`.git`, `.cache`) skipped, and refused where its shard index or shard names say
+/// a shard is missing (`check_shard_indexes`).
 pub fn scan_dir(root: &Path) -> Result<ModelDir> {
+    let out = list_dir(root)?;
+    check_shard_indexes(root, &out)?;
+    Ok(out)
+}
+
+/// `scan_dir` without the completeness checks: for a directory whose files are checked
+/// otherwise (a base, whose tensors a patch checks by their md5 receipts; a source compared
+/// file by file).
+pub fn list_dir(root: &Path) -> Result<ModelDir> {
     let mut out = ModelDir::default();
     walk(root, Path::new(""), &mut out)?;
     out.weights.sort();
@@ -42,7 +53,6 @@ pub fn scan_dir(root: &Path) -> Result<ModelDir> {
             "directory contains no .safetensors files",
         ));
     }
-    check_shard_indexes(root, &out)?;
     Ok(out)
 }
 
@@ -104,25 +114,31 @@ fn check_shard_indexes(root: &Path, dir: &ModelDir) -> Result<()> {
     check_shard_numbers(root, &dir.weights, &weights)
 }
 
-/// Shards named `PREFIX-0000K-of-0000N.safetensors` (Hugging Face's sharding) must all be
-/// there, K from 1 to N, for each prefix, count and folder.
+/// Shards named as Hugging Face names them, `PREFIX-0000K-of-0000N.safetensors` (five digits
+/// each), must all be there: K from 1 to N for each prefix, count and folder (0 to N-1 where
+/// the numbering starts at 0). Other numberings are not a convention anyone checks against,
+/// so they are left alone.
 fn check_shard_numbers(
     root: &Path,
     weights: &[PathBuf],
     present: &std::collections::HashSet<&Path>,
 ) -> Result<()> {
+    use std::collections::BTreeMap;
+    let mut sets: BTreeMap<(&Path, &str, u64), Vec<u64>> = BTreeMap::new();
     for rel in weights {
-        let Some((prefix, width, total)) = rel
+        if let Some((prefix, k, total)) = rel
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(shard_number)
-            .map(|(prefix, _, width, total)| (prefix, width, total))
-        else {
-            continue;
-        };
-        let at = rel.parent().unwrap_or(Path::new(""));
-        for k in 1..=total {
-            let name = format!("{prefix}-{k:0width$}-of-{total:0width$}.safetensors");
+        {
+            let at = rel.parent().unwrap_or(Path::new(""));
+            sets.entry((at, prefix, total)).or_default().push(k);
+        }
+    }
+    for ((at, prefix, total), numbers) in sets {
+        let first = u64::from(!numbers.contains(&0));
+        for k in first..first + total {
+            let name = format!("{prefix}-{k:05}-of-{total:05}.safetensors");
             if !present.contains(at.join(&name).as_path()) {
                 return Err(Error::invalid(
                     root.join(at).join(&name),
@@ -137,18 +153,18 @@ fn check_shard_numbers(
     Ok(())
 }
 
-/// `model-00002-of-00003.safetensors` -> ("model", 2, 5, 3): prefix, shard number, digits,
-/// shard count. Both numbers have the same number of digits, and 1 <= K <= N.
-fn shard_number(name: &str) -> Option<(&str, u64, usize, u64)> {
+/// `model-00002-of-00003.safetensors` -> ("model", 2, 3): prefix, shard number and count,
+/// in Hugging Face's form (five digits each, the number below 100000 and at most the count).
+fn shard_number(name: &str) -> Option<(&str, u64, u64)> {
     let stem = name.strip_suffix(".safetensors")?;
     let (head, total) = stem.rsplit_once("-of-")?;
     let (prefix, k) = head.rsplit_once('-')?;
-    let digits = |s: &str| !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit());
-    if prefix.is_empty() || !digits(k) || !digits(total) || k.len() != total.len() {
+    let five = |s: &str| s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit());
+    if prefix.is_empty() || !five(k) || !five(total) {
         return None;
     }
     let (kn, tn): (u64, u64) = (k.parse().ok()?, total.parse().ok()?);
-    (1..=tn).contains(&kn).then_some((prefix, kn, k.len(), tn))
+    (tn >= 1 && kn <= tn).then_some((prefix, kn, tn))
 }
 
 fn walk(root: &Path, rel: &Path, out: &mut ModelDir) -> Result<()> {
@@ -184,22 +200,54 @@ mod tests {
     fn shard_numbers_parse_only_the_hugging_face_pattern() {
         assert_eq!(
             shard_number("model-00002-of-00003.safetensors"),
-            Some(("model", 2, 5, 3))
+            Some(("model", 2, 3))
         );
         assert_eq!(
-            shard_number("diffusion_pytorch_model-1-of-2.safetensors"),
-            Some(("diffusion_pytorch_model", 1, 1, 2))
+            shard_number("shard-00000-of-00002.safetensors"),
+            Some(("shard", 0, 2))
         );
         for name in [
             "model.safetensors",
             "model-00004-of-00003.safetensors",
-            "model-00000-of-00003.safetensors",
             "model-0002-of-00003.safetensors",
+            "model-1-of-10.safetensors",
+            "epoch-05-of-10.safetensors",
             "-00001-of-00002.safetensors",
             "model-00001-of-00002.bin",
             "model-0000a-of-00002.safetensors",
+            "model-00001-of-00000.safetensors",
         ] {
             assert_eq!(shard_number(name), None, "{name}");
         }
+    }
+
+    /// Complete sets pass whichever number they start from; a gap is refused.
+    #[test]
+    fn shard_sets_are_checked_from_their_first_number() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let check = |names: &[&str]| {
+            let weights: Vec<PathBuf> = names.iter().map(PathBuf::from).collect();
+            let present = weights.iter().map(PathBuf::as_path).collect();
+            check_shard_numbers(dir.path(), &weights, &present)
+        };
+        check(&[
+            "m-00001-of-00002.safetensors",
+            "m-00002-of-00002.safetensors",
+        ])
+        .expect("1..2");
+        check(&[
+            "m-00000-of-00002.safetensors",
+            "m-00001-of-00002.safetensors",
+        ])
+        .expect("0..1");
+        check(&["m-1-of-10.safetensors", "epoch-05-of-10.safetensors"]).expect("not the pattern");
+        let e = check(&[
+            "m-00001-of-00003.safetensors",
+            "m-00003-of-00003.safetensors",
+        ])
+        .expect_err("a gap");
+        assert!(e.to_string().contains("m-00002-of-00003"), "{e}");
+        let e = check(&["m-00001-of-00002.safetensors"]).expect_err("a lone first shard");
+        assert!(e.to_string().contains("m-00002-of-00002"), "{e}");
     }
 }
