@@ -112,11 +112,13 @@ fn explain(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
         return generic;
     };
     let data_len = (file.len() as u64).saturating_sub(8).saturating_sub(n);
-    if let Some(name) = usize::try_from(n)
+    // The header's bytes where its length fits in the file (a lying length is what the
+    // errors below explain).
+    let header_bytes = usize::try_from(n)
         .ok()
-        .and_then(|n| file.get(8..8 + n))
-        .and_then(duplicate_name)
-    {
+        .and_then(|n| n.checked_add(8))
+        .and_then(|end| file.get(8..end));
+    if let Some(name) = header_bytes.and_then(duplicate_name) {
         return format!("names tensor `{name}` twice in its header ({generic})");
     }
     if matches!(e, E::InvalidHeaderLength) {
@@ -131,10 +133,8 @@ fn explain(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
     ) {
         return generic;
     }
-    let Some(header) = usize::try_from(n)
-        .ok()
-        .and_then(|n| file.get(8..8 + n))
-        .and_then(|h| serde_json::from_slice::<serde_json::Value>(h).ok())
+    let Some(header) =
+        header_bytes.and_then(|h| serde_json::from_slice::<serde_json::Value>(h).ok())
     else {
         return generic;
     };
