@@ -390,6 +390,14 @@ pub fn check_or_repair_dir(
         missing_shard(&dir.join(safe_rel(&index_path, &s.file)?))?;
     }
     check_side_files(dir, &index)?;
+    // Shards swapped or replaced under their names carry their own sidecars along and would
+    // check as intact: found first, as `verify` finds them. (A shard too damaged to open is
+    // left to its sidecar; the repaired directory is checked whole before it appears.)
+    if let Err(e) = check_shards(dir, &index) {
+        if crate::format::reader::Container::open(e.path()).is_ok() {
+            return Err(e);
+        }
+    }
     if index.shards.iter().all(|s| {
         let sidecar = crate::integrity::ecc::sidecar_path(&dir.join(&s.file));
         fs::symlink_metadata(sidecar).is_err()
@@ -490,6 +498,7 @@ pub fn check_or_repair_dir(
             copy_side_file(dir, &st.tmp, &safe_rel(&index_path, rel)?, expect)?;
         }
         copy_side_file(dir, &st.tmp, Path::new(DIR_INDEX), None)?;
+        check_shards(&st.tmp, &index)?;
         st.commit()?;
     }
     Ok(reports)

@@ -514,6 +514,40 @@ fn a_check_finds_a_damaged_sidecar() {
     ok(&run(["repair", path_str(&out), "--check"]));
 }
 
+/// Shards swapped under their names take their sidecars along, so each checks as intact:
+/// repair finds the swap as verify does (exit 3), and writes nothing.
+#[test]
+fn swapped_shards_are_damage_for_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("model");
+    ok(&run([
+        "compress".as_ref(),
+        fixture("sharded").as_os_str(),
+        "-o".as_ref(),
+        d.as_os_str(),
+        "--ecc".as_ref(),
+    ]));
+    let (a, b) = (
+        d.join("model-00001-of-00002.bs"),
+        d.join("model-00002-of-00002.bs"),
+    );
+    for (x, y) in [(a.clone(), b.clone()), (sidecar_path(&a), sidecar_path(&b))] {
+        let t = dir.path().join("t");
+        fs::rename(&x, &t).unwrap();
+        fs::rename(&y, &x).unwrap();
+        fs::rename(&t, &y).unwrap();
+    }
+    let out = dir.path().join("rec");
+    for args in [
+        vec!["repair", path_str(&d), "--check"],
+        vec!["repair", path_str(&d), "-o", path_str(&out)],
+    ] {
+        let e = fails(&run(&args), 3);
+        assert!(e.contains("swapped or replaced"), "{args:?}: {e}");
+    }
+    assert!(!out.exists());
+}
+
 /// In a directory, a shard whose sidecar cannot be used is checked by decoding, like one
 /// without: it does not stop the other shards' repair.
 #[test]
