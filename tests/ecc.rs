@@ -509,6 +509,15 @@ fn a_check_finds_a_damaged_sidecar() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["clean"], true);
     assert_eq!(v["sidecar_damaged"], true);
+    // verify finds it too (all but --fast read the parity): the file's protection is not
+    // what was written.
+    let o = run(["verify", path_str(&bs)]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("the sidecar itself is damaged"),
+        "{}",
+        stdout(&o)
+    );
     let out = dir.path().join("fresh.bs");
     ok(&run(["repair", path_str(&bs), "-o", path_str(&out)]));
     ok(&run(["repair", path_str(&out), "--check"]));

@@ -11,12 +11,13 @@ use super::{container_files, emit, emit_json, thousands};
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  bigsmall verify --fast model.bs            # structure only, seconds on any size\n  bigsmall verify --sample 0.001 model.bs    # decode a random 0.1% of chunks\n  bigsmall verify model.bs                   # decode everything, check every md5 receipt\n  bigsmall verify model.bs --source model.safetensors\nExit codes: 0 OK, 1 error (not a .bs at all, a missing base), 3 a mismatch or damage was found (a chunk, the structure, or blocks the ECC sidecar finds damaged)."
+    after_help = "Examples:\n  bigsmall verify --fast model.bs            # structure only, seconds on any size\n  bigsmall verify --sample 0.001 model.bs    # decode a random 0.1% of chunks\n  bigsmall verify model.bs                   # decode everything, check every md5 receipt\n  bigsmall verify model.bs --source model.safetensors\nExit codes: 0 OK, 1 error (not a .bs at all, a missing base), 3 a mismatch or damage was found (a chunk, the structure, or blocks the ECC sidecar finds damaged, or damage in the sidecar itself).\nWith an ECC sidecar beside a file, every mode also checks the whole file against it (one checksum pass); all but --fast read the sidecar's parity too."
 )]
 pub struct Args {
     /// The .bs file or compressed directory
     file: PathBuf,
-    /// Structure only: trailer, index checksum, offsets and lengths
+    /// Structure only: trailer, index checksum, offsets and lengths (and, where an ECC sidecar
+    /// is beside the file, one checksum of the whole file against it)
     #[arg(long, conflicts_with_all = ["sample", "source"])]
     fast: bool,
     /// Decode a random fraction (0..1] of the chunks and check their checksums
@@ -199,7 +200,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         };
         reports.push(verify_with(f, &mode, base, &bar)?);
     }
-    // ECC sidecars are checked too where present (structure-only runs skip the data pass).
+    // ECC sidecars are checked too where present: the file against its recorded checksum
+    // (block by block where it differs) and, but for --fast, the sidecar's own parity, so
+    // that damage in the sidecar is found before it is needed.
     let mut ecc_lines = Vec::new();
     let mut ecc_reports = Vec::new();
     // A sidecar that cannot be read, or that disagrees with so much of the file that it
@@ -211,9 +214,21 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         if !side.exists() {
             continue;
         }
-        match bigsmall::integrity::ecc::check_or_repair(f, &side, None) {
+        match bigsmall::integrity::ecc::check_or_repair_with(
+            f,
+            &side,
+            None,
+            !a.fast,
+            &bigsmall::progress::Silent,
+        ) {
             Ok(e) => {
-                ecc_lines.push(if e.clean {
+                ecc_lines.push(if e.clean && e.sidecar_damaged {
+                    format!(
+                        "ecc: {} present, file intact, but the sidecar itself is damaged (`bigsmall repair {} -o OUT` writes a fresh one)",
+                        side.display(),
+                        f.display()
+                    )
+                } else if e.clean {
                     format!("ecc: {} present, file intact", side.display())
                 } else if e.lost_blocks == 0 {
                     format!(
@@ -244,7 +259,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     // A sidecar that finds damaged blocks means the file differs from what was written.
     let ok = reports.iter().all(|r| r.ok())
-        && ecc_reports.iter().all(|e| e.clean)
+        && ecc_reports.iter().all(|e| e.clean && !e.sidecar_damaged)
         && ecc_errors.is_empty();
     if a.json {
         emit_json(&serde_json::json!({
@@ -290,7 +305,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if !ok {
         // The report is on stdout; a script that keeps only stderr still learns why it failed.
         let problems: usize = reports.iter().map(|r| r.problems.len()).sum();
-        let damaged = ecc_reports.iter().filter(|e| !e.clean).count();
+        let damaged = ecc_reports
+            .iter()
+            .filter(|e| !e.clean || e.sidecar_damaged)
+            .count();
         eprintln!(
             "bigsmall: {}: verification failed ({} found{}{}; {})",
             a.file.display(),
