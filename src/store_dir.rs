@@ -904,8 +904,10 @@ pub fn missing_side_file(path: &Path) -> Result<()> {
 fn listed_part(path: &Path, what: &str) -> Result<()> {
     let why = match fs::metadata(path) {
         Err(_) if fs::symlink_metadata(path).is_err() => "is missing",
+        Err(_) => "is a link to nothing",
         Ok(m) if m.is_dir() => "is a directory where a file should be",
-        _ => return Ok(()),
+        Ok(m) if !m.is_file() => "is not a regular file (a pipe, socket or device)",
+        Ok(_) => return Ok(()),
     };
     Err(Error::Incomplete {
         path: path.to_path_buf(),

@@ -1864,10 +1864,10 @@ fn verify_source_dir_finds_files_the_container_lacks() {
     }
 }
 
-/// A shard replaced by a directory is damage that verify reports like a missing shard (exit 3,
-/// a report), as every other command refuses it.
+/// A shard replaced by a directory, a link to nothing or a pipe is damage that verify
+/// reports like a missing shard (exit 3, a report), and that every other command refuses.
 #[test]
-fn verify_reports_a_shard_replaced_by_a_directory() {
+fn verify_reports_a_shard_that_is_not_a_file() {
     let dir = tmp();
     let bs = dir.path().join("model.bs");
     ok(&run([
@@ -1877,19 +1877,45 @@ fn verify_reports_a_shard_replaced_by_a_directory() {
         path_str(&bs),
     ]));
     let shard = bs.join("model-00002-of-00002.bs");
-    fs::remove_file(&shard).expect("rm");
-    fs::create_dir(&shard).expect("mkdir");
-    for args in [
-        vec!["verify", path_str(&bs)],
-        vec!["verify", "--fast", path_str(&bs)],
-    ] {
-        let o = run(&args);
-        assert_eq!(code(&o), 3, "{args:?}: {}", stderr(&o));
-        assert!(
-            stdout(&o).contains("is a directory where a file should be"),
-            "{args:?}: {}",
-            stdout(&o)
-        );
+    let pristine = fs::read(&shard).expect("read");
+    let out = dir.path().join("back");
+    type Make = fn(&Path);
+    let kinds: [(Make, &str); 3] = [
+        (
+            |p| fs::create_dir(p).expect("mkdir"),
+            "is a directory where a file should be",
+        ),
+        (
+            |p| std::os::unix::fs::symlink("/nonexistent/shard.bs", p).expect("ln"),
+            "is a link to nothing",
+        ),
+        (|p| mkfifo(p), "is not a regular file"),
+    ];
+    for (make, said) in kinds {
+        fs::remove_file(&shard).expect("rm");
+        make(&shard);
+        for args in [
+            vec!["verify", path_str(&bs)],
+            vec!["verify", "--fast", path_str(&bs)],
+        ] {
+            let o = run(&args);
+            assert_eq!(code(&o), 3, "{args:?}: {}", stderr(&o));
+            assert!(stdout(&o).contains(said), "{args:?}: {}", stdout(&o));
+        }
+        for args in [
+            vec!["decompress", path_str(&bs), "-o", path_str(&out)],
+            vec!["info", path_str(&bs)],
+        ] {
+            let e = fails(&run(&args), 3);
+            assert!(e.contains(said), "{args:?}: {e}");
+        }
+        assert!(!out.exists());
+        if shard.is_dir() {
+            fs::remove_dir(&shard).expect("rmdir");
+        } else {
+            fs::remove_file(&shard).expect("rm");
+        }
+        fs::write(&shard, &pristine).expect("write");
     }
 }
 
