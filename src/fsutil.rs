@@ -220,7 +220,14 @@ pub fn check_output_as(path: &Path, overwrite: bool, dir: bool) -> Result<()> {
         });
     }
     let why = match (kind.is_file(), kind.is_dir()) {
-        _ if kind.is_symlink() => return Ok(()),
+        // A link is replaced by the output, unless it leads to a pipe or a device (a link to
+        // /dev/stdout is no file to replace).
+        _ if kind.is_symlink() => match fs::metadata(path) {
+            Ok(m) if !m.is_file() && !m.is_dir() => {
+                "is a link to a pipe or device, not a file; -f only replaces files and directories"
+            }
+            _ => return Ok(()),
+        },
         (false, false) => "is not a regular file or directory; -f only replaces those",
         (false, true) if !dir => {
             "is a directory, and this output is a file: -f replaces only the same kind"
@@ -236,7 +243,15 @@ pub fn check_output_as(path: &Path, overwrite: bool, dir: bool) -> Result<()> {
 /// Whether two files hold the same bytes, read in pieces (either may be large).
 pub fn same_bytes(a: &Path, b: &Path) -> std::io::Result<bool> {
     use std::io::Read;
-    let (mut x, mut y) = (File::open(a)?, File::open(b)?);
+    // A pipe would block the read (and is no file to compare).
+    let open = |p: &Path| {
+        if fs::metadata(p)?.is_file() {
+            File::open(p)
+        } else {
+            Err(std::io::Error::other("is not a regular file"))
+        }
+    };
+    let (mut x, mut y) = (open(a)?, open(b)?);
     if x.metadata()?.len() != y.metadata()?.len() {
         return Ok(false);
     }

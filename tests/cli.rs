@@ -1919,6 +1919,47 @@ fn verify_reports_a_shard_that_is_not_a_file() {
     }
 }
 
+/// A link is no way round the rule that -f replaces only files and directories: a link to a
+/// pipe (or to /dev/stdout) is refused and stays a link; a source side file that is a pipe is
+/// a mismatch for `verify --source`, not a read that blocks.
+#[test]
+fn links_to_pipes_are_not_outputs_and_pipes_are_not_sources() {
+    let dir = tmp();
+    let (_d, _src, bs) = compressed_smollm();
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    let link = dir.path().join("out.safetensors");
+    std::os::unix::fs::symlink(&fifo, &link).expect("ln");
+    let e = fails(
+        &run(["decompress", path_str(&bs), "-o", path_str(&link), "-f"]),
+        1,
+    );
+    assert!(e.contains("is a link to a pipe or device"), "{e}");
+    assert!(fs::symlink_metadata(&link)
+        .expect("still there")
+        .file_type()
+        .is_symlink());
+
+    let cdir = dir.path().join("model.bs");
+    ok(&run([
+        "compress",
+        path_str(&fixture("sharded")),
+        "-o",
+        path_str(&cdir),
+    ]));
+    let model = dir.path().join("model");
+    copy_tree(&fixture("sharded"), &model);
+    fs::remove_file(model.join("config.json")).expect("rm");
+    mkfifo(&model.join("config.json"));
+    let o = run(["verify", path_str(&cdir), "--source", path_str(&model)]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("is not a regular file"),
+        "{}",
+        stdout(&o)
+    );
+}
+
 /// A compressed directory's side files (config, tokenizer) carry md5 receipts in its index:
 /// one replaced is damage for verify, decompress and transcode (exit 3, nothing written), and
 /// `verify --source` compares them with the source's. An index from before the receipts
