@@ -1960,6 +1960,27 @@ fn links_to_pipes_are_not_outputs_and_pipes_are_not_sources() {
     );
 }
 
+/// A model directory holding a tensor name in two weight files (a consolidated file beside
+/// the shards) is refused by diff, which would otherwise compare one of the two.
+#[test]
+fn diff_refuses_a_name_in_two_weight_files() {
+    let dir = tmp();
+    let model = dir.path().join("model");
+    copy_tree(&fixture("sharded"), &model);
+    fs::copy(
+        model.join("model-00001-of-00002.safetensors"),
+        model.join("consolidated.safetensors"),
+    )
+    .expect("copy");
+    for (a, b) in [
+        (fixture("sharded"), model.clone()),
+        (model.clone(), fixture("sharded")),
+    ] {
+        let e = fails(&run(["diff", path_str(&a), path_str(&b)]), 1);
+        assert!(e.contains("appears in two weight files"), "{e}");
+    }
+}
+
 /// A compressed directory's side files (config, tokenizer) carry md5 receipts in its index:
 /// one replaced is damage for verify, decompress and transcode (exit 3, nothing written), and
 /// `verify --source` compares them with the source's. An index from before the receipts

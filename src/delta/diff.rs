@@ -7,7 +7,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::reader::Container;
 use crate::model::safetensors::{dtype_name, SafetensorsFile};
 use crate::store::md5_hex;
@@ -40,12 +40,27 @@ fn header_metadata(header: &[u8], out: &mut BTreeMap<String, String>) {
 pub fn signatures(path: &Path) -> Result<(BTreeMap<String, TensorSig>, BTreeMap<String, String>)> {
     let mut out = BTreeMap::new();
     let mut meta = BTreeMap::new();
+    // A name in two weight files (a consolidated file beside the shards) would compare one
+    // of the two and call it unchanged: refused, as a base with one is.
+    let twice = |f: &Path, name: &str| {
+        Error::invalid(
+            f,
+            format!(
+                "tensor '{name}' appears in two weight files of {}: diff compares one model \
+                 at a time",
+                path.display()
+            ),
+        )
+    };
     let containers = crate::store_dir::containers_at(path)?;
     if !containers.is_empty() {
         for f in containers {
             let c = Container::open(&f)?;
             header_metadata(c.index.source.header.as_bytes(), &mut meta);
             for t in &c.index.tensors {
+                if out.contains_key(&t.name) {
+                    return Err(twice(&f, &t.name));
+                }
                 out.insert(
                     t.name.clone(),
                     TensorSig {
@@ -78,6 +93,9 @@ pub fn signatures(path: &Path) -> Result<(BTreeMap<String, TensorSig>, BTreeMap<
                 )
             })
             .collect();
+        if let Some((name, _)) = sigs.iter().find(|(n, _)| out.contains_key(n)) {
+            return Err(twice(&f, name));
+        }
         out.extend(sigs);
         st.release(0, st.bytes().len());
     }
