@@ -1774,9 +1774,19 @@ fn a_shard_missing_from_a_model_directory_is_refused() {
     copy_tree(&fixture("sharded"), &model);
     fs::remove_file(model.join("model-00002-of-00002.safetensors")).expect("rm");
     let out = dir.path().join("out.bs");
+    let sharded = fixture("sharded");
     for args in [
         vec!["compress", path_str(&model), "-o", path_str(&out)],
         vec!["scan", path_str(&model)],
+        // As the base of a patch too: the patch would need the incomplete directory.
+        vec![
+            "compress",
+            path_str(&sharded),
+            "--delta-from",
+            path_str(&model),
+            "-o",
+            path_str(&out),
+        ],
     ] {
         let e = fails(&run(&args), 1);
         assert!(

@@ -160,7 +160,15 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .collect();
     bigsmall::fsutil::check_not_input(&dst, &inputs)?;
     let base: Option<std::sync::Arc<dyn BaseSource>> = match &base_path {
-        Some(p) => Some(open_base(p)?),
+        Some(p) => {
+            // A patch made against a model directory with a shard missing would need that
+            // incomplete directory to decode: refused, as compressing it would be. (Decoding
+            // against a base only needs the tensors the patch names, checked by receipts.)
+            if p.is_dir() && !p.join(bigsmall::store_dir::DIR_INDEX).exists() {
+                bigsmall::model::dir::scan_dir(p)?;
+            }
+            Some(open_base(p)?)
+        }
         None => None,
     };
     let bar = Bar::new(a.no_progress);

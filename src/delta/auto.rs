@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::format::reader::Container;
-use crate::model::dir::list_dir;
+use crate::model::dir::scan_dir;
 use crate::model::safetensors::{dtype_name, SafetensorsFile};
 use crate::store_dir::DIR_INDEX;
 
@@ -279,7 +279,7 @@ fn candidates(dir: &Path) -> Result<Vec<PathBuf>> {
             continue;
         }
         if p.is_dir() {
-            if p.join(DIR_INDEX).is_file() || list_dir(&p).is_ok() {
+            if p.join(DIR_INDEX).is_file() || scan_dir(&p).is_ok() {
                 out.push(p);
             }
         } else if name.ends_with(".safetensors") || name.ends_with(".bs") || name.ends_with(".bsr")
