@@ -744,11 +744,22 @@ fn verify_reports_every_damaged_chunk() {
     for c in [&chunks[0], &chunks[2]] {
         xor_byte(&bs, c.offset + c.len / 2, 0x10);
     }
-    let o = run(["verify", path_str(&bs), "--json"]);
-    assert_eq!(code(&o), 3, "{}", stderr(&o));
-    let v = json(&stdout(&o));
-    let problems = v["files"][0]["problems"].as_array().expect("list");
-    assert_eq!(problems.len(), 2, "{problems:?}");
+    for args in [
+        vec!["verify", path_str(&bs), "--json"],
+        vec![
+            "verify",
+            path_str(&bs),
+            "--json",
+            "--source",
+            path_str(&src),
+        ],
+    ] {
+        let o = run(&args);
+        assert_eq!(code(&o), 3, "{}", stderr(&o));
+        let v = json(&stdout(&o));
+        let problems = v["files"][0]["problems"].as_array().expect("list");
+        assert_eq!(problems.len(), 2, "{args:?}: {problems:?}");
+    }
 }
 
 /// Storage mode promises the smallest file: on every fixture no tensor is stored larger than
