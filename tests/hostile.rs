@@ -880,17 +880,29 @@ fn lying_receipts_are_integrity_failures() {
 fn newer_minor_version_still_reads() {
     let z = zoo_fixture();
     let dir = tmp();
-    let mut b = z.bs.clone();
+    // A file of a newer minor, from a newer bigsmall, that uses nothing new: read as it is.
+    let newer = |bs: &[u8]| edit_index(bs, |v| v["created_by"] = json!("bigsmall 9.0.0"));
+    let mut b = newer(&z.bs);
     b[10..12].copy_from_slice(&7u16.to_le_bytes());
     match attempt(dir.path(), &b, "minor version 7") {
         Outcome::Decoded(out) => assert!(out == z.src),
         Outcome::Refused(e) => panic!("a minor version bump must stay readable: {e}"),
     }
+    // The same minor in a file this bigsmall wrote, which writes no such minor: its version
+    // bytes are damaged (exit 3).
+    let mut b = z.bs.clone();
+    b[10..12].copy_from_slice(&0xffffu16.to_le_bytes());
+    let p = dir.path().join("minor-damaged.bs");
+    fs::write(&p, &b).expect("write");
+    let e = fails(&run(["info", path_str(&p)]), 3);
+    assert!(e.contains("version bytes read 1.65535"), "{e}");
     // A newer minor format with a dtype or a codec this build does not know (its index
     // checksum right): a newer format to upgrade for (exit 1), not damage. The same index
     // under this build's version is a lie (exit 3).
-    let dtype = edit_index(&z.bs, |v| tensors(v)[0]["dtype"] = json!("F5_NEW"));
-    let codec = edit_index(&z.bs, |v| chunk0(v, 0)["c"] = json!(200));
+    let dtype = newer(&edit_index(&z.bs, |v| {
+        tensors(v)[0]["dtype"] = json!("F5_NEW")
+    }));
+    let codec = newer(&edit_index(&z.bs, |v| chunk0(v, 0)["c"] = json!(200)));
     for (what, unknown) in [("dtype", dtype), ("codec", codec)] {
         for (minor, want) in [(7u16, 1), (bigsmall::format::MINOR, 3)] {
             let mut b = unknown.clone();

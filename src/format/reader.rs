@@ -192,6 +192,15 @@ impl Container {
         };
         let index: Index = serde_json::from_slice(&json)
             .map_err(|e| unreadable(format!("index is malformed: {e}")))?;
+        // No bigsmall up to this one wrote a minor above this build's: from such a writer, the
+        // version bytes are damaged (a damaged major is caught above).
+        if minor > MINOR && written_by_this_or_older(&index.created_by) {
+            return Err(bad(format!(
+                "damaged: its version bytes read {major}.{minor}, but it was written by {}, \
+                 which writes format {MAJOR}.{MINOR} at most",
+                index.created_by
+            )));
+        }
         let kinds = validate(&index, trailer.index_offset).map_err(unreadable)?;
         // Unchanged patch tensors get virtual chunks of at least 1 MiB, and few enough that
         // claimed sizes cannot make this allocation large (about a million entries at most).
