@@ -2564,7 +2564,7 @@ fn swapped_or_doubled_shards_are_refused() {
     newer["version"] = serde_json::json!(2);
     newer["shards"] = serde_json::json!("a shape this build does not know");
     let text = v.to_string();
-    for (edited, code, says) in [
+    for (edited, want, says) in [
         (doubled.to_string(), 3, "twice"),
         (dropped.to_string(), 3, "not one of its shards"),
         (none.to_string(), 3, "lists no shards"),
@@ -2579,10 +2579,18 @@ fn swapped_or_doubled_shards_are_refused() {
         for args in [
             vec!["decompress", path_str(&bs), "-o", path_str(&back)],
             vec!["info", path_str(&bs)],
-            vec!["verify", path_str(&bs)],
         ] {
-            let e = fails(&run(&args), code);
+            let e = fails(&run(&args), want);
             assert!(e.contains(says), "{args:?} {says}: {e}");
+        }
+        // verify reports the damage as a finding (a report on stdout, in --json too).
+        let o = run(["verify", path_str(&bs)]);
+        assert_eq!(code(&o), want, "{says}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{says}: {}", stderr(&o));
+        if want == 3 {
+            assert!(stdout(&o).contains("MISMATCH"), "{says}: {}", stdout(&o));
+            let v = json(&stdout(&run(["verify", path_str(&bs), "--json"])));
+            assert_eq!(v["ok"], false, "{says}");
         }
         assert!(!back.exists());
     }

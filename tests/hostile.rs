@@ -1322,8 +1322,14 @@ fn hostile_directory_index_is_refused() {
         assert!(e.contains(expect), "{what}: {e}");
         assert_eq!(tree(root.path()), before, "{what}: the CLI wrote files");
         if *index_fails {
-            for cmd in ["info", "stat", "verify"] {
+            for cmd in ["info", "stat"] {
                 fails(&run([cmd, path_str(&bad)]), want);
+            }
+            // verify reports damage as a finding, on stdout.
+            let o = run(["verify", path_str(&bad)]);
+            assert_eq!(code(&o), want, "{what}: {}", stderr(&o));
+            if want == 3 {
+                assert!(stdout(&o).contains("MISMATCH"), "{what}: {}", stdout(&o));
             }
         }
     }

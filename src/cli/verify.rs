@@ -56,7 +56,44 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     // A compressed directory's index, read once; its missing shards are findings (below),
     // not errors.
     let dir_index = if super::is_bs_dir(&a.file) {
-        Some(bigsmall::store_dir::read_dir_index(&a.file)?)
+        match bigsmall::store_dir::read_dir_index(&a.file) {
+            Ok(index) => Some(index),
+            Err(e) => {
+                // An index that does not hold together is a finding, reported as a damaged
+                // container is (exit 3 with a report), not only an error line.
+                let e = anyhow::Error::from(e);
+                if super::exit_code(&e) != 3 {
+                    return Err(e);
+                }
+                let report = VerifyReport {
+                    file: a.file.display().to_string(),
+                    mode: "directory".into(),
+                    problems: vec![super::one_line(&e)],
+                    ..Default::default()
+                };
+                if a.json {
+                    emit_json(&serde_json::json!({
+                        "ok": false,
+                        "seed": null,
+                        "files": [report],
+                        "ecc": [],
+                        "ecc_errors": [],
+                    }));
+                } else {
+                    emit(&format!(
+                        "{} [directory]\nMISMATCH {}\nFAILED\n",
+                        report.file, report.problems[0]
+                    ));
+                }
+                eprintln!(
+                    "bigsmall: {}: verification failed (its directory index: {}; {})",
+                    a.file.display(),
+                    report.problems[0],
+                    super::report_is("the report is on stdout")
+                );
+                return Ok(3);
+            }
+        }
     } else {
         None
     };
