@@ -70,7 +70,11 @@ fn rel_str(p: &Path) -> String {
 /// A relative path from an index: refuses anything that could escape the directory.
 fn safe_rel(index_path: &Path, s: &str) -> Result<PathBuf> {
     let p = PathBuf::from(s);
-    let ok = !s.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
+    // A trailing '/' names a directory: no shard or side file is one (and `components`
+    // would hide it).
+    let ok = !s.is_empty()
+        && !s.ends_with('/')
+        && p.components().all(|c| matches!(c, Component::Normal(_)));
     if !ok {
         return Err(Error::container(
             index_path,

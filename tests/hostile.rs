@@ -1185,6 +1185,12 @@ fn hostile_directory_index_is_refused() {
             "unsafe path",
         ),
         (
+            "shard source naming a directory",
+            edit(&|v| v["shards"][0]["source"] = json!("model.safetensors/")),
+            true,
+            "unsafe path",
+        ),
+        (
             "shard source sneaking out",
             edit(&|v| v["shards"][0]["source"] = json!("a/../../escape.safetensors")),
             true,
