@@ -23,6 +23,20 @@ fn compressed_fixture(dir: &Path) -> std::path::PathBuf {
     bs
 }
 
+/// The sharded fixture compressed with `--ecc` into `DIR/model`: a sidecar beside each shard.
+fn compressed_dir_fixture(dir: &Path) -> std::path::PathBuf {
+    let d = dir.join("model");
+    ok(&run([
+        "compress".as_ref(),
+        fixture("sharded").as_os_str(),
+        "-o".as_ref(),
+        d.as_os_str(),
+        "--ecc".as_ref(),
+        "--no-progress".as_ref(),
+    ]));
+    d
+}
+
 fn repaired_equals(
     damaged: &[u8],
     original: &Path,
@@ -253,15 +267,7 @@ mod hostile_sidecars {
 #[test]
 fn a_compressed_directory_is_checked_and_repaired_shard_by_shard() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().join("model");
-    ok(&run([
-        "compress".as_ref(),
-        fixture("sharded").as_os_str(),
-        "-o".as_ref(),
-        d.as_os_str(),
-        "--ecc".as_ref(),
-        "--no-progress".as_ref(),
-    ]));
+    let d = compressed_dir_fixture(dir.path());
     let dp = path_str(&d).to_string();
     let shard = d.join("model-00002-of-00002.bs");
     let pristine = fs::read(&shard).unwrap();
@@ -528,14 +534,7 @@ fn a_check_finds_a_damaged_sidecar() {
 #[test]
 fn swapped_shards_are_damage_for_repair() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().join("model");
-    ok(&run([
-        "compress".as_ref(),
-        fixture("sharded").as_os_str(),
-        "-o".as_ref(),
-        d.as_os_str(),
-        "--ecc".as_ref(),
-    ]));
+    let d = compressed_dir_fixture(dir.path());
     let (a, b) = (
         d.join("model-00001-of-00002.bs"),
         d.join("model-00002-of-00002.bs"),
