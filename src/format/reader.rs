@@ -115,8 +115,9 @@ impl Container {
             });
         }
         // SAFETY: read-only map; bigsmall never writes its inputs. Bytes changed under it are
-        // only wrong data (every read is bounds-checked against the map's length), and
-        // another process truncating it while mapped makes a read past its new end a SIGBUS, which `fsutil::stop_on_sigbus` turns into a one-line error.
+        // only wrong data (every read is bounds-checked against the map's length), and another
+        // process truncating it while mapped makes a read past its new end a SIGBUS, which
+        // `fsutil::stop_on_sigbus` turns into a one-line error.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         if &mmap[..8] != MAGIC {
             return Err(bad(if packed_index(&mmap).is_ok() {

@@ -166,7 +166,8 @@ fn map_file(file: &Path) -> Result<Option<memmap2::Mmap>> {
     let f = crate::fsutil::open_regular(file)?;
     let len = f.metadata().map_err(|e| Error::io(file, e))?.len();
     // SAFETY: read-only map; bigsmall does not modify it while mapped. Changed bytes are only
-    // wrong data; another process truncating it while mapped makes a read past its new end a SIGBUS, which `fsutil::stop_on_sigbus` turns into a one-line error.
+    // wrong data; another process truncating it while mapped makes a read past its new end a
+    // SIGBUS, which `fsutil::stop_on_sigbus` turns into a one-line error.
     (len > 0)
         .then(|| unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(file, e)))
         .transpose()
@@ -242,7 +243,9 @@ pub struct EccReport {
 /// Reads and validates a sidecar's header (either copy).
 fn open_sidecar(path: &Path) -> Result<(memmap2::Mmap, Header, bool)> {
     let f = crate::fsutil::open_regular(path)?;
-    // SAFETY: read-only map; changed bytes are only wrong data, and another process truncating it while mapped makes a read past its new end a SIGBUS, which `fsutil::stop_on_sigbus` turns into a one-line error.
+    // SAFETY: read-only map; changed bytes are only wrong data, and another process truncating
+    // it while mapped makes a read past its new end a SIGBUS, which `fsutil::stop_on_sigbus`
+    // turns into a one-line error.
     let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
     let first = Header::parse(&map[..map.len().min(HEADER)]);
     let last = (map.len() >= HEADER)

@@ -212,7 +212,8 @@ impl SafetensorsFile {
             return Err(bad(format!("only {} bytes long", meta.len())));
         }
         // SAFETY: the map is read-only; bigsmall never writes to its inputs. Changed bytes are
-        // only wrong data; another process truncating it while mapped makes a read past its new end a SIGBUS, which `fsutil::stop_on_sigbus` turns into a one-line error.
+        // only wrong data; another process truncating it while mapped makes a read past its new
+        // end a SIGBUS, which `fsutil::stop_on_sigbus` turns into a one-line error.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let (n, metadata) =
             SafeTensors::read_metadata(&mmap).map_err(|e| bad(explain(&e, &mmap)))?;
