@@ -398,7 +398,8 @@ pub fn check_or_repair_dir(
     // check as intact: found first, as `verify` finds them. (A shard too damaged to open is
     // left to its sidecar; the repaired directory is checked whole before it appears.)
     if let Err(e) = check_shards(dir, &index) {
-        if crate::format::reader::Container::open(e.path()).is_ok() {
+        if e.path().ends_with(DIR_INDEX) || crate::format::reader::Container::open(e.path()).is_ok()
+        {
             return Err(e);
         }
     }
@@ -927,10 +928,16 @@ fn listed_part(path: &Path, what: &str) -> Result<()> {
 pub fn check_shards(dir: &Path, index: &DirIndex) -> Result<()> {
     let total: usize = index.shards.iter().map(|s| s.tensors).sum();
     let map_usable = index.weight_map.len() == total;
+    // Which tensors each shard holds, for the weight map's entries below.
+    let mut held: BTreeMap<&str, std::collections::HashSet<String>> = BTreeMap::new();
     for s in &index.shards {
         let path = dir.join(&s.file);
         missing_shard(&path)?;
         let c = crate::format::reader::Container::open(&path)?;
+        held.insert(
+            &s.file,
+            c.index.tensors.iter().map(|t| t.name.clone()).collect(),
+        );
         let stray =
             c.index.tensors.iter().find(|t| {
                 map_usable && index.weight_map.get(&t.name).is_some_and(|f| *f != s.file)
@@ -954,6 +961,18 @@ pub fn check_shards(dir: &Path, index: &DirIndex) -> Result<()> {
         return Err(Error::container(
             &path,
             format!("{why}: shard files swapped or replaced"),
+        ));
+    }
+    // Every weight map entry names a shard that holds the tensor: one that holds no such
+    // tensor is an index that does not hold together (a tensor the model would lack).
+    if let Some((name, file)) = index
+        .weight_map
+        .iter()
+        .find(|(name, file)| !held.get(file.as_str()).is_some_and(|h| h.contains(*name)))
+    {
+        return Err(Error::container(
+            &dir.join(DIR_INDEX),
+            format!("directory index places tensor '{name}' in {file}, which does not hold it"),
         ));
     }
     Ok(())

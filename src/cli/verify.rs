@@ -129,7 +129,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         // that does not open is reported once, by its own check below.)
         let mut problems: Vec<String> = bigsmall::store_dir::check_shards(&a.file, index)
             .err()
-            .filter(|e| bigsmall::format::reader::Container::open(e.path()).is_ok())
+            .filter(|e| {
+                e.path().ends_with(bigsmall::store_dir::DIR_INDEX)
+                    || bigsmall::format::reader::Container::open(e.path()).is_ok()
+            })
             .map(|e| e.to_string())
             .into_iter()
             .collect();
