@@ -971,7 +971,7 @@ pub fn check_shards(dir: &Path, index: &DirIndex) -> Result<()> {
         .find(|(name, file)| !held.get(file.as_str()).is_some_and(|h| h.contains(*name)))
     {
         return Err(Error::container(
-            &dir.join(DIR_INDEX),
+            dir.join(DIR_INDEX),
             format!("directory index places tensor '{name}' in {file}, which does not hold it"),
         ));
     }
