@@ -25,8 +25,13 @@ pub struct AtomicFile {
 /// interrupted (`remove_temps_on_interrupt`). Resumable outputs are not listed: they are kept.
 static TEMPS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
+/// Whether this run has written any output at all (a report-only command has not, and its
+/// interrupt has nothing to clean up).
+static WROTE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Lists `path` as a temporary output to remove on an interrupt.
 pub fn track_temp(path: &Path) {
+    WROTE.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Ok(mut t) = TEMPS.lock() {
         t.push(path.to_path_buf());
     }
@@ -87,7 +92,10 @@ pub fn remove_temps_on_interrupt() {
                 "bigsmall: interrupted; progress kept in {} (run again with --resume to continue)",
                 p.display()
             ),
-            None => eprintln!("bigsmall: interrupted; partial outputs removed"),
+            None if WROTE.load(std::sync::atomic::Ordering::Relaxed) => {
+                eprintln!("bigsmall: interrupted; partial outputs removed")
+            }
+            None => eprintln!("bigsmall: interrupted"),
         }
         std::process::exit(130);
     });
