@@ -1709,7 +1709,7 @@ fn tensor_name_with_newline_still_gives_one_line() {
         &run(["decompress", path_str(&bs), "-o", path_str(&back)]),
         3,
     );
-    assert!(e.contains("evil"), "{e}");
+    assert!(e.contains("evil\\nname\\r\\nx"), "{e}");
     assert!(!back.exists());
 }
 

@@ -124,7 +124,8 @@ pub fn usage_error(kind: clap::error::ErrorKind, message: &str) -> ! {
     clap::Error::raw(kind, format!("{message}\n")).exit()
 }
 
-/// The error and its causes on one line.
+/// The error and its causes on one line, control characters escaped (a tensor name with a
+/// line break reads as `evil\nname`, not as another name).
 pub fn one_line(err: &anyhow::Error) -> String {
     let mut s = err.to_string();
     for cause in err.chain().skip(1) {
@@ -134,7 +135,7 @@ pub fn one_line(err: &anyhow::Error) -> String {
             s.push_str(&c);
         }
     }
-    printable(&s.replace('\n', " ")).into_owned()
+    printable(&s).into_owned()
 }
 
 /// A name (a tensor's, a file's) as it is safe to print: control characters, which a crafted
