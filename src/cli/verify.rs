@@ -163,6 +163,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                         ours.display(),
                         theirs.display()
                     )),
+                    Err(_) if std::fs::symlink_metadata(&theirs).is_err() => {
+                        problems.push(format!(
+                            "{}: not in the source (the compressed directory carries it)",
+                            theirs.display()
+                        ))
+                    }
                     Err(e) => problems.push(format!("{}: {e}", theirs.display())),
                 }
             }

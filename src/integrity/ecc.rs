@@ -242,6 +242,9 @@ pub struct EccReport {
 
 /// Reads and validates a sidecar's header (either copy).
 fn open_sidecar(path: &Path) -> Result<(memmap2::Mmap, Header, bool)> {
+    if path.is_dir() {
+        return Err(Error::invalid(path, "is a directory, not an ECC sidecar"));
+    }
     let f = crate::fsutil::open_regular(path)?;
     // SAFETY: read-only map; changed bytes are only wrong data, and another process truncating
     // it while mapped makes a read past its new end a SIGBUS, which `fsutil::stop_on_sigbus`
