@@ -632,7 +632,13 @@ fn control_characters_in_names_are_printed_escaped() {
     let dir = tmp();
     let mut rng = Rng(5);
     let src = dir.path().join("names.safetensors");
-    let names = ["ab\nrow", "\u{1b}[31mred", "w\u{7f}del", "x\u{85}nel"];
+    let names = [
+        "ab\nrow",
+        "\u{1b}[31mred",
+        "w\u{7f}del",
+        "x\u{85}nel",
+        "rl\u{202e}txt",
+    ];
     let tensors: Vec<T> = names
         .iter()
         .map(|n| t(n, "BF16", &[64, 64], bf16_weights(&mut rng, 64 * 64, 0.02)))
@@ -654,6 +660,10 @@ fn control_characters_in_names_are_printed_escaped() {
             out.contains("ab\\nrow") && !out.contains("ab\nrow"),
             "{args:?}: {out}"
         );
+        assert!(
+            out.contains("rl\\u{202e}txt") && !out.contains('\u{202e}'),
+            "{args:?}: {out}"
+        );
     }
     // JSON reports stay valid JSON, the names intact once parsed, with nothing raw that a
     // terminal acts on (serde leaves DEL and the C1 controls as they are).
@@ -666,6 +676,7 @@ fn control_characters_in_names_are_printed_escaped() {
             !out.chars().any(|c| c.is_control() && c != '\n'),
             "{args:?}"
         );
+        assert!(!out.contains('\u{202e}'), "{args:?}");
         json(&out);
     }
     let rows = json(&ok(&run(["stat", path_str(&bs), "--json"])));

@@ -145,9 +145,10 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
     escape_controls(s, |_| false)
 }
 
-/// `s` with its control characters escaped, except those `keep` lets through.
+/// `s` with its control characters escaped, except those `keep` lets through; the
+/// bidirectional overrides and isolates too, which reorder what a terminal shows.
 fn escape_controls(s: &str, keep: fn(char) -> bool) -> std::borrow::Cow<'_, str> {
-    let escaped = |c: char| c.is_control() && !keep(c);
+    let escaped = |c: char| (c.is_control() || bidi(c)) && !keep(c);
     if !s.chars().any(escaped) {
         return std::borrow::Cow::Borrowed(s);
     }
@@ -186,16 +187,16 @@ pub fn emit(text: &str) {
     write_stdout(&escape_controls(text, |c| c == '\n' || c == '\t'));
 }
 
-/// Writes a report as JSON. serde escapes the control characters below 0x20; DEL and the C1
-/// controls, which it leaves raw, are written as `\u007f`-style escapes: valid JSON, and
-/// nothing a terminal acts on.
+/// Writes a report as JSON. serde escapes the control characters below 0x20; what it leaves
+/// raw that a terminal acts on (`terminal_unsafe`) is written as `\u007f`-style escapes:
+/// valid JSON all the same.
 pub fn emit_json<T: serde::Serialize>(value: &T) {
     let mut s = serde_json::to_string_pretty(value).expect("reports serialise");
     s.push('\n');
-    let s = if s.chars().any(|c| c.is_control() && c > '\u{7e}') {
+    let s = if s.chars().any(terminal_unsafe) {
         let mut out = String::with_capacity(s.len() + 16);
         for c in s.chars() {
-            if c.is_control() && c > '\u{7e}' {
+            if terminal_unsafe(c) {
                 out += &format!("\\u{:04x}", u32::from(c));
             } else {
                 out.push(c);
@@ -206,6 +207,17 @@ pub fn emit_json<T: serde::Serialize>(value: &T) {
         s
     };
     write_stdout(&s);
+}
+
+/// Characters serde leaves raw in JSON that a terminal acts on: DEL, the C1 controls, and the
+/// bidirectional overrides and isolates.
+fn terminal_unsafe(c: char) -> bool {
+    (c.is_control() && c > '\u{7e}') || bidi(c)
+}
+
+/// The bidirectional overrides and isolates, which reorder what a terminal shows.
+fn bidi(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// A closed pipe (`| head`) drops the rest of the output quietly; any other failure is
