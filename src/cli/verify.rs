@@ -54,44 +54,25 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
     // A compressed directory's index, read once; its missing shards are findings (below),
-    // not errors.
-    let dir_index = if super::is_bs_dir(&a.file) {
+    // not errors. An index that does not hold together is a finding too, reported as a
+    // damaged container is (exit 3 with a report), not only an error line.
+    let is_dir = super::is_bs_dir(&a.file);
+    let mut reports: Vec<VerifyReport> = Vec::new();
+    let dir_index = if is_dir {
         match bigsmall::store_dir::read_dir_index(&a.file) {
             Ok(index) => Some(index),
             Err(e) => {
-                // An index that does not hold together is a finding, reported as a damaged
-                // container is (exit 3 with a report), not only an error line.
                 let e = anyhow::Error::from(e);
                 if super::exit_code(&e) != 3 {
                     return Err(e);
                 }
-                let report = VerifyReport {
+                reports.push(VerifyReport {
                     file: a.file.display().to_string(),
                     mode: "directory".into(),
                     problems: vec![super::one_line(&e)],
                     ..Default::default()
-                };
-                if a.json {
-                    emit_json(&serde_json::json!({
-                        "ok": false,
-                        "seed": null,
-                        "files": [report],
-                        "ecc": [],
-                        "ecc_errors": [],
-                    }));
-                } else {
-                    emit(&format!(
-                        "{} [directory]\nMISMATCH {}\nFAILED\n",
-                        report.file, report.problems[0]
-                    ));
-                }
-                eprintln!(
-                    "bigsmall: {}: verification failed (its directory index: {}; {})",
-                    a.file.display(),
-                    report.problems[0],
-                    super::report_is("the report is on stdout")
-                );
-                return Ok(3);
+                });
+                None
             }
         }
     } else {
@@ -99,6 +80,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     };
     let files: Vec<PathBuf> = match &dir_index {
         Some(index) => index.shards.iter().map(|s| a.file.join(&s.file)).collect(),
+        // Without a usable index there are no shards to check.
+        None if is_dir => Vec::new(),
         None => container_files(&a.file)?,
     };
     let seed = a.seed.unwrap_or_else(|| {
@@ -112,7 +95,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         if let Err(e) = std::fs::metadata(src) {
             return Err(Error::io(src, e).into());
         }
-        if src.is_dir() != dir_index.is_some() {
+        if src.is_dir() != is_dir {
             let f = a.file.display();
             let why = if src.is_dir() {
                 format!("is a directory, but {f} is one .bs: give the .safetensors file it was made from")
@@ -122,7 +105,6 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             return Err(Error::invalid(src, why).into());
         }
     }
-    let mut reports: Vec<VerifyReport> = Vec::new();
     let bar = super::Bar::new(a.no_progress);
     if let Some(index) = &dir_index {
         // Shards swapped or replaced under their names: the directory is damaged. (A shard
